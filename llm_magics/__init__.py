@@ -1,0 +1,32 @@
+"""llm-magics: adapt a language model to your task from notebook cells.
+
+    %load_ext llm_magics
+    %llm
+    %probe --model minilm --data train_df --test test_df
+
+Everything a magic does is also plain Python: `llm_magics.api`.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython) -> None:
+    """`%load_ext llm_magics`: registers `%llm` and one magic per method (methods import on first use)."""
+    from .magics import load
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    from .registry import registry
+    manager = ipython.magics_manager
+    for name in registry().names() + ["llm"]:
+        for kind in ("line", "cell"):
+            manager.magics[kind].pop(name, None)
+
+
+def __getattr__(name: str):
+    if name == "api":  # lazy, so `%load_ext` does not import the engine
+        import importlib
+        return importlib.import_module(".api", __name__)
+    raise AttributeError(name)

@@ -1,0 +1,131 @@
+"""What a method is: options declared once, a `run`, and the Result it returns.
+
+A third-party method subclasses `Method`, declares an options dataclass and
+registers the class under the entry-point group `llm_magics.methods`:
+
+    [project.entry-points."llm_magics.methods"]
+    mymethod = "my_package.module:MyMethod"
+
+Subcommands (`%index build ...`, `%lora save ...`) are declared in
+`commands`: each maps a word to an options dataclass and the name of the
+method that handles it.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from . import options as opts
+from .progress.events import format_metric
+
+if TYPE_CHECKING:  # pandas is imported by the runs, not by `%load_ext`
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class Command:
+    options: type
+    handler: str          # name of the Method's function: handler(self, options, ctx)
+    summary: str = ""
+    records_run: bool = True   # training/evaluating commands are recorded; `list`, `save` are not
+
+
+class Method:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type]
+    # For cell magics: the option that receives the cell's body (e.g. the prompt template).
+    cell_option: ClassVar[str | None] = None
+    # Subcommands by their first word; the main command runs when the first word isn't one.
+    commands: ClassVar[dict[str, Command]] = {}
+
+    def run(self, options, ctx) -> "Result":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def main_command(cls) -> Command:
+        return Command(cls.Options, "run", cls.summary)
+
+    @classmethod
+    def command(cls, word: str | None) -> Command:
+        return cls.commands.get(word) if word else cls.main_command()
+
+    @classmethod
+    def help(cls) -> str:
+        usage = f"%%{cls.name} [options]\n<cell body>" if cls.cell_option else None
+        parts = [opts.help_text(cls.Options, cls.name, cls.summary, usage=usage)]
+        for word, cmd in cls.commands.items():
+            parts.append("\n" + opts.help_text(cmd.options, f"{cls.name} {word}", cmd.summary))
+        name = cls.name
+        parts.append(f"\nPython: llm_magics.api.{name}(...) takes the same options as keyword arguments.")
+        return "\n".join(parts)
+
+
+@dataclass
+class Result:
+    """One run's outcome; the run store holds the same fields."""
+    method: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    data_fingerprint: str = ""
+    trainable_params: int = 0
+    total_params: int = 0
+    wall_s: float = 0.0
+    rows_per_s: float | None = None
+    tokens_per_s: float | None = None
+    peak_mem_bytes: int = 0
+    device: str = ""
+    dtype: str = ""
+    artifacts: dict[str, str] = field(default_factory=dict)
+    status: str = "ok"                      # ok | stopped
+    label_names: list[str] | None = None
+    tables: dict[str, "pd.DataFrame"] = field(default_factory=dict, repr=False)
+    figures: dict[str, bytes] = field(default_factory=dict, repr=False)
+    notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """The row the run store keeps."""
+        keys = ("run_id", "method", "model", "status", "options", "data_fingerprint", "metrics",
+                "trainable_params", "total_params", "wall_s", "rows_per_s", "tokens_per_s",
+                "peak_mem_bytes", "device", "dtype", "artifacts")
+        return {k: getattr(self, k) for k in keys}
+
+    def summary_line(self) -> str:
+        bits = [f"{self.method} · run {self.run_id}", self.model, f"{self.device} {self.dtype}".strip(),
+                f"{self.wall_s:.1f} s"]
+        if self.rows_per_s:
+            bits.append(f"{self.rows_per_s:,.0f} rows/s")
+        if self.tokens_per_s:
+            bits.append(f"{self.tokens_per_s:,.0f} tokens/s")
+        if self.peak_mem_bytes:
+            bits.append(f"peak {self.peak_mem_bytes / 2**20:,.0f} MiB")
+        if self.trainable_params:
+            share = f" ({100 * self.trainable_params / self.total_params:.2f}%)" if self.total_params else ""
+            bits.append(f"{self.trainable_params:,} trainable{share}")
+        if self.status != "ok":
+            bits.append(self.status.upper())
+        return " · ".join(b for b in bits if b)
+
+    def __repr__(self) -> str:
+        metrics = ", ".join(f"{k}={format_metric(v)}" for k, v in self.metrics.items())
+        return f"<{type(self).__name__} {self.summary_line()} | {metrics}>"
+
+    def _repr_html_(self) -> str:
+        from .runs.figures import png_html
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{format_metric(v)}</td></tr>"
+                       for k, v in self.metrics.items())
+        parts = [f"<div><b>{html.escape(self.summary_line())}</b></div>",
+                 f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"]
+        for name, table in self.tables.items():
+            parts.append(f"<div><i>{html.escape(name)}</i></div>"
+                         + table.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+        parts += [png_html(png, alt=name) for name, png in self.figures.items()]
+        parts += [f"<div style='color:#a60'>{html.escape(n)}</div>" for n in self.notes]
+        if self.artifacts:
+            parts.append("<div style='color:#888;font-size:11px'>"
+                         + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in self.artifacts.items())
+                         + "</div>")
+        return "".join(parts)

@@ -1,0 +1,322 @@
+"""Options are declared once per method, as a dataclass.
+
+    @dataclass
+    class ProbeOptions:
+        model: str = option("minilm", "model alias, local path or hub id")
+        layer: str = option("-1", "layer index (negative from the top) or 'all'",
+                            check=layer_spec)
+
+From that one declaration come the magic's argument parser (`parse_line`),
+the `%probe?` help (`help_text`), the Python API's keyword arguments
+(`from_kwargs`, `signature`) and the validation both of them share.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import shlex
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass
+from typing import Any
+
+from .errors import UsageError, did_you_mean
+
+Check = Callable[[Any], "str | None"]
+
+
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    short: str | None = None,
+    choices: tuple | list | None = None,
+    check: Check | None = None,
+    metavar: str | None = None,
+    positional: bool = False,
+) -> Any:
+    """Declare one option: default, help text and how to check it.
+
+    `check(value)` returns an error message (what is wrong and what would be
+    right) or None. `flag` overrides the default `--name-with-dashes`.
+    """
+    meta = dict(help=help, flag=flag, short=short, choices=choices, check=check,
+                metavar=metavar, positional=positional)
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# ---- checks shared by many methods -------------------------------------------------
+
+def positive(value) -> str | None:
+    if value is not None and value <= 0:
+        return f"must be > 0, got {value}"
+    return None
+
+
+def non_negative(value) -> str | None:
+    if value is not None and value < 0:
+        return f"must be ≥ 0, got {value}"
+    return None
+
+
+def fraction(value) -> str | None:
+    if value is not None and not 0 < value < 1:
+        return f"must be between 0 and 1 (exclusive), got {value}"
+    return None
+
+
+# ---- the declaration, read back --------------------------------------------------
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    kind: Any            # bool, int, float, str, list, or object (anything: data, models)
+    default: Any
+    required: bool
+    help: str
+    flag: str
+    short: str | None
+    choices: tuple | None
+    check: Check | None
+    metavar: str | None
+    positional: bool
+
+    def describe_default(self) -> str:
+        if self.required:
+            return "required"
+        if self.default is None or self.kind is bool:
+            return ""
+        if isinstance(self.default, list):
+            return ",".join(map(str, self.default))
+        return str(self.default)
+
+
+def _kind(annotation) -> Any:
+    """Collapse an annotation to the kind we parse: `int | None` → int."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _kind(args[0])
+        return object
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return list
+    if annotation in (bool, int, float, str):
+        return annotation
+    return object
+
+
+def specs(options_cls) -> list[Spec]:
+    hints = typing.get_type_hints(options_cls)
+    out = []
+    for f in dataclasses.fields(options_cls):
+        meta = f.metadata
+        if f.default is not MISSING:
+            default, required = f.default, False
+        elif f.default_factory is not MISSING:
+            default, required = f.default_factory(), False
+        else:
+            default, required = None, True
+        out.append(Spec(
+            name=f.name, kind=_kind(hints[f.name]), default=default, required=required,
+            help=meta.get("help", ""), flag=meta.get("flag") or "--" + f.name.replace("_", "-"),
+            short=meta.get("short"), choices=tuple(meta["choices"]) if meta.get("choices") else None,
+            check=meta.get("check"), metavar=meta.get("metavar"),
+            positional=meta.get("positional", False),
+        ))
+    return out
+
+
+# ---- values: one coercion for the parser and the API -----------------------------------
+
+def _coerce(spec: Spec, value: Any) -> Any:
+    """Turn a value (a string from the line, or anything from Python) into the option's kind."""
+    if value is None or spec.kind is object:
+        return value
+    try:
+        if spec.kind is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes")
+            return bool(value)
+        if spec.kind is list:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return list(value)
+        if spec.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if spec.kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        kind = {int: "an integer", float: "a number", bool: "true or false",
+                list: "a comma-separated list"}.get(spec.kind, spec.kind.__name__)
+        raise UsageError(f"{spec.flag} expects {kind}, got {value!r}") from None
+
+
+def _validate_value(spec: Spec, value: Any) -> None:
+    if value is None:
+        return
+    if spec.choices:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if item not in spec.choices:
+                raise UsageError(f"{spec.flag} {item!r} is not valid"
+                                 + did_you_mean(str(item), map(str, spec.choices)))
+    if spec.check:
+        problem = spec.check(value)
+        if problem:
+            raise UsageError(f"{spec.flag}: {problem}")
+
+
+def build(options_cls, values: dict[str, Any]):
+    """Coerce, check each option, then the class's cross-option `validate()`."""
+    by_name = {s.name: s for s in specs(options_cls)}
+    kwargs = {}
+    for name, value in values.items():
+        spec = by_name[name]
+        value = _coerce(spec, value)
+        _validate_value(spec, value)
+        kwargs[name] = value
+    missing = [s.flag for s in by_name.values() if s.required and s.name not in kwargs]
+    if missing:
+        raise UsageError(f"missing required option {', '.join(missing)}")
+    opts = options_cls(**kwargs)
+    # Defaults are checked too: a default can be invalid for this model or task.
+    validate = getattr(opts, "validate", None)
+    if validate:
+        validate()
+    return opts
+
+
+def from_kwargs(options_cls, kwargs: dict[str, Any]):
+    """The Python API's entry: keyword arguments named as the options."""
+    valid = {s.name for s in specs(options_cls)}
+    for key in kwargs:
+        if key not in valid:
+            raise UsageError(f"unknown argument {key!r}" + did_you_mean(key, valid))
+    return build(options_cls, kwargs)
+
+
+# ---- the magic's line -----------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print and exit the kernel
+        raise UsageError(message)
+
+    def exit(self, status=0, message=None):
+        raise UsageError(message or "invalid arguments")
+
+
+def _parser(options_cls, prog: str) -> tuple[_Parser, list[Spec]]:
+    parser = _Parser(prog=prog, add_help=False, allow_abbrev=False)
+    all_specs = specs(options_cls)
+    for spec in all_specs:
+        if spec.positional:
+            parser.add_argument(spec.name, nargs=None if spec.required else "?",
+                                default=argparse.SUPPRESS, metavar=spec.metavar or spec.name.upper())
+            continue
+        names = [spec.flag] + ([spec.short] if spec.short else [])
+        if spec.kind is bool:
+            parser.add_argument(*names, dest=spec.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS)
+        else:
+            parser.add_argument(*names, dest=spec.name, default=argparse.SUPPRESS)
+    return parser, all_specs
+
+
+def split_line(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"could not read the line: {exc} (check the quotes)") from None
+
+
+def parse_line(options_cls, line: str | list[str], prog: str, extra: dict[str, Any] | None = None):
+    """Parse a magic's line into the options dataclass; UsageError on any mistake.
+
+    `extra` holds values that do not come from the line (a cell magic's body).
+    """
+    tokens = split_line(line) if isinstance(line, str) else list(line)
+    parser, all_specs = _parser(options_cls, prog)
+    namespace, extras = parser.parse_known_args(tokens)
+    if extras:
+        flags = [s.flag for s in all_specs if not s.positional]
+        flags += ["--no-" + s.flag[2:] for s in all_specs if s.kind is bool]
+        bad = next((t for t in extras if t.startswith("-")), extras[0])
+        if bad.startswith("-"):
+            raise UsageError(f"%{prog}: unknown option {bad.split('=')[0]}"
+                             + did_you_mean(bad.split("=")[0], flags))
+        raise UsageError(f"%{prog}: unexpected argument {bad!r}")
+    return build(options_cls, {**vars(namespace), **(extra or {})})
+
+
+def wants_help(line: str) -> bool:
+    return any(t in ("-h", "--help") for t in split_line(line))
+
+
+def help_text(options_cls, prog: str, summary: str = "", usage: str | None = None) -> str:
+    """The `%name?` text: usage, summary, then one line per option."""
+    all_specs = specs(options_cls)
+    positionals = " ".join(s.metavar or s.name.upper() for s in all_specs if s.positional)
+    lines = [usage or f"%{prog} {positionals} [options]".replace("  ", " "), ""]
+    if summary:
+        lines += [summary.strip(), ""]
+    lines.append("Options:")
+    rows = []
+    for s in all_specs:
+        if s.positional:
+            left = s.metavar or s.name.upper()
+        elif s.kind is bool:
+            left = f"{s.flag}/--no-{s.flag[2:]}"
+        else:
+            left = f"{s.flag} {s.metavar or _metavar(s)}"
+        right = s.help
+        if s.choices:
+            right += f" [{'|'.join(map(str, s.choices))}]"
+        default = s.describe_default()
+        if default:
+            right += f" (default: {default})"
+        rows.append((left, right))
+    width = min(max(len(left) for left, _ in rows) + 2, 32)
+    for left, right in rows:
+        pad = " " * max(width - len(left), 2)
+        lines.append(f"  {left}{pad}{right}")
+    return "\n".join(lines)
+
+
+def _metavar(spec: Spec) -> str:
+    return {int: "N", float: "X", list: "A,B,..."}.get(spec.kind, "VALUE")
+
+
+def signature(options_cls) -> inspect.Signature:
+    """The API function's signature: keyword-only arguments named as the options."""
+    params = []
+    for s in specs(options_cls):
+        default = inspect.Parameter.empty if s.required else s.default
+        params.append(inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    return inspect.Signature(params)
+
+
+def as_dict(options) -> dict[str, Any]:
+    """Options as plain JSON-able values (objects such as DataFrames by description)."""
+    out = {}
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            out[f.name] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = f"<{type(value).__name__}>"
+    return out

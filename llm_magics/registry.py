@@ -1,0 +1,126 @@
+"""Methods are plugins, found through the entry-point group `llm_magics.methods`.
+
+Discovery reads entry-point names only; a method's module is imported the
+first time it is used, so `%load_ext` stays fast. A plugin that fails to
+import is kept with the reason and listed by `%llm`; it never breaks the
+extension or the other methods.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import traceback
+from dataclasses import dataclass, field
+
+from .errors import UsageError, did_you_mean
+from .method import Method
+
+GROUP = "llm_magics.methods"
+
+
+@dataclass
+class Entry:
+    name: str
+    target: str                 # "module:Class"
+    origin: str                 # the distribution that declared it
+    _loaded: type[Method] | None = field(default=None, repr=False)
+    error: str | None = None    # one line: why it could not be imported
+    _ep: importlib.metadata.EntryPoint | None = field(default=None, repr=False)
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "failed"
+        return "imported" if self._loaded else "not imported yet"
+
+    def load(self) -> type[Method]:
+        if self._loaded:
+            return self._loaded
+        if self.error:
+            raise UsageError(f"method {self.name!r} ({self.origin}) could not be imported: {self.error}")
+        try:
+            cls = self._ep.load() if self._ep else _load_target(self.target)
+            _validate(self.name, cls)
+        except Exception as exc:  # a broken plugin must not break the extension
+            self.error = _reason(exc)
+            self.traceback = traceback.format_exc()
+            raise UsageError(f"method {self.name!r} ({self.origin}) could not be imported: {self.error}") from None
+        self._loaded = cls
+        return cls
+
+
+def _load_target(target: str):
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _validate(name: str, cls) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{cls!r} is not a llm_magics.method.Method subclass")
+    if cls.name != name:
+        raise TypeError(f"entry point {name!r} points at a method named {cls.name!r}")
+    if not hasattr(cls, "Options"):
+        raise TypeError(f"{cls.__name__} declares no Options dataclass")
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return f"missing package {exc.name!r} (pip install {exc.name.split('.')[0]})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Registry:
+    def __init__(self):
+        self.entries: dict[str, Entry] = {}
+        self.conflicts: list[str] = []
+
+    def discover(self) -> "Registry":
+        """Read entry-point names (no plugin module is imported here)."""
+        seen: dict[str, Entry] = {}
+        for ep in importlib.metadata.entry_points(group=GROUP):
+            origin = ep.dist.name if ep.dist else "?"
+            if ep.name in seen:  # two distributions claim one name: keep the first, say so
+                self.conflicts.append(f"{ep.name!r} is declared by {seen[ep.name].origin} and {origin}; "
+                                      f"using {seen[ep.name].origin}'s")
+                continue
+            seen[ep.name] = Entry(ep.name, ep.value, origin, _ep=ep)
+        self.entries = dict(sorted(seen.items()))
+        return self
+
+    def add(self, cls: type[Method], origin: str = "runtime") -> Entry:
+        """Register a method class directly (tests, interactive experiments)."""
+        _validate(cls.name, cls)
+        entry = Entry(cls.name, f"{cls.__module__}:{cls.__qualname__}", origin, _loaded=cls)
+        self.entries[cls.name] = entry
+        return entry
+
+    def get(self, name: str) -> Entry:
+        if name not in self.entries:
+            raise UsageError(f"unknown method {name!r}" + did_you_mean(name, self.entries))
+        return self.entries[name]
+
+    def load(self, name: str) -> type[Method]:
+        return self.get(name).load()
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+
+_registry: Registry | None = None
+
+
+def registry() -> Registry:
+    global _registry
+    if _registry is None:
+        _registry = Registry().discover()
+    return _registry
+
+
+def rediscover() -> Registry:
+    """Re-read entry points (after pip-installing a plugin in a running kernel)."""
+    global _registry
+    importlib.invalidate_caches()
+    _registry = Registry().discover()
+    return _registry

@@ -1,0 +1,84 @@
+"""Shared fixtures: an isolated llm-magics home per test, tiny models, demo data."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import build_bert, build_llama  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LLM_MAGICS_SHARED", ROOT.parent / "shared"))
+SST2 = SHARED / "data" / "sst2"
+# Converted models are reused across tests and sessions (the GGUF conversion takes ~30 s).
+MODELS_CACHE = Path(os.environ.get("LLM_MAGICS_MODELS", Path(tempfile.gettempdir()) / "llm_magics_test_models"))
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """Every test gets its own cache, run store and default settings."""
+    from llm_magics import settings
+    monkeypatch.setenv("LLM_MAGICS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LLM_MAGICS_MODELS", str(MODELS_CACHE))
+    monkeypatch.setenv("LLM_MAGICS_PROGRESS", "text")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the unit tests never reach a hub
+    for name in ("LLM_MAGICS_RUNS", "LLM_MAGICS_DEVICE", "LLM_MAGICS_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    yield settings.reset()
+    settings.reset()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def demo():
+    from llm_magics.demo import sentiment_splits
+    return sentiment_splits(240, 80)
+
+
+def word_task(n: int = 400, seed: int = 0):
+    """Texts drawn from two disjoint word sets: separable even by random tiny models,
+    so a probe that scores near chance means rows and labels got misaligned."""
+    import random
+
+    import pandas as pd
+
+    from llm_magics.demo import NEGATIVE, POSITIVE
+    pos_words = set(" ".join(POSITIVE).lower().split())
+    neg_words = set(" ".join(NEGATIVE).lower().split())
+    pos, neg = sorted(pos_words - neg_words), sorted(neg_words - pos_words)
+    rng = random.Random(seed)
+    rows = [{"text": " ".join(rng.choice(pos if i % 2 else neg) for _ in range(rng.randint(3, 8))),
+             "label": "pos" if i % 2 else "neg"} for i in range(n)]
+    return pd.DataFrame(rows), pos, neg
+
+
+@pytest.fixture
+def separable():
+    return word_task()
+
+
+@pytest.fixture
+def store():
+    from llm_magics.runs import RunStore
+    from llm_magics.settings import current
+    return RunStore(current().runs_path)
+
+
+def need_sst2():
+    if not (SST2 / "train.tsv").exists():
+        pytest.skip(f"SST-2 not found under {SST2} (set LLM_MAGICS_SHARED)")
+    return SST2
