@@ -1,0 +1,125 @@
+"""Data references: variables, files and datasets; columns, labels and splits."""
+import json
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+
+from llm_magics.data import load_frame, prepare_classification
+from llm_magics.errors import UsageError
+
+ROWS = [{"text": f"review number {i} {'great' if i % 2 else 'awful'}", "label": "pos" if i % 2 else "neg"}
+        for i in range(40)]
+
+
+@pytest.fixture
+def frame():
+    return pd.DataFrame(ROWS)
+
+
+@pytest.mark.parametrize("make", [
+    lambda rows: pd.DataFrame(rows),
+    lambda rows: rows,
+    lambda rows: {"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]},
+    lambda rows: datasets.Dataset.from_list(rows),
+])
+def test_python_objects(make):
+    task = prepare_classification(make(ROWS), seed=1)
+    assert task.label_names == ["neg", "pos"]
+    assert len(task.train) + len(task.validation) + len(task.test) == 40
+
+
+@pytest.mark.parametrize("suffix", ["csv", "tsv", "jsonl", "json", "parquet"])
+def test_files(tmp_path, frame, suffix):
+    path = tmp_path / f"data.{suffix}"
+    if suffix == "csv":
+        frame.to_csv(path, index=False)
+    elif suffix == "tsv":
+        frame.to_csv(path, sep="\t", index=False)
+    elif suffix == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif suffix == "json":
+        path.write_text(json.dumps(ROWS))
+    else:
+        frame.to_parquet(path)
+    loaded = load_frame(str(path))
+    assert list(loaded.columns) == ["text", "label"] and len(loaded) == 40
+
+
+def test_headerless_tsv_with_quotes_is_read_as_data(tmp_path):
+    path = tmp_path / "agnews.tsv"
+    path.write_text('Stocks fell "sharply" today, said analysts\tBusiness\nThe team won the cup\tSports\n')
+    loaded = load_frame(str(path))
+    assert len(loaded) == 2 and loaded.iloc[0, 0].startswith('Stocks fell "sharply"')
+
+
+def test_variable_from_namespace_and_dataset_dict_splits(frame):
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_pandas(frame.iloc[:30]),
+                               "test": datasets.Dataset.from_pandas(frame.iloc[30:])})
+    task = prepare_classification("dd", namespace={"dd": dd})
+    assert len(task.test) == 10 and len(task.train) + len(task.validation) == 30
+
+
+def test_given_splits_are_used_as_they_are(frame):
+    task = prepare_classification(frame.iloc[:20], frame.iloc[20:30], frame.iloc[30:])
+    assert (len(task.train), len(task.validation), len(task.test)) == (20, 10, 10)
+    assert task.notes == []
+
+
+def test_missing_splits_are_seeded_and_stratified(frame):
+    a = prepare_classification(frame, seed=3, test_size=0.25)
+    b = prepare_classification(frame, seed=3, test_size=0.25)
+    assert a.fingerprint == b.fingerprint and len(a.test) == 10
+    assert sorted(np.bincount(a.test["label"])) == [5, 5]
+    assert prepare_classification(frame, seed=4).fingerprint != a.fingerprint
+
+
+def test_integer_labels_keep_their_values(frame):
+    frame = frame.assign(label=(frame["label"] == "pos").astype(int) * 7)
+    task = prepare_classification(frame)
+    assert task.labels.values == [0, 7] and task.label_names == ["0", "7"]
+
+
+def test_columns_are_inferred_or_named():
+    frame = pd.DataFrame({"id": range(40), "review": [r["text"] for r in ROWS],
+                          "stars": [r["label"] for r in ROWS]})
+    task = prepare_classification(frame)
+    assert (task.text_column, task.label_column) == ("review", "stars")
+
+
+@pytest.mark.parametrize("data, kwargs, message", [
+    (pd.DataFrame(ROWS), {"text": "body"}, "--text 'body': no such column"),
+    (pd.DataFrame(ROWS), {"label": "labl"}, "did you mean label?"),
+    (pd.DataFrame({"a": ["x y z"] * 4, "b": ["p q r"] * 4, "label": [0, 1] * 2}), {}, "several text columns"),
+    (pd.DataFrame({"text": ["a", "b"] * 10, "p": [0, 1] * 10, "q": [1, 0] * 10}), {}, "several possible label"),
+    (pd.DataFrame(columns=["text", "label"]), {}, "--data is empty"),
+    ([], {}, "--data is empty"),
+    (pd.DataFrame({"text": [f"t{i}" for i in range(10)], "label": ["same"] * 10}), {}, "single class"),
+    (pd.DataFrame({"text": [f"t{i}" for i in range(10)], "label": np.linspace(0, 1, 10)}), {}, "continuous"),
+    ("/no/such/file.csv", {}, "does not exist"),
+    ("missing_var", {}, "no variable named 'missing_var'"),
+    ("framee", {}, "did you mean frame?"),
+    (42, {}, "cannot use a int"),
+])
+def test_bad_data_gives_one_line(data, kwargs, message):
+    with pytest.raises(UsageError) as info:
+        prepare_classification(data, namespace={"frame": pd.DataFrame(ROWS)}, **kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unreadable_files(tmp_path):
+    bad = tmp_path / "data.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(UsageError, match="could not read .* as parquet"):
+        prepare_classification(str(bad))
+    xlsx = tmp_path / "data.xlsx"
+    xlsx.write_bytes(b"PK")
+    with pytest.raises(UsageError, match="cannot read data.xlsx"):
+        prepare_classification(str(xlsx))
+
+
+def test_test_labels_must_be_known(frame):
+    test = pd.DataFrame({"text": ["x"], "label": ["meh"]})
+    with pytest.raises(UsageError, match="label 'meh'.*not among the training labels"):
+        prepare_classification(frame, test=test)
