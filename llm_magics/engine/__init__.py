@@ -1,0 +1,1 @@
+"""The GPU-aware engine: device and dtype, batching, features (and training)."""

@@ -1,0 +1,164 @@
+"""Device and dtype choice, and memory measurement.
+
+CUDA, then MPS, then CPU. bf16 where the hardware does it natively: CUDA
+cards from Ampere on, and for inference CPUs with AVX512-BF16 or AMX (about
+1.8× the fp32 speed on MiniLM features, cosine ≥ 0.9998 to fp32). Training on
+CPU stays fp32: bf16 weights would lose small updates.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from ..errors import UsageError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def pick_device(preference: str | None = None) -> torch.device:
+    """`auto` (or None) picks CUDA → MPS → CPU; an explicit name must exist."""
+    pref = (preference or "auto").lower()
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(pref)
+    except RuntimeError:
+        raise UsageError(f"unknown device {preference!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {preference!r} asked for, but CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {preference!r} does not exist; this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not _mps_available():
+        raise UsageError(f"device {preference!r} asked for, but MPS is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unsupported device {preference!r}; use auto, cpu, cuda or mps")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run faster than fp32 instead of being emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def pick_dtype(device: torch.device, preference: str | None = None, training: bool = False) -> torch.dtype:
+    """bf16 on CUDA cards that support it, fp16 on MPS and older cards; on CPU bf16 for
+    inference where native, else fp32."""
+    if preference and preference != "auto":
+        if preference not in DTYPES:
+            raise UsageError(f"unknown dtype {preference!r}; use auto, float32, bfloat16 or float16")
+        return DTYPES[preference]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    if not training and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def device_info(device: torch.device | None = None) -> dict:
+    """What `%llm` shows: device, default dtype, free and total memory."""
+    device = device or pick_device()
+    info = {"device": str(device), "dtype": dtype_name(pick_dtype(device)),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        info.update(name=torch.cuda.get_device_name(device), free_bytes=free, total_bytes=total,
+                    devices=torch.cuda.device_count())
+    else:
+        mem = psutil.virtual_memory()
+        info.update(name=_cpu_name() if device.type == "cpu" else "Apple MPS",
+                    free_bytes=mem.available, total_bytes=mem.total, cores=os.cpu_count())
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "CPU"
+
+
+def empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if _mps_available():
+        torch.mps.empty_cache()
+
+
+@dataclass
+class MemoryMonitor:
+    """Peak memory during a block: CUDA's allocator peak on a GPU, else peak RSS.
+
+    RSS is sampled from a daemon thread (every 20 ms), since the kernel only
+    keeps a process-lifetime high-water mark.
+    """
+    device: torch.device | None = None
+    interval: float = 0.02
+    peak_bytes: int = 0
+
+    def __enter__(self):
+        self._cuda = self.device is not None and self.device.type == "cuda"
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._proc = psutil.Process()
+        self.peak_bytes = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True, name="llm-magics-mem")
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        if self._cuda:
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
+        return False
+
+
+class Stopwatch:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,180 @@
+"""Frozen-model features: any layer, any pooling, cached on disk as safetensors.
+
+The cache key is (model fingerprint, texts fingerprint, pooling, max length);
+each layer is its own file, so `--layer all` after `--layer -1` extracts only
+what is missing, and a re-run or another classifier skips the model entirely.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from .batching import collate, length_batches, tokenize, with_oom_backoff
+
+POOLINGS = ("cls", "mean", "last")
+
+
+def default_pooling(kind: str) -> str:
+    """Mean for encoders (what sentence encoders are trained for), last token for decoders."""
+    return "mean" if kind == "encoder" else "last"
+
+
+def num_layers(config) -> int:
+    """Transformer blocks; hidden state 0 is the embeddings, L the top block."""
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, name, None) or getattr(getattr(config, "text_config", None), name, None)
+        if value:
+            return int(value)
+    raise ValueError("cannot tell how many layers this model has")
+
+
+def absolute_layer(layer: int, total: int) -> int:
+    """-1 is the top block (index `total`), 0 the embeddings."""
+    return layer if layer >= 0 else total + 1 + layer
+
+
+def texts_fingerprint(texts: Sequence[str]) -> str:
+    digest = hashlib.sha1()
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x1e")
+    return digest.hexdigest()[:20]
+
+
+@dataclass
+class ExtractStats:
+    rows: int = 0            # rows that went through the model (0 on a full cache hit)
+    tokens: int = 0
+    seconds: float = 0.0
+    cached_layers: int = 0
+    extracted_layers: int = 0
+    backoffs: int = 0
+
+    @property
+    def rows_per_s(self) -> float | None:
+        return self.rows / self.seconds if self.rows and self.seconds else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.tokens and self.seconds else None
+
+    def add(self, other: "ExtractStats") -> None:
+        for name in ("rows", "tokens", "seconds", "cached_layers", "extracted_layers", "backoffs"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class FeatureCache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def key(self, model_fingerprint: str, texts: Sequence[str], pooling: str, max_length: int, dtype: str) -> str:
+        raw = f"{model_fingerprint}|{dtype}|{texts_fingerprint(texts)}|{pooling}|{max_length}|{len(texts)}"
+        return hashlib.sha1(raw.encode()).hexdigest()[:24]
+
+    def path(self, key: str, layer: int) -> Path:
+        return self.root / key / f"layer_{layer}.safetensors"
+
+    def get(self, key: str, layer: int) -> np.ndarray | None:
+        path = self.path(key, layer)
+        if not path.exists():
+            return None
+        try:
+            return load_file(str(path))["features"]
+        except Exception:  # a torn file from a crash: extract again
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, layer: int, features: np.ndarray) -> Path:
+        path = self.path(key, layer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"features": np.ascontiguousarray(features, dtype=np.float32)}, str(tmp))
+        tmp.replace(path)
+        return path
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":  # right-padded: the last real token sits at length - 1
+        last = mask.sum(dim=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+def batch_budget(device: torch.device) -> tuple[int, int]:
+    """(rows, padded tokens) per forward batch. Small on CPU, where cache-sized
+    matmuls are fastest (measured: 1024 tokens beat 8192 by 40% on MiniLM)."""
+    return (128, 1024) if device.type == "cpu" else (512, 16384)
+
+
+@torch.inference_mode()
+def extract(model, tokenizer, texts: Sequence[str], layers: Sequence[int], pooling: str, *,
+            max_length: int = 256, max_batch: int | None = None, max_tokens: int | None = None,
+            device: torch.device | None = None, progress=None) -> tuple[dict[int, np.ndarray], ExtractStats]:
+    """Pooled hidden states for absolute `layers` (0 = embeddings), one array [N, H] per layer."""
+    device = device or next(model.parameters()).device
+    default_rows, default_tokens = batch_budget(device)
+    max_batch, max_tokens = max_batch or default_rows, max_tokens or default_tokens
+    started = time.perf_counter()
+    ids = tokenize(tokenizer, texts, max_length)
+    lengths = [len(x) for x in ids]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    hidden_size = model.config.hidden_size
+    out = {layer: np.zeros((len(texts), hidden_size), dtype=np.float32) for layer in layers}
+    stats = ExtractStats(rows=len(texts), tokens=int(sum(lengths)), extracted_layers=len(layers))
+    top_only = list(layers) == [num_layers(model.config)]
+
+    def run(batch: np.ndarray) -> None:
+        inputs = collate([ids[i] for i in batch], pad_id)
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        output = model(**inputs, output_hidden_states=not top_only, return_dict=True)
+        states = {layers[0]: output.last_hidden_state} if top_only else output.hidden_states
+        for layer in layers:
+            pooled = pool(states[layer], inputs["attention_mask"], pooling)
+            out[layer][batch] = pooled.float().cpu().numpy()
+
+    def backed_off(size: int) -> None:
+        stats.backoffs += 1
+        if progress and stats.backoffs == 1:
+            progress.log(f"out of memory: splitting batches (now {size} rows); continuing")
+
+    batches = length_batches(lengths, max_batch, max_tokens)
+    for batch in with_oom_backoff(batches, run, backed_off):
+        if progress:
+            progress.advance(len(batch))
+    stats.seconds = time.perf_counter() - started
+    return out, stats
+
+
+def cached_features(loaded, texts: Sequence[str], layers: Sequence[int], pooling: str, cache: FeatureCache | None,
+                    *, max_length: int = 256, progress=None, **batching) -> tuple[dict[int, np.ndarray], ExtractStats]:
+    """`extract`, reading what the cache has and writing what it lacked."""
+    found: dict[int, np.ndarray] = {}
+    key = cache.key(loaded.fingerprint, texts, pooling, max_length, str(loaded.dtype)) if cache else None
+    if cache:
+        for layer in layers:
+            array = cache.get(key, layer)
+            if array is not None and array.shape[0] == len(texts):
+                found[layer] = array
+    missing = [layer for layer in layers if layer not in found]
+    stats = ExtractStats(cached_layers=len(found))
+    if missing:
+        fresh, run_stats = extract(loaded.model, loaded.tokenizer, texts, missing, pooling, max_length=max_length,
+                                   device=loaded.device, progress=progress, **batching)
+        stats.add(run_stats)
+        for layer, array in fresh.items():
+            if cache:
+                cache.put(key, layer, array)
+            found[layer] = array
+    elif progress:
+        progress.advance(len(texts))
+    return {layer: found[layer] for layer in layers}, stats
