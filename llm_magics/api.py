@@ -1,0 +1,107 @@
+"""Every method as a plain Python function: no IPython needed.
+
+    from llm_magics import api
+    result = api.probe(model="minilm", data=train_df, test=test_df)
+    api.index.build(name="wiki", source="docs/")      # a method's subcommand
+    api.compare()
+
+Each method's function is made from its options declaration, so its keyword
+arguments, defaults, help and validation are the magic's.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from . import options as opts
+from .engine.device import device_info
+from .models import EMBEDDED, free as _free_models
+from .registry import registry
+from .runner import build_options, execute
+from .runs import RunStore, compare as _compare
+from .settings import current as settings
+
+__all__ = ["run", "compare", "runs", "free", "methods", "device", "models"]
+
+
+def run(method: str, command: str | None = None, /, **kwargs) -> Any:
+    """Run `method` (or its subcommand) with keyword options."""
+    cls = registry().load(method)
+    if command is not None and command not in cls.commands:
+        from .errors import UsageError, did_you_mean
+        raise UsageError(f"{method} has no command {command!r}" + did_you_mean(command, cls.commands))
+    options = build_options(cls, command, kwargs)
+    return execute(method, command, options)
+
+
+def _function(method: str, command: str | None = None):
+    cls = registry().load(method)
+    spec = cls.command(command)
+
+    def call(**kwargs):
+        return run(method, command, **kwargs)
+
+    call.__name__ = method if command is None else f"{method}_{command}"
+    call.__qualname__ = call.__name__
+    call.__signature__ = opts.signature(spec.options)
+    call.__doc__ = opts.help_text(spec.options, method if command is None else f"{method} {command}",
+                                  spec.summary)
+    for word in (cls.commands if command is None else {}):
+        setattr(call, word, _function(method, word))
+    return call
+
+
+@functools.cache
+def _method_function(name: str):
+    return _function(name)
+
+
+def __getattr__(name: str):
+    if name.startswith("_"):
+        raise AttributeError(name)
+    if name in registry().entries:
+        return _method_function(name)
+    raise AttributeError(f"llm_magics.api has no method {name!r}; installed: {', '.join(registry().names())}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(registry().names()))
+
+
+def compare(metric: str | None = None, method: str | None = None, limit: int | None = None):
+    """Recorded runs side by side: a table and a plot of the metric against trainable parameters."""
+    frame = RunStore(settings().runs_path).frame(limit=limit, method=method)
+    return _compare(frame, metric)
+
+
+def runs(limit: int | None = 20, method: str | None = None):
+    """Recorded runs, newest first, as a DataFrame."""
+    return RunStore(settings().runs_path).frame(limit=limit, method=method)
+
+
+def free() -> int:
+    """Drop cached models (and the ones Results hold) and release accelerator memory."""
+    return _free_models()
+
+
+def methods() -> list[dict[str, str]]:
+    """Every registered method with its origin and import status (importing each to find out)."""
+    from .errors import UsageError
+    for entry in registry().entries.values():
+        try:
+            entry.load()
+        except UsageError:
+            pass  # kept on the entry as its error, shown in the listing
+    return [{"name": e.name, "origin": e.origin, "status": e.status, "error": e.error or ""}
+            for e in registry().entries.values()]
+
+
+def device() -> dict:
+    from .engine.device import pick_device
+    return device_info(pick_device(settings().device))
+
+
+def models() -> list[dict[str, str]]:
+    from .models import installed
+    return [{"alias": alias, "package": e.package, "installed": installed(alias), "about": e.description}
+            for alias, e in EMBEDDED.items()]

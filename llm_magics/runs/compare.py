@@ -1,0 +1,92 @@
+"""`%llm compare`: recorded runs side by side, as a table and a plot.
+
+The plot is the argument the field keeps having: quality against the number
+of parameters trained, with the time it took.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .figures import new_figure, png_html, to_png
+
+TABLE_COLUMNS = ["run_id", "method", "model", "status", "trainable_params", "total_params",
+                 "wall_s", "rows_per_s", "tokens_per_s", "peak_mem_bytes", "device", "created"]
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame
+    metric: str
+    png: bytes | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        if self.table.empty:
+            return "<i>No recorded runs yet.</i>"
+        parts = [f"<b>Runs compared on {html.escape(self.metric)}</b>",
+                 self.table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
+        if self.png:
+            parts.append(png_html(self.png, alt=f"{self.metric} against trainable parameters"))
+        parts += [f"<div style='color:#a60'>{html.escape(n)}</div>" for n in self.notes]
+        return "".join(parts)
+
+    def __repr__(self) -> str:
+        if self.table.empty:
+            return "No recorded runs yet."
+        return self.table.to_string(index=False)
+
+
+def pick_metric(frame: pd.DataFrame, requested: str | None) -> str:
+    if requested:
+        return requested
+    for name in ("test_accuracy", "val_accuracy", "test_f1", "val_loss", "train_loss"):
+        if name in frame.columns and frame[name].notna().any():
+            return name
+    return "test_accuracy"
+
+
+def compare(frame: pd.DataFrame, metric: str | None = None) -> Comparison:
+    metric = pick_metric(frame, metric)
+    if frame.empty:
+        return Comparison(frame, metric)
+    columns = [c for c in TABLE_COLUMNS if c in frame.columns]
+    if metric in frame.columns:
+        columns.insert(3, metric)
+        frame = frame.sort_values(metric, ascending=metric.endswith("loss"), na_position="last")
+    table = frame[columns].copy()
+    if "peak_mem_bytes" in table:
+        table["peak_mem_mb"] = table.pop("peak_mem_bytes") / 2**20
+    notes = []
+    if metric not in frame.columns or frame[metric].isna().all():
+        notes.append(f"no recorded run has {metric!r}; pass --metric with one of: "
+                     + ", ".join(c for c in frame.columns if "_" in c and c not in TABLE_COLUMNS))
+        return Comparison(table, metric, None, notes)
+    return Comparison(table, metric, plot(frame, metric), notes)
+
+
+def plot(frame: pd.DataFrame, metric: str) -> bytes:
+    data = frame.dropna(subset=[metric])
+    fig = new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    params = data["trainable_params"].fillna(0).clip(lower=1).astype(float)
+    wall = data["wall_s"].fillna(0).astype(float)
+    sizes = 30 + 270 * (np.sqrt(wall) / max(np.sqrt(wall).max(), 1e-9))
+    methods = list(dict.fromkeys(data["method"]))
+    palette = ["#37c", "#c33", "#2a7", "#c80", "#84c", "#555", "#0aa"]
+    for i, method in enumerate(methods):
+        mask = (data["method"] == method).to_numpy()
+        ax.scatter(params[mask], data[metric][mask], s=sizes[mask], alpha=0.7,
+                   color=palette[i % len(palette)], label=method, edgecolors="white")
+    for (_, row), p, w in zip(data.iterrows(), params, wall):
+        ax.annotate(f"{w:.0f}s", (p, row[metric]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} against trainable parameters (marker area: wall time)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return to_png(fig)
