@@ -1,0 +1,173 @@
+"""IPython magics, built from the registry. Thin: parse, run, display.
+
+`%llm` is the umbrella; every registered method gets its own magic (`%probe`,
+`%%icl`, ...). A method's module is imported on first use, or when its help
+is asked for (`%probe?`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from IPython.core.magic import Magics, line_magic, magics_class
+from traitlets import Enum, Unicode, observe
+
+from . import options as opts
+from . import settings as settings_mod
+from .errors import UsageError, did_you_mean
+from .registry import registry, rediscover
+
+
+@dataclass
+class CompareOptions:
+    metric: str | None = opts.option(None, "metric to compare (default: test_accuracy when recorded)")
+    method: str | None = opts.option(None, "only runs of this method")
+    limit: int | None = opts.option(None, "only the newest N runs", check=opts.positive)
+
+
+@dataclass
+class RunsOptions:
+    limit: int = opts.option(20, "how many of the newest runs", check=opts.positive)
+    method: str | None = opts.option(None, "only runs of this method")
+
+
+LLM_COMMANDS = {
+    "": "overview: methods, models, device, recent runs",
+    "methods": "registered methods, where each comes from, and whether it imported",
+    "models": "model aliases and where each resolves",
+    "device": "the device, dtype and free memory runs will use",
+    "runs": "recorded runs (--limit N, --method NAME)",
+    "compare": "recorded runs side by side: table and plot (--metric, --method, --limit)",
+    "free": "drop cached models and release GPU memory",
+    "reload": "discover methods again (after pip-installing a plugin)",
+}
+
+
+@magics_class
+class LLMMagics(Magics):
+    """Settings users keep, settable with `%config LLMMagics.<name> = value`."""
+
+    default_model = Unicode("minilm", help="model used when a magic gets no --model").tag(config=True)
+    device = Unicode("auto", help="auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps").tag(config=True)
+    cache_dir = Unicode("", help="folder for converted models, feature caches and run artifacts").tag(config=True)
+    runs_db = Unicode("", help="SQLite file of the run store (default: <cache_dir>/runs.sqlite)").tag(config=True)
+    progress = Enum(["auto", "widget", "html", "text", "none"], "auto",
+                    help="how runs show progress").tag(config=True)
+
+    def __init__(self, shell=None, **kwargs):
+        current = settings_mod.current()
+        super().__init__(shell=shell, **kwargs)
+        # Start from the environment's settings; later %config changes flow back into them.
+        self.default_model = current.default_model
+        self.device = current.device
+        self.cache_dir = str(current.cache_dir)
+        self.runs_db = str(current.runs_db or "")
+        self.progress = current.progress
+
+    @observe("default_model", "device", "cache_dir", "runs_db", "progress")
+    def _push(self, change):
+        current = settings_mod.current()
+        value = change["new"]
+        if change["name"] == "cache_dir":
+            current.cache_dir = Path(value).expanduser() if value else settings_mod.Settings().cache_dir
+        elif change["name"] == "runs_db":
+            current.runs_db = Path(value).expanduser() if value else None
+        elif change["name"] == "device" and value not in ("", "auto"):
+            from .engine.device import pick_device
+            pick_device(value)  # a device that does not exist is refused now, not at the next run
+            current.device = value
+        else:
+            setattr(current, change["name"], value or getattr(settings_mod.Settings(), change["name"]))
+
+    @line_magic
+    def llm(self, line: str = ""):
+        """%llm [methods|models|device|runs|compare|free|reload]: the umbrella of llm-magics."""
+        from . import api
+        from .overview import Overview
+        tokens = opts.split_line(line)
+        word, rest = (tokens[0], tokens[1:]) if tokens else ("", [])
+        if word not in LLM_COMMANDS:
+            raise UsageError(f"%llm: unknown command {word!r}" + did_you_mean(word, [w for w in LLM_COMMANDS if w]))
+        if word == "compare":
+            o = opts.parse_line(CompareOptions, rest, "llm compare")
+            return api.compare(o.metric, o.method, o.limit)
+        if word == "runs":
+            o = opts.parse_line(RunsOptions, rest, "llm runs")
+            return Overview(runs=api.runs(o.limit, o.method), sections=("runs",))
+        if rest:
+            raise UsageError(f"%llm {word} takes no arguments, got {' '.join(rest)!r}")
+        if word == "free":
+            dropped = api.free()
+            print(f"released {dropped} cached model(s) and emptied the accelerator cache")
+            return None
+        if word == "reload":
+            register_methods(self.shell, rediscover())
+            return Overview(methods=api.methods(), sections=("methods",))
+        sections = {"": ("methods", "models", "device", "runs"), "methods": ("methods",),
+                    "models": ("models",), "device": ("device",)}[word]
+        return Overview(methods=api.methods(), models=api.models() if "models" in sections else None,
+                        device=api.device() if "device" in sections else None,
+                        runs=api.runs(10) if "runs" in sections else None, sections=sections)
+
+
+class MethodMagic:
+    """The magic of one method: a callable IPython registers, with lazy help."""
+
+    def __init__(self, name: str, shell):
+        self.name = name
+        self.shell = shell
+        self.__name__ = name
+
+    def getdoc(self) -> str:  # IPython's `%name?` asks for this
+        try:
+            return registry().load(self.name).help()
+        except UsageError as exc:
+            return str(exc)
+
+    @property
+    def __doc__(self):  # noqa: D105 - help() and inspect read __doc__
+        return self.getdoc()
+
+    def __call__(self, line: str = "", cell: str | None = None):
+        return run_magic(self.name, line, cell, self.shell)
+
+
+def run_magic(name: str, line: str, cell: str | None, shell):
+    cls = registry().load(name)
+    tokens = opts.split_line(line)
+    if any(t in ("-h", "--help") for t in tokens):
+        print(cls.help())
+        return None
+    word = tokens[0] if tokens and tokens[0] in cls.commands else None
+    command = cls.command(word)
+    rest = tokens[1:] if word else tokens
+    prog = f"{name} {word}" if word else name
+    extra = {}
+    if cell is not None:
+        if not cls.cell_option or word:
+            raise UsageError(f"%%{name} takes no cell body; use the line magic %{name}")
+        extra[cls.cell_option] = cell
+    options = opts.parse_line(command.options, rest, prog, extra=extra)
+    from .runner import execute  # the engine (torch) loads on first use, not at %load_ext
+    result = execute(name, word, options, namespace=shell.user_ns if shell else {})
+    out = getattr(options, "out", None)
+    if out:
+        shell.user_ns[out] = result
+        return None
+    return result
+
+
+def register_methods(shell, reg=None) -> None:
+    reg = reg or registry()
+    manager = shell.magics_manager
+    for name in reg.names():
+        manager.register_function(MethodMagic(name, shell), magic_kind="line_cell", magic_name=name)
+
+
+def load(shell) -> LLMMagics:
+    magics = LLMMagics(shell=shell)
+    shell.register_magics(magics)
+    if magics not in shell.configurables:
+        shell.configurables.append(magics)
+    register_methods(shell)
+    return magics
