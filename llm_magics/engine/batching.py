@@ -86,3 +86,27 @@ def with_oom_backoff(batches: list[np.ndarray], run: Callable[[np.ndarray], None
             queue += [batch[half:], batch[:half]]
             continue
         yield batch
+
+
+def grouped_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
+                    group: bool = True, mega: int = 50) -> list[np.ndarray]:
+    """One epoch's training batches: shuffled, and (when `group`) of similar lengths.
+
+    Rows are shuffled, cut into mega-batches of `mega` batches, sorted by
+    length inside each, split into batches, and the batch order shuffled,
+    with the longest batch first so an out-of-memory shows up at once.
+    Deterministic for a given generator state: resuming replays the same plan.
+    """
+    order = rng.permutation(len(lengths))
+    if not group:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    lengths = np.asarray(lengths)
+    batches = []
+    for start in range(0, len(order), batch_size * mega):
+        chunk = order[start:start + batch_size * mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    longest = int(np.argmax([lengths[b].max() for b in batches]))
+    first = batches.pop(longest)
+    rng.shuffle(batches)
+    return [first] + batches

@@ -7,6 +7,7 @@ CPU stays fp32: bf16 weights would lose small updates.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -153,6 +154,22 @@ class MemoryMonitor:
             self._thread.join()
             self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
         return False
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Eval mode for a block, then each module's own mode back.
+
+    `model.train(previous)` would be wrong: it would switch a frozen base's
+    dropout on too, and a cached model must never extract features in train mode.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 class Stopwatch:

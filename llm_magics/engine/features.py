@@ -17,6 +17,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .batching import collate, length_batches, tokenize, with_oom_backoff
+from .device import eval_mode
 
 POOLINGS = ("cls", "mean", "last")
 
@@ -148,9 +149,10 @@ def extract(model, tokenizer, texts: Sequence[str], layers: Sequence[int], pooli
             progress.log(f"out of memory: splitting batches (now {size} rows); continuing")
 
     batches = length_batches(lengths, max_batch, max_tokens)
-    for batch in with_oom_backoff(batches, run, backed_off):
-        if progress:
-            progress.advance(len(batch))
+    with eval_mode(model):  # a model fresh from training may still have dropout on
+        for batch in with_oom_backoff(batches, run, backed_off):
+            if progress:
+                progress.advance(len(batch))
     stats.seconds = time.perf_counter() - started
     return out, stats
 

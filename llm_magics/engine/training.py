@@ -1,0 +1,323 @@
+"""The training half of the engine: one loop for every method that trains.
+
+A method hands the loop a `TrainTask` (how to batch rows, compute a loss,
+evaluate) and a `TrainConfig`; the loop does the rest: AdamW (fused on CUDA)
+with warmup and a linear/cosine schedule, bf16 autocast on GPUs that support
+it (fp32 on CPU), gradient accumulation and clipping, length-grouped batches,
+evaluation every epoch or every N steps, early stopping, the best checkpoint
+kept as safetensors, resumable checkpoints, out-of-memory back-off, and a
+clean stop between optimizer steps (Stop button, or a kernel interrupt).
+
+Built on plain PyTorch and transformers' schedulers rather than
+`accelerate.Accelerator`: its process-wide state cannot change mixed precision
+within one notebook session, and a single-device loop needs none of it.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .batching import grouped_batches, is_oom
+from .device import empty_cache
+
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    lr: float = 5e-5
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    weight_decay: float = 0.01
+    warmup: float = 0.06            # share of optimizer steps spent warming up
+    scheduler: str = "linear"
+    eval_every: int | None = None   # optimizer steps; None: at the end of every epoch
+    patience: int | None = None     # evaluations without improvement before stopping
+    best_metric: str = "val_loss"
+    greater_is_better: bool = False
+    seed: int = 0
+    autocast: torch.dtype | None = None   # bf16/fp16 on GPUs, None on CPU
+    group_by_length: bool = True
+
+
+class TrainTask(Protocol):
+    """What a method provides; the loop owns everything else."""
+    lengths: list[int]                      # per training row, for length grouping
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, Any]: ...
+    def loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, int]: ...   # (loss, real tokens)
+    def evaluate(self, model) -> dict[str, float]: ...                              # on validation
+
+
+@dataclass
+class Outcome:
+    status: str                             # ok | stopped
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] | None = None
+    steps: int = 0
+    total_steps: int = 0
+    epochs_run: float = 0.0
+    train_seconds: float = 0.0
+    train_tokens: int = 0
+    train_rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.train_tokens / self.train_seconds if self.train_tokens and self.train_seconds else None
+
+    @property
+    def rows_per_s(self) -> float | None:
+        return self.train_rows / self.train_seconds if self.train_rows and self.train_seconds else None
+
+
+class _InterruptToStop:
+    """While training on the main thread, the first Ctrl-C / kernel interrupt asks for a
+    clean stop at the next step boundary; a second one interrupts at once."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.progress.should_stop:
+            raise KeyboardInterrupt
+        self.progress.request_stop()
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+class TrainLoop:
+    def __init__(self, model: torch.nn.Module, task: TrainTask, config: TrainConfig, progress,
+                 folder: Path, device: torch.device, on_step: Callable[[int], None] | None = None):
+        self.model, self.task, self.config, self.progress = model, task, config, progress
+        self.folder, self.device, self.on_step = Path(folder), device, on_step
+        self.batch_size, self.grad_accum = config.batch_size, config.grad_accum
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("nothing to train: every parameter is frozen")
+        self.optimizer = make_optimizer(model, config, device)
+        self.steps_per_epoch = math.ceil(len(self._plan(0)) / self.grad_accum)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        from transformers import get_scheduler
+        name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
+        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=int(config.warmup * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda") if config.autocast == torch.float16 else None
+        self.state = {"epoch": 0, "position": 0, "step": 0, "plan": None, "history": [], "best": None,
+                      "since_best": 0, "tokens": 0, "rows": 0, "seconds": 0.0,
+                      "batch_size": self.batch_size, "grad_accum": self.grad_accum}
+        self.notes: list[str] = []
+        self.early_stopped = False
+
+    # -- plan ----------------------------------------------------------------------------
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.config.seed, epoch])
+        return grouped_batches(self.task.lengths, self.batch_size, rng, self.config.group_by_length)
+
+    @property
+    def last_dir(self) -> Path:
+        return self.folder / "checkpoint-last"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.folder / "checkpoint-best"
+
+    # -- run -----------------------------------------------------------------------------
+    def resume(self, folder: Path) -> None:
+        """Continue from a checkpoint written by `save_checkpoint` (possibly another run's)."""
+        loop = checkpoint.load(folder, self.model, self.optimizer, self.scheduler)
+        self.state.update(loop)
+        self.batch_size, self.grad_accum = loop["batch_size"], loop["grad_accum"]
+        best_src = folder.parent / "checkpoint-best"
+        if best_src.exists() and best_src != self.best_dir:
+            import shutil
+            shutil.copytree(best_src, self.best_dir, dirs_exist_ok=True)
+        self.progress.log(f"resumed at step {self.state['step']} of {self.total_steps} "
+                          f"(epoch {self.state['epoch'] + 1})")
+
+    def run(self) -> Outcome:
+        cfg, s = self.config, self.state
+        self.progress.start(total=self.total_steps, unit="steps", epochs=cfg.epochs)
+        self.progress.state.done = s["step"]
+        if s["step"] == 0 and not s["history"]:
+            torch.manual_seed(cfg.seed)  # dropout masks; a resumed run restores its RNG instead
+            self._evaluate(initial=True)
+        stopped = False
+        with _InterruptToStop(self.progress):
+            while s["epoch"] < cfg.epochs and not stopped:
+                stopped = self._run_epoch()
+                if not stopped:
+                    s["epoch"] += 1
+                    s["position"], s["plan"] = 0, None
+                    if cfg.eval_every is None:
+                        stopped = self._evaluate()
+        status = "stopped" if stopped and not self.early_stopped else "ok"
+        if status == "stopped":
+            self.save_checkpoint()
+            self.notes.append(f"stopped at step {s['step']} of {self.total_steps}; the best checkpoint is kept, "
+                              f"and --resume continues from checkpoint-last")
+        else:
+            import shutil
+            shutil.rmtree(self.last_dir, ignore_errors=True)  # optimizer state is 2× the weights
+        if checkpoint.exists(self.best_dir) and s["best"] is not None:
+            checkpoint.load_weights(self.model, self.best_dir)
+        return Outcome(status=status, history=list(s["history"]), best=s["best"], steps=s["step"],
+                       total_steps=self.total_steps, epochs_run=s["step"] / max(self.steps_per_epoch, 1),
+                       train_seconds=s["seconds"], train_tokens=s["tokens"], train_rows=s["rows"],
+                       notes=self.notes)
+
+    def _run_epoch(self) -> bool:
+        """Train one epoch from the saved position; True when asked to stop (or early stopping)."""
+        s, cfg = self.state, self.config
+        if s["plan"] is None:
+            s["plan"] = [b.tolist() for b in self._plan(s["epoch"])]
+        train_mode(self.model)
+        micro, running, started = 0, [], time.perf_counter()
+        while s["position"] < len(s["plan"]):
+            indices = np.asarray(s["plan"][s["position"]])
+            try:
+                loss, tokens = self._forward_backward(indices)
+            except Exception as exc:
+                if not is_oom(exc) or len(indices) == 1:
+                    raise
+                self._back_off(exc)
+                continue
+            s["position"] += 1
+            micro += 1
+            s["tokens"] += tokens
+            s["rows"] += len(indices)
+            running.append(loss)
+            end_of_epoch = s["position"] == len(s["plan"])
+            if micro % self.grad_accum and not end_of_epoch:
+                continue
+            self._optimizer_step()
+            s["seconds"] += time.perf_counter() - started
+            self.progress.advance(1, loss=float(np.mean(running)))
+            self.progress.set(lr=self.scheduler.get_last_lr()[0],
+                              tokens_per_s=s["tokens"] / max(s["seconds"], 1e-9))
+            running = []
+            if self.on_step:
+                self.on_step(s["step"])
+            if cfg.eval_every and s["step"] % cfg.eval_every == 0 and self._evaluate():
+                return True
+            if self.progress.should_stop:
+                return True
+            started = time.perf_counter()
+        return False
+
+    def _forward_backward(self, indices: np.ndarray) -> tuple[float, int]:
+        batch = self.task.batch(indices, self.device)
+        with torch.autocast(self.device.type, dtype=self.config.autocast, enabled=self.config.autocast is not None):
+            loss, tokens = self.task.loss(self.model, batch)
+        scaled = loss / self.grad_accum
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        return float(loss.detach()), int(tokens)
+
+    def _optimizer_step(self) -> None:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.config.max_grad_norm:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+
+    def _back_off(self, exc: BaseException) -> None:
+        """Halve the batch, double the accumulation: same effective batch, less memory."""
+        s = self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        empty_cache()
+        self.batch_size = max(1, self.batch_size // 2)
+        self.grad_accum *= 2
+        s["batch_size"], s["grad_accum"] = self.batch_size, self.grad_accum
+        rest = s["plan"][s["position"]:]
+        halves = [part for b in rest for part in (b[:len(b) // 2], b[len(b) // 2:]) if part]
+        s["plan"] = s["plan"][:s["position"]] + halves
+        message = (f"out of memory: batch size halved to {self.batch_size}, gradient accumulation doubled to "
+                   f"{self.grad_accum} (same effective batch)")
+        self.notes.append(message)
+        self.progress.log(message)
+
+    # -- evaluation and checkpoints --------------------------------------------------------
+    def _evaluate(self, initial: bool = False) -> bool:
+        """Evaluate, keep the best weights, checkpoint; True when early stopping says stop."""
+        s, cfg = self.state, self.config
+        self.model.eval()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=cfg.autocast,
+                                             enabled=cfg.autocast is not None):
+            metrics = self.task.evaluate(self.model)
+        train_mode(self.model)
+        if not metrics:
+            return False
+        record = {"step": s["step"], "epoch": round(s["step"] / max(self.steps_per_epoch, 1), 3), **metrics}
+        s["history"].append(record)
+        self.progress.eval(**metrics)
+        if initial:
+            return False
+        value = metrics.get(cfg.best_metric)
+        best = s["best"]
+        improved = value is not None and (best is None or (value > best[cfg.best_metric] if cfg.greater_is_better
+                                                           else value < best[cfg.best_metric]))
+        if improved:
+            s["best"], s["since_best"] = record, 0
+            checkpoint.save_weights(self.model, self.best_dir)
+        else:
+            s["since_best"] += 1
+        self.save_checkpoint()
+        if cfg.patience and s["since_best"] >= cfg.patience:
+            self.notes.append(f"early stopping: no better {cfg.best_metric} for {cfg.patience} evaluations")
+            self.progress.log(self.notes[-1])
+            self.early_stopped = True
+            return True
+        return False
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(self.last_dir, self.model, self.optimizer, self.scheduler, self.state)
+
+
+def train_mode(model: torch.nn.Module) -> None:
+    """Train mode for what trains; frozen parts stay in eval mode (no dropout), so training
+    through a frozen base sees the same features as the head-only fast path."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norms (the usual split); fused on CUDA."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda")
