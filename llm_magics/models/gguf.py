@@ -17,10 +17,17 @@ def converted_folder(gguf_path: Path, name: str) -> Path:
     target = settings.current().models_path / name
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
+    import sys
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .loader import quiet
+    print(f"converting {gguf_path.name} to safetensors once, into {target} (about 30 s) ...",
+          file=sys.stderr, flush=True)
     folder, file = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
+    with quiet():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
     model.hf_quantizer = None
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
@@ -28,8 +35,9 @@ def converted_folder(gguf_path: Path, name: str) -> Path:
     # Write beside the target and rename, so a crash never leaves half a model.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        with quiet():
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

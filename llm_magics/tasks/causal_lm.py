@@ -1,0 +1,91 @@
+"""Instruction tuning (SFT) as a training task, and generation with the tuned model."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.sft import IGNORE, SftData, chat_prompt, distinct_pad_id, encode
+from ..engine.batching import length_batches
+from ..engine.device import eval_mode
+
+
+def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    longest = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), longest), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, (ids, labs) in enumerate(rows):
+        input_ids[i, :len(ids)] = torch.as_tensor(ids)
+        labels[i, :len(labs)] = torch.as_tensor(labs)
+        mask[i, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class SftTask:
+    def __init__(self, data: SftData, tokenizer, max_length: int, device: torch.device):
+        self.tokenizer, self.device = tokenizer, device
+        self.pad = distinct_pad_id(tokenizer)
+        self.rows = {}
+        self.dropped = 0
+        for split, frame in data.splits().items():
+            encoded = [encode(tokenizer, row, max_length) for row in frame.to_dict("records")]
+            kept = [(ids, labels) for ids, labels in encoded if any(l != IGNORE for l in labels)]
+            self.dropped += len(encoded) - len(kept)
+            self.rows[split] = kept
+        self.lengths = [len(ids) for ids, _ in self.rows["train"]]
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> dict:
+        batch = pad_batch([self.rows["train"][i] for i in indices], self.pad)
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+        out = model(**batch)
+        return out.loss, int(batch["attention_mask"].sum())
+
+    @torch.no_grad()
+    def split_scores(self, model, split: str, max_tokens: int = 8192) -> dict[str, float]:
+        """Token-weighted loss over the split's response tokens, and its perplexity."""
+        rows = self.rows.get(split) or []
+        if not rows:
+            return {}
+        total, count = 0.0, 0
+        with eval_mode(model):
+            for batch_index in length_batches([len(ids) for ids, _ in rows], 64, max_tokens):
+                rows_in = pad_batch([rows[i] for i in batch_index], self.pad)
+                batch = {k: v.to(self.device) for k, v in rows_in.items()}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                shifted = batch["labels"][:, 1:]
+                loss = nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                                   shifted.reshape(-1), ignore_index=IGNORE, reduction="sum")
+                total += float(loss)
+                count += int((shifted != IGNORE).sum())
+        mean = total / max(count, 1)
+        return {f"{split}_loss": mean, f"{split}_perplexity": float(np.exp(min(mean, 50)))}
+
+    def evaluate(self, model) -> dict[str, float]:
+        return self.split_scores(model, "val")
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int = 64, **kwargs) -> list[str] | str:
+    """Answers to prompts, rendered with the chat template the model was tuned with; greedy by default."""
+    single = isinstance(prompts, str)
+    texts = [chat_prompt(tokenizer, p) for p in ([prompts] if single else prompts)]
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the right edge of every row
+    try:
+        inputs = tokenizer(texts, return_tensors="pt", padding=True,
+                           add_special_tokens=not getattr(tokenizer, "chat_template", None)).to(device)
+    finally:
+        tokenizer.padding_side = side
+    kwargs.setdefault("do_sample", False)
+    with eval_mode(model):
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=distinct_pad_id(tokenizer),
+                                eos_token_id=tokenizer.eos_token_id, **kwargs)
+    answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    answers = [a.strip() for a in answers]
+    return answers[0] if single else answers
