@@ -9,12 +9,14 @@ from __future__ import annotations
 import secrets
 import shutil
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import options as opts
 from . import settings as settings_mod
+from .errors import UsageError
 from .engine.device import MemoryMonitor, Stopwatch, pick_device
 from .method import Method, Result
 from .progress import Progress, in_kernel, make_progress
@@ -49,11 +51,18 @@ class RunContext:
             self._run_dir.mkdir(parents=True, exist_ok=True)
         return self._run_dir
 
+    background: bool = False
+
     def progress(self, title: str | None = None) -> Progress:
-        """The run's progress reporter, created on first use (one live display per run)."""
+        """The run's progress reporter, created on first use (one live display per run).
+
+        A background run gets a Stop button (in a notebook with widgets): its
+        clicks are handled while the kernel is idle, which a foreground run
+        never lets it be; a foreground run stops cleanly on a kernel interrupt.
+        """
         if self._progress is None:
             mode = self.progress_mode or self.settings.progress
-            self._progress = make_progress(self.run_id, title or self.method, mode)
+            self._progress = make_progress(self.run_id, title or self.method, mode, stoppable=self.background)
         elif title:
             self._progress.state.title = title
         return self._progress
@@ -74,9 +83,15 @@ class RunContext:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    def discard(self) -> None:
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+    def discard(self, error: BaseException) -> None:
+        """Remove what a failed run wrote — except a checkpoint a crashed training run can resume from."""
+        if self._run_dir is None:
+            return
+        if not isinstance(error, UsageError) and (self._run_dir / "checkpoint-last").exists():
+            if self._progress is not None:
+                self._progress.log(f"checkpoint kept in {self._run_dir}: continue with --resume {self.run_id}")
+            return
+        shutil.rmtree(self._run_dir, ignore_errors=True)
 
 
 def _in_ipython() -> bool:
@@ -96,21 +111,36 @@ def build_options(cls: type[Method], word: str | None, values: dict[str, Any] | 
 
 
 def execute(name: str, word: str | None, options, namespace: dict | None = None,
-            progress_mode: str | None = None) -> Any:
-    """Run a method's command with built options; record a Result when the command records runs."""
+            progress_mode: str | None = None, background: bool | None = None) -> Any:
+    """Run a method's command with built options; record a Result when the command records runs.
+
+    In the background (the `--bg` option, unless `background` says otherwise) the run goes
+    to a thread and a `RunHandle` comes back at once.
+    """
+    if background is None:
+        background = bool(getattr(options, "bg", False))
     cls = registry().load(name)
     command = cls.command(word)
     settings = settings_mod.current()
-    ctx = RunContext(new_run_id(name), name, settings, namespace or {}, progress_mode)
+    ctx = RunContext(new_run_id(name), name, settings, namespace or {}, progress_mode, background=background)
+    handler = getattr(cls(), command.handler)
+    if not background:
+        return _run(handler, command, options, ctx)
+    ctx.progress(name)  # displayed now, from this cell; the thread only updates it
+    handle = RunHandle(ctx.run_id, name, ctx.progress())
+    handle.start(lambda: _run(handler, command, options, ctx))
+    return handle
+
+
+def _run(handler, command, options, ctx: RunContext):
     device_pref = getattr(options, "device", None)
     monitor_device = ctx.device(device_pref) if command.records_run else None
-    handler = getattr(cls(), command.handler)
     try:
         with MemoryMonitor(monitor_device) as memory:
             watch = Stopwatch()
             result = handler(options, ctx)
-    except BaseException:
-        ctx.discard()
+    except BaseException as error:
+        ctx.discard(error)
         if ctx._progress is not None:
             ctx._progress.end("error")
         raise
@@ -126,3 +156,54 @@ def finish(result: Result, ctx: RunContext, options, wall_s: float, peak_bytes: 
     result.wall_s = result.wall_s or wall_s
     result.peak_mem_bytes = result.peak_mem_bytes or peak_bytes
     ctx.store.record(result.record())
+
+
+class RunHandle:
+    """A run in a background thread: `.stop()`, `.wait()`, `.result()`, `.done`."""
+
+    def __init__(self, run_id: str, method: str, progress: Progress):
+        self.run_id, self.method, self.progress = run_id, method, progress
+        self._result = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, work) -> None:
+        def target():
+            try:
+                self._result = work()
+            except BaseException as error:  # kept for .result(), which re-raises it
+                self._error = error
+        self._thread = threading.Thread(target=target, name=f"llm-magics-{self.run_id}", daemon=True)
+        self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Ask the run to end cleanly after the current step (what the Stop button does)."""
+        self.progress.request_stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return self.done
+
+    def result(self, timeout: float | None = None):
+        if not self.wait(timeout):
+            raise TimeoutError(f"run {self.run_id} is still going; .stop() ends it, .wait() waits")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    @property
+    def status(self) -> str:
+        if not self.done:
+            return "stopping" if self.progress.should_stop else "running"
+        return "failed" if self._error is not None else getattr(self._result, "status", "ok")
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id} ({self.method}): {self.status}; .result() when done, .stop() to end>"
+
+    def _repr_html_(self) -> str:
+        return f"<code>{self.run_id}</code> runs in the background: <b>{self.status}</b>. " \
+               "<code>.result()</code> returns its Result when done; <code>.stop()</code> ends it cleanly."

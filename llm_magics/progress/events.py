@@ -71,7 +71,7 @@ class Progress:
 
     # -- emitted by the engine --------------------------------------------------------
     def start(self, total: int | None = None, unit: str = "rows", **info) -> None:
-        self.state.total, self.state.unit = total, unit
+        self.state.total, self.state.unit, self.state.done = total, unit, 0
         self.state.info.update(info)
         self.state.started = time.perf_counter()
         self._emit("start", info=info)
@@ -90,6 +90,10 @@ class Progress:
             self.state.metrics.update(metrics)
             self.state.history.append((self.state.done, _numbers(metrics)))
         self._emit("step", metrics=metrics)
+
+    def set(self, **values) -> None:
+        """Update shown values (learning rate, tokens/s) without charting them."""
+        self.state.metrics.update(values)
 
     def eval(self, **metrics) -> None:
         self.state.metrics.update(metrics)

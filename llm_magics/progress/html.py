@@ -31,6 +31,10 @@ class HtmlSink:
         self._last = now
         self.show(render(state))
 
+    def open(self, state: State) -> None:
+        """Display the view now, so it lands in the cell that started the run."""
+        self.show(render(state))
+
     def show(self, markup: str) -> None:
         from IPython.display import HTML, display
         if self._handle is None:
