@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import fraction, option
+from .options import fraction, non_negative, option, positive
 
 
 def identifier(value) -> str | None:
@@ -49,3 +49,31 @@ class DataOptions:
 class RunOptions:
     out: str | None = option(None, "also bind the Result to this variable; the magic then returns nothing",
                              metavar="NAME", check=identifier)
+
+
+def warmup_share(value) -> str | None:
+    if value is not None and not 0 <= value < 1:
+        return f"is a share of the training steps: at least 0 and below 1, got {value}"
+    return None
+
+
+@dataclass
+class TrainingOptions:
+    epochs: int = option(3, "passes over the training data", check=positive)
+    lr: float | None = option(None, "peak learning rate (default: chosen by what trains, see the method's help)",
+                              check=positive)
+    batch_size: int = option(32, "rows per batch (halved on out-of-memory, with accumulation doubled)",
+                             check=positive)
+    grad_accum: int = option(1, "batches per optimizer step", check=positive)
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", check=non_negative)
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and norms)", check=non_negative)
+    warmup: float = option(0.06, "share of the steps spent warming the learning rate up", check=warmup_share)
+    scheduler: str = option("linear", "learning-rate decay after warmup", choices=("linear", "cosine", "constant"))
+    eval_every: int | None = option(None, "evaluate every N optimizer steps (default: every epoch)",
+                                    check=positive)
+    patience: int | None = option(None, "early stopping: evaluations without improvement before stopping",
+                                  check=positive)
+    max_length: int = option(256, "tokens per row (longer rows are truncated)", check=positive)
+    resume: str | None = option(None, "continue a stopped or crashed run from its last checkpoint: "
+                                      "its run id, or 'last'", metavar="RUN_ID")
+    bg: bool = option(False, "run in the background and return a handle at once (its widget has a Stop button)")
