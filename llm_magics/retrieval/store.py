@@ -1,0 +1,281 @@
+"""An index on disk: one folder per index under the settings cache, nothing pickled.
+
+    <cache>/indexes/<name>/
+        manifest.json     model, dimensions, chunking, FAISS kind and knobs, counts
+        vectors.faiss     FAISS's own file (faiss.write_index)
+        chunks.parquet    id, text, source, position, start, end (row i = BM25 document i)
+        bm25/             bm25s's .npy arrays and JSON vocabulary
+
+Every change writes a complete new folder beside the old one and swaps it in,
+so a crash or an interrupt never leaves half an index. Opened indexes are
+kept for the session (keyed by the manifest's stamp), so a query does not
+re-read the files.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from .. import settings
+from ..errors import UsageError, did_you_mean
+from . import vectors as vec
+from .hybrid import fuse
+from .lexical import Lexical
+
+FORMAT = 1
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+MODES = ("auto", "dense", "lexical", "hybrid")
+CHUNK_COLUMNS = ["id", "text", "source", "position", "start", "end"]
+
+
+def name_problem(name) -> str | None:
+    """Option check: an index name is one folder name, never a path."""
+    if name is None:
+        return None
+    text = str(name)
+    if "/" in text or "\\" in text or text in (".", "..") or text.startswith("."):
+        return f"{text!r} is a path; an index name is a plain name like wiki or docs-v2"
+    if not NAME.match(text):
+        return f"{text!r} is not a valid index name; use letters, digits, '_', '-' and '.'"
+    return None
+
+
+def root() -> Path:
+    return settings.current().subdir("indexes")
+
+
+def folder_of(name: str) -> Path:
+    problem = name_problem(name)
+    if problem:
+        raise UsageError(problem)
+    return root() / name
+
+
+def names() -> list[str]:
+    return sorted(p.name for p in root().iterdir() if p.is_dir() and (p / "manifest.json").exists()
+                  and not p.name.startswith("."))
+
+
+@dataclass
+class Manifest:
+    name: str
+    model: str
+    model_fingerprint: str
+    dim: int
+    pooling: str
+    chunk: int
+    overlap: int
+    params: dict
+    lexical: bool = True
+    next_id: int = 0
+    documents: int = 0
+    chunks: int = 0
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    format: int = FORMAT
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        data = json.loads(path.read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class Index:
+    """An opened index: FAISS vectors, the chunk table, BM25."""
+
+    def __init__(self, manifest: Manifest, dense, chunks: pd.DataFrame, lexical: Lexical | None, folder: Path):
+        self.manifest = manifest
+        self.dense = dense
+        self.chunks = chunks.reset_index(drop=True)
+        self.lexical = lexical
+        self.folder = folder
+        self._rows = pd.Index(self.chunks["id"].to_numpy())
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def params(self) -> vec.Params:
+        return vec.Params.from_dict(self.manifest.params)
+
+    # ---- creating and changing ---------------------------------------------------
+    @classmethod
+    def create(cls, manifest: Manifest, dim: int, training: np.ndarray) -> "Index":
+        params = vec.Params.from_dict(manifest.params)
+        dense = vec.new_index(params, dim, training)
+        manifest.params = params.to_dict()
+        return cls(manifest, dense, pd.DataFrame(columns=CHUNK_COLUMNS), None, folder_of(manifest.name))
+
+    def upsert(self, chunks: pd.DataFrame, vectors: np.ndarray) -> int:
+        """Add chunks; documents whose source is already indexed are replaced. Returns chunks replaced."""
+        replaced = self._remove_rows(self.chunks["source"].isin(set(chunks["source"])))
+        ids = np.arange(self.manifest.next_id, self.manifest.next_id + len(chunks), dtype=np.int64)
+        self.manifest.next_id += len(chunks)
+        vec.add(self.dense, vectors, ids)
+        table = chunks.assign(id=ids)[CHUNK_COLUMNS]
+        self.chunks = pd.concat([self.chunks, table], ignore_index=True) if len(self.chunks) else table
+        self._changed()
+        return replaced
+
+    def delete(self, pattern: str) -> int:
+        """Remove every chunk whose source is `pattern` (or matches it as a glob). Returns chunks removed."""
+        sources = self.chunks["source"].astype(str)
+        hit = (sources == pattern) | sources.map(lambda s: fnmatch.fnmatchcase(s, pattern))
+        removed = self._remove_rows(hit)
+        self._changed()
+        return removed
+
+    def _remove_rows(self, mask: pd.Series) -> int:
+        if not mask.any():
+            return 0
+        ids = self.chunks.loc[mask, "id"].to_numpy(dtype=np.int64)
+        self.dense = vec.remove(self.dense, self.params, ids)
+        self.chunks = self.chunks.loc[~mask].reset_index(drop=True)
+        return len(ids)
+
+    def _changed(self) -> None:
+        self.chunks = self.chunks.astype({"id": "int64", "position": "int64", "start": "int64", "end": "int64"})
+        self._rows = pd.Index(self.chunks["id"].to_numpy())
+        self.lexical = Lexical.build(self.chunks["text"].tolist()) if self.manifest.lexical and len(self.chunks) \
+            else None
+        self.manifest.chunks = len(self.chunks)
+        self.manifest.documents = int(self.chunks["source"].nunique())
+        self.manifest.updated = time.time()
+
+    def save(self) -> None:
+        """Write a complete folder beside the old one, then swap it in."""
+        target = self.folder
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+        try:
+            faiss.write_index(self.dense, str(staging / "vectors.faiss"))
+            self.chunks.to_parquet(staging / "chunks.parquet", index=False)
+            if self.lexical is not None:
+                self.lexical.save(staging / "bm25")
+            (staging / "manifest.json").write_text(json.dumps(asdict(self.manifest), indent=1))
+            old = None
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}"
+                target.rename(old)
+            staging.rename(target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _opened[str(target)] = (_stamp(target), self)
+
+    # ---- searching ----------------------------------------------------------------
+    def resolve_mode(self, mode: str) -> str:
+        if mode == "auto":
+            return "hybrid" if self.lexical is not None else "dense"
+        if mode in ("lexical", "hybrid") and self.lexical is None:
+            raise UsageError(f"index {self.name!r} was built without BM25 (--no-lexical); use --mode dense")
+        return mode
+
+    def search(self, queries: list[str], k: int, embedder=None, mode: str = "auto", nprobe: int | None = None,
+               ef_search: int | None = None, candidates: int | None = None, rrf_k: int = 60,
+               query_vectors: np.ndarray | None = None) -> pd.DataFrame:
+        """Top-k chunks per query: query_id, query, rank, score, text, source, position."""
+        mode = self.resolve_mode(mode)
+        pool = k if mode == "dense" else max(candidates or 0, 5 * k, 50)
+        dense_hits = lexical_hits = None
+        if mode in ("dense", "hybrid"):
+            if query_vectors is None:
+                query_vectors, _ = embedder.encode(queries)
+            vec.apply_search_params(self.dense, self.params, nprobe, ef_search)
+            scores, ids = vec.search(self.dense, query_vectors, pool)
+            dense_hits = [self._positions(row_ids, row_scores) for row_ids, row_scores in zip(ids, scores)]
+        if mode in ("lexical", "hybrid"):
+            lexical_hits = self.lexical.search(queries, pool)
+        if mode == "dense":
+            ranked = [(p[:k], s[:k]) for p, s in dense_hits]
+        elif mode == "lexical":
+            ranked = [(p[:k], s[:k]) for p, s in lexical_hits]
+        else:
+            ranked = [fuse([d, lx], k, rrf_k) for d, lx in zip(dense_hits, lexical_hits)]
+        return self._frame(queries, ranked, mode)
+
+    def _positions(self, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keep = ids >= 0
+        return self._rows.get_indexer(ids[keep]), scores[keep]
+
+    def _frame(self, queries: list[str], ranked, mode: str) -> pd.DataFrame:
+        counts = [len(p) for p, _ in ranked]
+        positions = np.concatenate([p for p, _ in ranked]).astype(np.int64) if ranked else np.zeros(0, np.int64)
+        table = self.chunks.iloc[positions]
+        frame = pd.DataFrame({
+            "query_id": np.repeat(np.arange(len(queries)), counts),
+            "query": np.repeat(np.asarray(queries, dtype=object), counts),
+            "rank": np.concatenate([np.arange(1, n + 1) for n in counts]) if counts else [],
+            "score": np.concatenate([s for _, s in ranked]).astype(np.float32) if ranked else [],
+            "text": table["text"].to_numpy(),
+            "source": table["source"].to_numpy(),
+            "position": table["position"].to_numpy(),
+        })
+        frame.attrs.update(index=self.name, mode=mode)
+        return frame
+
+    def describe(self) -> dict:
+        m = self.manifest
+        params = {k: v for k, v in m.params.items() if v is not None}
+        return {"name": m.name, "documents": m.documents, "chunks": m.chunks, "model": m.model, "dim": m.dim,
+                "kind": params.get("kind"), "lexical": m.lexical, "chunk": m.chunk, "overlap": m.overlap,
+                "params": params, "size_mb": round(folder_size(self.folder) / 2**20, 2),
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created)),
+                "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(m.updated)), "folder": str(self.folder)}
+
+
+_opened: dict[str, tuple[str, Index]] = {}
+
+
+def _stamp(folder: Path) -> str:
+    stat = (folder / "manifest.json").stat()
+    return f"{stat.st_mtime_ns}:{stat.st_size}:{stat.st_ino}"
+
+
+def exists(name: str) -> bool:
+    return (folder_of(name) / "manifest.json").exists()
+
+
+def open_index(name: str) -> Index:
+    """The index called `name`, from the session's memory when the folder did not change."""
+    folder = folder_of(name)
+    if not (folder / "manifest.json").exists():
+        raise UsageError(f"no index named {name!r}" + (did_you_mean(name, names()) if names()
+                                                        else "; build one with %index build NAME --from PATH"))
+    stamp = _stamp(folder)
+    cached = _opened.get(str(folder))
+    if cached and cached[0] == stamp:
+        return cached[1]
+    manifest = Manifest.read(folder / "manifest.json")
+    if manifest.format > FORMAT:
+        raise UsageError(f"index {name!r} was written by a newer llm-magics (format {manifest.format})")
+    dense = faiss.read_index(str(folder / "vectors.faiss"))
+    chunks = pd.read_parquet(folder / "chunks.parquet")
+    lexical = Lexical.load(folder / "bm25", len(chunks)) if (folder / "bm25").exists() else None
+    index = Index(manifest, dense, chunks, lexical, folder)
+    _opened[str(folder)] = (stamp, index)
+    return index
+
+
+def drop(name: str) -> bool:
+    folder = folder_of(name)
+    _opened.pop(str(folder), None)
+    if not folder.exists():
+        return False
+    shutil.rmtree(folder)
+    return True
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
