@@ -92,3 +92,14 @@ def test_config_traits_set_the_settings(shell, capsys, tmp_path):
     assert settings.current().device == "cpu"
     assert settings.current().runs_path == tmp_path / "runs.db"
     assert settings.current().default_model == "smollm2"
+
+
+def test_finetune_magic_help_and_a_background_handle(shell, capsys, tiny_bert, separable):
+    _, out, _ = run(shell, "%finetune?", capsys)
+    for flag in ("--train SPEC", "--task", "--epochs", "--resume RUN_ID", "--bg/--no-bg", "--feature-cache"):
+        assert flag in out
+    shell.user_ns["df"] = separable[0]
+    result, _, err = run(shell, f"%finetune --model {tiny_bert} --data df --train head --bg --out job", capsys)
+    assert result.success and result.result is None, err
+    job = shell.user_ns["job"]
+    assert job.result(timeout=120).metrics["test_accuracy"] > 0.5 and job.status == "ok"

@@ -159,13 +159,13 @@ class TrainLoop:
         cfg, s = self.config, self.state
         self.progress.start(total=self.total_steps, unit="steps", epochs=cfg.epochs)
         self.progress.state.done = s["step"]
-        if s["step"] == 0 and not s["history"]:
-            torch.manual_seed(cfg.seed)  # dropout masks; a resumed run restores its RNG instead
-            self._evaluate(initial=True)
         stopped = False
         with _InterruptToStop(self.progress):
+            if s["step"] == 0 and not s["history"]:
+                torch.manual_seed(cfg.seed)  # dropout masks; a resumed run restores its RNG instead
+                self._evaluate(initial=True)
             while s["epoch"] < cfg.epochs and not stopped:
-                stopped = self._run_epoch()
+                stopped = self.progress.should_stop or self._run_epoch()
                 if not stopped:
                     s["epoch"] += 1
                     s["position"], s["plan"] = 0, None
