@@ -1,0 +1,388 @@
+"""`%%icl`: templates, demonstrations, label scoring with a cached prefix, generation, RAG, the API backend.
+
+Tiny config-built models have random weights, so these tests check the
+mechanics exactly (scores against a plain full forward pass, prompts, metrics,
+records, errors); quality is checked on the real models in test_real_icl_index.py.
+"""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from IPython.core.interactiveshell import InteractiveShell
+
+from llm_magics import api
+from llm_magics.engine.scoring import score_continuations
+from llm_magics.errors import UsageError
+from llm_magics.methods import icl_prompts as prompts
+
+TEMPLATE = "Review: {text}\nSentiment: {label}"
+
+
+def tiny_icl(model, **kwargs):
+    return api.icl(model=str(model), dtype="float32", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return (AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(tiny_llama))
+
+
+def full_forward_logprob(model, ids: list[int], start: int) -> float:
+    """log p(ids[start:] | ids[:start]) from one plain forward pass: the reference."""
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    return float(sum(logprobs[t - 1, ids[t]] for t in range(start, len(ids))))
+
+
+# ---- templates, labels, demonstrations ----------------------------------------------------------
+
+def test_templates_fill_fields_and_leave_other_braces_alone():
+    t = prompts.Template('Input: {text}\nJSON: {"key": [1, 2]} {{text}}\nAnswer: {label}')
+    assert t.fields == ["text", "label"]
+    assert t.render({"text": "hi", "label": "yes"}) == 'Input: hi\nJSON: {"key": [1, 2]} {text}\nAnswer: yes'
+    assert t.query({"text": "hi"}, "label") == 'Input: hi\nJSON: {"key": [1, 2]} {text}\nAnswer:'
+    assert t.opening("label") == " "
+    assert prompts.Template("Q: {q}\nA:").query({"q": "x"}, "label") == "Q: x\nA:"
+
+
+def test_templates_split_on_dash_lines_only():
+    body = "A: {text} {label}\n---\nB: {text} -- not a separator {label}\n  ---  \nC {text}{label}\n"
+    templates = prompts.split_templates(body)
+    assert [t.number for t in templates] == [1, 2, 3]
+    assert templates[1].text == "B: {text} -- not a separator {label}" and templates[2].text == "C {text}{label}"
+    with pytest.raises(UsageError, match="empty"):
+        prompts.split_templates("A {label}\n---\n\n---\nB {label}")
+
+
+@pytest.mark.parametrize("labels, gold, expected, note", [
+    (["negative", "positive"], ["positive", "negative"], {"negative": 0, "positive": 1}, ""),
+    (["negative", "positive"], [0, 1, 1], {"0": 0, "1": 1}, "labels by position: 0 → negative, 1 → positive"),
+    (["bad", "good"], ["neg", "pos"], {"neg": 0, "pos": 1}, "labels in sorted order: neg → bad, pos → good"),
+    (["1=great", "0=awful"], [0, 1], {"1": 0, "0": 1}, ""),
+])
+def test_labels_match_the_gold_values(labels, gold, expected, note):
+    mapping = prompts.parse_labels(labels, gold)
+    assert mapping.index == expected and mapping.note == note
+    assert mapping.words == [x.split("=")[-1] for x in labels]
+
+
+def test_labels_that_match_nothing_or_repeat_are_usage_errors():
+    with pytest.raises(UsageError, match="do not match the gold labels"):
+        prompts.parse_labels(["a", "b"], ["x", "y", "z"])
+    with pytest.raises(UsageError, match="repeats"):
+        prompts.parse_labels(["a", "a"], [])
+    with pytest.raises(UsageError, match="tokenizes to nothing"):
+        prompts.parse_labels(["a", " "], [])
+
+
+def test_balanced_selection_takes_as_many_of_each_label_and_is_seeded():
+    classes = np.array([0] * 30 + [1] * 5 + [2] * 12)
+    picked, note = prompts.select_fixed(len(classes), 9, "balanced", 3, classes)
+    assert sorted(np.bincount(classes[picked], minlength=3).tolist()) == [3, 3, 3] and not note
+    assert picked == prompts.select_fixed(len(classes), 9, "balanced", 3, classes)[0]
+    assert picked != prompts.select_fixed(len(classes), 9, "balanced", 4, classes)[0]
+    short, note = prompts.select_fixed(len(classes), 18, "balanced", 0, classes)
+    assert np.bincount(classes[short]).tolist() == [7, 5, 6] and "topped up" in note
+    with pytest.raises(UsageError, match="--shots 48 is more than the 47 demonstrations"):
+        prompts.select_fixed(len(classes), 48, "random", 0, None)
+
+
+# ---- the scoring engine --------------------------------------------------------------------------
+
+def test_cached_prefix_and_left_padded_batches_match_plain_forward_passes(lm):
+    model, _ = lm
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randint(5, 300, (23,), generator=g).tolist()
+    rows = [torch.randint(5, 300, (n,), generator=g).tolist() for n in (3, 9, 1, 14, 6, 2, 11)]
+    continuations = [[11], [40, 41], [77, 3, 9]]
+    for pre in (prefix, []):
+        scores, lengths, stats = score_continuations(model, rows, continuations, prefix=pre, pad_id=3, max_batch=3)
+        reference = np.array([[full_forward_logprob(model, pre + r + c, len(pre) + len(r)) for c in continuations]
+                              for r in rows])
+        np.testing.assert_allclose(scores, reference, atol=2e-5)
+        assert lengths.tolist() == [1, 2, 3] and stats.rows == len(rows) and stats.tokens > 0
+
+
+def test_single_token_labels_take_one_pass_per_batch(lm):
+    model, _ = lm
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        rows = [[5, 6, 7]] * 10
+        score_continuations(model, rows, [[11], [12], [13]], prefix=[9, 9, 9, 9], pad_id=3, max_batch=5)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 + 2   # the prefix once, then two batches of five rows for all three labels
+
+
+# ---- %%icl end to end on the tiny decoder ----------------------------------------------------------
+
+def test_scoring_run_matches_the_rendered_prompt_and_records_everything(tiny_llama, lm, demo, store):
+    train, test = demo
+    result = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(24), demos=train, shots=4,
+                      labels=["negative", "positive"])
+    assert result.metrics["queries"] == 24 and result.metrics["shots"] == 4
+    assert 0 <= result.metrics["test_accuracy"] <= 1 and "test_f1" in result.metrics
+    assert "zero_shot_accuracy" in result.metrics                 # zero-shot beside the few-shot run
+    assert result.device == "cpu" and result.dtype == "float32" and result.rows_per_s > 0
+    assert result.tokens_per_s > 0 and result.total_params > 0 and result.label_names == ["negative", "positive"]
+    record = store.get(result.run_id)
+    assert record["metrics"]["test_accuracy"] == result.metrics["test_accuracy"]
+    assert record["options"]["template"] == TEMPLATE and record["peak_mem_bytes"] > 0
+    # the prompt: four demonstrations rendered with the template, then the query up to its slot
+    prompt = result.prompt
+    assert prompt.count("Review: ") == 5 and prompt.endswith(f"Review: {test.text[0]}\nSentiment:")
+    assert prompt.count("Sentiment: negative") + prompt.count("Sentiment: positive") == 4
+    # the scores are the plain log-likelihoods of ' negative' / ' positive' after that prompt
+    model, tokenizer = lm
+    context = len(tokenizer(prompt)["input_ids"])
+    ref = [full_forward_logprob(model, tokenizer(prompt + " " + w)["input_ids"], context)
+           for w in ("negative", "positive")]
+    logp = result.predictions.loc[0, ["logp_negative", "logp_positive"]].to_numpy(dtype=float)
+    np.testing.assert_allclose(logp[1] - logp[0], ref[1] - ref[0], atol=1e-4)
+    assert result.predictions.loc[0, "prediction"] == ("positive" if ref[1] > ref[0] else "negative")
+
+
+def test_several_templates_are_ranked_on_the_same_rows_and_demonstrations(tiny_llama, demo):
+    train, test = demo
+    body = TEMPLATE + "\n---\nText: {text}\nIs it positive or negative? {label}"
+    result = tiny_icl(tiny_llama, template=body, data=test.head(16), demos=train, shots=2,
+                      labels=["negative", "positive"], zero_shot=False)
+    table = result.tables["templates"]
+    assert table["rank"].tolist() == [1, 2] and sorted(table["template"]) == [1, 2]
+    assert table["accuracy"].is_monotonic_decreasing
+    assert result.metrics["best_template"] == table["template"].iloc[0]
+    assert result.metrics["test_accuracy"] == table["accuracy"].iloc[0]
+
+
+def test_calibration_divides_out_the_content_free_prior(tiny_llama, demo):
+    train, test = demo
+    plain = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(20), demos=train, shots=2,
+                     labels=["negative", "positive"], zero_shot=False)
+    calibrated = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(20), demos=train, shots=2,
+                          labels=["negative", "positive"], zero_shot=False, calibrate=True)
+    assert calibrated.metrics["test_uncalibrated_accuracy"] == plain.metrics["test_accuracy"]
+    shift = (calibrated.predictions[["logp_negative", "logp_positive"]].to_numpy()
+             - plain.predictions[["logp_negative", "logp_positive"]].to_numpy())
+    assert np.allclose(shift, shift[0], atol=1e-6)   # one prior for the shared demonstrations: a constant shift
+    assert not np.allclose(shift[0], 0)
+
+
+def test_predict_scores_new_rows_with_the_same_demonstrations(tiny_llama, demo):
+    train, test = demo
+    result = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(8), demos=train, shots=2,
+                      labels=["negative", "positive"], zero_shot=False)
+    again = result.predict(test.head(8))
+    assert again == result.predictions["prediction"].tolist()
+    assert result.predict([{"text": "a new review"}])[0] in ("negative", "positive")
+
+
+def test_generation_streams_answers_cuts_at_stop_strings_and_scores_exact_match(tiny_llama, capsys):
+    data = pd.DataFrame({"question": ["q one", "q two", "q three"], "label": ["a", "b", "c"]})
+    result = tiny_icl(tiny_llama, template="Question: {question}\nAnswer: {label}", data=data, demos=data,
+                      shots=1, max_tokens=6, stop=["\\n"], seed=1)
+    out = capsys.readouterr().out
+    for i in range(3):
+        assert f"[{i}] " in out
+    outputs = result.predictions["output"].tolist()
+    assert len(outputs) == 3 and all("\n" not in o for o in outputs)
+    assert 0 <= result.metrics["test_exact_match"] <= 1 and "test_contains" in result.metrics
+    assert result.tokens_per_s > 0
+    streamed = {int(m.group(1)): m.group(2) for line in out.splitlines()
+                if (m := re.match(r"^\[(\d+)\] ?(.*)$", line))}
+    assert [streamed[i].strip() for i in range(3)] == outputs
+
+
+def test_exact_match_normalises_like_squad():
+    metrics = prompts.normalise_answer("The  Battle, of Hastings!")
+    assert metrics == "battle of hastings"
+    from llm_magics.methods.icl import generation_metrics
+    golds = [prompts.gold_answers(x) for x in (["Normans", "The Normans"], [{"text": "1066"}], None)]
+    assert golds == [["Normans", "The Normans"], ["1066"], []]
+    scores = generation_metrics(["the Normans", "in 1066 I think", "no idea"], golds)
+    assert scores == {"exact_match": 0.5, "contains": 1.0}
+
+
+def test_similar_selection_puts_the_nearest_demonstration_last(tiny_llama, tiny_bert):
+    pool = pd.DataFrame({"text": ["the cast was wonderful", "the plot made no sense at all",
+                                  "the soundtrack is stunning", "the ending fell flat"],
+                         "label": ["positive", "negative", "positive", "negative"]})
+    data = pd.DataFrame({"text": ["the plot made no sense at all today"], "label": ["negative"]})
+    result = tiny_icl(tiny_llama, template=TEMPLATE, data=data, demos=pool, shots=2, select="similar",
+                      embed_model=str(tiny_bert), labels=["negative", "positive"], zero_shot=False)
+    demos = result.prompt.split("\n\n")[:-1]
+    assert len(demos) == 2 and demos[-1] == "Review: the plot made no sense at all\nSentiment: negative"
+
+
+def test_index_fills_context_for_queries_and_demonstrations(tiny_llama, tiny_bert):
+    docs = pd.DataFrame({"text": ["Paris is the capital of France.", "The Nile flows north.",
+                                  "Cats purr when content."], "id": ["paris", "nile", "cats"]})
+    api.index.build(name="facts", source=docs, doc_id="id", model=str(tiny_bert), dtype="float32")
+    questions = pd.DataFrame({"question": ["Which way does the Nile flow?", "What do cats do?"],
+                              "label": ["north", "purr"]})
+    template = "Context: {context}\nQuestion: {question}\nAnswer: {label}"
+    result = tiny_icl(tiny_llama, template=template, data=questions, demos=questions, shots=1, index="facts",
+                      top_k=1, max_tokens=3, stream=False)
+    assert "Context: The Nile flows north.\nQuestion: Which way does the Nile flow?\nAnswer:" in result.prompt
+    assert result.prompt.count("Context: ") == 2   # the demonstration got its own retrieved context
+
+
+def test_cell_magic_in_a_shell_binds_out(tiny_llama, demo, capsys):
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "llm_magics")
+    try:
+        sh.user_ns["train_df"], sh.user_ns["test_df"] = demo[0], demo[1].head(8)
+        cell = (f"%%icl --model {tiny_llama} --dtype float32 --data test_df --demos train_df --shots 2 "
+                f"--labels negative,positive --out r\n{TEMPLATE}\n")
+        assert sh.run_cell(cell).success
+        assert sh.user_ns["r"].metrics["queries"] == 8
+        sh.run_cell("%icl?")
+        assert "--labels" in capsys.readouterr().out
+    finally:
+        sh.run_line_magic("unload_ext", "llm_magics")
+
+
+# ---- mistakes: one UsageError line each, nothing recorded ------------------------------------------
+
+@pytest.fixture
+def shell(home, demo):
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "llm_magics")
+    sh.user_ns["train_df"], sh.user_ns["test_df"] = demo[0], demo[1].head(4)
+    yield sh
+    sh.run_line_magic("unload_ext", "llm_magics")
+
+
+def one_usage_line(shell, capsys, cell: str, seconds: float = 60) -> str:
+    started = time.perf_counter()
+    result = shell.run_cell(cell)
+    assert time.perf_counter() - started < seconds
+    out = capsys.readouterr()
+    lines = [x for x in (out.out + out.err).splitlines() if x.strip()]
+    assert not result.success and len(lines) == 1 and lines[0].startswith("UsageError:"), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("flags, body, message", [
+    ("--data test_df", "Review: {txet}\nSentiment: {label}", "{txet} is not a column of --data; did you mean text?"),
+    ("--data test_df --demos train_df --shots 500", TEMPLATE, "--shots 500 is more than the 240 demonstrations"),
+    ("--data test_df --labels negative,positive", "Review: {text}", "has no answer slot {label}"),
+    ("--data test_df --demos train_df --shots 2", "Q: {text}\nA: {context} {label}", "pass --index NAME"),
+    ("--data test_df --index ../etc --top-k 2", "{context} {text} {label}", "is a path"),
+    ("--data test_df --index nosuch", "{context} {text} {label}", "no index named 'nosuch'"),
+    ("--data test_df --labels good,bad,meh", TEMPLATE, "do not match the gold labels"),
+    ("--data test_df --model {bert}", TEMPLATE, "needs a causal (decoder) language model"),
+    ("--data test_df", "", "needs a prompt template"),
+])
+def test_mistakes_are_one_usage_line(shell, capsys, store, tiny_llama, tiny_bert, flags, body, message):
+    model = "" if "--model" in flags else f"--model {tiny_llama} "
+    line = one_usage_line(shell, capsys, f"%%icl {model}{flags.format(bert=tiny_bert)}\n{body}\n")
+    assert message in line
+    assert store.list() == []
+
+
+def test_labels_that_tokenize_to_nothing_are_a_usage_error(shell, capsys, store, tiny_llama):
+    shell.user_ns["words"] = ["negative", ""]
+    line = one_usage_line(shell, capsys, f"import llm_magics.api as a\na.icl(model='{tiny_llama}', data=test_df, "
+                                         f"labels=words, template='Review: {{text}} {{label}}')")
+    assert "tokenizes to nothing" in line
+    from llm_magics.backends import LocalBackend
+    from llm_magics.models import load_model
+    backend = LocalBackend(load_model(str(tiny_llama), "causal_lm"))
+    with pytest.raises(UsageError, match="tokenizes to nothing"):
+        backend.continuation_ids("Sentiment:", [" negative", ""])
+    assert store.list() == []
+
+
+# ---- the OpenAI-compatible backend against a real HTTP server --------------------------------------
+
+KEY_ENV = "LLM_MAGICS_TEST_API_KEY"
+SECRET = "sk-test-5e5e7-never-shown"
+
+
+@pytest.fixture(scope="module")
+def api_server(tiny_llama):
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "openai_stub_server.py"),
+                             "--model", str(tiny_llama), "--key", SECRET],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_api_scores_match_the_local_model_and_the_key_never_shows(api_server, tiny_llama, demo, store, monkeypatch,
+                                                                    capsys):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    train, test = demo
+    common = dict(template=TEMPLATE, data=test.head(10), demos=train, shots=2, labels=["negative", "positive"],
+                  zero_shot=False)
+    remote = api.icl(api_base=api_server, api_key_env=KEY_ENV, model="stub", **common)
+    local = tiny_icl(tiny_llama, **common)
+    assert remote.predictions["prediction"].tolist() == local.predictions["prediction"].tolist()
+    np.testing.assert_allclose(remote.predictions[["logp_negative", "logp_positive"]].to_numpy(),
+                               local.predictions[["logp_negative", "logp_positive"]].to_numpy(), atol=1e-3)
+    assert remote.device == "api" and remote.model.startswith("stub @ http://127.0.0.1:")
+    assert remote.rows_per_s > 0 and remote.tokens_per_s > 0
+    shown = capsys.readouterr()
+    for text in (repr(remote), remote._repr_html_(), str(remote.options), shown.out, shown.err,
+                 Path(store.path).read_bytes().decode("latin-1")):
+        assert SECRET not in text
+    assert store.get(remote.run_id)["options"]["api_key_env"] == KEY_ENV
+
+
+def test_api_generation_through_completions_and_chat(api_server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    data = pd.DataFrame({"question": ["q one", "q two"]})
+    for style in ("completions", "chat"):
+        result = api.icl(api_base=api_server, api_key_env=KEY_ENV, api_style=style, template="Q: {question}\nA:",
+                         data=data, max_tokens=4, stream=False)
+        assert len(result.predictions["output"]) == 2 and all(isinstance(o, str) for o in result.predictions["output"])
+
+
+def test_a_wrong_key_is_refused_without_showing_it(api_server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-wrong-key-123")
+    with pytest.raises(UsageError) as caught:
+        api.icl(api_base=api_server, api_key_env=KEY_ENV, template="Q: {question}\nA:",
+                data=pd.DataFrame({"question": ["x"]}), max_tokens=2)
+    assert "refused the request (401)" in str(caught.value) and "sk-wrong" not in str(caught.value)
+
+
+def test_an_endpoint_that_is_down_is_one_line_fast(shell, capsys, store):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]      # closed again: nothing listens there
+    line = one_usage_line(shell, capsys, f"%%icl --api-base http://127.0.0.1:{port}/v1 --data test_df "
+                                         f"--labels negative,positive\n{TEMPLATE}\n", seconds=15)
+    assert "is not reachable (connection refused)" in line
+    assert store.list() == []
+
+
+def test_an_endpoint_that_never_answers_times_out_as_one_line(shell, capsys, store):
+    with socket.socket() as listener:   # accepts connections (the kernel's backlog) but never replies
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        line = one_usage_line(shell, capsys, f"%%icl --api-base http://127.0.0.1:{port}/v1 --api-timeout 1 "
+                                             f"--data test_df --labels negative,positive\n{TEMPLATE}\n", seconds=15)
+    assert "did not answer within 1 s" in line
+    assert store.list() == []
+
+
+def test_a_key_in_the_url_is_refused():
+    with pytest.raises(UsageError, match="put no key or credentials in the URL"):
+        api.icl(api_base="http://user:sk-abc@127.0.0.1:9/v1", template="{x}", data=[{"x": "1"}])
