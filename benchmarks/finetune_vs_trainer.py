@@ -111,10 +111,8 @@ class TrainerClassifier(torch.nn.Module):
         self.inner = inner
 
     def forward(self, input_ids, attention_mask, labels=None, **_):
-        if labels is None:
-            return {"logits": self.inner(input_ids, attention_mask)}
-        logits, loss = self.inner(input_ids, attention_mask, labels)
-        return {"loss": loss, "logits": logits}
+        out = self.inner(input_ids, attention_mask, labels)
+        return {"logits": out.logits} if labels is None else {"loss": out.loss, "logits": out.logits}
 
 
 def contender(name: str, args) -> dict:

@@ -96,7 +96,7 @@ def test_config_traits_set_the_settings(shell, capsys, tmp_path):
 
 def test_finetune_magic_help_and_a_background_handle(shell, capsys, tiny_bert, separable):
     _, out, _ = run(shell, "%finetune?", capsys)
-    for flag in ("--train SPEC", "--task", "--epochs", "--resume RUN_ID", "--bg/--no-bg", "--feature-cache"):
+    for flag in ("--train SPEC", "--task", "--epochs", "--resume RUN_ID", "--bg/--no-bg", "--feature-cache", "--head-dropout"):
         assert flag in out
     shell.user_ns["df"] = separable[0]
     result, _, err = run(shell, f"%finetune --model {tiny_bert} --data df --train head --bg --out job", capsys)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..engine.features import pool
 
@@ -33,14 +34,16 @@ class SequenceClassifier(nn.Module):
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # Prompt-learning adapters prepend virtual tokens: pool over the real ones only.
+        hidden = hidden[:, hidden.shape[1] - input_ids.shape[1]:]
         return pool(hidden, attention_mask, self.pooling)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                **_) -> SequenceClassifierOutput:
         pooled = self.features(input_ids, attention_mask)
         logits = self.head(self.dropout(pooled.to(self.head.weight.dtype)))
-        if labels is None:
-            return logits
-        return logits, nn.functional.cross_entropy(logits, labels)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def save(self, folder: Path, tokenizer=None, label_names: list[str] | None = None) -> Path:
         folder = Path(folder)

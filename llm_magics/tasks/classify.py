@@ -37,7 +37,7 @@ def predict_logits(model, tokenizer, texts: Sequence[str], max_length: int, devi
     with eval_mode(model):
         for batch in length_batches([len(x) for x in ids], 256, max_tokens):
             inputs = {k: v.to(device) for k, v in collate([ids[i] for i in batch], pad).items()}
-            logits = model(**inputs).float().cpu()
+            logits = model(**inputs).logits.float().cpu()
             if out is None:
                 out = torch.zeros((len(ids), logits.shape[-1]))
             out[torch.as_tensor(batch)] = logits
@@ -61,8 +61,7 @@ class TokenTask:
         return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, int]:
-        _, loss = model(**batch)
-        return loss, int(batch["attention_mask"].sum())
+        return model(**batch).loss, int(batch["attention_mask"].sum())
 
     def split_scores(self, model, split: str) -> dict[str, float]:
         logits = predict_logits(model, self.tokenizer, [], self.max_length, self.device, ids=self.ids[split])
