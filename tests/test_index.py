@@ -152,6 +152,23 @@ def test_approximate_kinds_build_query_and_delete(tiny_bert, kind):
     assert store.open_index("wiki").dense.ntotal == 119
 
 
+def test_a_rebuild_of_the_same_documents_reuses_the_cached_vectors(tiny_bert, docs):
+    first = build(tiny_bert, docs)
+    from llm_magics.models import cached
+    calls = []
+    hooks = [m.model.register_forward_hook(lambda *a: calls.append(1)) for m in cached()]
+    try:
+        again = build(tiny_bert, docs, kind="hnsw", replace=True)
+        fresh = build(tiny_bert, docs, kind="hnsw", replace=True, cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert "the encoder did not run" in " ".join(again.notes) and len(calls) == 1   # only the --no-cache build
+    assert again.metrics["chunks"] == first.metrics["chunks"] == fresh.metrics["chunks"]
+    assert api.index.query(name="wiki", query=FACTS["normans.txt"], k=1, mode="dense")["source"].item().endswith(
+        "normans.txt")
+
+
 def test_auto_picks_flat_for_a_small_corpus_and_hnsw_past_the_threshold(tiny_bert, docs):
     result = build(tiny_bert, docs, kind="auto")
     assert result.info["kind"] == "flat" and "--kind auto chose flat" in " ".join(result.notes)
@@ -261,3 +278,34 @@ def test_magic_build_and_query_in_a_shell(shell, capsys, docs, tiny_bert):
     listing = shell.run_cell("%index").result
     assert listing["name"].tolist() == ["geo"]
     capsys.readouterr()
+
+
+# ---- a real kernel: built in one, queried in a fresh one --------------------------------------------
+
+def _in_a_fresh_kernel(env: dict, code: str) -> str:
+    from jupyter_client.manager import start_new_kernel
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        messages = []
+        reply = kc.execute_interactive(code, timeout=180, output_hook=messages.append)
+        errors = [m["content"] for m in messages if m["msg_type"] == "error"]
+        assert reply["content"]["status"] == "ok", (reply["content"], errors)
+        return "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+@pytest.mark.kernel
+def test_an_index_survives_a_kernel_restart(tmp_path, docs, tiny_bert):
+    env = {**os.environ, "LLM_MAGICS_HOME": str(tmp_path / "kernel-home"), "OMP_NUM_THREADS": "1"}
+    first = _in_a_fresh_kernel(env, "%load_ext llm_magics\nimport os\n"
+                                    f"%index build wiki --from {docs} --model {tiny_bert} --dtype float32 --out b\n"
+                                    "print('PID', os.getpid(), b.metrics['chunks'])")
+    second = _in_a_fresh_kernel(env, "%load_ext llm_magics\nimport os\n"
+                                     "hits = %index query wiki 'The Normans conquered England in 1066' -k 1\n"
+                                     "print('PID', os.getpid(), 'TOP', hits['source'].item())")
+    pid_one, chunks = first.split("PID ")[1].split()[:2]
+    pid_two, top = second.split("PID ")[1].split(" TOP ")
+    assert chunks == "5" and pid_one != pid_two.strip()
+    assert top.strip() == str(docs / "normans.txt")

@@ -74,6 +74,8 @@ class BuildOptions(RunOptions, ModelOptions, SourceOptions):
     ef_search: int = option(64, "hnsw: candidates while searching", check=positive)
     lexical: bool = option(True, "also keep a BM25 index for hybrid (dense + keyword) search")
     replace: bool = option(False, "replace an existing index of the same name")
+    cache: bool = option(True, "reuse chunk vectors cached on disk when the same documents are indexed again "
+                               "(a rebuild with another --kind skips the encoder)")
     batch_tokens: int | None = option(None, "padded tokens per encoder batch (default: 1024 on CPU)",
                                       check=positive)
 
@@ -164,7 +166,9 @@ class IndexMethod(Method):
             raise UsageError(f"--from {o.source}: the documents hold no text the encoder can read")
         progress = ctx.progress(f"index build {o.name} · {embedder.loaded.source.short}")
         progress.start(total=len(chunks), unit="chunks", model=embedder.loaded.source.short, device=str(device))
-        vectors, stats = embedder.encode_ids(chunks.ids, progress, max_tokens=o.batch_tokens)
+        vectors, stats = encode_chunks(embedder, chunks, size, o.overlap, ctx, progress, o.batch_tokens, o.cache)
+        if stats.rows == 0:
+            notes.append("chunk vectors read from the cache: the encoder did not run")
         params = Params(kind=resolve_kind(o.kind, len(chunks)), nlist=o.nlist, nprobe=o.nprobe, hnsw_m=o.hnsw_m,
                         ef_construction=o.ef_construction, ef_search=o.ef_search)
         progress.log(f"storing {len(chunks):,} vectors in a {params.kind} index")
@@ -195,7 +199,7 @@ class IndexMethod(Method):
         chunks = chunk_documents(docs, embedder.tokenizer, manifest.chunk, manifest.overlap)
         progress = ctx.progress(f"index add {o.name}")
         progress.start(total=len(chunks), unit="chunks")
-        vectors, stats = embedder.encode_ids(chunks.ids, progress)
+        vectors, stats = encode_chunks(embedder, chunks, manifest.chunk, manifest.overlap, ctx, progress)
         replaced = index.upsert(chunks.frame, vectors)
         index.save()
         progress.end("ok", chunks=len(chunks))
@@ -264,6 +268,26 @@ class IndexMethod(Method):
         if not store.drop(o.name):
             raise UsageError(f"no index named {o.name!r}" + did_you_mean(o.name, store.names()))
         ctx.write(f"dropped index {o.name!r}\n")
+
+
+def encode_chunks(embedder, chunks, size: int, overlap: int, ctx, progress, batch_tokens: int | None = None,
+                  use_cache: bool = True):
+    """Chunk vectors, from the feature cache when these exact chunks were encoded before."""
+    from ..engine.features import FeatureCache
+    from ..retrieval.embedder import EncodeStats
+    cache = FeatureCache(ctx.settings.subdir("features")) if use_cache else None
+    texts = chunks.frame["text"].tolist()
+    key = cache.key(embedder.loaded.fingerprint, texts, f"index:{embedder.pooling}:{size}/{overlap}",
+                    embedder.max_length, embedder.dtype) if cache else None
+    if cache:
+        found = cache.get(key, 0)
+        if found is not None and found.shape == (len(texts), embedder.dim):
+            progress.advance(len(texts))
+            return found, EncodeStats()
+    vectors, stats = embedder.encode_ids(chunks.ids, progress, max_tokens=batch_tokens)
+    if cache:
+        cache.put(key, 0, vectors)
+    return vectors, stats
 
 
 def query_texts(ref: Any, namespace: dict | None, column: str | None = None) -> list[str]:
