@@ -272,6 +272,8 @@ def help_text(options_cls, prog: str, summary: str = "", usage: str | None = Non
     lines = [usage or f"%{prog} {positionals} [options]".replace("  ", " "), ""]
     if summary:
         lines += [summary.strip(), ""]
+    if not all_specs:
+        return "\n".join(lines + ["(no options)"])
     lines.append("Options:")
     rows = []
     for s in all_specs:

@@ -108,9 +108,13 @@ class _InterruptToStop:
 
 class TrainLoop:
     def __init__(self, model: torch.nn.Module, task: TrainTask, config: TrainConfig, progress,
-                 folder: Path, device: torch.device, on_step: Callable[[int], None] | None = None):
+                 folder: Path, device: torch.device, on_step: Callable[[int], None] | None = None,
+                 before_zero_grad: Callable[[int], None] | None = None):
+        """`before_zero_grad(step)` runs after each optimizer step while gradients still exist
+        (AdaLoRA reallocates its ranks from them)."""
         self.model, self.task, self.config, self.progress = model, task, config, progress
         self.folder, self.device, self.on_step = Path(folder), device, on_step
+        self.before_zero_grad = before_zero_grad
         self.batch_size, self.grad_accum = config.batch_size, config.grad_accum
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -245,8 +249,10 @@ class TrainLoop:
         else:
             self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.state["step"] += 1
+        if self.before_zero_grad:
+            self.before_zero_grad(self.state["step"])
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _back_off(self, exc: BaseException) -> None:
         """Halve the batch, double the accumulation: same effective batch, less memory."""

@@ -114,10 +114,13 @@ def load_model(name_or_source: str | ModelSource | None, head: str = "base", dev
     source = name_or_source if isinstance(name_or_source, ModelSource) else resolve(name_or_source)
     device = device or torch.device("cpu")
     dtype = dtype or torch.float32
-    key = (source.fingerprint, head, str(device), str(dtype), tuple(sorted(model_kwargs.items())))
+    key = (source.fingerprint, head, str(device), str(dtype), tuple(sorted(map(str, model_kwargs.items()))))
     if not fresh and key in _models:
         return _models[key]
     tokenizer = load_tokenizer(source, trust_remote_code)
+    quantized = "quantization_config" in model_kwargs
+    if quantized:  # bitsandbytes places the weights itself; `.to()` is refused on quantized models
+        model_kwargs = {**model_kwargs, "device_map": {"": device.index or 0}}
     try:
         with quiet():
             model = _auto_class(head).from_pretrained(source.path, dtype=dtype,
@@ -129,7 +132,9 @@ def load_model(name_or_source: str | ModelSource | None, head: str = "base", dev
         raise UsageError(f"could not load {source.name!r} as a {head.replace('_', '-')} model: {message}") from None
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(device).eval()
+    if not quantized:
+        model.to(device)
+    model.eval()
     loaded = Loaded(source, model, tokenizer, head, device, dtype)
     if not fresh:
         _models[key] = loaded

@@ -57,6 +57,8 @@ class SftTask:
                 rows_in = pad_batch([rows[i] for i in batch_index], self.pad)
                 batch = {k: v.to(self.device) for k, v in rows_in.items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                # Prompt-learning adapters prepend virtual tokens: score the real positions only.
+                logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1]:]
                 shifted = batch["labels"][:, 1:]
                 loss = nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                                    shifted.reshape(-1), ignore_index=IGNORE, reduction="sum")

@@ -1,0 +1,201 @@
+"""Adapters in the session: several on one base, switched without reloading it.
+
+An `AdapterSet` is one base model in memory with every adapter of one PEFT
+type for one task loaded on it (PEFT cannot mix types on one model); the
+`Hub` holds the sets and finds adapters by name. Saved adapters are PEFT's own
+folders (adapter_config.json + adapter_model.safetensors) plus our
+`llm_magics_adapter.json`, which says which base and task they belong to.
+For classification with a tuner, the head is one of PEFT's `modules_to_save`;
+with prompt learning the head sits outside PEFT and is saved beside it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import UsageError, did_you_mean
+from ..models.classifier import SequenceClassifier
+from .methods import PROMPT_LEARNING
+
+META = "llm_magics_adapter.json"
+HEAD = "classifier_head.safetensors"
+
+
+@dataclass
+class AdapterInfo:
+    name: str
+    method: str
+    peft_type: str
+    task: str
+    model: str                    # the --model the base was resolved from
+    model_fingerprint: str
+    dtype: str
+    trainable_params: int
+    label_names: list[str] | None = None
+    pooling: str | None = None
+    head_dropout: float = 0.1
+    bits: int | None = None
+    origin: str = ""              # the run that trained it, or the folder it was loaded from
+
+    @property
+    def key(self) -> tuple:
+        return (self.model_fingerprint, self.task, tuple(self.label_names or ()), self.pooling, self.peft_type,
+                self.dtype, self.bits)
+
+
+@dataclass
+class AdapterSet:
+    model: nn.Module              # what to call: a PeftModel, or a SequenceClassifier around one
+    peft: Any                     # the PeftModel holding the adapters
+    tokenizer: Any
+    key: tuple
+    infos: dict[str, AdapterInfo] = field(default_factory=dict)
+    heads: dict[str, dict] = field(default_factory=dict)   # prompt-learning classifiers: a head per adapter
+    active: str | None = None
+
+    def activate(self, name: str) -> nn.Module:
+        if self.active != name:
+            self.peft.set_adapter(name)
+            if name in self.heads:
+                self.model.head.load_state_dict(self.heads[name])
+            self.active = name
+        return self.model
+
+    def keep_head(self, name: str) -> None:
+        if isinstance(self.model, SequenceClassifier) and self.infos[name].method in PROMPT_LEARNING:
+            self.heads[name] = {k: v.detach().clone() for k, v in self.model.head.state_dict().items()}
+
+    def save(self, name: str, folder: Path) -> Path:
+        """PEFT's adapter folder for `name`, plus our metadata (and the head, for prompt learning)."""
+        self.activate(name)
+        folder = Path(folder).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            # AdaLoRA may prune a layer's rank to 0; PEFT then warns as if a sharded save were incomplete.
+            warnings.filterwarnings("ignore", message=".*have invalid shape.*")
+            self.peft.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
+            written = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
+            for item in written.iterdir():
+                if item.is_file():
+                    shutil.copy2(item, folder / item.name)
+        if name in self.heads:
+            save_file({k: v.cpu().contiguous() for k, v in self.heads[name].items()}, str(folder / HEAD))
+        info = asdict(self.infos[name])
+        (folder / META).write_text(json.dumps(info, indent=2))
+        return folder
+
+    def load(self, folder: Path, info: AdapterInfo) -> None:
+        """Add a saved adapter to this base under `info.name`."""
+        self.peft.load_adapter(str(folder), adapter_name=info.name, is_trainable=False)
+        self.infos[info.name] = info
+        if (folder / HEAD).exists():
+            self.heads[info.name] = load_file(str(folder / HEAD))
+        self.active = None
+        self.activate(info.name)
+
+    def drop(self, name: str) -> None:
+        others = [n for n in self.infos if n != name]
+        if others:
+            self.activate(others[0])
+            self.peft.delete_adapter(name)
+        self.infos.pop(name)
+        self.heads.pop(name, None)
+
+
+class Hub:
+    """Every adapter in this session, by name."""
+
+    def __init__(self):
+        self.sets: list[AdapterSet] = []
+
+    def names(self) -> list[str]:
+        return [name for s in self.sets for name in s.infos]
+
+    def find(self, name: str) -> tuple[AdapterSet, AdapterInfo]:
+        for adapter_set in self.sets:
+            if name in adapter_set.infos:
+                return adapter_set, adapter_set.infos[name]
+        loaded = self.names()
+        raise UsageError(f"no adapter named {name!r} is loaded" + (did_you_mean(name, loaded) if loaded else
+                                                                   "; none is (train one with %lora, or %lora load PATH)"))
+
+    def check_free(self, name: str) -> None:
+        if name in self.names():
+            raise UsageError(f"an adapter named {name!r} is already loaded; pick another name "
+                             f"(--as / --name), or `%lora unload {name}` first")
+
+    def compatible(self, info: AdapterInfo) -> AdapterSet | None:
+        return next((s for s in self.sets if s.key == info.key), None)
+
+    def adopt(self, adapter_set: AdapterSet, name: str, saved: Path) -> AdapterSet:
+        """A freshly trained set joins the hub; onto an existing base of its kind when there is one."""
+        existing = self.compatible(adapter_set.infos[name])
+        if existing is None:
+            self.sets.append(adapter_set)
+            return adapter_set
+        existing.load(saved, adapter_set.infos[name])  # one base in memory, not two
+        return existing
+
+    def unload(self, name: str) -> None:
+        adapter_set, _ = self.find(name)
+        adapter_set.drop(name)
+        if not adapter_set.infos:
+            self.sets.remove(adapter_set)
+
+    def frame(self) -> pd.DataFrame:
+        rows = [{"name": i.name, "method": i.method, "task": i.task, "model": i.model,
+                 "trainable_params": i.trainable_params, "active": s.active == i.name, "origin": i.origin}
+                for s in self.sets for i in s.infos.values()]
+        return pd.DataFrame(rows, columns=["name", "method", "task", "model", "trainable_params", "active",
+                                           "origin"])
+
+    def release(self) -> None:
+        self.sets.clear()
+
+
+_hub: Hub | None = None
+
+
+def hub() -> Hub:
+    """The session's hub; `%llm free` empties it."""
+    global _hub
+    if _hub is None:
+        from ..models import hold
+        _hub = Hub()
+        hold(_hub)
+    return _hub
+
+
+def read_info(folder: Path) -> AdapterInfo:
+    path = Path(folder).expanduser() / META
+    if not path.exists():
+        if (Path(folder) / "adapter_config.json").exists():
+            raise UsageError(f"{folder} is a PEFT adapter without llm-magics metadata; %lora load needs one saved "
+                             "by %lora save (it records the base model and task)")
+        raise UsageError(f"{folder} holds no adapter (no {META}); pass a folder written by %lora save")
+    return AdapterInfo(**json.loads(path.read_text()))
+
+
+def merged_copy(adapter_set: AdapterSet, name: str) -> nn.Module:
+    """A plain model with `name` merged into its weights; the session's base stays as it is."""
+    info = adapter_set.infos[name]
+    if info.method in PROMPT_LEARNING:
+        raise UsageError(f"{name} is a {info.method} adapter: virtual tokens have no weights to merge into; "
+                         "use it as an adapter (%lora use)")
+    adapter_set.activate(name)
+    clone = copy.deepcopy(adapter_set.peft)
+    for other in [n for n in adapter_set.infos if n != name]:
+        clone.delete_adapter(other)
+    with torch.no_grad():
+        return clone.merge_and_unload()
