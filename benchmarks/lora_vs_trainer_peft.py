@@ -1,0 +1,153 @@
+"""`%lora` against transformers.Trainer + PEFT: tokens/s and peak memory.
+
+    python benchmarks/lora_vs_trainer_peft.py [--model minilm] [--rows 2000] [--method lora] [--device cpu]
+
+Same model, PEFT method and config (rank 8, every linear layer of the blocks,
+the head in modules_to_save), same SST-2 rows, batch size and max length, one
+epoch. Tokens/s counts real (unpadded) tokens over training time. Each
+contender runs in its own subprocess so its peak memory is its own. Goal on
+CPU: ≥ 1.3× Trainer + PEFT's tokens/s at no more peak memory. On a GPU the
+script also prints MFU: 4 × parameters × tokens/s over the card's dense bf16
+peak (pass --peak-tflops).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = Path(os.environ.get("LLM_MAGICS_SHARED", ROOT.parent / "shared")) / "data" / "sst2"
+LR, BATCH, MAX_LENGTH = 2e-3, 32, 128
+
+
+def load(rows: int):
+    import pandas as pd
+    train = pd.read_csv(SST2 / "train.tsv", sep="\t", quoting=csv.QUOTE_NONE).sample(rows, random_state=0)
+    test = pd.read_csv(SST2 / "test.tsv", sep="\t", quoting=csv.QUOTE_NONE)
+    return train.rename(columns={"sentence": "text"}), test.rename(columns={"sentence": "text"})
+
+
+def ours(args, dtype: str) -> dict:
+    from llm_magics import api
+    train, test = load(args.rows)
+    result = api.lora(model=args.model, data=train, test=test, method=args.method, r=8, lr=LR, epochs=1,
+                      batch_size=BATCH, max_length=MAX_LENGTH, device=args.device, dtype=dtype)
+    return {"tokens_per_s": result.tokens_per_s, "peak_mb": result.peak_mem_bytes / 2**20,
+            "accuracy": result.metrics["test_accuracy"], "params": result.total_params, "dtype": result.dtype}
+
+
+class TrainerClassifier(torch.nn.Module):
+    """Trainer wants a dict with `loss`; inside is the same SequenceClassifier %lora adapts."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids, attention_mask, labels=None, **_):
+        out = self.inner(input_ids, attention_mask, labels)
+        return {"logits": out.logits} if labels is None else {"loss": out.loss, "logits": out.logits}
+
+
+def trainer_peft(args) -> dict:
+    import numpy as np
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from llm_magics.adapters.methods import linear_layers
+    from llm_magics.data import prepare_classification
+    from llm_magics.engine.device import MemoryMonitor
+    from llm_magics.models import resolve
+    from llm_magics.models.classifier import SequenceClassifier
+    train, test = load(args.rows)
+    task = prepare_classification(train, test=test, seed=0)
+    path = resolve(args.model).path
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    base = AutoModel.from_pretrained(path)
+    pooling = "mean" if base.config.model_type == "bert" else "last"
+    inner = SequenceClassifier(base, 2, pooling)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=sorted(linear_layers(inner)),
+                        modules_to_save=["head"])
+    model = TrainerClassifier(get_peft_model(inner, config))
+
+    def encode(frame):
+        ds = Dataset.from_pandas(frame[["text", "label"]].rename(columns={"label": "labels"}))
+        return ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=MAX_LENGTH), batched=True,
+                      remove_columns=["text"])
+
+    train_ds, test_ds = encode(task.train), encode(task.test)
+    with tempfile.TemporaryDirectory() as out:
+        targs = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, per_device_eval_batch_size=64,
+                                  num_train_epochs=1, learning_rate=LR, warmup_steps=0.06, weight_decay=0.01,
+                                  lr_scheduler_type="linear", save_strategy="no", eval_strategy="no",
+                                  report_to="none", logging_steps=10**6, seed=0, use_cpu=args.device == "cpu",
+                                  bf16=args.device == "cuda", dataloader_num_workers=0)
+        trainer = Trainer(model=model, args=targs, train_dataset=train_ds,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        with MemoryMonitor(torch.device(args.device)) as memory:
+            stats = trainer.train()
+        predictions = trainer.predict(test_ds)
+    logits = predictions.predictions
+    accuracy = float((np.argmax(logits, -1) == predictions.label_ids).mean())
+    tokens = sum(len(x) for x in train_ds["input_ids"])
+    return {"tokens_per_s": tokens / stats.metrics["train_runtime"], "peak_mb": memory.peak_bytes / 2**20,
+            "accuracy": accuracy, "params": sum(p.numel() for p in model.parameters()), "dtype": "float32"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--method", default="lora")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, for MFU")
+    parser.add_argument("--contender", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.contender:
+        os.environ.setdefault("LLM_MAGICS_PROGRESS", "none")
+        result = {"trainer+peft": lambda: trainer_peft(args), "ours": lambda: ours(args, "auto"),
+                  "ours-fp32": lambda: ours(args, "float32")}[args.contender]()
+        print("RESULT " + json.dumps(result))
+        return 0
+    home = tempfile.mkdtemp(prefix="llm-magics-bench-")
+    results = {}
+    print(f"{args.method} r=8 · {args.model} · {args.rows} SST-2 rows · batch {BATCH} · max length {MAX_LENGTH} · "
+          f"{args.device} · {torch.get_num_threads()} threads")
+    for name in ("trainer+peft", "ours", "ours-fp32"):
+        env = {**os.environ, "LLM_MAGICS_HOME": os.path.join(home, name)}
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, __file__, "--contender", name, "--model", args.model,
+                               "--rows", str(args.rows), "--method", args.method, "--device", args.device],
+                              capture_output=True, text=True, env=env)
+        line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            print(done.stderr[-3000:], file=sys.stderr)
+            return 1
+        r = results[name] = json.loads(line[0][7:])
+        mfu = ""
+        if args.peak_tflops:
+            mfu = f"  MFU {4 * r['params'] * r['tokens_per_s'] / (args.peak_tflops * 1e12):.1%}"
+        print(f"{name:13} {r['dtype']:9} tokens/s {r['tokens_per_s']:8.0f}  peak {r['peak_mb']:7.0f} MiB  "
+              f"accuracy {r['accuracy']:.4f}  ({time.perf_counter() - started:.0f} s){mfu}", flush=True)
+    base, mine = results["trainer+peft"], results["ours"]
+    print(f"\nours / Trainer+PEFT: {mine['tokens_per_s'] / base['tokens_per_s']:.2f}× tokens/s (goal ≥ 1.3×), "
+          f"peak memory {mine['peak_mb']:.0f} vs {base['peak_mb']:.0f} MiB (goal: no more); "
+          f"fp32: {results['ours-fp32']['tokens_per_s'] / base['tokens_per_s']:.2f}×")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
