@@ -135,15 +135,16 @@ def test_add_then_query_finds_the_new_document_and_delete_removes_it(tiny_bert, 
     assert str(extra) not in set(hits["source"])
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
-def test_approximate_kinds_build_query_and_delete(tiny_bert, kind):
+@pytest.mark.parametrize("kind, precision", [("hnsw", "float32"), ("ivf", "float32"), ("flat", "float16"),
+                                             ("hnsw", "float16"), ("ivf", "float16")])
+def test_kinds_and_precisions_build_query_and_delete(tiny_bert, kind, precision):
     rng = np.random.default_rng(0)
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
     texts = [" ".join(rng.choice(words, 6)) + f" item{i}" for i in range(120)]
     frame = pd.DataFrame({"text": texts, "id": [f"doc{i}" for i in range(120)]})
     result = build(tiny_bert, frame, doc_id="id", kind=kind, nlist=2 if kind == "ivf" else None,
-                   nprobe=2 if kind == "ivf" else None)
-    assert result.info["kind"] == kind
+                   nprobe=2 if kind == "ivf" else None, precision=precision)
+    assert result.info["kind"] == kind and result.info["params"]["precision"] == precision
     hits = api.index.query(name="wiki", query=texts[7], k=3, mode="dense")
     assert hits["source"].iloc[0] == "doc7"
     api.index.delete(name="wiki", source="doc7")

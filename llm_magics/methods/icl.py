@@ -100,8 +100,6 @@ class IclOptions(RunOptions, ModelOptions):
         if self.api_base and self.api_style == "chat" and self.labels:
             raise UsageError("--labels scores log-likelihoods, which chat endpoints do not return; "
                              "use --api-style completions, or drop --labels to generate")
-        if self.select == "similar" and self.api_base is None and self.index is None:
-            pass  # similar selection embeds locally with --embed-model
 
 
 @dataclass(repr=False)
