@@ -165,13 +165,15 @@ def test_several_templates_are_ranked_on_the_same_rows_and_demonstrations(tiny_l
     assert result.metrics["test_accuracy"] == table["accuracy"].iloc[0]
 
 
-def test_calibration_divides_out_the_content_free_prior(tiny_llama, demo):
+def test_calibration_divides_out_the_content_free_prior(tiny_llama, demo, capsys):
     train, test = demo
     plain = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(20), demos=train, shots=2,
                      labels=["negative", "positive"], zero_shot=False)
+    capsys.readouterr()
     calibrated = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(20), demos=train, shots=2,
                           labels=["negative", "positive"], zero_shot=False, calibrate=True)
     assert calibrated.metrics["test_uncalibrated_accuracy"] == plain.metrics["test_accuracy"]
+    assert " ok 23/23 queries" in capsys.readouterr().out   # the bar counts the three content-free prompts
     shift = (calibrated.predictions[["logp_negative", "logp_positive"]].to_numpy()
              - plain.predictions[["logp_negative", "logp_positive"]].to_numpy())
     assert np.allclose(shift, shift[0], atol=1e-6)   # one prior for the shared demonstrations: a constant shift

@@ -154,9 +154,9 @@ class IclMethod(Method):
         prepared = self._prepare(o, templates, ctx)
         scoring = o.labels is not None
         shots = self._shots(o)
-        runs = len(templates) * (2 if scoring and shots and o.zero_shot else 1)
         progress = ctx.progress(f"icl · {backend.name}")
-        progress.start(total=runs * len(prepared.rows), unit="queries", model=backend.name, device=backend.device)
+        progress.start(total=self._work(o, templates, prepared), unit="queries", model=backend.name,
+                       device=backend.device)
         started = time.perf_counter()
         if scoring:
             records, best = self._score_all(o, templates, prepared, backend, progress)
@@ -167,6 +167,17 @@ class IclMethod(Method):
         progress.end("ok", **{k: v for k, v in result.metrics.items() if k in ("test_accuracy", "test_exact_match")})
         hold(result)
         return result
+
+    def _work(self, o: IclOptions, templates: list[Template], p: Prepared) -> int:
+        """Prompts the run will score or generate, content-free calibration prompts included."""
+        n = len(p.rows)
+        if o.labels is None:
+            return n * len(templates)
+        calibration = (n if p.similar is not None else len(CONTENT_FREE)) if o.calibrate else 0
+        per_template = n + calibration
+        if self._shots(o) and o.zero_shot:
+            per_template += n + (len(CONTENT_FREE) if o.calibrate else 0)
+        return per_template * len(templates)
 
     # ---- inputs ----------------------------------------------------------------------
     @staticmethod
