@@ -1,0 +1,31 @@
+"""`%lora` on the embedded models and SST-2: the quality claims, checked for real."""
+import csv
+
+import pandas as pd
+import pytest
+
+from conftest import need_sst2
+from llm_magics import api
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def sst2():
+    root = need_sst2()
+    train = pd.read_csv(root / "train.tsv", sep="\t", quoting=csv.QUOTE_NONE).sample(2000, random_state=0)
+    return train, str(root / "test.tsv")
+
+
+def test_minilm_lora_classifier(sst2):
+    train, test = sst2
+    result = api.lora(model="minilm", data=train, test=test, method="lora", r=8)
+    assert result.metrics["test_accuracy"] >= 0.82, result.metrics
+    assert result.trainable_params < 0.02 * result.total_params
+
+
+def test_smollm2_lora_classifier(sst2):
+    train, test = sst2
+    result = api.lora(model="smollm2", data=train, test=test, task="classify", method="lora", r=8, epochs=1)
+    assert result.metrics["test_accuracy"] >= 0.80, result.metrics
+    assert result.tokens_per_s > 0 and result.dtype in ("bfloat16", "float32")
