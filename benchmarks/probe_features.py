@@ -84,7 +84,7 @@ def main() -> int:
         return float(np.min((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
 
     rows = [("baseline: padded dataset.map, batch 10, fp32", t_base, None),
-            (f"llm-magics fp32 (length-sorted, token budget)", t_fp32, cosine(exact[top], reference)),
+            ("llm-magics fp32 (length-sorted, token budget)", t_fp32, cosine(exact[top], reference)),
             (f"llm-magics default ({dtype_name(ours.dtype)})", t_ours, cosine(feats[top], reference)),
             ("llm-magics cached re-run", t_cached, cosine(again[top], reference))]
     print(f"{'':48} {'seconds':>8} {'rows/s':>9} {'× baseline':>11} {'min cosine':>11}")

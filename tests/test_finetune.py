@@ -123,7 +123,6 @@ def test_background_run_stops_cleanly_with_a_usable_result(tiny_bert, separable,
     frame, pos, neg = separable
     handle = api.finetune(model=str(tiny_bert), data=frame, train="all", epochs=200, lr=1e-3, dtype="float32",
                           bg=True)
-    deadline = torch.randn(1)  # noqa: F841 - keep the thread busy a moment
     while handle.progress.state.done < 5:
         assert not handle.done or handle._error is None, handle._error
         handle.wait(0.05)

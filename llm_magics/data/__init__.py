@@ -115,8 +115,8 @@ def prepare_classification(data: Any, validation: Any = None, test: Any = None, 
         train, encoded["validation"] = split_off(train, val_size, seed, train["label"].to_numpy())
         notes.append(f"validation: {len(encoded['validation'])} rows split off --data (seed {seed})")
     if train["label"].nunique() < 2:
-        raise UsageError(f"after splitting, the training rows hold a single class; pass more data "
-                         f"or a --validation/--test of your own")
+        raise UsageError("after splitting, the training rows hold a single class; pass more data "
+                         "or a --validation/--test of your own")
     return TaskData(train=train, validation=encoded["validation"], test=encoded["test"], labels=coder,
                     text_column=text_col, label_column=label_col,
                     fingerprint=fingerprint(train, encoded["validation"], encoded["test"]), notes=notes)

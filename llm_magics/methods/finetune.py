@@ -17,12 +17,11 @@ from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOpti
 from ..engine.device import pick_dtype
 from ..engine.features import FeatureCache, cached_features, default_pooling, num_layers
 from ..engine.training import TrainLoop
-from ..errors import UsageError
 from ..method import Method
 from ..models import hold, load_model, resolve, trainable
 from ..models.classifier import SequenceClassifier
 from ..options import option
-from ..tasks.causal_lm import SftTask
+from ..tasks.causal_lm import require_decoder, sft_task
 from ..tasks.classify import FeatureTask, TokenTask
 from .training_common import (TaskOptions, TrainedResult, announce_stopping, check_resumable, find_checkpoint,
                               finish, prepare_data, result_fields, save_run_options, train_config)
@@ -112,21 +111,6 @@ class FinetuneMethod(Method):
         notes.append("head-only fast path: the frozen base ran once"
                      + ("" if extracted else " (features from the cache)") + "; its features fed the head every epoch")
         return model, loaded.tokenizer, FeatureTask(features, data, device), notes
-
-
-def require_decoder(loaded, source) -> None:
-    if loaded.kind != "decoder":
-        raise UsageError(f"--task sft needs a decoder (causal LM); {source.name} is an {loaded.kind}, "
-                         "e.g. use --model smollm2")
-
-
-def sft_task(data, tokenizer, o, device, notes: list[str]) -> SftTask:
-    task = SftTask(data, tokenizer, o.max_length, device)
-    if task.dropped:
-        notes.append(f"{task.dropped} rows dropped: no response token left within --max-length")
-    if not task.rows["train"]:
-        raise UsageError("no training row has a response within --max-length; raise --max-length")
-    return task
 
 
 def classifier(loaded, data, o, device) -> SequenceClassifier:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..data.sft import IGNORE, SftData, chat_prompt, distinct_pad_id, encode
+from ..errors import UsageError
 from ..engine.batching import length_batches
 from ..engine.device import eval_mode
 
@@ -69,6 +70,22 @@ class SftTask:
 
     def evaluate(self, model) -> dict[str, float]:
         return self.split_scores(model, "val")
+
+
+def require_decoder(loaded, source) -> None:
+    if loaded.kind != "decoder":
+        raise UsageError(f"--task sft needs a decoder (causal LM); {source.name} is an {loaded.kind}, "
+                         "e.g. use --model smollm2")
+
+
+def sft_task(data, tokenizer, o, device, notes: list[str]) -> SftTask:
+    """The SFT task, saying how many rows were dropped; UsageError when none is left."""
+    task = SftTask(data, tokenizer, o.max_length, device)
+    if task.dropped:
+        notes.append(f"{task.dropped} rows dropped: no response token left within --max-length")
+    if not task.rows["train"]:
+        raise UsageError("no training row has a response within --max-length; raise --max-length")
+    return task
 
 
 @torch.no_grad()
