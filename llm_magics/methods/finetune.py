@@ -24,7 +24,7 @@ from ..options import option
 from ..tasks.causal_lm import require_decoder, sft_task
 from ..tasks.classify import FeatureTask, TokenTask
 from .training_common import (TaskOptions, TrainedResult, announce_stopping, check_resumable, find_checkpoint,
-                              finish, prepare_data, result_fields, save_run_options, train_config)
+                              close_run, prepare_data, result_fields, save_run_options, train_config)
 
 # Peak learning rates that work across our models when the user sets none.
 DEFAULT_LR = {"head": 5e-3, "last": 1e-4, "all": 5e-5}
@@ -87,7 +87,7 @@ class FinetuneMethod(Method):
                                 _model=model, _tokenizer=tokenizer,
                                 **result_fields(o, ctx, data, task, model, outcome, device))
         hold(result)
-        return finish(result, ctx, outcome)
+        return close_run(result, ctx, outcome)
 
     def _prepare(self, o, ctx, source, data, device, progress):
         """The model to train, its tokenizer, the task, and notes."""

@@ -35,7 +35,7 @@ from ..options import option, positive
 from ..tasks.classify import TokenTask
 from ..tasks.causal_lm import sft_task
 from .training_common import (TaskOptions, TrainedResult, announce_stopping, check_resumable, find_checkpoint,
-                              finish, prepare_data, result_fields, save_run_options, train_config)
+                              close_run, prepare_data, result_fields, save_run_options, train_config)
 
 # Peak learning rates when the user sets none (measured on SST-2 and small SFT sets): IA3 only
 # rescales, virtual tokens start far from useful, a causal LM's responses need gentler steps.
@@ -250,7 +250,7 @@ class LoraMethod(Method):
                             total_params=plan.total, notes=notes + outcome.notes + plan.notes, adapter=name,
                             _adapter_folder=str(folder), **fields)
         result.notes.append(f"adapter {name!r} is loaded: %lora use {name} · %lora save {name} PATH")
-        return finish(result, ctx, outcome)
+        return close_run(result, ctx, outcome)
 
     def _adapt(self, o, loaded, data, name, total_steps, task, source):
         """Wrap the base with the method's adapter; refuse (naming what works) when it can't train."""

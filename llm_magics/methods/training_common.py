@@ -180,7 +180,8 @@ def result_fields(o, ctx, data, task, model, outcome: Outcome, device) -> dict[s
     return fields
 
 
-def finish(result: TrainedResult, ctx, outcome: Outcome) -> TrainedResult:
+def close_run(result: TrainedResult, ctx, outcome: Outcome) -> TrainedResult:
+    """Throughput from the loop, and the live view's final state."""
     result.tokens_per_s = outcome.tokens_per_s
     result.rows_per_s = outcome.rows_per_s
     ctx.progress().end(outcome.status, **{k: v for k, v in result.metrics.items() if k.startswith("test_")})
