@@ -8,7 +8,7 @@ each label's log-likelihood from the last position (no generation). A third
 line shows the same batched scoring without the prefix cache, to separate the
 two effects.
 
-    python benchmarks/icl_scoring.py [--queries 96] [--model smollm2]
+    python benchmarks/icl_scoring.py [--queries 96] [--model smollm2] [--threads N]
 
 Same model, dtype, demonstrations and SST-2 test sentences, one process, one
 run. Goal: ≥ 3× the generate loop's queries/s.
@@ -62,7 +62,14 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=96, help="SST-2 test sentences (the generate loop is slow)")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--shots", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch (and FAISS) threads; 1 gives steadier numbers on a shared machine")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+        import faiss
+        faiss.omp_set_num_threads(args.threads)
     if not (SST2 / "test.tsv").exists():
         print(f"SST-2 not found under {SST2} (set LLM_MAGICS_SHARED)")
         return 1

@@ -99,7 +99,14 @@ class Index:
         self.chunks = chunks.reset_index(drop=True)
         self.lexical = lexical
         self.folder = folder
+        self._columns()
+
+    def _columns(self) -> None:
+        """Plain arrays of the chunk table: a query picks its ten rows from these in microseconds."""
         self._rows = pd.Index(self.chunks["id"].to_numpy())
+        self._text = self.chunks["text"].to_numpy(dtype=object)
+        self._source = self.chunks["source"].to_numpy(dtype=object)
+        self._position = self.chunks["position"].to_numpy()
 
     @property
     def name(self) -> str:
@@ -146,7 +153,7 @@ class Index:
 
     def _changed(self) -> None:
         self.chunks = self.chunks.astype({"id": "int64", "position": "int64", "start": "int64", "end": "int64"})
-        self._rows = pd.Index(self.chunks["id"].to_numpy())
+        self._columns()
         self.lexical = Lexical.build(self.chunks["text"].tolist()) if self.manifest.lexical and len(self.chunks) \
             else None
         self.manifest.chunks = len(self.chunks)
@@ -212,15 +219,14 @@ class Index:
     def _frame(self, queries: list[str], ranked, mode: str) -> pd.DataFrame:
         counts = [len(p) for p, _ in ranked]
         positions = np.concatenate([p for p, _ in ranked]).astype(np.int64) if ranked else np.zeros(0, np.int64)
-        table = self.chunks.iloc[positions]
         frame = pd.DataFrame({
             "query_id": np.repeat(np.arange(len(queries)), counts),
             "query": np.repeat(np.asarray(queries, dtype=object), counts),
             "rank": np.concatenate([np.arange(1, n + 1) for n in counts]) if counts else [],
             "score": np.concatenate([s for _, s in ranked]).astype(np.float32) if ranked else [],
-            "text": table["text"].to_numpy(),
-            "source": table["source"].to_numpy(),
-            "position": table["position"].to_numpy(),
+            "text": self._text[positions],
+            "source": self._source[positions],
+            "position": self._position[positions],
         })
         frame.attrs.update(index=self.name, mode=mode)
         return frame
