@@ -66,7 +66,6 @@ def main() -> int:
                         help="torch (and FAISS) threads; 1 gives steadier numbers on a shared machine")
     args = parser.parse_args()
     if args.threads:
-        import torch
         torch.set_num_threads(args.threads)
         import faiss
         faiss.omp_set_num_threads(args.threads)
