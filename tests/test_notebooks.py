@@ -35,3 +35,19 @@ def test_quickstart_runs_and_keeps_one_final_progress_view_per_run(monkeypatch):
     assert "test_accuracy" in result_html
     compare = outputs_of(nb, "%llm compare")
     assert "image/png" in compare[0]["data"]["text/html"] or "data:image/png" in compare[0]["data"]["text/html"]
+
+
+def test_method_comparison_notebook_compares_every_method(monkeypatch):
+    monkeypatch.delenv("LLM_MAGICS_PROGRESS")
+    monkeypatch.setenv("LLM_MAGICS_COMPARE_ROWS", "240")
+    monkeypatch.setenv("LLM_MAGICS_COMPARE_TEST_ROWS", "60")
+    nb = execute(NOTEBOOKS / "compare_methods.ipynb")
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+    from llm_magics.runs import RunStore
+    from llm_magics.settings import current
+    runs = RunStore(current().runs_path).frame()
+    assert set(runs["method"]) == {"icl", "probe", "finetune", "lora"} and len(runs) == 7
+    assert runs["test_accuracy"].notna().all()
+    compare = outputs_of(nb, "%llm compare")[0]["data"]["text/html"]
+    assert "data:image/png" in compare and "lora" in compare
