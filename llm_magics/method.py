@@ -103,7 +103,7 @@ class Result:
         if self.peak_mem_bytes:
             bits.append(f"peak {self.peak_mem_bytes / 2**20:,.0f} MiB")
         if self.trainable_params:
-            share = f" ({100 * self.trainable_params / self.total_params:.2f}%)" if self.total_params else ""
+            share = f" ({100 * self.trainable_params / self.total_params:.3g}%)" if self.total_params else ""
             bits.append(f"{self.trainable_params:,} trainable{share}")
         if self.status != "ok":
             bits.append(self.status.upper())

@@ -217,8 +217,9 @@ class TrainLoop:
             self._optimizer_step()
             s["seconds"] += time.perf_counter() - started
             self.progress.advance(1, loss=float(np.mean(running)))
-            self.progress.set(lr=self.scheduler.get_last_lr()[0],
-                              tokens_per_s=s["tokens"] / max(s["seconds"], 1e-9))
+            self.progress.set(lr=self.scheduler.get_last_lr()[0])
+            if s["tokens"]:  # the head-only fast path reads features, not tokens
+                self.progress.set(tokens_per_s=s["tokens"] / max(s["seconds"], 1e-9))
             running = []
             if self.on_step:
                 self.on_step(s["step"])

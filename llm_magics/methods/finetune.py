@@ -23,7 +23,7 @@ from ..models.classifier import SequenceClassifier
 from ..options import option
 from ..tasks.causal_lm import require_decoder, sft_task
 from ..tasks.classify import FeatureTask, TokenTask
-from .training_common import (TaskOptions, TrainedResult, announce_stopping, check_resumable, find_checkpoint,
+from .training_common import (TaskOptions, TrainedResult, describe_run, check_resumable, find_checkpoint,
                               close_run, prepare_data, result_fields, save_run_options, train_config)
 
 # Peak learning rates that work across our models when the user sets none.
@@ -71,10 +71,10 @@ class FinetuneMethod(Method):
             check_resumable(resume_dir, o.resume_values(), data.fingerprint)
         progress = ctx.progress(f"finetune · {source.short} · {o.task} · --train {o.train}")
         model, tokenizer, task, notes = self._prepare(o, ctx, source, data, device, progress)
-        plan = trainable.report(model, "head") if isinstance(task, FeatureTask) else trainable.apply(model, o.train)
-        ctx.display(plan)
+        plan = (trainable.report(model, "--train head") if isinstance(task, FeatureTask)
+                else trainable.apply(model, o.train))
         save_run_options(ctx.run_dir, o.resume_values(), data.fingerprint)
-        announce_stopping(ctx, progress)
+        describe_run(ctx, progress, plan)
         # Head-only trains on the same random batches with or without the feature cache,
         # so the two paths compute the same thing.
         config = train_config(o, device, o.peak_lr(), group_by_length=o.train != "head")
@@ -82,10 +82,9 @@ class FinetuneMethod(Method):
         if resume_dir:
             loop.resume(resume_dir)
         outcome = loop.run()
-        result = FinetuneResult(method=self.name, model=source.short, trainable_params=plan.trainable,
-                                total_params=plan.total, notes=notes + outcome.notes + plan.notes,
+        result = FinetuneResult(method=self.name, model=source.short, notes=notes + outcome.notes + plan.notes,
                                 _model=model, _tokenizer=tokenizer,
-                                **result_fields(o, ctx, data, task, model, outcome, device))
+                                **result_fields(o, ctx, data, task, model, outcome, device, plan))
         hold(result)
         return close_run(result, ctx, outcome)
 

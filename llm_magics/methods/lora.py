@@ -34,7 +34,7 @@ from ..models import resolve, trainable
 from ..options import option, positive
 from ..tasks.classify import TokenTask
 from ..tasks.causal_lm import sft_task
-from .training_common import (TaskOptions, TrainedResult, announce_stopping, check_resumable, find_checkpoint,
+from .training_common import (TaskOptions, TrainedResult, describe_run, check_resumable, find_checkpoint,
                               close_run, prepare_data, result_fields, save_run_options, train_config)
 
 # Peak learning rates when the user sets none (measured on SST-2 and small SFT sets): IA3 only
@@ -225,9 +225,8 @@ class LoraMethod(Method):
         model, peft = self._adapt(o, loaded, data, name, total_steps, task, source)
         plan = trainable.report(model, f"{o.method} r={o.r}" if o.method not in PROMPT_LEARNING
                                 else f"{o.method} {o.virtual_tokens} virtual tokens")
-        ctx.display(plan)
         save_run_options(ctx.run_dir, {**o.resume_values(), "adapter": name}, data.fingerprint)
-        announce_stopping(ctx, progress)
+        describe_run(ctx, progress, plan)
         realloc = (lambda step: peft.base_model.update_and_allocate(step)) if o.method == "adalora" else None
         loop = TrainLoop(model, task, train_config(o, device, o.peak_lr()), progress, ctx.run_dir, device,
                          before_zero_grad=realloc)
@@ -243,11 +242,11 @@ class LoraMethod(Method):
         adapter_set = AdapterSet(model, peft, loaded.tokenizer, info.key, {name: info}, active=name)
         adapter_set.keep_head(name)
         folder = adapter_set.save(name, ctx.run_dir / "adapter")
-        fields = result_fields(o, ctx, data, task, model, outcome, device)
+        fields = result_fields(o, ctx, data, task, model, outcome, device, plan)
         fields["artifacts"]["adapter"] = str(folder)
         hub().adopt(adapter_set, name, folder)
-        result = LoraResult(method=self.name, model=source.short, trainable_params=plan.trainable,
-                            total_params=plan.total, notes=notes + outcome.notes + plan.notes, adapter=name,
+        result = LoraResult(method=self.name, model=source.short, notes=notes + outcome.notes + plan.notes,
+                            adapter=name,
                             _adapter_folder=str(folder), **fields)
         result.notes.append(f"adapter {name!r} is loaded: %lora use {name} · %lora save {name} PATH")
         return close_run(result, ctx, outcome)

@@ -63,11 +63,14 @@ def train_config(o, device: torch.device, lr: float, group_by_length: bool = Tru
                        group_by_length=group_by_length)
 
 
-def announce_stopping(ctx, progress) -> None:
-    """A foreground run in a notebook can't take button clicks; say how to stop it."""
+def describe_run(ctx, progress, plan) -> None:
+    """What trains, in the live view before the first step; and, for a foreground run in a
+    notebook (which can't take button clicks while it runs), how to stop it."""
+    hint = ""
     if not ctx.background and in_kernel():
-        progress.log("to stop cleanly, interrupt the kernel (■): the best checkpoint is kept; "
-                     "--bg runs in the background with a Stop button")
+        hint = ("to stop cleanly, interrupt the kernel (■): the best checkpoint is kept; "
+                "--bg runs in the background with a Stop button")
+    progress.describe(plan.line(), hint)
 
 
 # ---- resuming --------------------------------------------------------------------------
@@ -152,8 +155,8 @@ class TrainedResult(Result):
         self._model = None
 
 
-def result_fields(o, ctx, data, task, model, outcome: Outcome, device) -> dict[str, Any]:
-    """Metrics (best validation, test, training), history, curves, throughput, artifacts."""
+def result_fields(o, ctx, data, task, model, outcome: Outcome, device, plan) -> dict[str, Any]:
+    """Metrics (best validation, test, training), what trained, history, curves, artifacts."""
     metrics: dict[str, float] = {}
     metrics.update(task.split_scores(model, "val"))  # the restored best weights, scored again
     if o.task == "sft" and outcome.history and "val_loss" in outcome.history[0]:
@@ -167,10 +170,13 @@ def result_fields(o, ctx, data, task, model, outcome: Outcome, device) -> dict[s
     metrics["epochs"] = round(outcome.epochs_run, 3)
     metrics["steps"] = outcome.steps
     history = pd.DataFrame(outcome.history)
+    tables = {"trainable parameters": plan.groups}
+    if len(history):
+        tables["history"] = history
     fields = dict(metrics=metrics, data_fingerprint=data.fingerprint, device=str(device),
                   dtype=dtype_name(next(model.parameters()).dtype), status=outcome.status,
                   label_names=getattr(data, "label_names", None), task=o.task, history=history,
-                  tables={"history": history} if len(history) else {},
+                  trainable_params=plan.trainable, total_params=plan.total, tables=tables,
                   figures={"training curves": plot_history(history, steps)} if len(history) else {},
                   artifacts={"run_dir": str(ctx.run_dir)}, _max_length=o.max_length)
     for name in ("checkpoint-best", "checkpoint-last"):

@@ -34,7 +34,7 @@ class Plan:
         return self.trainable / self.total if self.total else 0.0
 
     def line(self) -> str:
-        return (f"--train {self.spec}: {self.trainable:,} of {self.total:,} parameters trainable "
+        return (f"{self.spec}: {self.trainable:,} of {self.total:,} parameters trainable "
                 f"({100 * self.share:.3g}%)" + "".join(f"; {n}" for n in self.notes))
 
     def _repr_html_(self) -> str:
@@ -82,7 +82,7 @@ def apply(model: nn.Module, spec: str) -> Plan:
     for name, param in model.named_parameters():
         param.requires_grad = (spec == "all" or id(param) in head_params
                                or _in_last_blocks(name, blocks_path, keep))
-    plan = report(model, spec)
+    plan = report(model, f"--train {spec}")
     if spec != "all" and getattr(model.config, "tie_word_embeddings", False) and not hasattr(model, "head"):
         plan.notes.append("the output layer is tied to the input embeddings: training it trains both")
     return plan
@@ -99,6 +99,7 @@ def _in_last_blocks(name: str, blocks_path: str | None, keep: range) -> bool:
 
 
 def report(model: nn.Module, spec: str) -> Plan:
+    """Parameters and trainable ones, by group; the blocks collapse into one row ("layers.*")."""
     rows: dict[str, list[int]] = {}
     for name, param in model.named_parameters():
         group = _group(name)
@@ -112,9 +113,9 @@ def report(model: nn.Module, spec: str) -> Plan:
 
 
 def _group(name: str) -> str:
-    """Collapse 'base.encoder.layer.3.attention...' into 'base.encoder.layer.3'."""
+    """'base.encoder.layer.3.attention.self.query.weight' → 'base.encoder.layer.*'; others by module."""
     parts = name.split(".")
     for i, part in enumerate(parts):
         if part.isdigit():
-            return ".".join(parts[:i + 1])
+            return ".".join(parts[:i] + ["*"])
     return ".".join(parts[:-1]) or name

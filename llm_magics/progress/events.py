@@ -39,6 +39,8 @@ class State:
     messages: list[str] = field(default_factory=list)
     status: str = "running"       # running | ok | stopped | error
     info: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""             # one line under the title (what trains)
+    hint: str = ""                # shown while running only (how to stop)
 
     @property
     def elapsed(self) -> float:
@@ -99,6 +101,12 @@ class Progress:
         self.state.metrics.update(metrics)
         self.state.history.append((self.state.done, _numbers(metrics)))
         self._emit("eval", metrics=metrics)
+
+    def describe(self, summary: str = "", hint: str = "") -> None:
+        """A standing line under the title, and a hint shown only while the run goes on."""
+        self.state.summary = summary or self.state.summary
+        self.state.hint = hint or self.state.hint
+        self._emit("log", message=summary)
 
     def log(self, message: str) -> None:
         self.state.messages.append(message)

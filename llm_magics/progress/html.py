@@ -60,9 +60,12 @@ def render(state: State) -> str:
     metrics = "".join(f"<td style='padding:0 8px'><b>{html.escape(k)}</b> {format_metric(v)}</td>"
                       for k, v in state.metrics.items())
     messages = "".join(f"<div style='color:#a60'>{html.escape(m)}</div>" for m in state.messages[-3:])
+    summary = f"<div style='color:#555'>{html.escape(state.summary)}</div>" if state.summary else ""
+    hint = (f"<div style='color:#888;font-size:11px'>{html.escape(state.hint)}</div>"
+            if state.hint and state.status == "running" else "")
     return (f"<div class='llm-magics-progress' style='font-family:sans-serif;font-size:13px'>"
-            f"<div>{head}</div><div>{bar} {counts} · {timing}</div>"
-            f"<table><tr>{metrics}</tr></table>{chart(state.history)}{messages}</div>")
+            f"<div>{head}</div>{summary}<div>{bar} {counts} · {timing}</div>"
+            f"<table><tr>{metrics}</tr></table>{chart(state.history)}{messages}{hint}</div>")
 
 
 def chart(history: list[tuple[int, dict[str, float]]]) -> str:

@@ -61,6 +61,12 @@ def compare(frame: pd.DataFrame, metric: str | None = None) -> Comparison:
     if "peak_mem_bytes" in table:
         table["peak_mem_mb"] = table.pop("peak_mem_bytes") / 2**20
     notes = []
+    if metric in frame.columns and frame[metric].notna().any():
+        without = frame[metric].isna()
+        if without.any():
+            kinds = ", ".join(sorted(set(frame.loc[without, "method"])))
+            notes.append(f"{int(without.sum())} run(s) without {metric} not shown ({kinds})")
+            table, frame = table[~without.to_numpy()], frame[~without]
     if metric not in frame.columns or frame[metric].isna().all():
         notes.append(f"no recorded run has {metric!r}; pass --metric with one of: "
                      + ", ".join(c for c in frame.columns if "_" in c and c not in TABLE_COLUMNS))
