@@ -30,7 +30,7 @@ class RecordingHtml(HtmlSink):
 def test_html_sink_updates_in_place_and_throttles():
     sink = RecordingHtml()
     progress = Progress([sink], run_id="r2", title="train")
-    progress.start(total=1000, unit="steps")
+    progress.start(total=1000, unit="steps")  # training: the view charts the loss
     for i in range(1000):
         progress.advance(1, loss=1.0 / (i + 1))
     progress.end("ok")

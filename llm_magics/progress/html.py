@@ -65,7 +65,8 @@ def render(state: State) -> str:
             if state.hint and state.status == "running" else "")
     return (f"<div class='llm-magics-progress' style='font-family:sans-serif;font-size:13px'>"
             f"<div>{head}</div>{summary}<div>{bar} {counts} · {timing}</div>"
-            f"<table><tr>{metrics}</tr></table>{chart(state.history)}{messages}{hint}</div>")
+            f"<table><tr>{metrics}</tr></table>{chart(state.history) if state.unit == 'steps' else ''}"
+            f"{messages}{hint}</div>")
 
 
 def chart(history: list[tuple[int, dict[str, float]]]) -> str:
