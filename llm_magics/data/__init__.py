@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import UsageError
 from .columns import LabelCoder, infer_label_column, infer_text_column, require_column
-from .load import describe, load_frame, load_splits, lookup
+from .load import describe, load_frame, load_given, load_splits, lookup
 
 __all__ = ["TaskData", "prepare_classification", "load_frame", "load_splits", "fingerprint",
            "split_off", "describe", "lookup", "infer_text_column", "infer_label_column",
@@ -86,11 +86,7 @@ def prepare_classification(data: Any, validation: Any = None, test: Any = None, 
     """Load, pick columns, encode labels, split what is missing. UsageError on any mistake."""
     if data is None:
         raise UsageError("--data is required: a DataFrame variable, a file path or a dataset name")
-    given = load_splits(data, namespace, "--data")
-    if validation is not None:
-        given["validation"] = load_frame(validation, namespace, "--validation")
-    if test is not None:
-        given["test"] = load_frame(test, namespace, "--test")
+    given = load_given(data, validation, test, namespace)
     train = given["train"]
     if train.empty:
         raise UsageError("--data is empty; pass a table with at least a few rows")

@@ -70,6 +70,16 @@ def load_splits(ref: Any, namespace: dict | None = None, role: str = "--data") -
     return {"train": load_frame(obj, namespace, role)}
 
 
+def load_given(data: Any, validation: Any, test: Any, namespace: dict | None) -> dict[str, pd.DataFrame]:
+    """The splits the user gave: train (plus any a DatasetDict carries), validation, test."""
+    given = load_splits(data, namespace, "--data")
+    if validation is not None:
+        given["validation"] = load_frame(validation, namespace, "--validation")
+    if test is not None:
+        given["test"] = load_frame(test, namespace, "--test")
+    return given
+
+
 def from_object(obj: Any, role: str) -> pd.DataFrame:
     if isinstance(obj, pd.DataFrame):
         return obj.reset_index(drop=True)

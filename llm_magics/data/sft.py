@@ -16,7 +16,7 @@ import pandas as pd
 from ..errors import UsageError
 from . import fingerprint, split_off
 from .columns import require_column
-from .load import load_frame, load_splits
+from .load import load_given
 
 PROMPT_NAMES = ("prompt", "instruction", "question", "input", "query", "source")
 RESPONSE_NAMES = ("response", "output", "answer", "completion", "target", "chosen")
@@ -95,11 +95,7 @@ def prepare_sft(data: Any, validation: Any = None, test: Any = None, *, prompt: 
     """Load, normalise, split off a validation set when none is given. Test is optional."""
     if data is None:
         raise UsageError("--data is required: prompt/response rows or chat messages")
-    given = load_splits(data, namespace, "--data")
-    if validation is not None:
-        given["validation"] = load_frame(validation, namespace, "--validation")
-    if test is not None:
-        given["test"] = load_frame(test, namespace, "--test")
+    given = load_given(data, validation, test, namespace)
     roles = {"train": "--data", "validation": "--validation", "test": "--test"}
     frames, modes, notes = {}, set(), []
     for name, frame in given.items():

@@ -18,6 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 from .batching import collate, length_batches, tokenize, with_oom_backoff
 from .device import eval_mode
+from .throughput import Throughput
 
 POOLINGS = ("cls", "mean", "last")
 
@@ -50,25 +51,10 @@ def texts_fingerprint(texts: Sequence[str]) -> str:
 
 
 @dataclass
-class ExtractStats:
-    rows: int = 0            # rows that went through the model (0 on a full cache hit)
-    tokens: int = 0
-    seconds: float = 0.0
+class ExtractStats(Throughput):
+    """Rows and tokens count what went through the model: 0 on a full cache hit."""
     cached_layers: int = 0
     extracted_layers: int = 0
-    backoffs: int = 0
-
-    @property
-    def rows_per_s(self) -> float | None:
-        return self.rows / self.seconds if self.rows and self.seconds else None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.tokens / self.seconds if self.tokens and self.seconds else None
-
-    def add(self, other: "ExtractStats") -> None:
-        for name in ("rows", "tokens", "seconds", "cached_layers", "extracted_layers", "backoffs"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 class FeatureCache:

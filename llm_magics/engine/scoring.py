@@ -25,26 +25,13 @@ import numpy as np
 import torch
 
 from .batching import length_batches, with_oom_backoff
+from .throughput import Throughput
 
 
 @dataclass
-class ScoreStats:
-    rows: int = 0            # query rows scored (each against every continuation)
-    tokens: int = 0          # tokens that went through the model (cached prefix counted once)
-    seconds: float = 0.0
-    backoffs: int = 0
-
-    def add(self, other: "ScoreStats") -> None:
-        for name in ("rows", "tokens", "seconds", "backoffs"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    @property
-    def rows_per_s(self) -> float | None:
-        return self.rows / self.seconds if self.rows and self.seconds else None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.tokens / self.seconds if self.tokens and self.seconds else None
+class ScoreStats(Throughput):
+    """Rows: query rows scored (each against every continuation); tokens: through the model,
+    the cached prefix counted once."""
 
 
 def cache_kwarg(model) -> str:

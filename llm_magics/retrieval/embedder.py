@@ -20,21 +20,12 @@ import torch
 from ..engine.batching import collate, length_batches, with_oom_backoff
 from ..engine.device import dtype_name
 from ..engine.features import batch_budget, default_pooling, pool
+from ..engine.throughput import Throughput
 
 
 @dataclass
-class EncodeStats:
-    rows: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-
-    @property
-    def rows_per_s(self) -> float | None:
-        return self.rows / self.seconds if self.rows and self.seconds else None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.tokens / self.seconds if self.tokens and self.seconds else None
+class EncodeStats(Throughput):
+    """Texts (rows) and their tokens through the encoder."""
 
 
 def sentence_transformers_settings(folder: str) -> dict:
