@@ -82,3 +82,24 @@ def need_sst2():
     if not (SST2 / "train.tsv").exists():
         pytest.skip(f"SST-2 not found under {SST2} (set LLM_MAGICS_SHARED)")
     return SST2
+
+
+def sst2_sample(rows: int):
+    """(a seeded sample of SST-2 train rows, the path of the 872 test sentences)."""
+    import csv
+
+    import pandas as pd
+    root = need_sst2()
+    train = pd.read_csv(root / "train.tsv", sep="\t", quoting=csv.QUOTE_NONE).sample(rows, random_state=0)
+    return train, str(root / "test.tsv")
+
+
+WORDS = ["alpha", "beta", "gamma", "delta", "omega"]
+
+
+@pytest.fixture
+def sft_rows():
+    """Prompt/response pairs in a fixed answer format, learnable by a tiny causal LM."""
+    import pandas as pd
+    return pd.DataFrame([{"prompt": f"Say the word number {i % 5}", "response": f"Word: {WORDS[i % 5]}"}
+                         for i in range(80)])

@@ -9,13 +9,7 @@ from llm_magics.engine.training import TrainLoop
 from llm_magics.errors import UsageError
 from llm_magics.models.classifier import SequenceClassifier
 
-WORDS = ["alpha", "beta", "gamma", "delta", "omega"]
-
-
-@pytest.fixture
-def sft_rows():
-    return pd.DataFrame([{"prompt": f"Say the word number {i % 5}", "response": f"Word: {WORDS[i % 5]}"}
-                         for i in range(80)])
+from conftest import WORDS
 
 
 def fit(model, data, **kwargs):

@@ -1,5 +1,4 @@
 """`%lora`: every PEFT method trains; adapters save, load, switch, merge; bad inputs refused."""
-import pandas as pd
 import pytest
 import torch
 
@@ -7,7 +6,6 @@ from llm_magics import api
 from llm_magics.adapters import hub
 from llm_magics.errors import UsageError
 
-WORDS = ["alpha", "beta", "gamma", "delta", "omega"]
 METHODS = ["lora", "rslora", "dora", "adalora", "ia3", "loha", "lokr", "oft", "prefix", "ptuning", "prompt"]
 LR = {"ia3": 5e-2, "prefix": 3e-2, "ptuning": 3e-2, "prompt": 5e-2, "adalora": 3e-2}
 
@@ -17,12 +15,6 @@ def empty_hub():
     hub().release()
     yield
     hub().release()
-
-
-@pytest.fixture
-def sft_rows():
-    return pd.DataFrame([{"prompt": f"Say the word number {i % 5}", "response": f"Word: {WORDS[i % 5]}"}
-                         for i in range(80)])
 
 
 def train(model, data, **kwargs):

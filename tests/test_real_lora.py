@@ -1,10 +1,7 @@
 """`%lora` on the embedded models and SST-2: the quality claims, checked for real."""
-import csv
-
-import pandas as pd
 import pytest
 
-from conftest import need_sst2
+from conftest import sst2_sample
 from llm_magics import api
 
 pytestmark = pytest.mark.real_model
@@ -12,9 +9,7 @@ pytestmark = pytest.mark.real_model
 
 @pytest.fixture(scope="module")
 def sst2():
-    root = need_sst2()
-    train = pd.read_csv(root / "train.tsv", sep="\t", quoting=csv.QUOTE_NONE).sample(2000, random_state=0)
-    return train, str(root / "test.tsv")
+    return sst2_sample(2000)
 
 
 def test_minilm_lora_classifier(sst2):
