@@ -28,6 +28,7 @@ import torch
 from . import checkpoint
 from .batching import grouped_batches, is_oom
 from .device import empty_cache
+from .throughput import Throughput
 
 SCHEDULERS = ("linear", "cosine", "constant")
 
@@ -68,18 +69,16 @@ class Outcome:
     steps: int = 0
     total_steps: int = 0
     epochs_run: float = 0.0
-    train_seconds: float = 0.0
-    train_tokens: int = 0
-    train_rows: int = 0
+    trained: Throughput = field(default_factory=Throughput)   # optimizer steps only, evaluation excluded
     notes: list[str] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float | None:
-        return self.train_tokens / self.train_seconds if self.train_tokens and self.train_seconds else None
+        return self.trained.tokens_per_s
 
     @property
     def rows_per_s(self) -> float | None:
-        return self.train_rows / self.train_seconds if self.train_rows and self.train_seconds else None
+        return self.trained.rows_per_s
 
 
 class _InterruptToStop:
@@ -187,7 +186,7 @@ class TrainLoop:
             checkpoint.load_weights(self.model, self.best_dir)
         return Outcome(status=status, history=list(s["history"]), best=s["best"], steps=s["step"],
                        total_steps=self.total_steps, epochs_run=s["step"] / max(self.steps_per_epoch, 1),
-                       train_seconds=s["seconds"], train_tokens=s["tokens"], train_rows=s["rows"],
+                       trained=Throughput(rows=s["rows"], tokens=s["tokens"], seconds=s["seconds"]),
                        notes=self.notes)
 
     def _run_epoch(self) -> bool:
