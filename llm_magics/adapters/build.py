@@ -15,7 +15,7 @@ from ..models.classifier import SequenceClassifier
 from ..engine.features import default_pooling
 from ..tasks.causal_lm import require_decoder, sft_task
 from ..tasks.classify import TokenTask
-from .hub import HEAD, AdapterInfo
+from .hub import AdapterInfo
 from .methods import METHODS, PROMPT_LEARNING, build_config, smoke_rows, smoke_test
 
 
@@ -91,11 +91,6 @@ def wrap_saved(loaded, info: AdapterInfo, folder: Path):
     model.head.float()
     peft = PeftModel.from_pretrained(model, str(folder), adapter_name=info.name)
     return peft.eval(), peft
-
-
-def saved_head(folder: Path) -> dict | None:
-    from safetensors.torch import load_file
-    return load_file(str(folder / HEAD)) if (folder / HEAD).exists() else None
 
 
 def working_methods(loaded, o, data, source) -> list[str]:

@@ -10,10 +10,12 @@ with prompt learning the head sits outside PEFT and is saved beside it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
 import tempfile
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,54 +65,84 @@ class AdapterSet:
     infos: dict[str, AdapterInfo] = field(default_factory=dict)
     heads: dict[str, dict] = field(default_factory=dict)   # prompt-learning classifiers: a head per adapter
     active: str | None = None
+    # Held while an adapter is switched in and used: a background run adopting a new adapter onto
+    # this base must not switch it under a prediction.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def activate(self, name: str) -> nn.Module:
-        if self.active != name:
-            self.peft.set_adapter(name)
-            if name in self.heads:
-                self.model.head.load_state_dict(self.heads[name])
-            self.active = name
-        return self.model
+        with self.lock:
+            if self.active != name:
+                self.peft.set_adapter(name)
+                if name in self.heads:
+                    self.model.head.load_state_dict(self.heads[name])
+                self.active = name
+            return self.model
+
+    @contextlib.contextmanager
+    def using(self, name: str):
+        """The model with `name` active, kept so until the block ends."""
+        with self.lock:
+            yield self.activate(name)
 
     def keep_head(self, name: str) -> None:
         if isinstance(self.model, SequenceClassifier) and self.infos[name].method in PROMPT_LEARNING:
             self.heads[name] = {k: v.detach().clone() for k, v in self.model.head.state_dict().items()}
 
     def save(self, name: str, folder: Path) -> Path:
-        """PEFT's adapter folder for `name`, plus our metadata (and the head, for prompt learning)."""
-        self.activate(name)
+        """PEFT's adapter folder for `name`, plus our metadata (and the head, for prompt learning).
+
+        Written beside the target and swapped in: the folder holds exactly this adapter, and a
+        failed save leaves what was there before.
+        """
         folder = Path(folder).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            # AdaLoRA may prune a layer's rank to 0; PEFT then warns as if a sharded save were incomplete.
-            warnings.filterwarnings("ignore", message=".*have invalid shape.*")
-            self.peft.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
-            written = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
-            for item in written.iterdir():
-                if item.is_file():
-                    shutil.copy2(item, folder / item.name)
-        if name in self.heads:
-            save_file({k: v.cpu().contiguous() for k, v in self.heads[name].items()}, str(folder / HEAD))
-        info = asdict(self.infos[name])
-        (folder / META).write_text(json.dumps(info, indent=2))
+        if folder.exists() and any(folder.iterdir()) and not (folder / META).exists():
+            raise UsageError(f"{folder} exists and holds something other than an adapter; pick a new folder")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            with self.using(name), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+                # AdaLoRA may prune a layer's rank to 0; PEFT then warns as if a sharded save were incomplete.
+                warnings.filterwarnings("ignore", message=".*have invalid shape.*")
+                self.peft.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
+                written = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
+                for item in written.iterdir():
+                    if item.is_file():
+                        shutil.copy2(item, staging / item.name)
+            if name in self.heads:
+                save_file({k: v.cpu().contiguous() for k, v in self.heads[name].items()}, str(staging / HEAD))
+            (staging / META).write_text(json.dumps(asdict(self.infos[name]), indent=2))
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return folder
 
     def load(self, folder: Path, info: AdapterInfo) -> None:
         """Add a saved adapter to this base under `info.name`."""
-        self.peft.load_adapter(str(folder), adapter_name=info.name, is_trainable=False)
-        self.infos[info.name] = info
-        if (folder / HEAD).exists():
-            self.heads[info.name] = load_file(str(folder / HEAD))
-        self.active = None
-        self.activate(info.name)
+        with self.lock:
+            self.peft.load_adapter(str(folder), adapter_name=info.name, is_trainable=False)
+            self.infos[info.name] = info
+            head = saved_head(folder, info)
+            if head is not None:
+                self.heads[info.name] = head
+            self.active = None
+            self.activate(info.name)
 
     def drop(self, name: str) -> None:
-        others = [n for n in self.infos if n != name]
-        if others:
-            self.activate(others[0])
-            self.peft.delete_adapter(name)
-        self.infos.pop(name)
-        self.heads.pop(name, None)
+        with self.lock:
+            others = [n for n in self.infos if n != name]
+            if others:
+                self.activate(others[0])
+                self.peft.delete_adapter(name)
+            self.infos.pop(name)
+            self.heads.pop(name, None)
+
+
+def saved_head(folder: Path, info: AdapterInfo) -> dict | None:
+    """A prompt-learning classifier's head, saved beside its adapter (tuners keep theirs inside PEFT)."""
+    if info.method in PROMPT_LEARNING and info.task == "classify" and (folder / HEAD).exists():
+        return load_file(str(folder / HEAD))
+    return None
 
 
 class Hub:
@@ -130,8 +162,9 @@ class Hub:
         raise UsageError(f"no adapter named {name!r} is loaded" + (did_you_mean(name, loaded) if loaded else
                                                                    "; none is (train one with %lora, or %lora load PATH)"))
 
-    def check_free(self, name: str) -> None:
-        if name in self.names():
+    def check_free(self, name: str, resuming: str | None = None) -> None:
+        """Refuse a taken name; a resumed run may take back its own interrupted adapter's."""
+        if name in self.names() and not (resuming and self.find(name)[1].origin == resuming):
             raise UsageError(f"an adapter named {name!r} is already loaded; pick another name "
                              f"(--as / --name), or `%lora unload {name}` first")
 
@@ -139,7 +172,10 @@ class Hub:
         return next((s for s in self.sets if s.key == info.key), None)
 
     def adopt(self, adapter_set: AdapterSet, name: str, saved: Path) -> AdapterSet:
-        """A freshly trained set joins the hub; onto an existing base of its kind when there is one."""
+        """A freshly trained set joins the hub; onto an existing base of its kind when there is one.
+        An adapter of the same name (the interrupted run a resumed one replaces) goes first."""
+        if name in self.names():
+            self.unload(name)
         existing = self.compatible(adapter_set.infos[name])
         if existing is None:
             self.sets.append(adapter_set)
@@ -193,8 +229,8 @@ def merged_copy(adapter_set: AdapterSet, name: str) -> nn.Module:
     if info.method in PROMPT_LEARNING:
         raise UsageError(f"{name} is a {info.method} adapter: virtual tokens have no weights to merge into; "
                          "use it as an adapter (%lora use)")
-    adapter_set.activate(name)
-    clone = copy.deepcopy(adapter_set.peft)
+    with adapter_set.using(name):
+        clone = copy.deepcopy(adapter_set.peft)
     for other in [n for n in adapter_set.infos if n != name]:
         clone.delete_adapter(other)
     with torch.no_grad():

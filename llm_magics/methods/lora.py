@@ -12,7 +12,6 @@ progress, Stop, resume, run store).
 """
 from __future__ import annotations
 
-import math
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -23,11 +22,12 @@ import torch
 
 from .. import options as opts
 from ..adapters import METHODS, PROMPT_LEARNING, AdapterInfo, AdapterSet, hub, merged_copy, read_info, smoke_test
-from ..adapters.build import base_model, check_bits, saved_head, working_methods, wrap_new, wrap_saved
+from ..adapters.build import base_model, check_bits, working_methods, wrap_new, wrap_saved
+from ..adapters.hub import saved_head
 from ..adapters.methods import name_clash, smoke_rows
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
-from ..engine.device import dtype_name, pick_device, pick_dtype
-from ..engine.training import TrainLoop
+from ..engine.device import dtype_name, pick_dtype
+from ..engine.training import TrainLoop, steps_per_epoch
 from ..errors import UsageError
 from ..method import Command, Method
 from ..models import resolve, trainable
@@ -133,10 +133,9 @@ class Adapter:
     def info(self) -> AdapterInfo:
         return hub().find(self.name)[1]
 
-    def _as_result(self) -> TrainedResult:
-        adapter_set, info = hub().find(self.name)
-        return TrainedResult(method="lora", task=info.task, label_names=info.label_names,
-                             _model=adapter_set.activate(self.name), _tokenizer=adapter_set.tokenizer)
+    def _as_result(self) -> "LoraResult":
+        info = self.info
+        return LoraResult(method="lora", task=info.task, label_names=info.label_names, adapter=self.name)
 
     def logits(self, texts) -> torch.Tensor:
         return self._as_result().logits(texts)
@@ -176,6 +175,14 @@ class LoraResult(TrainedResult):
         self._tokenizer = adapter_set.tokenizer
         return adapter_set.activate(self.adapter)
 
+    def logits(self, texts) -> torch.Tensor:
+        with hub().find(self.adapter)[0].lock:  # the adapter stays switched in while it predicts
+            return super().logits(texts)
+
+    def generate(self, prompts, max_new_tokens: int = 64, **kwargs):
+        with hub().find(self.adapter)[0].lock:
+            return super().generate(prompts, max_new_tokens, **kwargs)
+
     def save(self, path: str | Path) -> Path:
         folder = Adapter(self.adapter).save(path)
         self.artifacts["saved"] = str(folder)
@@ -213,15 +220,14 @@ class LoraMethod(Method):
         name = o.name or (saved_name(resume_dir) if resume_dir else None) or ctx.run_id
         if resume_dir:
             check_resumable(resume_dir, o.resume_values(), data.fingerprint)
-            forget_interrupted(name, resume_dir)
-        hub().check_free(name)
+        hub().check_free(name, resuming=resume_dir.parent.name if resume_dir else None)
         name_clash(name, o.method)
         progress = ctx.progress(f"lora · {o.method} · {source.short} · {o.task}")
         loaded = base_model(source, o.task, device, pick_dtype(device, o.dtype), o.bits, o.trust_remote_code)
         notes = list(data.notes)
         task = (sft_task(data, loaded.tokenizer, o, device, notes) if o.task == "sft"
                 else TokenTask(data, loaded.tokenizer, o.max_length, device))
-        total_steps = math.ceil(math.ceil(len(task.lengths) / o.batch_size) / o.grad_accum) * o.epochs
+        total_steps = steps_per_epoch(len(task.lengths), o.batch_size, o.grad_accum) * o.epochs
         model, peft = self._adapt(o, loaded, data, name, total_steps, task, source)
         plan = trainable.report(model, f"{o.method} r={o.r}" if o.method not in PROMPT_LEARNING
                                 else f"{o.method} {o.virtual_tokens} virtual tokens")
@@ -289,7 +295,7 @@ class LoraMethod(Method):
         if existing is not None:
             existing.load(folder, info)
             return Adapter(info.name)
-        device = pick_device(o.device if o.device != "auto" else ctx.settings.device)
+        device = ctx.device(o.device)
         check_bits(info.bits, device)
         source = resolve(info.model)
         loaded = base_model(source, info.task, device, pick_dtype(device, info.dtype), info.bits)
@@ -298,7 +304,7 @@ class LoraMethod(Method):
                              "load the same base model")
         model, peft = wrap_saved(loaded, info, folder)
         adapter_set = AdapterSet(model, peft, loaded.tokenizer, info.key, {info.name: info})
-        head = saved_head(folder)
+        head = saved_head(folder, info)
         if head is not None:
             adapter_set.heads[info.name] = head
         adapter_set.activate(info.name)
@@ -344,9 +350,3 @@ def saved_name(resume_dir: Path) -> str | None:
     import json
     saved = json.loads((resume_dir.parent / "run_options.json").read_text())
     return saved["options"].get("adapter")
-
-
-def forget_interrupted(name: str, resume_dir: Path) -> None:
-    """The stopped run's adapter is in the hub under the name the resumed run will use: drop it."""
-    if name in hub().names() and hub().find(name)[1].origin == resume_dir.parent.name:
-        hub().unload(name)
