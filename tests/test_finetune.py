@@ -236,3 +236,32 @@ def test_grouped_batches_cover_every_row_once_and_replay_the_same_plan():
     spread = np.mean([lengths[b].max() - lengths[b].min() for b in plan])
     assert spread < 5  # grouped: rows of a batch have similar lengths
     assert lengths[plan[0]].max() == lengths.max()
+
+
+def test_out_of_memory_mid_window_replays_the_window_without_losing_or_repeating_rows(tmp_path):
+    """With accumulation, an OOM on the window's second batch replays the whole window in halves."""
+    from llm_magics.engine.training import TrainConfig
+    from llm_magics.progress import NullSink, Progress
+    seen = []
+
+    class Task:
+        lengths = [1] * 64
+
+        def batch(self, indices, device):
+            return {"x": torch.randn(len(indices), 4), "indices": indices}
+
+        def loss(self, model, batch):
+            seen.append(len(batch["indices"]))
+            if len(seen) == 2 and len(batch["indices"]) > 4:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+            return model(batch["x"]).pow(2).mean(), 0
+
+        def evaluate(self, model):
+            return {}
+
+    config = TrainConfig(epochs=1, lr=1e-2, batch_size=8, grad_accum=2, group_by_length=False)
+    loop = TrainLoop(torch.nn.Linear(4, 1), Task(), config, Progress([NullSink()]), tmp_path, torch.device("cpu"))
+    outcome = loop.run()
+    assert outcome.trained.rows == 64 and outcome.steps == loop.total_steps == 4
+    assert seen[:2] == [8, 8] and seen[2:6] == [4, 4, 4, 4]  # the first window replayed as four halves
+    assert "batch size halved to 4" in " ".join(outcome.notes)

@@ -105,21 +105,25 @@ class _InterruptToStop:
         return False
 
 
+def steps_per_epoch(rows: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one epoch (grouped or not, an epoch has ceil(rows / batch) batches)."""
+    return math.ceil(math.ceil(rows / batch_size) / grad_accum)
+
+
 class TrainLoop:
     def __init__(self, model: torch.nn.Module, task: TrainTask, config: TrainConfig, progress,
-                 folder: Path, device: torch.device, on_step: Callable[[int], None] | None = None,
-                 before_zero_grad: Callable[[int], None] | None = None):
+                 folder: Path, device: torch.device, before_zero_grad: Callable[[int], None] | None = None):
         """`before_zero_grad(step)` runs after each optimizer step while gradients still exist
         (AdaLoRA reallocates its ranks from them)."""
         self.model, self.task, self.config, self.progress = model, task, config, progress
-        self.folder, self.device, self.on_step = Path(folder), device, on_step
+        self.folder, self.device = Path(folder), device
         self.before_zero_grad = before_zero_grad
         self.batch_size, self.grad_accum = config.batch_size, config.grad_accum
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("nothing to train: every parameter is frozen")
         self.optimizer = make_optimizer(model, config, device)
-        self.steps_per_epoch = math.ceil(len(self._plan(0)) / self.grad_accum)
+        self.steps_per_epoch = steps_per_epoch(len(task.lengths), self.batch_size, self.grad_accum)
         self.total_steps = self.steps_per_epoch * config.epochs
         from transformers import get_scheduler
         name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
@@ -190,12 +194,17 @@ class TrainLoop:
                        notes=self.notes)
 
     def _run_epoch(self) -> bool:
-        """Train one epoch from the saved position; True when asked to stop (or early stopping)."""
+        """Train one epoch from the saved position; True when asked to stop (or early stopping).
+
+        Batches accumulate into a window of `grad_accum`; an out-of-memory error discards the
+        window's gradients and replays the window in halves, so no row is lost or counted twice.
+        """
         s, cfg = self.state, self.config
         if s["plan"] is None:
             s["plan"] = [b.tolist() for b in self._plan(s["epoch"])]
         train_mode(self.model)
-        micro, running, started = 0, [], time.perf_counter()
+        window_start, window_tokens, window_rows, running = s["position"], 0, 0, []
+        started = time.perf_counter()
         while s["position"] < len(s["plan"]):
             indices = np.asarray(s["plan"][s["position"]])
             try:
@@ -203,25 +212,29 @@ class TrainLoop:
             except Exception as exc:
                 if not is_oom(exc) or len(indices) == 1:
                     raise
-                self._back_off(exc)
+                s["tokens"] -= window_tokens
+                s["rows"] -= window_rows
+                window_tokens, window_rows, running = 0, 0, []
+                s["position"] = window_start
+                self._back_off()
                 continue
             s["position"] += 1
-            micro += 1
             s["tokens"] += tokens
             s["rows"] += len(indices)
+            window_tokens += tokens
+            window_rows += len(indices)
             running.append(loss)
             end_of_epoch = s["position"] == len(s["plan"])
-            if micro % self.grad_accum and not end_of_epoch:
+            if s["position"] - window_start < self.grad_accum and not end_of_epoch:
                 continue
             self._optimizer_step()
+            window_start, window_tokens, window_rows = s["position"], 0, 0
             s["seconds"] += time.perf_counter() - started
             self.progress.advance(1, loss=float(np.mean(running)))
             self.progress.set(lr=self.scheduler.get_last_lr()[0])
             if s["tokens"]:  # the head-only fast path reads features, not tokens
                 self.progress.set(tokens_per_s=s["tokens"] / max(s["seconds"], 1e-9))
             running = []
-            if self.on_step:
-                self.on_step(s["step"])
             if cfg.eval_every and s["step"] % cfg.eval_every == 0 and self._evaluate():
                 return True
             if self.progress.should_stop:
@@ -254,8 +267,9 @@ class TrainLoop:
             self.before_zero_grad(self.state["step"])
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _back_off(self, exc: BaseException) -> None:
-        """Halve the batch, double the accumulation: same effective batch, less memory."""
+    def _back_off(self) -> None:
+        """Halve the batches from the current window on, double the accumulation: the same
+        effective batch, less memory."""
         s = self.state
         self.optimizer.zero_grad(set_to_none=True)
         empty_cache()
