@@ -18,11 +18,8 @@ def load_ipython_extension(ipython) -> None:
 
 
 def unload_ipython_extension(ipython) -> None:
-    from .registry import registry
-    manager = ipython.magics_manager
-    for name in registry().names() + ["llm"]:
-        for kind in ("line", "cell"):
-            manager.magics[kind].pop(name, None)
+    from .magics import unload
+    unload(ipython)
 
 
 def __getattr__(name: str):

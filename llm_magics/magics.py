@@ -56,6 +56,7 @@ class LLMMagics(Magics):
 
     def __init__(self, shell=None, **kwargs):
         current = settings_mod.current()
+        self._loading = True  # settings arriving at %load_ext are checked at the first run (no torch import now)
         super().__init__(shell=shell, **kwargs)
         # Start from the environment's settings; later %config changes flow back into them.
         self.default_model = current.default_model
@@ -63,6 +64,7 @@ class LLMMagics(Magics):
         self.cache_dir = str(current.cache_dir)
         self.runs_db = str(current.runs_db or "")
         self.progress = current.progress
+        self._loading = False
 
     @observe("default_model", "device", "cache_dir", "runs_db", "progress")
     def _push(self, change):
@@ -73,8 +75,9 @@ class LLMMagics(Magics):
         elif change["name"] == "runs_db":
             current.runs_db = Path(value).expanduser() if value else None
         elif change["name"] == "device" and value not in ("", "auto"):
-            from .engine.device import pick_device
-            pick_device(value)  # a device that does not exist is refused now, not at the next run
+            if not getattr(self, "_loading", True):
+                from .engine.device import pick_device
+                pick_device(value)  # a %config device that does not exist is refused now, not at the next run
             current.device = value
         else:
             setattr(current, change["name"], value or getattr(settings_mod.Settings(), change["name"]))
@@ -98,7 +101,9 @@ class LLMMagics(Magics):
             raise UsageError(f"%llm {word} takes no arguments, got {' '.join(rest)!r}")
         if word == "free":
             dropped = api.free()
-            print(f"released {dropped} cached model(s) and emptied the accelerator cache")
+            accelerator = api.device()["device"].split(":")[0]
+            print(f"released {dropped} cached model(s) and holders of one (Results, loaded adapters)"
+                  + (f"; emptied the {accelerator.upper()} cache" if accelerator in ("cuda", "mps") else ""))
             return None
         if word == "reload":
             register_methods(self.shell, rediscover())
@@ -165,9 +170,17 @@ def register_methods(shell, reg=None) -> None:
 
 
 def load(shell) -> LLMMagics:
-    magics = LLMMagics(shell=shell)
+    unload(shell)  # a reload replaces the previous instance instead of stacking a second one
+    magics = LLMMagics(shell=shell)  # Magics.__init__ joins shell.configurables: `%config LLMMagics` sets it
     shell.register_magics(magics)
-    if magics not in shell.configurables:
-        shell.configurables.append(magics)
     register_methods(shell)
     return magics
+
+
+def unload(shell) -> None:
+    manager = shell.magics_manager
+    for name in registry().names() + ["llm"]:
+        for kind in ("line", "cell"):
+            manager.magics[kind].pop(name, None)
+    manager.registry.pop("LLMMagics", None)
+    shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, LLMMagics)]

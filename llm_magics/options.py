@@ -261,10 +261,6 @@ def parse_line(options_cls, line: str | list[str], prog: str, extra: dict[str, A
     return build(options_cls, {**vars(namespace), **(extra or {})})
 
 
-def wants_help(line: str) -> bool:
-    return any(t in ("-h", "--help") for t in split_line(line))
-
-
 def help_text(options_cls, prog: str, summary: str = "", usage: str | None = None) -> str:
     """The `%name?` text: usage, summary, then one line per option."""
     all_specs = specs(options_cls)

@@ -1,4 +1,5 @@
 """The magic layer in a real IPython shell."""
+import os
 import subprocess
 import sys
 
@@ -28,8 +29,21 @@ def test_load_ext_registers_llm_and_probe_without_importing_methods():
             "m = sh.magics_manager.magics\n"
             "print('llm' in m['line'], 'probe' in m['line'], 'probe' in m['cell'],"
             " 'llm_magics.methods.probe' in sys.modules, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "LLM_MAGICS_DEVICE": "cpu"}  # a device setting is checked at the first run, not here
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.split() == ["True", "True", "True", "False", "False"]
+
+
+def test_reload_keeps_one_configurable_and_unload_removes_it(home):
+    from llm_magics.magics import LLMMagics
+    sh = InteractiveShell.instance()
+    ours = lambda: [c for c in sh.configurables if isinstance(c, LLMMagics)]  # noqa: E731
+    sh.run_line_magic("load_ext", "llm_magics")
+    sh.run_line_magic("reload_ext", "llm_magics")
+    assert len(ours()) == 1
+    sh.run_line_magic("unload_ext", "llm_magics")
+    assert ours() == [] and "probe" not in sh.magics_manager.magics["line"]
+    assert "llm" not in sh.magics_manager.magics["line"]
 
 
 def test_question_mark_shows_option_help(shell, capsys):
