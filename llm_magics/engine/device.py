@@ -119,12 +119,18 @@ def empty_cache() -> None:
         torch.mps.empty_cache()
 
 
-@dataclass
+_cuda_monitors: list = []
+_cuda_monitors_lock = threading.Lock()
+
+
+@dataclass(eq=False)
 class MemoryMonitor:
     """Peak memory during a block: CUDA's allocator peak on a GPU, else peak RSS.
 
     RSS is sampled from a daemon thread (every 20 ms), since the kernel only
-    keeps a process-lifetime high-water mark.
+    keeps a process-lifetime high-water mark. Both are process-wide: runs that
+    overlap (`--bg`) report their common peak, and CUDA's counter is reset only
+    when no other run is measuring, so one run never erases another's peak.
     """
     device: torch.device | None = None
     interval: float = 0.02
@@ -133,7 +139,10 @@ class MemoryMonitor:
     def __enter__(self):
         self._cuda = self.device is not None and self.device.type == "cuda"
         if self._cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
+            with _cuda_monitors_lock:
+                if not _cuda_monitors:
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                _cuda_monitors.append(self)
             return self
         self._proc = psutil.Process()
         self.peak_bytes = self._proc.memory_info().rss
@@ -149,6 +158,8 @@ class MemoryMonitor:
     def __exit__(self, *exc):
         if self._cuda:
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            with _cuda_monitors_lock:
+                _cuda_monitors.remove(self)
         else:
             self._stop.set()
             self._thread.join()
