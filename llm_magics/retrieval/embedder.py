@@ -1,8 +1,9 @@
 """Texts (or already-cut token windows) → L2-normalised vectors with a frozen encoder.
 
-Reads a sentence-transformers folder's own settings (pooling, max length,
-normalisation) so `minilm` gives the vectors its authors trained for; any
-other model gets mean pooling (encoders) or last-token pooling (decoders).
+Reads a sentence-transformers folder's own settings (pooling, max length)
+so `minilm` gives the vectors its authors trained for; any other model gets
+mean pooling (encoders) or last-token pooling (decoders). Vectors are always
+L2-normalised: the index scores by inner product, which is then cosine.
 Batches are length-sorted under a token budget and padded per batch, the same
 recipe as the probe features, and run in bf16 on CPUs that do it natively.
 """
@@ -29,7 +30,7 @@ class EncodeStats(Throughput):
 
 
 def sentence_transformers_settings(folder: str) -> dict:
-    """pooling / max_seq_length / normalize from a sentence-transformers folder, when it is one."""
+    """pooling / max_seq_length from a sentence-transformers folder, when it is one."""
     root = Path(folder)
     out: dict = {}
     try:
@@ -43,8 +44,6 @@ def sentence_transformers_settings(folder: str) -> dict:
         return out
     for module in modules:
         kind = module.get("type", "")
-        if kind.endswith("Normalize"):
-            out["normalize"] = True
         if kind.endswith("Pooling"):
             try:
                 pooling = json.loads((root / module["path"] / "config.json").read_text())
