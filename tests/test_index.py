@@ -83,8 +83,20 @@ def test_documents_from_a_dataframe_use_the_doc_id_column():
     df = pd.DataFrame({"title": ["a", "b"], "body": ["first text here", "second text here"]})
     frame = documents.load_documents("df", {"df": df}, text="body", doc_id="title")
     assert frame["source"].tolist() == ["a", "b"] and frame["text"].tolist() == df["body"].tolist()
-    plain = documents.load_documents(["one text", "two text"], None)
-    assert plain["source"].tolist() == ["data#0", "data#1"]
+    named = documents.load_documents("df", {"df": df}, text="body")
+    assert named["source"].tolist() == ["df#0", "df#1"]
+
+
+def test_documents_from_two_unnamed_objects_get_distinct_sources(tiny_bert):
+    first = documents.load_documents(["one text", "two text"], None)
+    second = documents.load_documents(["three text", "four text"], None)
+    assert first["source"].str.fullmatch(r"list-[0-9a-f]{8}#[01]").all()
+    assert not set(first["source"]) & set(second["source"])
+    frame = pd.DataFrame({"text": ["five text"]})
+    assert documents.load_documents(frame, {"_": frame, "notes": frame})["source"].tolist() == ["notes#0"]
+    build(tiny_bert, ["one text", "two text"])
+    added = api.index.add(name="wiki", source=["three text", "four text"])   # added, not replacing the first two
+    assert added.metrics["index_documents"] == 4 and not added.notes
 
 
 # ---- build, query, add, delete ----------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..data import infer_text_column, load_frame, lookup, require_column
+from ..data import fingerprint, infer_text_column, load_frame, lookup, require_column
 from ..data.load import read_file
 from ..errors import UsageError
 
@@ -38,12 +38,23 @@ def load_documents(ref: Any, namespace: dict | None, text: str | None = None, do
         else:
             docs = _table(load_frame(obj, namespace, "--from"), obj, text, doc_id)
     else:
-        hint = ref if isinstance(ref, str) else "data"
-        docs = _table(load_frame(obj, namespace, "--from"), hint, text, doc_id)
+        frame = load_frame(obj, namespace, "--from")
+        docs = _table(frame, object_label(ref, obj, frame, namespace), text, doc_id)
     docs = docs[docs["text"].str.strip() != ""].reset_index(drop=True)
     if docs.empty:
         raise UsageError(f"--from {describe(ref)}: no text found to index")
     return docs
+
+
+def object_label(ref: Any, obj: Any, frame: pd.DataFrame, namespace: dict | None) -> str:
+    """The source prefix of documents from an object: its variable's name, else its type and a
+    content hash, so two different lists never share `source`s (add would replace, delete remove both)."""
+    if isinstance(ref, str):
+        return ref
+    for name, value in (namespace or {}).items():
+        if value is obj and not name.startswith("_"):
+            return name
+    return f"{type(obj).__name__}-{fingerprint(frame)[:8]}"
 
 
 def describe(ref: Any) -> str:
