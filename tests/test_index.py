@@ -219,6 +219,17 @@ def test_a_failed_save_leaves_the_previous_index_whole(tiny_bert, docs, tmp_path
     assert [p.name for p in store.root().iterdir() if p.name.startswith(".")] == []
 
 
+def test_ivf_with_too_few_chunks_fails_before_encoding_and_writes_nothing(tiny_bert, docs, monkeypatch):
+    from llm_magics.retrieval.embedder import Embedder
+    from llm_magics.settings import current
+    monkeypatch.setattr(Embedder, "encode_ids", lambda *a, **k: pytest.fail("encoded before the check"))
+    with pytest.raises(UsageError, match=r"--kind ivf needs at least --nlist \(50\) vectors to train, got 5"):
+        build(tiny_bert, docs, kind="ivf", nlist=50)
+    assert not store.exists("wiki") and list(store.root().iterdir()) == []
+    features = current().subdir("features")
+    assert [p for p in features.rglob("*") if p.is_file()] == []
+
+
 def test_list_info_and_drop(tiny_bert, docs):
     assert api.index().empty
     build(tiny_bert, docs)

@@ -29,7 +29,7 @@ from ..options import option, positive
 from ..retrieval import chunk_documents, check_sizes, load_documents, load_embedder
 from ..retrieval import store
 from ..retrieval.store import MODES, Index, Manifest, name_problem
-from ..retrieval.vectors import KINDS, Params, resolve_kind
+from ..retrieval.vectors import KINDS, Params, resolve_kind, settle
 
 COMMANDS = ("build", "add", "query", "delete", "list", "info", "drop")
 
@@ -166,13 +166,14 @@ class IndexMethod(Method):
         chunks = chunk_documents(docs, embedder.tokenizer, size, o.overlap)
         if not len(chunks):
             raise UsageError(f"--from {o.source}: the documents hold no text the encoder can read")
+        params = Params(kind=resolve_kind(o.kind, len(chunks)), nlist=o.nlist, nprobe=o.nprobe, hnsw_m=o.hnsw_m,
+                        ef_construction=o.ef_construction, ef_search=o.ef_search, precision=o.precision)
+        settle(params, len(chunks))   # too few chunks for --nlist fails here, before the encoder runs
         progress = ctx.progress(f"index build {o.name} · {embedder.loaded.source.short}")
         progress.start(total=len(chunks), unit="chunks", model=embedder.loaded.source.short, device=str(device))
         vectors, stats = encode_chunks(embedder, chunks, size, o.overlap, ctx, progress, o.batch_tokens, o.cache)
         if stats.rows == 0:
             notes.append("chunk vectors read from the cache: the encoder did not run")
-        params = Params(kind=resolve_kind(o.kind, len(chunks)), nlist=o.nlist, nprobe=o.nprobe, hnsw_m=o.hnsw_m,
-                        ef_construction=o.ef_construction, ef_search=o.ef_search, precision=o.precision)
         progress.log(f"storing {len(chunks):,} vectors in a {params.kind} index")
         manifest = Manifest(name=o.name, model=o.model, model_fingerprint=embedder.loaded.fingerprint,
                             dim=embedder.dim, pooling=embedder.pooling, chunk=size, overlap=o.overlap,

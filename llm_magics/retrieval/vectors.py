@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 
+from ..errors import UsageError
+
 KINDS = ("flat", "hnsw", "ivf", "auto")
 AUTO_HNSW = 50_000        # exact search stays under a few ms up to here
 AUTO_IVF = 2_000_000      # past this, a graph's memory and build time favour inverted lists
@@ -57,6 +59,20 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
+def settle(params: Params, n: int) -> None:
+    """Fill IVF's defaults for n vectors; UsageError when n is too few to train on.
+
+    Called before encoding too, so a corpus too small for its --nlist fails
+    before minutes of encoder time and before anything is written."""
+    if params.kind != "ivf":
+        return
+    params.nlist = params.nlist or default_nlist(n)
+    params.nprobe = params.nprobe or max(4, params.nlist // 8)
+    if n < params.nlist:
+        raise UsageError(f"--kind ivf needs at least --nlist ({params.nlist}) vectors to train, got {n}; "
+                         "use --kind flat or hnsw for small corpora")
+
+
 def new_index(params: Params, dim: int, training: np.ndarray | None = None):
     """An empty index of `params.kind` (IVF trained on `training`)."""
     metric = faiss.METRIC_INNER_PRODUCT
@@ -71,13 +87,7 @@ def new_index(params: Params, dim: int, training: np.ndarray | None = None):
         inner.hnsw.efSearch = params.ef_search
         return faiss.IndexIDMap2(inner)
     if params.kind == "ivf":
-        n = 0 if training is None else len(training)
-        params.nlist = params.nlist or default_nlist(n)
-        params.nprobe = params.nprobe or max(4, params.nlist // 8)
-        if n < params.nlist:
-            from ..errors import UsageError
-            raise UsageError(f"--kind ivf needs at least --nlist ({params.nlist}) vectors to train, got {n}; "
-                             "use --kind flat or hnsw for small corpora")
+        settle(params, 0 if training is None else len(training))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFScalarQuantizer(quantizer, dim, params.nlist, fp16, metric) if half else \
             faiss.IndexIVFFlat(quantizer, dim, params.nlist, metric)
