@@ -219,6 +219,17 @@ def test_a_failed_save_leaves_the_previous_index_whole(tiny_bert, docs, tmp_path
     assert [p.name for p in store.root().iterdir() if p.name.startswith(".")] == []
 
 
+def test_deleting_a_source_that_matches_nothing_changes_nothing(tiny_bert, docs, monkeypatch):
+    build(tiny_bert, docs)
+    index = store.open_index("wiki")
+    stamp, lexical, updated = store._stamp(index.folder), index.lexical, index.manifest.updated
+    monkeypatch.setattr(store.Lexical, "build", lambda *a: pytest.fail("BM25 rebuilt"))
+    with pytest.raises(UsageError, match=r"no document with source 'nope\*' \(sources look like: "):
+        api.index.delete(name="wiki", source="nope*")
+    assert store._stamp(index.folder) == stamp
+    assert index.lexical is lexical and index.manifest.updated == updated
+
+
 def test_ivf_with_too_few_chunks_fails_before_encoding_and_writes_nothing(tiny_bert, docs, monkeypatch):
     from llm_magics.retrieval.embedder import Embedder
     from llm_magics.settings import current

@@ -139,6 +139,8 @@ class Index:
         """Remove every chunk whose source is `pattern` (or matches it as a glob). Returns chunks removed."""
         sources = self.chunks["source"].astype(str)
         hit = (sources == pattern) | sources.map(lambda s: fnmatch.fnmatchcase(s, pattern))
+        if not hit.any():
+            return 0    # nothing changes: no BM25 rebuild, nothing to save
         removed = self._remove_rows(hit)
         self._changed()
         return removed
