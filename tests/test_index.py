@@ -213,10 +213,25 @@ def test_a_failed_save_leaves_the_previous_index_whole(tiny_bert, docs, tmp_path
     with pytest.raises(RuntimeError, match="disk full"):
         api.index.add(name="wiki", source=str(extra))
     monkeypatch.undo()
-    store._opened.clear()
-    index = store.open_index("wiki")
+    index = store.open_index("wiki")    # the session's copy too, not only the folder
     assert index.manifest.documents == 5 and str(extra) not in set(index.chunks["source"])
+    assert index.dense.ntotal == 5
     assert [p.name for p in store.root().iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_change_that_fails_midway_leaves_the_open_index_whole(tiny_bert, docs, monkeypatch):
+    build(tiny_bert, docs)
+    before = store.open_index("wiki")
+    normans = str(docs / "normans.txt")
+
+    def broken(*args):
+        raise RuntimeError("faiss failed")
+    monkeypatch.setattr(store.vec, "add", broken)
+    with pytest.raises(RuntimeError, match="faiss failed"):
+        before.upsert(before.chunks[before.chunks["source"] == normans].drop(columns="id"), np.zeros((1, 32)))
+    index = store.open_index("wiki")
+    assert index is before and index.dense.ntotal == 5 and normans in set(index.chunks["source"])
+    assert index.manifest.chunks == 5 and index.search(["Normans"], 1, mode="lexical")["source"].item() == normans
 
 
 def test_deleting_a_source_that_matches_nothing_changes_nothing(tiny_bert, docs, monkeypatch):

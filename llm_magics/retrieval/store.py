@@ -6,10 +6,12 @@
         chunks.parquet    id, text, source, position, start, end (row i = BM25 document i)
         bm25/             bm25s's .npy arrays and JSON vocabulary
 
-Every change writes a complete new folder beside the old one and swaps it in,
-so a crash or an interrupt never leaves half an index. Opened indexes are
-kept for the session (keyed by the manifest's stamp), so a query does not
-re-read the files.
+Every change is made on a copy: `upsert` and `delete` build the new state
+beside the old one in memory and take it over whole, and `save` writes a
+complete new folder beside the old one and swaps it in, so a crash or an
+interrupt never leaves half an index, on disk or in the session. Opened
+indexes are kept for the session (keyed by the manifest's stamp), so a query
+does not re-read the files.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import faiss
@@ -126,24 +128,41 @@ class Index:
 
     def upsert(self, chunks: pd.DataFrame, vectors: np.ndarray) -> int:
         """Add chunks; documents whose source is already indexed are replaced. Returns chunks replaced."""
-        replaced = self._remove_rows(self.chunks["source"].isin(set(chunks["source"])))
-        ids = np.arange(self.manifest.next_id, self.manifest.next_id + len(chunks), dtype=np.int64)
-        self.manifest.next_id += len(chunks)
-        vec.add(self.dense, vectors, ids)
+        draft = self._draft()
+        replaced = draft._remove_rows(draft.chunks["source"].isin(set(chunks["source"])))
+        ids = np.arange(draft.manifest.next_id, draft.manifest.next_id + len(chunks), dtype=np.int64)
+        draft.manifest.next_id += len(chunks)
+        vec.add(draft.dense, vectors, ids)
         table = chunks.assign(id=ids)[CHUNK_COLUMNS]
-        self.chunks = pd.concat([self.chunks, table], ignore_index=True) if len(self.chunks) else table
-        self._changed()
+        draft.chunks = pd.concat([draft.chunks, table], ignore_index=True) if len(draft.chunks) else table
+        self._take(draft)
         return replaced
+
+    def _matching(self, pattern: str) -> pd.Series:
+        """Rows whose source is `pattern`, or matches it as a glob."""
+        sources = self.chunks["source"].astype(str)
+        return (sources == pattern) | sources.map(lambda s: fnmatch.fnmatchcase(s, pattern))
 
     def delete(self, pattern: str) -> int:
         """Remove every chunk whose source is `pattern` (or matches it as a glob). Returns chunks removed."""
-        sources = self.chunks["source"].astype(str)
-        hit = (sources == pattern) | sources.map(lambda s: fnmatch.fnmatchcase(s, pattern))
+        hit = self._matching(pattern)
         if not hit.any():
             return 0    # nothing changes: no BM25 rebuild, nothing to save
-        removed = self._remove_rows(hit)
-        self._changed()
+        draft = self._draft()
+        removed = draft._remove_rows(hit)
+        self._take(draft)
         return removed
+
+    def _draft(self) -> "Index":
+        # FAISS changes in place and this object is the session's cached index: change a copy, so a
+        # failure midway leaves this one whole. The copy costs the vectors' memory once, for the change.
+        manifest = replace(self.manifest, params=dict(self.manifest.params))
+        return Index(manifest, faiss.clone_index(self.dense), self.chunks, self.lexical, self.folder)
+
+    def _take(self, draft: "Index") -> None:
+        draft._changed()
+        self.manifest, self.dense, self.chunks, self.lexical = draft.manifest, draft.dense, draft.chunks, draft.lexical
+        self._columns()
 
     def _remove_rows(self, mask: pd.Series) -> int:
         if not mask.any():
@@ -167,21 +186,22 @@ class Index:
         target = self.folder
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
         try:
-            faiss.write_index(self.dense, str(staging / "vectors.faiss"))
-            self.chunks.to_parquet(staging / "chunks.parquet", index=False)
-            if self.lexical is not None:
-                self.lexical.save(staging / "bm25")
-            (staging / "manifest.json").write_text(json.dumps(asdict(self.manifest), indent=1))
-            old = None
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}"
-                target.rename(old)
-            staging.rename(target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            self._write(staging)
+            _swap(staging, target)
+        except BaseException:
+            # This object may already hold the change: the session rereads the intact folder instead.
+            _opened.pop(str(target), None)
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         _opened[str(target)] = (_stamp(target), self)
+
+    def _write(self, folder: Path) -> None:
+        faiss.write_index(self.dense, str(folder / "vectors.faiss"))
+        self.chunks.to_parquet(folder / "chunks.parquet", index=False)
+        if self.lexical is not None:
+            self.lexical.save(folder / "bm25")
+        (folder / "manifest.json").write_text(json.dumps(asdict(self.manifest), indent=1))   # last: marks it whole
 
     # ---- searching ----------------------------------------------------------------
     def resolve_mode(self, mode: str) -> str:
@@ -244,6 +264,21 @@ class Index:
 
 
 _opened: dict[str, tuple[str, Index]] = {}
+
+
+def _swap(staging: Path, target: Path) -> None:
+    """Rename the complete staging folder into place; the previous folder comes back if that fails."""
+    old = target.parent / f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}" if target.exists() else None
+    if old is not None:
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _stamp(folder: Path) -> str:
