@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from IPython.core.interactiveshell import InteractiveShell
 
 from llm_magics import api
@@ -243,6 +244,19 @@ def test_deleting_a_source_that_matches_nothing_changes_nothing(tiny_bert, docs,
         api.index.delete(name="wiki", source="nope*")
     assert store._stamp(index.folder) == stamp
     assert index.lexical is lexical and index.manifest.updated == updated
+
+
+def test_the_manifest_keeps_the_encoders_dtype_and_queries_load_it_so(tiny_bert, docs, monkeypatch):
+    build(tiny_bert, docs)   # float32, while this CPU's default is bfloat16 where it has native bf16
+    manifest = json.loads((store.folder_of("wiki") / "manifest.json").read_text())
+    assert manifest["dtype"] == "float32" and manifest["trust_remote_code"] is False
+    from llm_magics.retrieval import embedder as embedder_module
+    loads = []
+    real = embedder_module.load_embedder
+    monkeypatch.setattr(embedder_module, "load_embedder", lambda *a: loads.append(a[2:]) or real(*a))
+    api.index.query(name="wiki", query="Normans", k=1, mode="dense")
+    api.index.add(name="wiki", source=["Glaciers are slow rivers of ice."])
+    assert loads == [(torch.float32, False)] * 2
 
 
 def test_ivf_with_too_few_chunks_fails_before_encoding_and_writes_nothing(tiny_bert, docs, monkeypatch):

@@ -177,7 +177,8 @@ class IndexMethod(Method):
         progress.log(f"storing {len(chunks):,} vectors in a {params.kind} index")
         manifest = Manifest(name=o.name, model=o.model, model_fingerprint=embedder.loaded.fingerprint,
                             dim=embedder.dim, pooling=embedder.pooling, chunk=size, overlap=o.overlap,
-                            params=params.to_dict(), lexical=o.lexical)
+                            params=params.to_dict(), lexical=o.lexical, dtype=embedder.dtype,
+                            trust_remote_code=o.trust_remote_code)
         index = Index.create(manifest, embedder.dim, vectors)
         index.upsert(chunks.frame, vectors)
         index.save()
@@ -193,8 +194,7 @@ class IndexMethod(Method):
         notes: list[str] = []
         docs = load_documents(o.source, ctx.namespace, o.text, o.doc_id, notes)
         manifest = index.manifest
-        device = ctx.device(o.device)
-        embedder = load_embedder(manifest.model, device, pick_dtype(device))
+        embedder = index.embedder(ctx.device(o.device))
         if embedder.loaded.fingerprint != manifest.model_fingerprint:
             notes.append(f"the encoder {manifest.model!r} changed since the index was built; "
                          "rebuild it (--replace) for comparable vectors")
@@ -232,10 +232,7 @@ class IndexMethod(Method):
         index = store.open_index(o.name)
         queries = query_texts(o.query, ctx.namespace, o.text)
         mode = index.resolve_mode(o.mode)
-        embedder = None
-        if mode in ("dense", "hybrid"):
-            device = ctx.device(o.device)
-            embedder = load_embedder(index.manifest.model, device, pick_dtype(device))
+        embedder = index.embedder(ctx.device(o.device)) if mode in ("dense", "hybrid") else None
         frame = index.search(queries, o.k, embedder, mode, o.nprobe, o.ef_search, o.candidates, o.rrf_k)
         return frame.drop(columns=["query_id", "query"] if len(queries) == 1 else ["query_id"])
 

@@ -79,6 +79,10 @@ class Manifest:
     overlap: int
     params: dict
     lexical: bool = True
+    # How the encoder ran at build time, so queries are embedded the same way
+    # (dtype None: an index from before it was recorded; the device's default).
+    dtype: str | None = None
+    trust_remote_code: bool = False
     next_id: int = 0
     documents: int = 0
     chunks: int = 0
@@ -203,6 +207,13 @@ class Index:
             self.lexical.save(folder / "bm25")
         (folder / "manifest.json").write_text(json.dumps(asdict(self.manifest), indent=1))   # last: marks it whole
 
+    def embedder(self, device):
+        """The encoder the chunks were embedded with, loaded as it was then (dtype, remote code)."""
+        from ..engine.device import pick_dtype
+        from .embedder import load_embedder
+        m = self.manifest
+        return load_embedder(m.model, device, pick_dtype(device, m.dtype), m.trust_remote_code)
+
     # ---- searching ----------------------------------------------------------------
     def resolve_mode(self, mode: str) -> str:
         if mode == "auto":
@@ -257,8 +268,8 @@ class Index:
         m = self.manifest
         params = {k: v for k, v in m.params.items() if v is not None}
         return {"name": m.name, "documents": m.documents, "chunks": m.chunks, "model": m.model, "dim": m.dim,
-                "kind": params.get("kind"), "lexical": m.lexical, "chunk": m.chunk, "overlap": m.overlap,
-                "params": params, "size_mb": round(folder_size(self.folder) / 2**20, 2),
+                "dtype": m.dtype, "kind": params.get("kind"), "lexical": m.lexical, "chunk": m.chunk,
+                "overlap": m.overlap, "params": params, "size_mb": round(folder_size(self.folder) / 2**20, 2),
                 "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created)),
                 "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(m.updated)), "folder": str(self.folder)}
 
