@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .batching import length_batches, with_oom_backoff
+from .batching import collate, length_batches, with_oom_backoff
 from .throughput import Throughput
 
 
@@ -142,8 +142,7 @@ def _passes(model, inputs: list[list[int]], keep: int, cache: PrefixCache, pad_i
     out: dict[int, torch.Tensor] = {}
 
     def run(batch: np.ndarray) -> None:
-        ids, mask, positions = _left_pad([inputs[i] for i in batch], pad_id, cache.length)
-        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+        ids, mask, positions = (t.to(device) for t in _after_prefix([inputs[i] for i in batch], pad_id, cache.length))
         kwargs = {name: cache.for_batch(len(batch)), "use_cache": cache.length > 0}
         if keep_kw:
             kwargs["logits_to_keep"] = keep
@@ -163,17 +162,11 @@ def _passes(model, inputs: list[list[int]], keep: int, cache: PrefixCache, pad_i
         yield batch, out.pop(id(batch))
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, past: int):
-    """ids, attention mask (prefix included) and position ids that continue after the prefix."""
-    longest = max(len(r) for r in rows)
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), past + longest), dtype=torch.long)
-    mask[:, :past] = 1
-    positions = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, row in enumerate(rows):
-        n = len(row)
-        if n:
-            ids[i, longest - n:] = torch.as_tensor(row)
-            mask[i, past + longest - n:] = 1
-            positions[i, longest - n:] = torch.arange(past, past + n)
+def _after_prefix(rows: list[list[int]], pad_id: int, past: int):
+    """Left-padded ids, the attention mask with the prefix in front, and position ids that continue
+    after the prefix (pads at 0)."""
+    batch = collate(rows, pad_id, side="left")
+    ids, own = batch["input_ids"], batch["attention_mask"]
+    positions = (own.cumsum(-1) - 1 + past) * own
+    mask = torch.cat([torch.ones((len(rows), past), dtype=own.dtype), own], dim=1)
     return ids, mask, positions
