@@ -189,6 +189,22 @@ def test_predict_scores_new_rows_with_the_same_demonstrations(tiny_llama, demo):
     assert result.predict([{"text": "a new review"}])[0] in ("negative", "positive")
 
 
+def test_sampling_keeps_the_global_torch_rng_and_is_seeded(tiny_llama):
+    from llm_magics.backends import GenerateSettings, LocalBackend
+    from llm_magics.models import load_model
+    backend = LocalBackend(load_model(str(tiny_llama), "causal_lm"))
+    requests = [("", "Question: q one\nAnswer:"), ("", "Question: q two\nAnswer:")]
+
+    def sample(seed):
+        return backend.generate(requests, GenerateSettings(max_tokens=8, temperature=1.0, seed=seed))
+
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    first = sample(5)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert sample(5) == first and sample(6) != first
+
+
 def test_generation_streams_answers_cuts_at_stop_strings_and_scores_exact_match(tiny_llama, capsys):
     data = pd.DataFrame({"question": ["q one", "q two", "q three"], "label": ["a", "b", "c"]})
     result = tiny_icl(tiny_llama, template="Question: {question}\nAnswer: {label}", data=data, demos=data,
@@ -388,3 +404,4 @@ def test_an_endpoint_that_never_answers_times_out_as_one_line(shell, capsys, sto
 def test_a_key_in_the_url_is_refused():
     with pytest.raises(UsageError, match="put no key or credentials in the URL"):
         api.icl(api_base="http://user:sk-abc@127.0.0.1:9/v1", template="{x}", data=[{"x": "1"}])
+

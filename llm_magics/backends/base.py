@@ -51,9 +51,6 @@ class Backend:
                  on_text: Callable[[int, str], None] | None = None, progress=None) -> list[str]:  # pragma: no cover
         raise NotImplementedError
 
-    def release(self) -> None:
-        pass
-
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """The text up to the first stop string."""

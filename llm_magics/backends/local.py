@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from transformers.generation.logits_process import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
+                                                   TopPLogitsWarper)
 from transformers.generation.streamers import BaseStreamer
 
 from ..engine.device import dtype_name
@@ -113,7 +115,7 @@ class LocalBackend(Backend):
     def generate(self, requests: Sequence[tuple[str, str]], settings: GenerateSettings,
                  on_text: Callable[[int, str], None] | None = None, progress=None) -> list[str]:
         started = time.perf_counter()
-        torch.manual_seed(settings.seed)
+        generator = torch.Generator(device=self.loaded.device).manual_seed(settings.seed)
         outputs: list[str] = [""] * len(requests)
         for prefix, indices, queries in self._groups(requests):
             prefix_ids, rows = self._plan(prefix, queries)
@@ -121,7 +123,7 @@ class LocalBackend(Backend):
             cache = PrefixCache(self.model, prefix_ids, self.loaded.device)
             self.usage.tokens += len(prefix_ids)
             for i, row in zip(indices, rows):
-                outputs[i] = self._generate_one(prefix_ids, row, cache, settings,
+                outputs[i] = self._generate_one(prefix_ids, row, cache, settings, generator,
                                                 (lambda text, i=i: on_text(i, text)) if on_text else None)
                 if progress:
                     progress.advance(1)
@@ -129,14 +131,12 @@ class LocalBackend(Backend):
         return outputs
 
     def _generate_one(self, prefix_ids: list[int], row: list[int], cache: PrefixCache, settings: GenerateSettings,
-                      emit: Callable[[str], None] | None) -> str:
+                      generator: torch.Generator, emit: Callable[[str], None] | None) -> str:
         ids = torch.as_tensor([prefix_ids + row], device=self.loaded.device)
         kwargs = dict(max_new_tokens=settings.max_tokens, pad_token_id=self.pad_id,
-                      attention_mask=torch.ones_like(ids))
+                      attention_mask=torch.ones_like(ids), do_sample=False, temperature=None, top_p=None, top_k=None)
         if settings.temperature > 0:
-            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            kwargs["logits_processor"] = LogitsProcessorList([_Sampler(settings, generator)])
         stops = [s for s in settings.stop if s]
         if stops:
             kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
@@ -148,8 +148,23 @@ class LocalBackend(Backend):
         self.usage.generated += int(generated.numel())
         return cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), stops)
 
-    def release(self) -> None:
-        self.loaded = self.model = None
+
+class _Sampler(LogitsProcessor):
+    """Samples the next token with the run's own generator and leaves only that token, which greedy
+    decoding then takes. transformers' do_sample draws from torch's global RNG: seeding that would
+    reset the user's random state (and race with a background run)."""
+
+    def __init__(self, settings: GenerateSettings, generator: torch.Generator):
+        self.warpers = [TemperatureLogitsWarper(settings.temperature)]
+        if settings.top_p < 1:
+            self.warpers.append(TopPLogitsWarper(settings.top_p))
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        chosen = torch.multinomial(torch.softmax(scores.float(), dim=-1), 1, generator=self.generator)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, chosen, 0.0)
 
 
 class _Streamer(BaseStreamer):
