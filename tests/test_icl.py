@@ -405,3 +405,21 @@ def test_a_key_in_the_url_is_refused():
     with pytest.raises(UsageError, match="put no key or credentials in the URL"):
         api.icl(api_base="http://user:sk-abc@127.0.0.1:9/v1", template="{x}", data=[{"x": "1"}])
 
+
+def test_api_mean_score_divides_by_the_tokens_scored_for_each_prompt(api_server, tiny_llama, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from llm_magics.backends import OpenAIBackend
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    requests = [("", "Review: x"), ("", "Review: bo")]   # "bo" + "ring" merges: one fewer label token
+
+    def label_tokens(context, label):
+        offsets = tokenizer(context + label, return_offsets_mapping=True)["offset_mapping"]
+        return sum(1 for start, _ in offsets if start >= len(context))
+
+    counts = np.array([label_tokens(p + q, "ring") for p, q in requests])
+    assert counts.tolist() == [2, 1]
+    table = OpenAIBackend(api_server, "stub", KEY_ENV).score(requests, ["ring"])
+    np.testing.assert_allclose(table.normalised("mean")[:, 0], table.logprobs[:, 0] / counts)
+

@@ -9,12 +9,13 @@ import numpy as np
 
 @dataclass
 class ScoreTable:
-    """Summed log-probabilities [requests, continuations] and each continuation's token count."""
+    """Summed log-probabilities [requests, continuations] and the token counts they sum over:
+    [continuations] when every request tokenizes a continuation alike, else [requests, continuations]."""
     logprobs: np.ndarray
     lengths: np.ndarray
 
     def normalised(self, how: str = "sum") -> np.ndarray:
-        return self.logprobs / np.maximum(self.lengths, 1)[None, :] if how == "mean" else self.logprobs
+        return self.logprobs / np.maximum(self.lengths, 1) if how == "mean" else self.logprobs
 
 
 @dataclass

@@ -141,7 +141,7 @@ class OpenAIBackend(Backend):
                 if done_rows:
                     progress.advance(len(done_rows))
         self.usage.seconds += time.perf_counter() - started
-        return ScoreTable(out, counts.max(axis=0))
+        return ScoreTable(out, counts)   # per request: a label may split differently after each prompt
 
     def _choices(self, answer: dict, expected: int) -> list[dict]:
         self._count(answer)
