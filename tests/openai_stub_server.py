@@ -4,9 +4,10 @@ The API backend's tests start it as a separate process on 127.0.0.1 and talk
 to it over real HTTP, so the client is exercised exactly as against vLLM or
 OpenAI: `/v1/completions` (echo + logprobs, generation, stop), and
 `/v1/chat/completions`. With `--key`, requests without `Authorization:
-Bearer <key>` get a 401.
+Bearer <key>` get a 401. It serves the model under the names given with
+`--served` (default: stub); a request for another model gets vLLM's 404.
 
-    python tests/openai_stub_server.py --model FOLDER [--key KEY] [--port 0]
+    python tests/openai_stub_server.py --model FOLDER [--key KEY] [--served NAME,...] [--port 0]
 
 It prints `PORT <n>` once it listens.
 """
@@ -66,6 +67,7 @@ def completion(model: Model, prompt: str, body: dict) -> dict:
 class Handler(BaseHTTPRequestHandler):
     model: Model
     key: str | None
+    served: list[str]
 
     def log_message(self, *args):  # quiet
         pass
@@ -88,7 +90,7 @@ class Handler(BaseHTTPRequestHandler):
         if not self._authorised():
             return
         if self.path.rstrip("/") == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+            self._send(200, {"object": "list", "data": [{"id": name, "object": "model"} for name in self.served]})
         else:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -100,6 +102,10 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
         except ValueError:
             self._send(400, {"error": {"message": "body is not JSON"}})
+            return
+        if self.path.startswith("/v1/") and body.get("model") not in self.served:
+            self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                                       "type": "NotFoundError", "code": 404}})
             return
         with self.model.lock:
             if self.path == "/v1/completions":
@@ -126,11 +132,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--key", default=None)
+    parser.add_argument("--served", default="stub", help="model names it answers to, comma-separated")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     Handler.model = Model(args.model)
     Handler.key = args.key
+    Handler.served = args.served.split(",")
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(f"PORT {server.server_address[1]}", flush=True)
     server.serve_forever()

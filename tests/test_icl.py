@@ -368,7 +368,7 @@ def test_api_generation_through_completions_and_chat(api_server, monkeypatch):
     data = pd.DataFrame({"question": ["q one", "q two"]})
     for style in ("completions", "chat"):
         result = api.icl(api_base=api_server, api_key_env=KEY_ENV, api_style=style, template="Q: {question}\nA:",
-                         data=data, max_tokens=4, stream=False)
+                         data=data, max_tokens=4, stream=False, model="stub")
         assert len(result.predictions["output"]) == 2 and all(isinstance(o, str) for o in result.predictions["output"])
 
 
@@ -423,3 +423,22 @@ def test_api_mean_score_divides_by_the_tokens_scored_for_each_prompt(api_server,
     table = OpenAIBackend(api_server, "stub", KEY_ENV).score(requests, ["ring"])
     np.testing.assert_allclose(table.normalised("mean")[:, 0], table.logprobs[:, 0] / counts)
 
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(api_key_env="sk-live-not-a-name"), "--api-key-env: expects the name of the environment variable"),
+    (dict(api_key_env="1KEY"), "--api-key-env: expects the name"),
+    (dict(api_base="http://127.0.0.1:9/v1#sk-secret"), "a URL with a '#' fragment is not an endpoint"),
+    (dict(api_base="127.0.0.1:9/v1"), "expects an http(s) URL such as http://127.0.0.1:8000/v1"),
+])
+def test_api_options_are_checked_before_anything_runs(kwargs, message):
+    with pytest.raises(UsageError, match=re.escape(message)) as caught:
+        api.icl(template="{x}", data=[{"x": "1"}], **{"api_base": "http://127.0.0.1:9/v1", **kwargs})
+    assert "sk-" not in str(caught.value)
+
+
+def test_a_model_the_endpoint_does_not_serve_is_named(api_server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with pytest.raises(UsageError) as caught:
+        api.icl(api_base=api_server, api_key_env=KEY_ENV, model="gpt-nope", template="Q: {question}\nA:",
+                data=pd.DataFrame({"question": ["x"]}), max_tokens=2, stream=False)
+    assert "does not serve the model 'gpt-nope'; name one it serves with --model (stub)" in str(caught.value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -26,6 +27,7 @@ from ..errors import UsageError
 from .base import Backend, GenerateSettings, ScoreTable, cut_at_stop
 
 BATCH = 16    # prompts per HTTP request
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def shown_url(url: str) -> str:
@@ -46,7 +48,17 @@ def url_problem(url) -> str | None:
         return f"expects an http(s) URL such as http://127.0.0.1:8000/v1, got {shown_url(str(url))!r}"
     if parts.username or parts.password or parts.query:
         return "put no key or credentials in the URL; name the environment variable holding the key with --api-key-env"
+    if parts.fragment or str(url).endswith("#"):   # not echoed: it may hold a pasted secret
+        return f"a URL with a '#' fragment is not an endpoint; use one such as {shown_url(str(url))}"
     return None
+
+
+def key_env_problem(name) -> str | None:
+    """Option check for --api-key-env: a variable name. The value is never echoed: it may be the key itself."""
+    if name is None or ENV_NAME.fullmatch(str(name)):
+        return None
+    return ("expects the name of the environment variable that holds the key (letters, digits and _, "
+            "e.g. OPENAI_API_KEY), not the key itself")
 
 
 class OpenAIBackend(Backend):
@@ -89,7 +101,7 @@ class OpenAIBackend(Backend):
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as exc:
-            raise UsageError(self._http_problem(exc, where)) from None
+            raise UsageError(self._http_problem(exc, where, request.get_method() == "POST")) from None
         except (TimeoutError, socket.timeout):
             raise UsageError(f"{where} did not answer within {self.timeout:g} s (--api-timeout); "
                              "check that the server is up") from None
@@ -106,19 +118,27 @@ class OpenAIBackend(Backend):
             raise UsageError(f"{where} did not answer with JSON; is {self.shown} an OpenAI-compatible /v1 URL?") \
                 from None
 
-    def _http_problem(self, exc: urllib.error.HTTPError, where: str) -> str:
+    def _http_problem(self, exc: urllib.error.HTTPError, where: str, names_model: bool) -> str:
         if exc.code in (401, 403):
             source = f"${self.key_env}" if self.key_env and os.environ.get(self.key_env) else "no key"
             return f"{where} refused the request ({exc.code}) with {source}; set the key in the environment " \
                    "variable named by --api-key-env"
+        message = _error_message(exc)
+        if exc.code == 404 and names_model and "model" in message.lower():
+            served = self._served()
+            return f"{where} does not serve the model {self.model!r}; name one it serves with --model" + \
+                (f" ({', '.join(served)})" if served else "")
         if exc.code == 404:
             return f"{where} has no such endpoint ({exc.url and shown_url(exc.url)}); --api-base should end in /v1"
+        return f"{where} answered {exc.code}" + (f": {message.splitlines()[0][:200]}" if message else "")
+
+    def _served(self) -> list[str]:
+        """The model names the endpoint lists, for an error message; none when it lists nothing."""
         try:
-            detail = json.loads(exc.read()).get("error", {})
-            message = detail.get("message") if isinstance(detail, dict) else str(detail)
-        except Exception:
-            message = ""
-        return f"{where} answered {exc.code}" + (f": {str(message).splitlines()[0][:200]}" if message else "")
+            answer = self._send(urllib.request.Request(self.base + "/models", headers=self._headers()))
+            return [str(m["id"]) for m in answer.get("data", []) if isinstance(m, dict) and "id" in m][:8]
+        except (UsageError, AttributeError, TypeError):
+            return []
 
     # ---- scoring ----------------------------------------------------------------------
     def score(self, requests: Sequence[tuple[str, str]], continuations: Sequence[str], progress=None) -> ScoreTable:
@@ -196,6 +216,15 @@ class OpenAIBackend(Backend):
             return [str((choice.get("message") or {}).get("content") or "")]
         choices = self._choices(self.post("/completions", {**common, "prompt": prompts}), len(prompts))
         return [str(c.get("text") or "") for c in choices]
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    """The error body's message: OpenAI and vLLM send {"error": {"message": ...}}, Ollama {"error": "..."}."""
+    try:
+        detail = json.loads(exc.read()).get("error", {})
+        return str((detail.get("message") if isinstance(detail, dict) else detail) or "")
+    except Exception:
+        return ""
 
 
 def _reason(reason) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..backends import GenerateSettings, LocalBackend, OpenAIBackend
-from ..backends.openai import url_problem
+from ..backends.openai import key_env_problem, url_problem
 from ..common_options import ModelOptions, RunOptions
 from ..data import fingerprint, load_frame
 from ..engine.device import pick_dtype
@@ -85,7 +85,7 @@ class IclOptions(RunOptions, ModelOptions):
     api_base: str | None = option(None, "an OpenAI-compatible endpoint (http://host:port/v1) instead of a local "
                                         "model", check=url_problem, metavar="URL")
     api_key_env: str = option("OPENAI_API_KEY", "the environment variable holding the API key (read, never stored)",
-                              metavar="NAME")
+                              check=key_env_problem, metavar="NAME")
     api_style: str = option("completions", "the endpoint to use: completions (scores and generates) or chat "
                                            "(generates)", choices=("completions", "chat"))
     api_timeout: float = option(10.0, "seconds to wait for the API before giving up", check=positive)
