@@ -153,7 +153,6 @@ class IclMethod(Method):
         backend = self._backend(o, ctx)
         prepared = self._prepare(o, templates, ctx)
         scoring = o.labels is not None
-        shots = self._shots(o)
         progress = ctx.progress(f"icl · {backend.name}")
         progress.start(total=self._work(o, templates, prepared), unit="queries", model=backend.name,
                        device=backend.device)
@@ -292,9 +291,7 @@ class IclMethod(Method):
         from ..retrieval import load_embedder, open_index
         index = open_index(o.index)
         device = ctx.device(o.device)
-        embedder = None
-        if index.resolve_mode("auto") != "lexical":
-            embedder = load_embedder(index.manifest.model, device, pick_dtype(device))
+        embedder = load_embedder(index.manifest.model, device, pick_dtype(device))  # "auto" always uses vectors
         used = sorted(set(fixed or []) | {i for row in (similar or []) for i in row})
         targets = rows + [demo_rows[i] for i in used]
         queries = [r[query_field] for r in targets]
