@@ -189,6 +189,79 @@ def test_predict_scores_new_rows_with_the_same_demonstrations(tiny_llama, demo):
     assert result.predict([{"text": "a new review"}])[0] in ("negative", "positive")
 
 
+def test_predict_calibrates_like_the_run(tiny_llama, demo):
+    train, test = demo
+    common = dict(template=TEMPLATE, data=test.head(24), demos=train, shots=2, labels=["negative", "positive"],
+                  zero_shot=False)
+    plain = tiny_icl(tiny_llama, **common)
+    calibrated = tiny_icl(tiny_llama, calibrate=True, **common)
+    wanted = calibrated.predictions["prediction"].tolist()
+    assert wanted != plain.predictions["prediction"].tolist()     # calibration changes some answers here
+    assert calibrated.predict(test.head(24)) == wanted
+
+
+def test_predict_on_a_generation_run_generates(tiny_llama):
+    data = pd.DataFrame({"question": ["q one", "q two", "q three"], "label": ["a", "b", "c"]})
+    result = tiny_icl(tiny_llama, template="Question: {question}\nAnswer: {label}", data=data, demos=data,
+                      shots=1, max_tokens=4, stream=False)
+    assert result.predict(data[["question"]]) == result.predictions["output"].tolist()
+
+
+def test_predict_refuses_per_row_demonstrations_in_one_line(tiny_llama, tiny_bert, demo):
+    train, test = demo
+    result = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(2), demos=train.head(6), shots=1,
+                      select="similar", embed_model=str(tiny_bert), labels=["negative", "positive"], zero_shot=False)
+    with pytest.raises(UsageError, match="cannot follow --select similar or --index"):
+        result.predict(test.head(2))
+
+
+def test_partly_labelled_rows_are_all_predicted_and_scored_where_labelled(tiny_llama, demo):
+    train, test = demo
+    data = test.head(12).copy()
+    data["label"] = data["label"].astype(object)
+    data.loc[[1, 4, 5], "label"] = [None, np.nan, ""]
+    result = tiny_icl(tiny_llama, template=TEMPLATE, data=data, demos=train, shots=2,
+                      labels=["negative", "positive"], zero_shot=False)
+    frame = result.predictions
+    assert len(frame) == 12 and frame["gold"].isna().sum() == 3
+    scored = frame.dropna(subset=["gold"])
+    assert result.metrics["test_accuracy"] == pytest.approx((scored["gold"] == scored["prediction"]).mean())
+    assert result.metrics["labelled_rows"] == 9
+    assert any("over the 9 of 12 rows" in note for note in result.notes)
+    unlabelled = data.assign(label=None)
+    bare = tiny_icl(tiny_llama, template=TEMPLATE, data=unlabelled, labels=["negative", "positive"])
+    assert "test_accuracy" not in bare.metrics and "gold" not in bare.predictions
+    with pytest.raises(UsageError, match="--demos: row 1 has no 'label'"):
+        tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(4), demos=data, shots=2,
+                 labels=["negative", "positive"])
+
+
+def test_generation_without_gold_answers_reports_no_answer_metrics(tiny_llama):
+    data = pd.DataFrame({"question": ["q one", "q two", "q three"], "label": [None, np.nan, ""]})
+    result = tiny_icl(tiny_llama, template="Question: {question}\nAnswer: {label}", data=data, max_tokens=3,
+                      stream=False)
+    assert not {"test_exact_match", "test_contains"} & set(result.metrics)
+    assert not any(isinstance(v, float) and np.isnan(v) for v in result.metrics.values())
+    data["label"] = ["a", None, "c"]
+    partly = tiny_icl(tiny_llama, template="Question: {question}\nAnswer: {label}", data=data, max_tokens=3,
+                      stream=False)
+    assert "test_exact_match" in partly.metrics and partly.metrics["labelled_rows"] == 2
+
+
+def test_list_and_squad_answers_show_one_answer_in_demonstrations(tiny_llama):
+    squad = {"text": np.array(["Denver Broncos", "the Broncos"], dtype=object), "answer_start": np.array([177, 173])}
+    assert prompts.answer_text(squad) == "Denver Broncos"
+    assert prompts.answer_text(["Normans", "The Normans"]) == "Normans"
+    assert prompts.answer_text([{"text": "1066"}]) == "1066" and prompts.answer_text([]) == ""
+    demos = pd.DataFrame({"question": ["Who won?", "Who came?"], "answers": [squad, ["Normans", "The Normans"]]})
+    data = pd.DataFrame({"question": ["Who lost?"], "answers": [{"text": ["Carolina"], "answer_start": [0]}]})
+    result = tiny_icl(tiny_llama, template="Q: {question}\nA: {answers}", label="answers", data=data, demos=demos,
+                      shots=2, select="random", max_tokens=2, stream=False)
+    assert "A: Denver Broncos\n" in result.prompt and "A: Normans\n" in result.prompt
+    assert "{" not in result.prompt and "[" not in result.prompt
+    assert result.predictions.loc[0, "gold"] == "Carolina"
+
+
 def test_sampling_keeps_the_global_torch_rng_and_is_seeded(tiny_llama):
     from llm_magics.backends import GenerateSettings, LocalBackend
     from llm_magics.models import load_model

@@ -31,7 +31,7 @@ from ..method import Method, Result
 from ..models import hold, load_model, resolve
 from ..options import non_negative, option, positive
 from ..retrieval.store import name_problem
-from .icl_prompts import (CONTENT_FREE, LabelMap, SimilarDemos, Template, check_fields, gold_answers,
+from .icl_prompts import (CONTENT_FREE, LabelMap, SimilarDemos, Template, as_text, check_fields, gold_answers,
                           normalise_answer, parse_labels, row_values, select_fixed, split_templates)
 
 STREAM_ROWS = 20   # answers streamed into the cell; the rest are in result.predictions
@@ -104,7 +104,8 @@ class IclOptions(RunOptions, ModelOptions):
 
 @dataclass(repr=False)
 class IclResult(Result):
-    """Also predicts: `result.predict(rows)` runs the best template on new rows (a DataFrame or dicts)."""
+    """Also predicts: `result.predict(rows)` runs the best template on new rows (a DataFrame or dicts) the
+    way the run did: scored labels (calibrated too under --calibrate), or generated answers."""
     predictions: pd.DataFrame | None = field(default=None, repr=False)
     prompt: str = ""
     _predictor: Any = field(default=None, repr=False)
@@ -227,20 +228,9 @@ class IclMethod(Method):
                 raise UsageError("--demos is empty")
         fields = sorted({f for t in templates for f in t.fields} | {slot})
         query_field = self._query_field(o, templates, data, slot) if (o.index or o.select == "similar") else None
-        rows = row_values(data, fields)
-        demo_rows = row_values(demos, fields) if shots else []
-        labels = gold = answers = None
-        if scoring:
-            gold_values = (data[slot].tolist() if slot in data.columns else []) + \
-                          (demos[slot].tolist() if shots else [])
-            labels = parse_labels(o.labels, gold_values)
-            if labels.note:
-                notes.append(labels.note)
-            gold = self._gold_codes(labels, data, slot, "--data")
-            if shots:
-                self._gold_codes(labels, demos, slot, "--demos")
-        elif slot in data.columns:
-            answers = [gold_answers(v) for v in data[slot].tolist()]
+        rows = row_values(data, fields, answer=slot)
+        demo_rows = row_values(demos, fields, answer=slot) if shots else []
+        labels, gold, answers = self._golds(o, data, demos if shots else None, slot, notes)
         fixed = similar = None
         if shots:
             how = o.select if o.select != "auto" else ("balanced" if scoring else "random")
@@ -268,14 +258,41 @@ class IclMethod(Method):
                 return name
         raise UsageError("no template field can be the query for retrieval; name one with --query-field")
 
+    def _golds(self, o: IclOptions, data: pd.DataFrame, demos: pd.DataFrame | None, slot: str, notes: list[str]):
+        """(verbalizers, gold codes, gold answers). Rows of --data without a gold value are run but
+        left out of the metrics; all of them missing means no metrics at all (not NaN ones)."""
+        if o.labels is None:
+            answers = [gold_answers(v) for v in data[slot].tolist()] if slot in data.columns else []
+            known = sum(1 for a in answers if a)
+            _note_labelled(notes, known, len(data), "exact match", slot)
+            return None, None, answers if known else None
+        gold_values = (data[slot].tolist() if slot in data.columns else []) + \
+                      (demos[slot].tolist() if demos is not None else [])
+        labels = parse_labels(o.labels, gold_values)
+        if labels.note:
+            notes.append(labels.note)
+        if demos is not None:
+            self._gold_codes(labels, demos, slot, "--demos")
+        gold = self._gold_codes(labels, data, slot, "--data", missing_ok=True)
+        known = int((gold >= 0).sum()) if gold is not None else 0
+        _note_labelled(notes, known, len(data), "accuracy", slot)
+        return labels, (gold if known else None), None
+
     @staticmethod
-    def _gold_codes(labels: LabelMap, frame: pd.DataFrame, slot: str, role: str) -> np.ndarray | None:
+    def _gold_codes(labels: LabelMap, frame: pd.DataFrame, slot: str, role: str,
+                    missing_ok: bool = False) -> np.ndarray | None:
+        """Verbalizer index per row; -1 where the row has no gold value (an error unless missing_ok)."""
         if slot not in frame.columns:
             return None
-        codes = np.array([labels.code(v) for v in frame[slot].tolist()])
-        unknown = frame[slot][codes < 0]
-        if len(unknown):
-            raise UsageError(f"{role}: label {unknown.iloc[0]!r} in column {slot!r} has no verbalizer in --labels "
+        values = frame[slot].tolist()
+        codes = np.array([labels.code(v) for v in values])
+        missing = np.array([as_text(v).strip() == "" for v in values])
+        if not missing_ok and missing.any():
+            raise UsageError(f"{role}: row {int(np.argmax(missing))} has no {slot!r}; every demonstration needs "
+                             "its answer (drop the unlabelled rows)")
+        unknown = [v for v, c, m in zip(values, codes, missing) if c < 0 and not m]
+        if unknown:
+            raise UsageError(f"{role}: label {unknown[0]!r} in column {slot!r} has no verbalizer in --labels "
                              f"({', '.join(labels.words)}); add it, or map values with value=word")
         return codes
 
@@ -341,21 +358,11 @@ class IclMethod(Method):
 
     def _score(self, o, template: Template, p: Prepared, backend, progress, with_demos: bool, prefix: str) -> dict:
         requests, opening = self._requests(o, template, p, p.rows, with_demos, p.similar)
-        continuations = [opening + w for w in p.labels.words]
-        extra = self._content_free(o, template, p, requests) if o.calibrate else []
-        table = backend.score(requests + [r for r, _ in extra], continuations, progress)
-        scores = table.normalised(o.score)
-        main = scores[:len(requests)]
-        out: dict[str, Any] = {}
-        logp = main - _logsumexp(main)
+        logp, uncalibrated = self._classify(o, template, p, backend, requests, opening, progress)
         predicted = logp.argmax(axis=1)
+        out: dict[str, Any] = {f"{prefix}predicted": predicted, f"{prefix}logp": logp}
         if o.calibrate:
-            calibrated = logp - np.log(self._prior(scores[len(requests):], extra, len(requests)))
-            out[f"{prefix}uncalibrated_predicted"] = predicted
-            predicted = calibrated.argmax(axis=1)
-            logp = calibrated
-        out[f"{prefix}predicted"] = predicted
-        out[f"{prefix}logp"] = logp
+            out[f"{prefix}uncalibrated_predicted"] = uncalibrated
         if p.gold is not None:
             out.update(classification_metrics(p.gold, predicted, len(p.labels.words), prefix))
             if o.calibrate:
@@ -364,6 +371,19 @@ class IclMethod(Method):
         if not prefix:
             out["_prompt"] = requests[0][0] + requests[0][1]
         return out
+
+    def _classify(self, o, template: Template, p: Prepared, backend, requests, opening: str, progress=None):
+        """Per request: the labels' log-probabilities (calibrated with --calibrate), and the choice
+        made without calibration."""
+        extra = self._content_free(o, template, p, requests) if o.calibrate else []
+        table = backend.score(requests + [r for r, _ in extra], [opening + w for w in p.labels.words], progress)
+        scores = table.normalised(o.score)
+        main = scores[:len(requests)]
+        logp = main - _logsumexp(main)
+        uncalibrated = logp.argmax(axis=1)
+        if o.calibrate:
+            logp = logp - np.log(self._prior(scores[len(requests):], extra, len(requests)))
+        return logp, uncalibrated
 
     def _content_free(self, o, template: Template, p: Prepared, requests) -> list[tuple[tuple[str, str], int]]:
         """((prefix, content-free query), row it calibrates or -1 for all): one set per distinct prefix."""
@@ -391,10 +411,14 @@ class IclMethod(Method):
         return np.maximum(prior, 1e-12)
 
     # ---- generation -----------------------------------------------------------------------------
-    def _generate_all(self, o, templates, p: Prepared, backend, progress, ctx):
+    @staticmethod
+    def _settings(o: IclOptions) -> GenerateSettings:
         stop = [] if o.stop and [s.lower() for s in o.stop] == ["none"] else \
             [unescape(s) for s in (o.stop if o.stop is not None else ["\\n"])]
-        settings = GenerateSettings(o.max_tokens, o.temperature, o.top_p, stop, o.seed)
+        return GenerateSettings(o.max_tokens, o.temperature, o.top_p, stop, o.seed)
+
+    def _generate_all(self, o, templates, p: Prepared, backend, progress, ctx):
+        settings = self._settings(o)
         records = []
         for template in templates:
             requests, _ = self._requests(o, template, p, p.rows, True, p.similar)
@@ -427,6 +451,9 @@ class IclMethod(Method):
             metrics["test_exact_match"] = float(row["exact_match"])
             metrics["test_contains"] = float(row["contains"])
         metrics.update(queries=len(p.rows), shots=shots, templates=len(templates))
+        labelled = self._labelled(p)
+        if labelled and labelled < len(p.rows):
+            metrics["labelled_rows"] = labelled
         if len(templates) > 1:
             metrics["best_template"] = int(row["template"])
         data_frames = [p.data.astype(str)] + ([pd.DataFrame(p.demo_rows).astype(str)] if p.demo_rows else [])
@@ -443,16 +470,22 @@ class IclMethod(Method):
         result.tokens_per_s = used / busy if busy and used else None
         if len(templates) > 1 or (scoring and shots and o.zero_shot):
             result.tables["templates"] = ranking(records)
-        if scoring:
-            result._predictor = self._predictor(o, templates[int(row["template"]) - 1], p, backend)
+        result._predictor = self._predictor(o, templates[int(row["template"]) - 1], p, backend)
         return result
+
+    @staticmethod
+    def _labelled(p: Prepared) -> int:
+        """Rows of --data with a gold label or answer: the ones the metrics are over."""
+        if p.gold is not None:
+            return int((p.gold >= 0).sum())
+        return sum(1 for a in p.answers if a) if p.answers is not None else 0
 
     def _predictions(self, o, p: Prepared, row) -> pd.DataFrame:
         frame = pd.DataFrame({"row": np.arange(len(p.rows))})
         if o.labels is not None:
             frame["prediction"] = [p.labels.words[i] for i in row["predicted"]]
             if p.gold is not None:
-                frame["gold"] = [p.labels.words[i] for i in p.gold]
+                frame["gold"] = [p.labels.words[i] if i >= 0 else None for i in p.gold]
             for j, word in enumerate(p.labels.words):
                 frame[f"logp_{word}"] = row["logp"][:, j]
         else:
@@ -462,16 +495,22 @@ class IclMethod(Method):
         return frame
 
     def _predictor(self, o, template: Template, p: Prepared, backend):
-        """Scores new rows with the best template and the same fixed demonstrations."""
+        """Runs new rows as the run did: the best template, the same fixed demonstrations, and either
+        the labels scored (calibrated under --calibrate) or the answers generated."""
         def predict(rows) -> list[str]:
-            frame = load_frame(rows, None, "rows")
-            check_fields([template], frame, "the rows", {p.slot, "context"})
-            values = row_values(frame, sorted(set(template.fields) | {p.slot}))
             if p.similar is not None or o.index:
-                raise RuntimeError("predict() supports fixed demonstrations without --index; run %%icl on the rows")
+                raise UsageError("predict() reuses one fixed set of demonstrations, so it cannot follow "
+                                 "--select similar or --index; run %%icl on the new rows instead")
+            frame = load_frame(rows, None, "rows")
+            if frame.empty:
+                return []
+            check_fields([template], frame, "the rows", {p.slot})
+            values = row_values(frame, sorted(set(template.fields) | {p.slot}), answer=p.slot)
             requests, opening = self._requests(o, template, p, values, True)
-            table = backend.score(requests, [opening + w for w in p.labels.words])
-            return [p.labels.words[i] for i in table.normalised(o.score).argmax(axis=1)]
+            if p.labels is None:
+                return [text.strip() for text in backend.generate(requests, self._settings(o))]
+            logp, _ = self._classify(o, template, p, backend, requests, opening)
+            return [p.labels.words[i] for i in logp.argmax(axis=1)]
         return predict
 
 
@@ -526,13 +565,22 @@ def check_decoder(source, trust_remote_code: bool) -> None:
                          f"{source.name} is an {architecture_kind(config)}")
 
 
+def _note_labelled(notes: list[str], known: int, total: int, metric: str, slot: str) -> None:
+    if 0 < known < total:
+        notes.append(f"{metric} over the {known} of {total} rows of --data that have a {slot!r}; "
+                     "the others are predicted but not scored")
+
+
 def _logsumexp(x: np.ndarray) -> np.ndarray:
     top = x.max(axis=1, keepdims=True)
     return top + np.log(np.exp(x - top).sum(axis=1, keepdims=True))
 
 
 def classification_metrics(gold: np.ndarray, predicted: np.ndarray, n_labels: int, prefix: str) -> dict:
+    """Accuracy and macro F1 over the rows with a gold label (code >= 0)."""
     from sklearn.metrics import f1_score
+    known = gold >= 0
+    gold, predicted = gold[known], predicted[known]
     return {f"{prefix}accuracy": float((gold == predicted).mean()),
             f"{prefix}f1": float(f1_score(gold, predicted, labels=list(range(n_labels)), average="macro",
                                           zero_division=0))}

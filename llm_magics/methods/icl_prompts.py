@@ -106,9 +106,10 @@ def as_text(value) -> str:
     return str(value)
 
 
-def row_values(frame: pd.DataFrame, names: Sequence[str]) -> list[dict[str, str]]:
+def row_values(frame: pd.DataFrame, names: Sequence[str], answer: str | None = None) -> list[dict[str, str]]:
+    """Each row's fields as prompt text; the `answer` column as one answer (see answer_text)."""
     present = [n for n in names if n in frame.columns]
-    columns = {n: [as_text(v) for v in frame[n].tolist()] for n in present}
+    columns = {n: [(answer_text if n == answer else as_text)(v) for v in frame[n].tolist()] for n in present}
     return [{n: columns[n][i] for n in present} for i in range(len(frame))]
 
 
@@ -239,3 +240,10 @@ def gold_answers(value) -> list[str]:
         return gold_answers(value.get("text", ""))
     text = as_text(value)
     return [text] if text.strip() else []
+
+
+def answer_text(value) -> str:
+    """The answer a demonstration shows. Answer columns often hold every acceptable answer (a list,
+    or SQuAD's {'text': [...], 'answer_start': [...]}); a demonstration shows the first, not a repr."""
+    answers = gold_answers(value)
+    return answers[0] if answers else ""
