@@ -315,6 +315,23 @@ def test_similar_selection_puts_the_nearest_demonstration_last(tiny_llama, tiny_
     assert len(demos) == 2 and demos[-1] == "Review: the plot made no sense at all\nSentiment: negative"
 
 
+def test_query_field_outside_the_template_is_looked_up_and_a_missing_one_names_the_columns(tiny_llama, tiny_bert):
+    pool = pd.DataFrame({"text": ["great", "awful", "lovely", "dull"], "topic": ["cast", "plot", "music", "ending"],
+                         "label": ["positive", "negative", "positive", "negative"]})
+    data = pd.DataFrame({"text": ["bad"], "topic": ["plot twist"], "label": ["negative"]})
+    common = dict(template=TEMPLATE, data=data, demos=pool, shots=1, select="similar", embed_model=str(tiny_bert),
+                  labels=["negative", "positive"], zero_shot=False)
+    result = tiny_icl(tiny_llama, query_field="topic", **common)   # not a template field: still the lookup key
+    from llm_magics.retrieval import load_embedder
+    vectors, _ = load_embedder(str(tiny_bert), torch.device("cpu"), torch.float32).encode(["plot twist"] + list(pool.topic))
+    nearest = int(np.argmax(vectors[1:] @ vectors[0]))
+    assert result.prompt.startswith(f"Review: {pool.text[nearest]}\nSentiment: {pool.label[nearest]}")
+    with pytest.raises(UsageError, match=r"--query-field 'topc': no such column in --data; did you mean topic\?"):
+        tiny_icl(tiny_llama, query_field="topc", **common)
+    with pytest.raises(UsageError, match=r"--query-field 'topic': no such column in --demos"):
+        tiny_icl(tiny_llama, query_field="topic", **{**common, "demos": pool.drop(columns="topic")})
+
+
 def test_index_fills_context_for_queries_and_demonstrations(tiny_llama, tiny_bert):
     docs = pd.DataFrame({"text": ["Paris is the capital of France.", "The Nile flows north.",
                                   "Cats purr when content."], "id": ["paris", "nile", "cats"]})

@@ -25,6 +25,7 @@ from ..backends import GenerateSettings, LocalBackend, OpenAIBackend
 from ..backends.openai import key_env_problem, url_problem
 from ..common_options import ModelOptions, RunOptions
 from ..data import fingerprint, load_frame
+from ..data.columns import require_column
 from ..engine.device import pick_dtype
 from ..errors import UsageError
 from ..method import Method, Result
@@ -226,8 +227,9 @@ class IclMethod(Method):
             check_fields(templates, demos, "--demos", skip - {slot}, hint)
             if len(demos) == 0:
                 raise UsageError("--demos is empty")
-        fields = sorted({f for t in templates for f in t.fields} | {slot})
-        query_field = self._query_field(o, templates, data, slot) if (o.index or o.select == "similar") else None
+        query_field = self._query_field(o, templates, data, demos if shots else None, slot) \
+            if (o.index or o.select == "similar") else None
+        fields = sorted({f for t in templates for f in t.fields} | {slot} | ({query_field} if query_field else set()))
         rows = row_values(data, fields, answer=slot)
         demo_rows = row_values(demos, fields, answer=slot) if shots else []
         labels, gold, answers = self._golds(o, data, demos if shots else None, slot, notes)
@@ -248,10 +250,13 @@ class IclMethod(Method):
         return Prepared(data, rows, demo_rows, fixed, similar, labels, gold, answers, slot, notes)
 
     @staticmethod
-    def _query_field(o: IclOptions, templates: list[Template], data: pd.DataFrame, slot: str) -> str:
+    def _query_field(o: IclOptions, templates: list[Template], data: pd.DataFrame, demos: pd.DataFrame | None,
+                     slot: str) -> str:
+        """The column each row (and each demonstration) is looked up by; it need not be in the template."""
         if o.query_field:
-            if o.query_field not in data.columns:
-                raise UsageError(f"--query-field {o.query_field!r} is not a column of --data")
+            require_column(data, o.query_field, "--query-field")
+            if demos is not None:
+                require_column(demos, o.query_field, "--query-field", "--demos")
             return o.query_field
         for name in templates[0].fields:
             if name not in (slot, "context") and name in data.columns:
@@ -305,10 +310,9 @@ class IclMethod(Method):
 
     def _retrieve(self, o: IclOptions, ctx, rows, demo_rows, fixed, similar, query_field: str) -> None:
         """Put each row's (and each used demonstration's) top chunks into its `context` value."""
-        from ..retrieval import load_embedder, open_index
+        from ..retrieval import open_index
         index = open_index(o.index)
-        device = ctx.device(o.device)
-        embedder = load_embedder(index.manifest.model, device, pick_dtype(device))  # "auto" always uses vectors
+        embedder = index.embedder(ctx.device(o.device))  # queries embedded as the chunks were
         used = sorted(set(fixed or []) | {i for row in (similar or []) for i in row})
         targets = rows + [demo_rows[i] for i in used]
         queries = [r[query_field] for r in targets]
