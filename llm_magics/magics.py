@@ -145,6 +145,11 @@ def run_magic(name: str, line: str, cell: str | None, shell):
         return None
     word = tokens[0] if tokens and tokens[0] in cls.commands else None
     command = cls.command(word)
+    if word is None and cls.commands and tokens and not tokens[0].startswith("-") \
+            and not any(s.positional for s in opts.specs(command.options)):
+        # A bare first word the main command cannot take is a misspelt command, not a stray argument.
+        raise UsageError(f"%{name}: unknown command {tokens[0]!r}" + did_you_mean(tokens[0], list(cls.commands))
+                         + f" (commands: {', '.join(cls.commands)})")
     rest = tokens[1:] if word else tokens
     prog = f"{name} {word}" if word else name
     extra = {}

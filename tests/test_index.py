@@ -312,6 +312,7 @@ def one_usage_line(shell, capsys, cell: str) -> str:
     ("%index build wiki --from {docs}/missing.txt", "does not exist"),
     ("%index build wiki --from {docs} --chunk 10 --overlap 10", "--overlap 10 must be smaller than --chunk 10"),
     ("%index bulid wiki", "unknown command 'bulid'; did you mean build?"),
+    ("%index buld wiki --from docs/", "unknown command 'buld'; did you mean build?"),
     ("%index build wiki --from {docs} --kind annoy", "--kind 'annoy' is not valid"),
 ])
 def test_mistakes_are_one_usage_line_and_record_nothing(shell, capsys, store, docs, tiny_bert, line, message):

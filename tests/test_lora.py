@@ -179,5 +179,7 @@ def test_adapter_commands_in_a_shell(tiny_bert, separable, tmp_path, capsys):
         capsys.readouterr()
         bad = shell.run_cell("%lora use nobody")
         assert not bad.success and "no adapter named 'nobody'" in capsys.readouterr().err
+        bad = shell.run_cell("%lora adaptrs")   # a misspelt command is named as one, with the right spelling
+        assert not bad.success and "unknown command 'adaptrs'; did you mean adapters?" in capsys.readouterr().err
     finally:
         shell.run_line_magic("unload_ext", "llm_magics")

@@ -31,22 +31,9 @@ from ..retrieval import store
 from ..retrieval.store import MODES, Index, Manifest, name_problem
 from ..retrieval.vectors import KINDS, Params, resolve_kind, settle
 
-COMMANDS = ("build", "add", "query", "delete", "list", "info", "drop")
-
 
 def _name(help_text: str = "the index: a plain name (one folder under the cache)"):
     return option(help=help_text, positional=True, check=name_problem, metavar="NAME")
-
-
-@dataclass(kw_only=True)
-class IndexOptions:
-    command: str | None = option(None, f"one of {', '.join(COMMANDS)} (alone: list the indexes)",
-                                 positional=True, metavar="COMMAND")
-    name: str | None = option(None, "the index the command is for", positional=True, metavar="NAME")
-
-    def validate(self):
-        if self.command is not None:
-            raise UsageError(f"%index: unknown command {self.command!r}" + did_you_mean(self.command, COMMANDS))
 
 
 @dataclass(kw_only=True)
@@ -137,7 +124,7 @@ class IndexMethod(Method):
     name = "index"
     summary = ("Indexing for retrieval: documents are cut into token-aware chunks, embedded (minilm by default) "
                "and stored in FAISS with BM25 beside it, one folder per index; queries return the top-k chunks.")
-    Options = IndexOptions
+    Options = ListOptions   # `%index` alone lists the indexes
     commands = {
         "build": Command(BuildOptions, "build", "chunk, embed and store documents as a new index"),
         "add": Command(AddOptions, "add", "add documents to an index (a source already in it is replaced)"),
@@ -149,7 +136,7 @@ class IndexMethod(Method):
         "drop": Command(NameOptions, "drop", "delete an index's folder", records_run=False),
     }
 
-    def run(self, o: IndexOptions, ctx) -> pd.DataFrame:
+    def run(self, o: ListOptions, ctx) -> pd.DataFrame:
         return self.list_indexes(o, ctx)
 
     # ---- build and add -------------------------------------------------------------
