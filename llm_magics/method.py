@@ -54,6 +54,8 @@ class Method:
     @classmethod
     def help(cls) -> str:
         usage = f"%%{cls.name} [options]\n<cell body>" if cls.cell_option else None
+        if cls.commands:
+            usage = (usage or f"%{cls.name} [options]") + f"\n%{cls.name} COMMAND ...  ({', '.join(cls.commands)}; below)"
         parts = [opts.help_text(cls.Options, cls.name, cls.summary, usage=usage)]
         for word, cmd in cls.commands.items():
             parts.append("\n" + opts.help_text(cmd.options, f"{cls.name} {word}", cmd.summary))
