@@ -20,12 +20,13 @@ import csv
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+
+from common import add_threads_option, set_threads, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = Path(os.environ.get("LLM_MAGICS_SHARED", ROOT.parent / "shared")) / "data" / "sst2"
@@ -51,24 +52,14 @@ def uncached_scoring(backend, requests, continuations):
     return backend.score([("", p + q) for p, q in requests], continuations)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--queries", type=int, default=96, help="SST-2 test sentences (the generate loop is slow)")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--shots", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch (and FAISS) threads; 1 gives steadier numbers on a shared machine")
+    add_threads_option(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        import faiss
-        faiss.omp_set_num_threads(args.threads)
+    set_threads(args.threads)
     if not (SST2 / "test.tsv").exists():
         print(f"SST-2 not found under {SST2} (set LLM_MAGICS_SHARED)")
         return 1

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common import add_threads_option, set_threads
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LLM_MAGICS_SHARED", ROOT.parent / "shared")) / "data"
 
@@ -89,14 +91,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch (and FAISS) threads; 1 gives steadier numbers on a shared machine")
+    add_threads_option(parser)
     args = parser.parse_args()
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-        import faiss
-        faiss.omp_set_num_threads(args.threads)
+    set_threads(args.threads)
     os.environ.setdefault("LLM_MAGICS_HOME", tempfile.mkdtemp(prefix="llm-magics-bench-"))
     os.environ["LLM_MAGICS_PROGRESS"] = "none"
     import torch

@@ -18,12 +18,13 @@ import csv
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+
+from common import timed
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = Path(os.environ.get("LLM_MAGICS_SHARED", ROOT.parent / "shared")) / "data" / "sst2" / "train.tsv"
@@ -45,12 +46,6 @@ def baseline(model, tokenizer, texts: list[str]) -> np.ndarray:
 
     ds = ds.map(embed, batched=True, batch_size=10)
     return np.asarray(ds["embedding"])
-
-
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
 
 
 def main() -> int:
