@@ -33,6 +33,17 @@ def home(tmp_path, monkeypatch):
     settings.reset()
 
 
+@pytest.fixture
+def shell(home):
+    """A real IPython shell with the extension loaded (and unloaded after the test)."""
+    from IPython.core.interactiveshell import InteractiveShell
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "llm_magics")
+    yield sh
+    sh.run_line_magic("unload_ext", "llm_magics")
+    sh.config.pop("LLMMagics", None)  # %config values outlive the extension; not past this test
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -363,12 +363,9 @@ def test_cell_magic_in_a_shell_binds_out(tiny_llama, demo, capsys):
 # ---- mistakes: one UsageError line each, nothing recorded ------------------------------------------
 
 @pytest.fixture
-def shell(home, demo):
-    sh = InteractiveShell.instance()
-    sh.run_line_magic("load_ext", "llm_magics")
-    sh.user_ns["train_df"], sh.user_ns["test_df"] = demo[0], demo[1].head(4)
-    yield sh
-    sh.run_line_magic("unload_ext", "llm_magics")
+def shell(shell, demo):
+    shell.user_ns["train_df"], shell.user_ns["test_df"] = demo[0], demo[1].head(4)
+    return shell
 
 
 def one_usage_line(shell, capsys, cell: str, seconds: float = 60) -> str:

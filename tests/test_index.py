@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from IPython.core.interactiveshell import InteractiveShell
 
 from llm_magics import api
 from llm_magics.errors import UsageError
@@ -288,14 +287,6 @@ def test_the_index_result_can_query(tiny_bert, docs):
 
 
 # ---- mistakes: one line each, nothing recorded -----------------------------------------------------
-
-@pytest.fixture
-def shell(home):
-    sh = InteractiveShell.instance()
-    sh.run_line_magic("load_ext", "llm_magics")
-    yield sh
-    sh.run_line_magic("unload_ext", "llm_magics")
-
 
 def one_usage_line(shell, capsys, cell: str) -> str:
     result = shell.run_cell(cell)

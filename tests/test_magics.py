@@ -9,14 +9,6 @@ from IPython.core.interactiveshell import InteractiveShell
 from llm_magics import settings
 
 
-@pytest.fixture
-def shell(home):
-    sh = InteractiveShell.instance()
-    sh.run_line_magic("load_ext", "llm_magics")
-    yield sh
-    sh.run_line_magic("unload_ext", "llm_magics")
-
-
 def run(sh, cell, capsys):
     result = sh.run_cell(cell)
     out = capsys.readouterr()
