@@ -57,6 +57,23 @@ class State:
         return (self.total - self.done) / self.rate
 
 
+class Throttle:
+    """Step events pass at most every `interval` seconds; every other event (start, eval, log, end) passes."""
+    interval = 1.0
+
+    def __init__(self, interval: float | None = None):
+        if interval is not None:
+            self.interval = interval
+        self._last = 0.0
+
+    def due(self, event: "Event") -> bool:
+        now = time.monotonic()
+        if event.kind == "step" and now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+
 class Sink(Protocol):
     def handle(self, event: Event, state: State) -> None: ...
 

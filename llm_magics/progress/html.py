@@ -8,28 +8,22 @@ the end), as transformers' NotebookProgressCallback does.
 from __future__ import annotations
 
 import html
-import time
 
-from .events import Event, State, format_metric, format_seconds
+from .events import Event, State, Throttle, format_metric, format_seconds
 
 CHART_W, CHART_H = 320, 90
 
 
-class HtmlSink:
+class HtmlSink(Throttle):
     interval = 0.5
 
     def __init__(self, interval: float | None = None):
-        if interval is not None:
-            self.interval = interval
+        super().__init__(interval)
         self._handle = None
-        self._last = 0.0
 
     def handle(self, event: Event, state: State) -> None:
-        now = time.monotonic()
-        if event.kind == "step" and now - self._last < self.interval:
-            return
-        self._last = now
-        self.show(render(state))
+        if self.due(event):
+            self.show(render(state))
 
     def open(self, state: State) -> None:
         """Display the view now, so it lands in the cell that started the run."""

@@ -6,27 +6,22 @@ one per evaluation, one at the end. Never a line per batch.
 from __future__ import annotations
 
 import sys
-import time
 
-from .events import Event, State, format_metric, format_seconds
+from .events import Event, State, Throttle, format_metric, format_seconds
 
 
-class TextSink:
+class TextSink(Throttle):
     interval = 10.0
 
     def __init__(self, stream=None, interval: float | None = None):
+        super().__init__(interval)
         self.stream = stream
-        if interval is not None:
-            self.interval = interval
-        self._last = 0.0
 
     def handle(self, event: Event, state: State) -> None:
-        now = time.monotonic()
-        if event.kind == "step" and now - self._last < self.interval:
-            return
         if event.kind == "step" and state.total and state.done >= state.total:
             return  # the end line says it
-        self._last = now
+        if not self.due(event):
+            return
         print(self.line(event, state), file=self.stream or sys.stdout, flush=True)
 
     @staticmethod
