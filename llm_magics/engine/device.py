@@ -53,15 +53,20 @@ def pick_device(preference: str | None = None) -> torch.device:
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls run faster than fp32 instead of being emulated."""
+    flags = set(_cpuinfo("flags").split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo; empty where there is none (not Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return False
+    return ""
 
 
 def pick_dtype(device: torch.device, preference: str | None = None, training: bool = False) -> torch.dtype:
@@ -101,15 +106,8 @@ def device_info(device: torch.device | None = None) -> dict:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     import platform
-    return platform.processor() or "CPU"
+    return _cpuinfo("model name") or platform.processor() or "CPU"
 
 
 def empty_cache() -> None:
