@@ -87,12 +87,13 @@ class Result:
     tables: dict[str, "pd.DataFrame"] = field(default_factory=dict, repr=False)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
     notes: list[str] = field(default_factory=list)
+    sweep_id: str | None = None             # set when a %llm sweep ran it
 
     def record(self) -> dict[str, Any]:
         """The row the run store keeps."""
         keys = ("run_id", "method", "model", "status", "options", "data_fingerprint", "metrics",
                 "trainable_params", "total_params", "wall_s", "rows_per_s", "tokens_per_s",
-                "peak_mem_bytes", "device", "dtype", "artifacts")
+                "peak_mem_bytes", "device", "dtype", "artifacts", "sweep_id")
         return {k: getattr(self, k) for k in keys}
 
     def summary_line(self) -> str:

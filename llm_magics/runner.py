@@ -52,6 +52,7 @@ class RunContext:
         return self._run_dir
 
     background: bool = False
+    sweep_id: str | None = None     # the %llm sweep this run belongs to
 
     def progress(self, title: str | None = None) -> Progress:
         """The run's progress reporter, created on first use (one live display per run).
@@ -111,7 +112,8 @@ def build_options(cls: type[Method], word: str | None, values: dict[str, Any] | 
 
 
 def execute(name: str, word: str | None, options, namespace: dict | None = None,
-            progress_mode: str | None = None, background: bool | None = None) -> Any:
+            progress_mode: str | None = None, background: bool | None = None,
+            sweep_id: str | None = None) -> Any:
     """Run a method's command with built options; record a Result when the command records runs.
 
     In the background (the `--bg` option, unless `background` says otherwise) the run goes
@@ -122,7 +124,8 @@ def execute(name: str, word: str | None, options, namespace: dict | None = None,
     cls = registry().load(name)
     command = cls.command(word)
     settings = settings_mod.current()
-    ctx = RunContext(new_run_id(name), name, settings, namespace or {}, progress_mode, background=background)
+    ctx = RunContext(new_run_id(name), name, settings, namespace or {}, progress_mode, background=background,
+                     sweep_id=sweep_id)
     handler = getattr(cls(), command.handler)
     if not background:
         return _run(handler, command, options, ctx)
@@ -155,6 +158,7 @@ def finish(result: Result, ctx: RunContext, options, wall_s: float, peak_bytes: 
     result.options = opts.as_dict(options)
     result.wall_s = result.wall_s or wall_s
     result.peak_mem_bytes = result.peak_mem_bytes or peak_bytes
+    result.sweep_id = ctx.sweep_id
     ctx.store.record(result.record())
 
 

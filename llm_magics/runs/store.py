@@ -28,6 +28,7 @@ COLUMNS = {
     "device": "TEXT",
     "dtype": "TEXT",
     "artifacts": "TEXT",        # JSON {name: path}
+    "sweep_id": "TEXT",         # the %llm sweep that ran it, else NULL
 }
 JSON_COLUMNS = ("options", "metrics", "artifacts")
 
