@@ -265,3 +265,69 @@ def test_out_of_memory_mid_window_replays_the_window_without_losing_or_repeating
     assert outcome.trained.rows == 64 and outcome.steps == loop.total_steps == 4
     assert seen[:2] == [8, 8] and seen[2:6] == [4, 4, 4, 4]  # the first window replayed as four halves
     assert "batch size halved to 4" in " ".join(outcome.notes)
+
+
+class _ScriptedTask:
+    """Evaluations follow a script, so the best one is known; the weights at each evaluation are kept."""
+    lengths = [1] * 16
+
+    def __init__(self, script, snapshots):
+        self.script, self.snapshots, self.calls = list(script), snapshots, 0
+
+    def batch(self, indices, device):
+        return {"x": torch.ones(len(indices), 4)}
+
+    def loss(self, model, batch):
+        return (model(batch["x"]) - 3.0).pow(2).mean(), 0
+
+    def evaluate(self, model):
+        self.snapshots.append(model.weight.detach().clone())
+        value = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        return {"val_accuracy": value}
+
+
+def _scripted_loop(tmp_path, script, epochs):
+    from llm_magics.engine.training import TrainConfig
+    from llm_magics.progress import NullSink, Progress
+    snapshots = []
+    config = TrainConfig(epochs=epochs, lr=0.1, batch_size=16, best_metric="val_accuracy", greater_is_better=True,
+                         warmup=0.0, scheduler="constant")
+    model = torch.nn.Linear(4, 1, bias=False)
+    loop = TrainLoop(model, _ScriptedTask(script, snapshots), config, Progress([NullSink()]), tmp_path,
+                     torch.device("cpu"))
+    return loop, model, snapshots
+
+
+def test_an_ended_run_whose_best_evaluation_is_not_the_last_returns_the_best_weights(tmp_path):
+    # The initial evaluation, then one per epoch: the best is epoch 2's (0.9), not the last (0.4).
+    loop, model, snapshots = _scripted_loop(tmp_path, [0.1, 0.5, 0.9, 0.6, 0.4], epochs=4)
+    outcome = loop.run()
+    assert outcome.status == "ok" and outcome.best["val_accuracy"] == 0.9
+    assert not torch.equal(snapshots[-1], snapshots[2])  # training moved the weights after the best epoch
+    assert torch.equal(model.weight.detach(), snapshots[2])
+
+
+def test_a_stopped_run_returns_the_best_weights_not_the_last(tmp_path):
+    loop, model, snapshots = _scripted_loop(tmp_path, [0.1, 0.8, 0.3, 0.2, 0.2, 0.2], epochs=6)
+    real_evaluate = loop._evaluate
+
+    def evaluate_then_stop_after_the_third(initial=False):
+        stop = real_evaluate(initial)
+        if len(snapshots) == 4:
+            loop.progress.request_stop()
+        return stop
+
+    loop._evaluate = evaluate_then_stop_after_the_third
+    outcome = loop.run()
+    assert outcome.status == "stopped" and outcome.best["val_accuracy"] == 0.8
+    assert torch.equal(model.weight.detach(), snapshots[1])
+
+
+def test_the_result_scores_the_best_checkpoint_it_reports(tiny_bert, separable):
+    """The run's metrics are the restored best weights' scores: val_accuracy equals the history's best."""
+    frame, _, _ = separable
+    result = fit(tiny_bert, frame, train="all", epochs=4, lr=3e-3, eval_every=2)
+    best = result.history["val_accuracy"].iloc[1:].max()
+    assert result.metrics["val_accuracy"] == pytest.approx(best, abs=1e-9)
+    assert "best_checkpoint" in result.artifacts

@@ -20,22 +20,29 @@ from safetensors.torch import load_file, save_file
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
+WEIGHTS_STATE = "weights_state.json"
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_weights(model: torch.nn.Module, folder: Path) -> Path:
+def save_weights(model: torch.nn.Module, folder: Path, extra: dict[str, Any] | None = None) -> Path:
+    """The trainable weights; `extra` (JSON) is state that belongs with them."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / WEIGHTS
     tmp = path.with_suffix(".tmp")
     save_file(trainable_state(model), str(tmp))
     tmp.replace(path)
+    if extra is not None:
+        tmp = folder / (WEIGHTS_STATE + ".tmp")
+        tmp.write_text(json.dumps(extra, default=_jsonable))
+        tmp.replace(folder / WEIGHTS_STATE)
     return path
 
 
-def load_weights(model: torch.nn.Module, folder: Path) -> None:
+def load_weights(model: torch.nn.Module, folder: Path) -> dict[str, Any] | None:
+    """Copy saved weights into the model; return the `extra` saved with them, if any."""
     state = load_file(str(folder / WEIGHTS))
     params = dict(model.named_parameters())
     missing = [name for name in state if name not in params]
@@ -44,6 +51,8 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    extra = folder / WEIGHTS_STATE
+    return json.loads(extra.read_text()) if extra.exists() else None
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> tuple[dict, dict]:
@@ -109,7 +118,13 @@ def load(folder: Path, model, optimizer, scheduler) -> dict[str, Any]:
 
 
 def exists(folder: Path) -> bool:
+    """A resumable checkpoint: weights, optimizer and loop state (`checkpoint-last`)."""
     return (folder / STATE).exists() and (folder / WEIGHTS).exists()
+
+
+def has_weights(folder: Path) -> bool:
+    """Weights alone, as `save_weights` writes them (`checkpoint-best`)."""
+    return (folder / WEIGHTS).exists()
 
 
 def _jsonable(value):

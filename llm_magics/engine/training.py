@@ -52,6 +52,13 @@ class TrainConfig:
     group_by_length: bool = True
 
 
+@dataclass
+class WeightsState:
+    """JSON state saved and restored with the best weights."""
+    save: Callable[[], dict[str, Any]]
+    load: Callable[[dict[str, Any]], None]
+
+
 class TrainTask(Protocol):
     """What a method provides; the loop owns everything else."""
     lengths: list[int]                      # per training row, for length grouping
@@ -112,12 +119,16 @@ def steps_per_epoch(rows: int, batch_size: int, grad_accum: int) -> int:
 
 class TrainLoop:
     def __init__(self, model: torch.nn.Module, task: TrainTask, config: TrainConfig, progress,
-                 folder: Path, device: torch.device, before_zero_grad: Callable[[int], None] | None = None):
+                 folder: Path, device: torch.device, before_zero_grad: Callable[[int], None] | None = None,
+                 weights_state: WeightsState | None = None):
         """`before_zero_grad(step)` runs after each optimizer step while gradients still exist
-        (AdaLoRA reallocates its ranks from them)."""
+        (AdaLoRA reallocates its ranks from them). `weights_state` keeps non-tensor state that
+        belongs with the weights (AdaLoRA's rank pattern) in the best checkpoint, so the restored
+        best weights come back with it."""
         self.model, self.task, self.config, self.progress = model, task, config, progress
         self.folder, self.device = Path(folder), device
         self.before_zero_grad = before_zero_grad
+        self.weights_state = weights_state
         self.batch_size, self.grad_accum = config.batch_size, config.grad_accum
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -186,8 +197,10 @@ class TrainLoop:
         else:
             import shutil
             shutil.rmtree(self.last_dir, ignore_errors=True)  # optimizer state is 2× the weights
-        if checkpoint.exists(self.best_dir) and s["best"] is not None:
-            checkpoint.load_weights(self.model, self.best_dir)
+        if s["best"] is not None and checkpoint.has_weights(self.best_dir):
+            extra = checkpoint.load_weights(self.model, self.best_dir)
+            if self.weights_state is not None and extra is not None:
+                self.weights_state.load(extra)
         return Outcome(status=status, history=list(s["history"]), best=s["best"], steps=s["step"],
                        total_steps=self.total_steps, epochs_run=s["step"] / max(self.steps_per_epoch, 1),
                        trained=Throughput(rows=s["rows"], tokens=s["tokens"], seconds=s["seconds"]),
@@ -306,7 +319,8 @@ class TrainLoop:
                                                            else value < best[cfg.best_metric]))
         if improved:
             s["best"], s["since_best"] = record, 0
-            checkpoint.save_weights(self.model, self.best_dir)
+            checkpoint.save_weights(self.model, self.best_dir,
+                                    self.weights_state.save() if self.weights_state is not None else None)
         else:
             s["since_best"] += 1
         self.save_checkpoint()

@@ -27,7 +27,7 @@ from ..adapters.hub import saved_head
 from ..adapters.methods import name_clash, smoke_rows
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
 from ..engine.device import dtype_name, pick_dtype
-from ..engine.training import TrainLoop, steps_per_epoch
+from ..engine.training import TrainLoop, WeightsState, steps_per_epoch
 from ..errors import UsageError
 from ..method import Command, Method
 from ..models import resolve, trainable
@@ -62,7 +62,7 @@ class LoraOptions(ModelOptions, DataOptions, RunOptions, TrainingOptions, TaskOp
     method: str = option("lora", "the PEFT method", choices=METHODS)
     r: int = option(8, "rank (lora, rslora, dora, loha, lokr; adalora's starting rank)", check=positive)
     alpha: float | None = option(None, "scaling numerator (default: 2 × r)", check=positive)
-    dropout: float = option(0.05, "dropout on the adapter's input", check=opts.non_negative)
+    dropout: float = option(0.05, "dropout on the adapter's input", check=opts.dropout_rate)
     target: list[str] = option(["all-linear"], "layers to adapt: all-linear (every linear layer in the blocks) "
                                                "or names such as q_proj,v_proj", metavar="NAMES")
     target_r: int | None = option(None, "adalora: the average rank it prunes to (default: r / 2)", check=positive)
@@ -233,9 +233,15 @@ class LoraMethod(Method):
                                 else f"{o.method} {o.virtual_tokens} virtual tokens")
         save_run_options(ctx.run_dir, {**o.resume_values(), "adapter": name}, data.fingerprint)
         describe_run(ctx, progress, plan)
-        realloc = (lambda step: peft.base_model.update_and_allocate(step)) if o.method == "adalora" else None
+        realloc, rank_pattern = None, None
+        if o.method == "adalora":
+            realloc = lambda step: peft.base_model.update_and_allocate(step)  # noqa: E731
+            config = peft.peft_config[name]
+            # The best weights were masked by the rank pattern of their step: restore it with them.
+            rank_pattern = WeightsState(save=lambda: {"rank_pattern": config.rank_pattern},
+                                        load=lambda saved: setattr(config, "rank_pattern", saved["rank_pattern"]))
         loop = TrainLoop(model, task, train_config(o, device, o.peak_lr()), progress, ctx.run_dir, device,
-                         before_zero_grad=realloc)
+                         before_zero_grad=realloc, weights_state=rank_pattern)
         if resume_dir:
             loop.resume(resume_dir)
         outcome = loop.run()

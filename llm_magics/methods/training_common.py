@@ -33,7 +33,7 @@ class TaskOptions:
                        choices=("classify", "sft"))
     pooling: str = option("auto", "classify: how token states become one vector (auto: mean for encoders, "
                                   "last token for decoders)", choices=("auto",) + POOLINGS)
-    head_dropout: float = option(0.1, "classify: dropout before the classification head", check=opts.non_negative)
+    head_dropout: float = option(0.1, "classify: dropout before the classification head", check=opts.dropout_rate)
     prompt: str | None = option(None, "sft: the prompt column (default: inferred)", metavar="COLUMN")
     response: str | None = option(None, "sft: the response column (default: inferred)", metavar="COLUMN")
     messages: str | None = option(None, "sft: a column of chat messages [{role, content}] instead of "
@@ -179,10 +179,10 @@ def result_fields(o, ctx, data, task, model, outcome: Outcome, device, plan) -> 
                   trainable_params=plan.trainable, total_params=plan.total, tables=tables,
                   figures={"training curves": plot_history(history, steps)} if len(history) else {},
                   artifacts={"run_dir": str(ctx.run_dir)}, _max_length=o.max_length)
-    for name in ("checkpoint-best", "checkpoint-last"):
-        if checkpoint.exists(ctx.run_dir / name):
-            fields["artifacts"]["best_checkpoint" if name.endswith("best") else "resume_checkpoint"] = \
-                str(ctx.run_dir / name)
+    if checkpoint.has_weights(ctx.run_dir / "checkpoint-best"):
+        fields["artifacts"]["best_checkpoint"] = str(ctx.run_dir / "checkpoint-best")
+    if checkpoint.exists(ctx.run_dir / "checkpoint-last"):
+        fields["artifacts"]["resume_checkpoint"] = str(ctx.run_dir / "checkpoint-last")
     return fields
 
 
