@@ -1,0 +1,170 @@
+"""`%rlhf`: preference data → a reward model → policy optimisation (PPO of our own).
+
+    %rlhf reward --model minilm --data prefs.jsonl --test held_out --out rm
+    rm.score(["\\n\\nHuman: hi\\n\\nAssistant: hello!"])
+    %rlhf ppo --policy smollm2 --reward rm --prompts prompts_df --steps 200 --method lora --kl 0.05
+    %rlhf ppo --policy smollm2 --reward my_python_fn --prompts prompts_df
+
+`%rlhf` alone lists the recorded %rlhf runs. Every command records its run like `%finetune`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .. import options as opts
+from ..adapters.methods import PROMPT_LEARNING, TUNERS
+from ..common_options import ModelOptions, RunOptions, TrainingOptions
+from ..engine.device import dtype_name
+from ..engine.features import POOLINGS, default_pooling
+from ..engine.training import TrainConfig, TrainLoop
+from ..errors import UsageError
+from ..method import Command, Method
+from ..models import hold, load_model, resolve, trainable
+from ..models.classifier import SequenceClassifier
+from ..options import option, positive
+from ..rlhf.data import prepare_preferences
+from ..rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, save_folder
+from .training_common import describe_run, plot_history
+
+REWARD_TRAIN = ("full", "head") + TUNERS
+DEFAULT_REWARD_LR = {"full": 5e-5, "head": 1e-3, "tuner": 1e-3}
+
+
+def _reward_train(value) -> str | None:
+    if value in PROMPT_LEARNING:
+        return (f"{value} learns virtual tokens, which a reward model cannot train well; use full, head or a "
+                f"tuner ({', '.join(TUNERS)})")
+    if value not in REWARD_TRAIN:
+        return f"{value!r} is not full, head or a PEFT method ({', '.join(TUNERS)})"
+    return None
+
+
+@dataclass
+class PreferenceOptions:
+    data: Any = option(None, "preference pairs: a variable, a file (jsonl, json, csv, parquet, .jsonl.gz) or a "
+                             "dataset name; prompt/chosen/rejected, chat lists, HH transcripts, ShareGPT or "
+                             "ranked lists", metavar="DATA")
+    validation: Any = option(None, "validation pairs (default: split off --data)", metavar="DATA")
+    test: Any = option(None, "held-out pairs (default: split off --data)", metavar="DATA")
+    prompt: str | None = option(None, "the prompt column (default: prompt, question, instruction, …)",
+                                metavar="COLUMN")
+    chosen: str | None = option(None, "the preferred answer's column (default: chosen)", metavar="COLUMN")
+    rejected: str | None = option(None, "the other answer's column (default: rejected)", metavar="COLUMN")
+    seed: int = option(0, "seed for splits, sampling and initialisation")
+    val_size: float = option(0.1, "share of --data held out for validation", check=opts.fraction)
+    test_size: float = option(0.2, "share of --data held out for testing when --test is not given",
+                              check=opts.fraction)
+    max_rows: int | None = option(None, "use at most this many training pairs (seeded sample)", check=positive)
+
+
+@dataclass
+class RewardOptions(ModelOptions, PreferenceOptions, RunOptions, TrainingOptions):
+    epochs: int = option(1, "passes over the training pairs", check=positive)
+    batch_size: int = option(8, "pairs per batch (each pair is two rows)", check=positive)
+    train: str = option("full", "what trains: full, head (the scoring layer only) or a PEFT tuner "
+                                f"({', '.join(TUNERS)})", check=_reward_train, metavar="WHAT")
+    pooling: str = option("auto", "how token states become one vector (auto: mean for encoders, last token for "
+                                  "decoders)", choices=("auto",) + POOLINGS)
+    r: int = option(8, "tuner rank", check=positive)
+    alpha: float | None = option(None, "tuner scaling numerator (default: 2 × r)", check=positive)
+    dropout: float = option(0.05, "tuner dropout", check=opts.non_negative)
+    target: list[str] = option(["all-linear"], "tuner: layers to adapt (all-linear or names)", metavar="NAMES")
+
+    def peak_lr(self) -> float:
+        return self.lr or DEFAULT_REWARD_LR[self.train if self.train in ("full", "head") else "tuner"]
+
+
+@dataclass
+class ListOptions:
+    limit: int | None = option(20, "how many recent runs", check=positive)
+
+
+class RlhfMethod(Method):
+    name = "rlhf"
+    summary = ("RLHF: a reward model from preference pairs (Bradley–Terry, full, head or LoRA) and policy "
+               "optimisation against it or any Python reward (PPO of our own, on the training engine).")
+    Options = ListOptions
+    commands = {
+        "reward": Command(RewardOptions, "reward", "train a reward model on preference pairs"),
+    }
+
+    def run(self, o: ListOptions, ctx) -> pd.DataFrame:
+        frame = ctx.store.frame(limit=None)
+        if len(frame) and "method" in frame:
+            frame = frame[frame["method"].astype(str).str.startswith("rlhf")]
+        return frame.head(o.limit) if o.limit else frame
+
+    # ---- reward ---------------------------------------------------------------------------
+    def reward(self, o: RewardOptions, ctx) -> RewardResult:
+        device = ctx.device(o.device)
+        source = resolve(o.model)
+        data = prepare_preferences(o.data, o.validation, o.test, seed=o.seed, val_size=o.val_size,
+                                   test_size=o.test_size, namespace=ctx.namespace, prompt=o.prompt,
+                                   chosen=o.chosen, rejected=o.rejected)
+        notes = list(data.notes)
+        if o.max_rows and len(data.train) > o.max_rows:
+            data.train = data.train.sample(o.max_rows, random_state=o.seed).reset_index(drop=True)
+            notes.append(f"training on {o.max_rows} of the pairs (--max-rows, seed {o.seed})")
+        progress = ctx.progress(f"rlhf reward · {source.short} · --train {o.train}")
+        loaded = load_model(source, "base", device, torch.float32, fresh=True, trust_remote_code=o.trust_remote_code)
+        pooling = default_pooling(loaded.kind) if o.pooling == "auto" else o.pooling
+        torch.manual_seed(o.seed)
+        model = SequenceClassifier(loaded.model, 1, pooling, dropout=0.0).to(device)
+        model.head.float()
+        task = PairTask(data, loaded.tokenizer, o.max_length, device)
+        peft = None
+        if o.train in ("full", "head"):
+            plan = trainable.apply(model, "all" if o.train == "full" else "head")
+        else:
+            from peft import get_peft_model
+
+            from ..adapters.methods import build_config
+            steps = math.ceil(len(task.lengths) / o.batch_size / o.grad_accum) * o.epochs
+            config = build_config(o.train, o, model, None, steps, source.path, modules_to_save=["head"])
+            peft = get_peft_model(model, config)
+            plan = trainable.report(peft, f"{o.train} r={o.r}")
+        describe_run(ctx, progress, plan)
+        config = TrainConfig(epochs=o.epochs, lr=o.peak_lr(), batch_size=o.batch_size, grad_accum=o.grad_accum,
+                             max_grad_norm=o.max_grad_norm or None, weight_decay=o.weight_decay, warmup=o.warmup,
+                             scheduler=o.scheduler, eval_every=o.eval_every, patience=o.patience,
+                             best_metric="val_accuracy", greater_is_better=True, seed=o.seed)
+        loop = TrainLoop(peft or model, task, config, progress, ctx.run_dir, device)
+        outcome = loop.run()
+        if peft is not None:
+            model = peft.merge_and_unload()
+        for param in model.parameters():
+            param.requires_grad = False
+        model.eval()
+        metrics: dict[str, float] = {}
+        if outcome.history:
+            first = outcome.history[0]
+            metrics.update({f"{k}_before": v for k, v in first.items() if k in ("val_accuracy", "val_margin")})
+        metrics.update(task.split_scores(model, "val"))
+        metrics.update(task.split_scores(model, "test"))
+        steps = progress.state.history
+        losses = [values["loss"] for _, values in steps if "loss" in values]
+        if losses:
+            metrics["train_loss"] = float(losses[-1])
+        metrics["steps"] = outcome.steps
+        folder = save_folder(model, loaded.tokenizer, ctx.run_dir / REWARD_FOLDER, o.max_length,
+                             {"model": source.name, "run_id": ctx.run_id})
+        history = pd.DataFrame(outcome.history)
+        result = RewardResult(
+            method="rlhf reward", model=source.short, metrics=metrics, data_fingerprint=data.fingerprint,
+            trainable_params=plan.trainable, total_params=plan.total, device=str(device),
+            dtype=dtype_name(next(model.parameters()).dtype), status=outcome.status,
+            artifacts={"run_dir": str(ctx.run_dir), "reward_model": str(folder)},
+            tables={"trainable parameters": plan.groups, **({"history": history} if len(history) else {})},
+            figures={"training curves": plot_history(history, steps)} if len(history) else {},
+            notes=notes + outcome.notes + plan.notes + [f"reload after a restart: load_reward({ctx.run_id!r})"],
+            history=history, _model=model, _tokenizer=loaded.tokenizer, _max_length=o.max_length,
+            _folder=str(folder))
+        result.tokens_per_s, result.rows_per_s = outcome.tokens_per_s, outcome.rows_per_s
+        hold(result)
+        progress.end(outcome.status, **{k: v for k, v in metrics.items() if k.startswith("test_")})
+        return result

@@ -1,0 +1,190 @@
+"""A reward model from preference pairs, trained on our engine.
+
+The model is the project's `SequenceClassifier` with one output (mean-pooled for encoders,
+last token for decoders — the pooling sentence encoders such as MiniLM were trained for),
+and the loss is Bradley–Terry on pairs: −log σ(r(chosen) − r(rejected)), as in InstructGPT
+and TRL's RewardTrainer. Differences from RewardTrainer that matter here:
+
+- pairs longer than `max_length` are truncated from the left (HH pairs share a long prefix and
+  differ only in the last turn, which must survive), never dropped;
+- chosen and rejected go through the model as one batch (one forward, one backward);
+- any tokenizer works (BERT's has no EOS, which RewardTrainer needs).
+
+`--train full|head` or any PEFT tuner (`lora`, `dora`, …): a tuner is merged into the weights
+when training ends, so the saved reward model is a plain classifier folder that
+`load_reward(run_id or folder)` reads back after a kernel restart.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..engine.batching import collate, length_batches
+from ..engine.device import eval_mode
+from ..errors import UsageError
+from ..method import Result
+from ..models.classifier import SequenceClassifier, is_saved_classifier
+from .data import PreferenceData
+
+REWARD_FOLDER = "reward_model"
+META = "llm_magics_reward.json"
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids with the tokenizer's special tokens, truncated from the left (the end is kept)."""
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        return tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
+                         return_attention_mask=False)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
+
+
+def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """−log σ(r_c − r_r), averaged over pairs."""
+    return -nn.functional.logsigmoid(chosen.float() - rejected.float()).mean()
+
+
+@torch.no_grad()
+def rewards(model, ids: list[list[int]], pad: int, device: torch.device, max_tokens: int = 4096) -> torch.Tensor:
+    """One scalar per sequence, in the given order (length-sorted batches inside)."""
+    out = torch.zeros(len(ids))
+    with eval_mode(model):
+        for batch in length_batches([len(x) for x in ids], 128, max_tokens):
+            inputs = {k: v.to(device) for k, v in collate([ids[i] for i in batch], pad).items()}
+            out[torch.as_tensor(batch)] = model(**inputs).logits[:, 0].float().cpu()
+    return out
+
+
+def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, prefix: str) -> dict[str, float]:
+    margin = chosen - rejected
+    return {f"{prefix}_loss": float(bradley_terry(chosen, rejected)),
+            f"{prefix}_accuracy": float((margin > 0).float().mean() + 0.5 * (margin == 0).float().mean()),
+            f"{prefix}_margin": float(margin.mean())}
+
+
+class PairTask:
+    """TrainTask for the engine: batches of pairs, chosen rows first, rejected rows after."""
+
+    def __init__(self, data: PreferenceData, tokenizer, max_length: int, device: torch.device):
+        self.tokenizer, self.device = tokenizer, device
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.ids: dict[str, tuple[list, list]] = {}
+        for split, frame in data.splits().items():
+            prompts = frame["prompt"].fillna("").astype(str).tolist()
+            chosen = encode(tokenizer, [p + c for p, c in zip(prompts, frame["chosen"])], max_length)
+            rejected = encode(tokenizer, [p + r for p, r in zip(prompts, frame["rejected"])], max_length)
+            self.ids[split] = (chosen, rejected)
+        chosen, rejected = self.ids["train"]
+        self.lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, Any]:
+        chosen, rejected = self.ids["train"]
+        rows = [chosen[i] for i in indices] + [rejected[i] for i in indices]
+        return {k: v.to(device, non_blocking=True) for k, v in collate(rows, self.pad).items()}
+
+    def loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        scores = model(**batch).logits[:, 0]
+        half = scores.shape[0] // 2
+        return bradley_terry(scores[:half], scores[half:]), int(batch["attention_mask"].sum())
+
+    def split_scores(self, model, split: str) -> dict[str, float]:
+        chosen, rejected = self.ids[split]
+        if not chosen:
+            return {}
+        scores = rewards(model, chosen + rejected, self.pad, self.device)
+        return pair_metrics(scores[:len(chosen)], scores[len(chosen):], split)
+
+    def evaluate(self, model) -> dict[str, float]:
+        return self.split_scores(model, "val")
+
+
+@dataclass
+class RewardResult(Result):
+    """A trained reward model: `.score(texts)` or `.score(prompts, responses)` → one float each."""
+    history: Any = field(default=None, repr=False)
+    _model: Any = field(default=None, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
+    _max_length: int = 256
+    _folder: str = ""
+
+    def _need_model(self):
+        if self._model is None:
+            if not self._folder:
+                raise RuntimeError("the reward model was released (%llm free) and was never saved")
+            self._model, self._tokenizer, meta = load_folder(Path(self._folder))
+            self._max_length = meta.get("max_length", self._max_length)
+        return self._model
+
+    @property
+    def tokenizer(self):
+        self._need_model()
+        return self._tokenizer
+
+    def score(self, texts, responses=None) -> list[float]:
+        """Rewards of whole texts, or of responses after their prompts (prompt + response, as trained)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if responses is not None:
+            responses = [responses] if isinstance(responses, str) else list(responses)
+            if len(responses) != len(texts):
+                raise UsageError(f"score(prompts, responses): {len(texts)} prompts but {len(responses)} responses")
+            texts = [p + r for p, r in zip(texts, responses)]
+        model = self._need_model()
+        ids = encode(self._tokenizer, texts, self._max_length)
+        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        return rewards(model, ids, pad, next(model.parameters()).device).tolist()
+
+    __call__ = score
+
+    def release(self) -> None:
+        if self._folder:   # reloaded on the next .score()
+            self._model = None
+
+
+def save_folder(model: SequenceClassifier, tokenizer, folder: Path, max_length: int, origin: dict) -> Path:
+    model.save(folder, tokenizer, ["reward"])
+    (folder / META).write_text(json.dumps({"max_length": max_length, **origin}, indent=2))
+    return folder
+
+
+def load_folder(folder: Path, device: torch.device | None = None):
+    from transformers import AutoTokenizer
+    model, _ = SequenceClassifier.load(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    meta = json.loads((folder / META).read_text()) if (folder / META).exists() else {}
+    return model.to(device or torch.device("cpu")), tokenizer, meta
+
+
+def load_reward(ref: str | Path, settings=None) -> RewardResult:
+    """A saved reward model — its run id (from the run store) or its folder — as a RewardResult."""
+    from ..runs import RunStore
+    from ..settings import current
+    settings = settings or current()
+    folder = Path(str(ref)).expanduser()
+    row = None
+    if not folder.is_dir():
+        row = RunStore(settings.runs_path).get(str(ref))
+        path = (row or {}).get("artifacts", {}).get("reward_model") if row else None
+        if not path:
+            raise UsageError(f"{ref!r} is neither a reward-model folder nor the run id of a %rlhf reward run")
+        folder = Path(path)
+    if (folder / REWARD_FOLDER).is_dir():
+        folder = folder / REWARD_FOLDER
+    if not is_saved_classifier(folder):
+        raise UsageError(f"{folder} holds no saved reward model (written by %rlhf reward)")
+    result = RewardResult(method="rlhf reward", _folder=str(folder))
+    if row:
+        result.run_id, result.metrics, result.model = row["run_id"], row.get("metrics", {}), row.get("model", "")
+        result.artifacts = row.get("artifacts", {})
+    meta = json.loads((folder / META).read_text()) if (folder / META).exists() else {}
+    result._max_length = meta.get("max_length", 256)
+    return result

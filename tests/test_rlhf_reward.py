@@ -1,0 +1,80 @@
+"""`%rlhf reward`: Bradley–Terry on pairs, on our engine; scores after a restart; bad inputs."""
+import random
+
+import pandas as pd
+import pytest
+import torch
+
+from llm_magics import api
+from llm_magics.errors import UsageError
+from llm_magics.rlhf.reward import bradley_terry, encode, load_reward, pair_metrics
+
+
+def word_pairs(pos, neg, n=240, seed=0):
+    """Prompt + two answers: the one made of 'positive' words is preferred."""
+    rng = random.Random(seed)
+    make = lambda words: " " + " ".join(rng.choice(words) for _ in range(rng.randint(3, 7)))  # noqa: E731
+    return pd.DataFrame([{"prompt": "Review:", "chosen": make(pos), "rejected": make(neg)} for _ in range(n)])
+
+
+def test_bradley_terry_and_pair_metrics_by_hand():
+    chosen, rejected = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 1.0])
+    # −log σ(2), −log σ(−1), −log σ(0)
+    expected = (0.126928 + 1.313262 + 0.693147) / 3
+    assert float(bradley_terry(chosen, rejected)) == pytest.approx(expected, abs=1e-5)
+    metrics = pair_metrics(chosen, rejected, "val")
+    assert metrics["val_accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)   # a tie counts half
+    assert metrics["val_margin"] == pytest.approx(1 / 3)
+
+
+def test_left_truncation_keeps_the_end(tiny_bert):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    ids = encode(tokenizer, ["alpha beta gamma delta omega great"], max_length=4)[0]
+    assert len(ids) == 4 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    body = tokenizer("alpha beta gamma delta omega great", add_special_tokens=False)["input_ids"]
+    assert len(body) > 2 and ids[1:-1] == body[-2:]
+
+
+@pytest.mark.parametrize("train, lr", [("full", 1e-3), ("lora", 1e-2)])
+def test_reward_model_learns_separable_pairs_and_scores_after_a_restart(tiny_bert, separable, store, train, lr):
+    _, pos, neg = separable
+    result = api.rlhf.reward(model=str(tiny_bert), data=word_pairs(pos, neg), train=train, lr=lr, epochs=3,
+                             batch_size=16, dtype="float32")
+    assert result.metrics["test_accuracy"] >= 0.95, result.metrics
+    assert result.metrics["test_margin"] > result.metrics.get("val_margin_before", 0)
+    good, bad = result.score(["Review:", "Review:"], [" " + " ".join(pos[:4]), " " + " ".join(neg[:4])])
+    assert good > bad
+    row = store.get(result.run_id)
+    assert row["method"] == "rlhf reward" and row["metrics"]["test_accuracy"] == result.metrics["test_accuracy"]
+    if train == "lora":
+        assert result.trainable_params < result.total_params
+    # A new session: only the run id (or the folder) is left.
+    api.free()
+    again = load_reward(result.run_id)
+    assert again.score(["Review: " + " ".join(pos[:4])]) == pytest.approx(result.score(["Review: " + " ".join(pos[:4])]),
+                                                                        abs=1e-5)
+    assert again.metrics["test_accuracy"] == result.metrics["test_accuracy"]
+
+
+def test_head_only_trains_the_scoring_layer_only(tiny_bert, separable):
+    _, pos, neg = separable
+    result = api.rlhf.reward(model=str(tiny_bert), data=word_pairs(pos, neg, 80), train="head", epochs=1)
+    assert result.trainable_params == 32 + 1
+
+
+def test_reward_bad_inputs_are_one_line_and_record_nothing(tiny_bert, store, tmp_path):
+    same = pd.DataFrame({"prompt": ["p"] * 10, "chosen": ["a"] * 10, "rejected": ["a"] * 10})
+    with pytest.raises(UsageError, match="row 0: chosen and rejected are identical"):
+        api.rlhf.reward(model=str(tiny_bert), data=same)
+    with pytest.raises(UsageError, match="columns found: text, label"):
+        api.rlhf.reward(model=str(tiny_bert), data=pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}))
+    with pytest.raises(UsageError, match="--train.*prompt.*virtual tokens"):
+        api.rlhf.reward(model=str(tiny_bert), data=same, train="prompt")
+    with pytest.raises(UsageError, match="not full, head or a PEFT method"):
+        api.rlhf.reward(model=str(tiny_bert), data=same, train="qlora")
+    with pytest.raises(UsageError, match="neither a reward-model folder nor the run id"):
+        load_reward("rlhf-nope")
+    assert store.list() == []
+    runs = tmp_path / "home" / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
