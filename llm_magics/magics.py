@@ -29,6 +29,8 @@ class CompareOptions:
 class RunsOptions:
     limit: int = opts.option(20, "how many of the newest runs", check=opts.positive)
     method: str | None = opts.option(None, "only runs of this method")
+    repair: bool = opts.option(False, "rebuild a damaged run store from the rows it can read, and import the "
+                                      "records kept aside while it could not be written")
 
 
 LLM_COMMANDS = {
@@ -36,7 +38,7 @@ LLM_COMMANDS = {
     "methods": "registered methods, where each comes from, and whether it imported",
     "models": "model aliases and where each resolves",
     "device": "the device, dtype and free memory runs will use",
-    "runs": "recorded runs (--limit N, --method NAME)",
+    "runs": "recorded runs (--limit N, --method NAME; --repair mends a damaged store)",
     "compare": "recorded runs side by side: table and plot (--metric, --method, --limit)",
     "free": "drop cached models and release GPU memory",
     "reload": "discover methods again (after pip-installing a plugin)",
@@ -96,6 +98,9 @@ class LLMMagics(Magics):
             return api.compare(o.metric, o.method, o.limit)
         if word == "runs":
             o = opts.parse_line(RunsOptions, rest, "llm runs")
+            if o.repair:
+                from .runs import RunStore
+                print(RunStore(settings_mod.current().runs_path).repair())
             return Overview(runs=api.runs(o.limit, o.method), sections=("runs",))
         if rest:
             raise UsageError(f"%llm {word} takes no arguments, got {' '.join(rest)!r}")

@@ -25,7 +25,9 @@ from .runs import RunStore
 
 
 def new_run_id(method: str) -> str:
-    return f"{method}-{secrets.token_hex(3)}"
+    """METHOD-<48 random bits>: two ids among 100,000 runs collide with odds of 2e-5, and the
+    run store refuses a taken id rather than writing over the older run."""
+    return f"{method}-{secrets.token_hex(6)}"
 
 
 @dataclass
@@ -159,7 +161,14 @@ def finish(result: Result, ctx: RunContext, options, wall_s: float, peak_bytes: 
     result.wall_s = result.wall_s or wall_s
     result.peak_mem_bytes = result.peak_mem_bytes or peak_bytes
     result.sweep_id = ctx.sweep_id
-    ctx.store.record(result.record())
+    try:   # the Result reaches the user whatever happens to the store: its failure is one line
+        problem = ctx.store.record(result.record())
+    except Exception as exc:   # noqa: BLE001 - a store bug must not lose a finished run either
+        problem = f"run {ctx.run_id} was not recorded ({type(exc).__name__}: {exc})"
+    if problem:
+        from .runs.store import warn
+        warn(problem)
+        result.notes.append(problem)
 
 
 class RunHandle:
