@@ -33,7 +33,9 @@ class State:
     unit: str = "rows"
     done: int = 0
     total: int | None = None
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=time.perf_counter)      # this phase's start: rate and ETA
+    run_started: float = field(default_factory=time.perf_counter)  # the run's start: elapsed time
+    ended: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
@@ -44,17 +46,25 @@ class State:
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        """The whole run's time, every phase included (frozen once the run ends)."""
+        return (self.ended or time.perf_counter()) - self.run_started
+
+    @property
+    def phase_elapsed(self) -> float:
+        return (self.ended or time.perf_counter()) - self.started
 
     @property
     def rate(self) -> float | None:
-        return self.done / self.elapsed if self.done and self.elapsed > 0 else None
+        return self.done / self.phase_elapsed if self.done and self.phase_elapsed > 0 else None
 
     @property
     def eta(self) -> float | None:
         if not self.total or not self.rate or self.done >= self.total:
             return None
         return (self.total - self.done) / self.rate
+
+
+STOP_REQUESTED = "stop requested: finishing the current step"
 
 
 class Throttle:
@@ -87,12 +97,16 @@ class Progress:
         self.stop_requested = threading.Event()
         self.events: list[Event] = []   # kept for tests and for replay into a late widget
         self._lock = threading.Lock()
+        self._started = False
 
     # -- emitted by the engine --------------------------------------------------------
     def start(self, total: int | None = None, unit: str = "rows", **info) -> None:
         self.state.total, self.state.unit, self.state.done = total, unit, 0
         self.state.info.update(info)
         self.state.started = time.perf_counter()
+        if not self._started:   # a method that starts twice (extract, then fit) is still one run
+            self.state.run_started = self.state.started
+            self._started = True
         self._emit("start", info=info)
 
     def phase(self, title: str, total: int | None = None, unit: str | None = None) -> None:
@@ -130,14 +144,26 @@ class Progress:
         self._emit("log", message=message)
 
     def end(self, status: str = "ok", **metrics) -> None:
-        self.state.status = status
-        self.state.metrics.update(metrics)
+        s = self.state
+        s.status = status
+        s.ended = time.perf_counter()
+        s.metrics.update(metrics)
+        if self.should_stop:   # the view says where the run stopped, not "stop requested" forever
+            s.messages = [m for m in s.messages if m != STOP_REQUESTED]
+            if status == "stopped":
+                where = (f"step {s.done:,}" if s.unit == "steps" else f"{s.done:,} {s.unit}") \
+                    + (f" of {s.total:,}" if s.total else "")
+                s.messages.append(f"stopped at {where}")
+            elif status == "ok":
+                s.messages.append("stop requested after the last step: the run had finished")
         self._emit("end", metrics=metrics)
 
     # -- asked for by the user ----------------------------------------------------------
     def request_stop(self) -> None:
+        if self.stop_requested.is_set():
+            return
         self.stop_requested.set()
-        self.log("stop requested: finishing the current step")
+        self.log(STOP_REQUESTED)
 
     @property
     def should_stop(self) -> bool:

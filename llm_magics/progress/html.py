@@ -11,7 +11,7 @@ import html
 
 from .events import Event, State, Throttle, format_metric, format_seconds
 
-CHART_W, CHART_H = 320, 90
+CHART_W, CHART_H = 300, 130
 
 
 class HtmlSink(Throttle):
@@ -59,31 +59,94 @@ def render(state: State) -> str:
             if state.hint and state.status == "running" else "")
     return (f"<div class='llm-magics-progress' style='font-family:sans-serif;font-size:13px'>"
             f"<div>{head}</div>{summary}<div>{bar} {counts} · {timing}</div>"
-            f"<table><tr>{metrics}</tr></table>{chart(state.history) if state.unit == 'steps' else ''}"
+            f"<table><tr>{metrics}</tr></table>{chart(state.history, state.unit) if state.unit == 'steps' else ''}"
             f"{messages}{hint}</div>")
 
 
-def chart(history: list[tuple[int, dict[str, float]]]) -> str:
-    """An inline SVG line chart of every metric seen more than once."""
+def _series(history: list[tuple[int, dict[str, float]]]) -> dict[str, list[tuple[int, float]]]:
     series: dict[str, list[tuple[int, float]]] = {}
     for step, values in history:
         for name, value in values.items():
-            series.setdefault(name, []).append((step, value))
-    series = {k: v for k, v in series.items() if len(v) > 1}
+            if value == value:   # NaN draws nothing
+                series.setdefault(name, []).append((step, value))
+    return {k: v for k, v in series.items() if len(v) > 1}
+
+
+def _tick(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _panel(title: str, series: dict[str, list[tuple[int, float]]], max_step: int, unit: str,
+           colours: dict[str, str]) -> str:
+    """One chart: its series on one y scale, with ticks and labels on both axes.
+
+    A series that repeats another point for point is drawn dashed over it (both show), and a flat
+    series sits mid-height, its value on the axis, instead of looking like zero.
+    """
+    left, right, top, bottom = 46, 8, 16, 30
+    inner_w, inner_h = CHART_W - left - right, CHART_H - top - bottom
+    values = [v for points in series.values() for _, v in points]
+    low, high = min(values), max(values)
+    flat = high == low
+    if flat:   # one value: a band around it, the line in the middle
+        pad = abs(low) * 0.1 or 1.0
+        low, high = low - pad, high + pad
+
+    def x(step):
+        return left + inner_w * step / max_step
+
+    def y(value):
+        return top + inner_h * (1 - (value - low) / (high - low))
+
+    parts = [f"<text x='{left}' y='11' font-size='11' font-weight='bold'>{html.escape(title)}</text>",
+             f"<line x1='{left}' y1='{top}' x2='{left}' y2='{top + inner_h}' stroke='#999'/>",
+             f"<line x1='{left}' y1='{top + inner_h}' x2='{left + inner_w}' y2='{top + inner_h}' stroke='#999'/>"]
+    ticks = [(low + high) / 2] if flat else [low, (low + high) / 2, high]
+    for value in ticks:
+        parts.append(f"<line x1='{left - 3}' y1='{y(value):.1f}' x2='{left + inner_w}' y2='{y(value):.1f}' "
+                     f"stroke='#eee'/><text x='{left - 5}' y='{y(value) + 3:.1f}' font-size='10' "
+                     f"text-anchor='end'>{_tick(value)}</text>")
+    for step in (0, max_step):
+        parts.append(f"<text x='{x(step):.1f}' y='{top + inner_h + 12}' font-size='10' "
+                     f"text-anchor='middle'>{step:,}</text>")
+    label = unit[:-1] if unit.endswith("s") else unit
+    parts.append(f"<text x='{left + inner_w / 2:.1f}' y='{CHART_H - 3}' font-size='10' "
+                 f"text-anchor='middle' fill='#555'>{html.escape(label)}</text>")
+    drawn: dict[tuple, str] = {}
+    for name, points in sorted(series.items()):
+        colour = colours[name]
+        key = tuple(points)
+        dash = " stroke-dasharray='5,4' stroke-width='2.5'" if key in drawn else " stroke-width='1.5'"
+        coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
+        parts.append(f"<polyline fill='none' stroke='{colour}'{dash} points='{coords}'/>")
+        if len(points) <= 20:   # evaluations: few points, each marked
+            parts += [f"<circle cx='{x(s):.1f}' cy='{y(v):.1f}' r='2.5' fill='{colour}'/>" for s, v in points]
+        drawn.setdefault(key, name)
+    return f"<svg width='{CHART_W}' height='{CHART_H}' style='margin-right:8px'>" + "".join(parts) + "</svg>"
+
+
+def chart(history: list[tuple[int, dict[str, float]]], unit: str = "steps") -> str:
+    """Inline SVG charts of every metric seen more than once: losses on one chart, the other
+    metrics on another (each with its own y axis), and a legend that names duplicates."""
+    series = _series(history)
     if not series:
         return ""
-    palette = ["#37c", "#c33", "#2a7", "#c80", "#84c", "#999"]
+    palette = ["#37c", "#c33", "#2a7", "#c80", "#84c", "#999", "#0aa"]
+    colours = {name: palette[i % len(palette)] for i, name in enumerate(sorted(series))}
     max_step = max(s for points in series.values() for s, _ in points) or 1
-    lines, legend = [], []
-    for i, (name, points) in enumerate(sorted(series.items())):
+    losses = {k: v for k, v in series.items() if "loss" in k}
+    others = {k: v for k, v in series.items() if k not in losses}
+    charts = [_panel(title, group, max_step, unit, colours)
+              for title, group in (("loss", losses), ("metrics", others)) if group]
+    first_of: dict[tuple, str] = {}
+    legend = []
+    for name, points in sorted(series.items()):
         values = [v for _, v in points]
-        low, high = min(values), max(values)
-        span = (high - low) or 1.0
-        coords = " ".join(f"{CHART_W * s / max_step:.1f},{CHART_H - 4 - (CHART_H - 8) * (v - low) / span:.1f}"
-                          for s, v in points)
-        colour = palette[i % len(palette)]
-        lines.append(f"<polyline fill='none' stroke='{colour}' stroke-width='1.5' points='{coords}'/>")
-        legend.append(f"<span style='color:{colour}'>■ {html.escape(name)} "
-                      f"{format_metric(low)}–{format_metric(high)}</span>")
-    return (f"<svg width='{CHART_W}' height='{CHART_H}' style='border:1px solid #ddd'>"
-            + "".join(lines) + "</svg><div style='font-size:11px'>" + " ".join(legend) + "</div>")
+        same = first_of.setdefault(tuple(points), name)
+        note = f" (= {html.escape(same)}, dashed)" if same != name else ""
+        span = (f"{format_metric(values[0])} (flat)" if min(values) == max(values)
+                else f"{format_metric(values[0])} → {format_metric(values[-1])}")
+        legend.append(f"<span style='color:{colours[name]};white-space:nowrap'>■ {html.escape(name)} "
+                      f"{span}{note}</span>")
+    return ("<div class='llm-magics-chart'>" + "".join(charts) + "</div><div style='font-size:11px'>"
+            + " &nbsp; ".join(legend) + "</div>")

@@ -27,8 +27,12 @@ class Comparison:
     def _repr_html_(self) -> str:
         if self.table.empty:
             return "<i>No recorded runs yet.</i>"
-        parts = [f"<b>Runs compared on {html.escape(self.metric)}</b>",
-                 self.table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
+        table = self.table.to_html(index=False, na_rep="", formatters=formatters(self.table),
+                                   classes="llm-magics-compare")
+        # One line per run: run ids and numbers never wrap.
+        table = table.replace("<td>", "<td style='white-space:nowrap'>").replace(
+            "<th>", "<th style='white-space:nowrap'>")
+        parts = [f"<b>Runs compared on {html.escape(self.metric)}</b>", table]
         if self.png:
             parts.append(png_html(self.png, alt=f"{self.metric} against trainable parameters"))
         parts += [f"<div style='color:#a60'>{html.escape(n)}</div>" for n in self.notes]
@@ -37,7 +41,33 @@ class Comparison:
     def __repr__(self) -> str:
         if self.table.empty:
             return "No recorded runs yet."
-        return self.table.to_string(index=False)
+        return self.table.to_string(index=False, formatters=formatters(self.table), na_rep="")
+
+
+INTEGER_COLUMNS = ("trainable_params", "total_params")
+ROUNDED_COLUMNS = ("rows_per_s", "tokens_per_s", "peak_mem_mb")
+
+
+def formatters(table: pd.DataFrame) -> dict:
+    """Large integers with thousands separators; speeds and memory rounded; metrics to 4 digits."""
+    def integer(v):
+        return "" if v is None or v != v else f"{int(v):,}"
+
+    def rounded(v):
+        return "" if v is None or v != v else f"{v:,.0f}"
+
+    def number(v):
+        return "" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    out = {}
+    for column in table.columns:
+        if column in INTEGER_COLUMNS:
+            out[column] = integer
+        elif column in ROUNDED_COLUMNS:
+            out[column] = rounded
+        elif pd.api.types.is_float_dtype(table[column]):
+            out[column] = number
+    return out
 
 
 def pick_metric(frame: pd.DataFrame, requested: str | None) -> str:
@@ -78,7 +108,13 @@ def plot(frame: pd.DataFrame, metric: str) -> bytes:
     data = frame.dropna(subset=[metric])
     fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    params = data["trainable_params"].fillna(0).clip(lower=1).astype(float)
+    params = data["trainable_params"].fillna(0).astype(float)
+    # Nothing trained (ICL, a frozen probe's encoder): a labelled position one decade left of the
+    # smallest trained count, not 10^0 on a log axis.
+    trained = params[params > 0]
+    zero_x = 10 ** (np.floor(np.log10(trained.min())) - 1) if len(trained) else 1.0
+    has_zero = bool((params <= 0).any())
+    params = params.where(params > 0, zero_x)
     wall = data["wall_s"].fillna(0).astype(float)
     sizes = 30 + 270 * (np.sqrt(wall) / max(np.sqrt(wall).max(), 1e-9))
     methods = list(dict.fromkeys(data["method"]))
@@ -90,9 +126,30 @@ def plot(frame: pd.DataFrame, metric: str) -> bytes:
     for (_, row), p, w in zip(data.iterrows(), params, wall):
         ax.annotate(f"{w:.0f}s", (p, row[metric]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.15)   # room for the wall-time labels
     ax.set_xlabel("trainable parameters (log)")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} against trainable parameters (marker area: wall time)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if has_zero:
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+        high = max(float(params.max()), zero_x * 100)
+        ticks = [zero_x] + [10.0 ** k for k in range(int(np.log10(zero_x)) + 1, int(np.ceil(np.log10(high))) + 1)]
+        ax.set_xlim(zero_x / 3, high * 3)
+        ax.axvline(zero_x * 3.2, color="#999", linestyle=":", linewidth=1)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(
+            lambda v, _pos: "0\n(none trained)" if np.isclose(v, zero_x) else _count(v)))
+    legend = ax.legend(fontsize=8)
+    for handle in legend.legend_handles:   # one marker size in the legend, whatever the wall times
+        handle.set_sizes([40])
     return to_png(fig)
+
+
+def _count(value: float) -> str:
+    """10, 1k, 100k, 10M: a log axis's decades in words a reader counts."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
