@@ -73,6 +73,8 @@ class BuildOptions(RunOptions, ModelOptions, SourceOptions):
 class AddOptions(RunOptions, SourceOptions):
     name: str = _name()
     device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
+    trust_remote_code: bool = option(False, "let the index's encoder run its repository's own code (only for "
+                                            "authors you trust; an index built with it needs it again)")
 
 
 @dataclass(kw_only=True)
@@ -90,13 +92,16 @@ class QueryOptions(RunOptions):
                                     check=positive)
     rrf_k: int = option(60, "hybrid: the rank constant of reciprocal rank fusion", check=positive)
     device: str = option("auto", "where the query encoder runs")
+    trust_remote_code: bool = option(False, "let the index's encoder run its repository's own code (only for "
+                                            "authors you trust; an index built with it needs it again)")
 
 
 @dataclass(kw_only=True)
 class DeleteOptions:
     name: str = _name()
-    source: str = option(help="the document source to remove (exact, or a glob such as 'docs/*.md')",
+    source: str = option(help="the document source to remove, matched exactly ('a[1].txt' is that name)",
                          positional=True, metavar="SOURCE")
+    glob: bool = option(False, "match SOURCE as a glob pattern instead ('docs/*.md', 'a[12].txt')")
 
 
 @dataclass(kw_only=True)
@@ -181,7 +186,7 @@ class IndexMethod(Method):
         notes: list[str] = []
         docs = load_documents(o.source, ctx.namespace, o.text, o.doc_id, notes)
         manifest = index.manifest
-        embedder = index.embedder(ctx.device(o.device))
+        embedder = index.embedder(ctx.device(o.device), o.trust_remote_code)
         if embedder.loaded.fingerprint != manifest.model_fingerprint:
             notes.append(f"the encoder {manifest.model!r} changed since the index was built; "
                          "rebuild it (--replace) for comparable vectors")
@@ -219,18 +224,21 @@ class IndexMethod(Method):
         index = store.open_index(o.name)
         queries = query_texts(o.query, ctx.namespace, o.text)
         mode = index.resolve_mode(o.mode)
-        embedder = index.embedder(ctx.device(o.device)) if mode in ("dense", "hybrid") else None
+        embedder = index.embedder(ctx.device(o.device), o.trust_remote_code) if mode in ("dense", "hybrid") \
+            else None
         frame = index.search(queries, o.k, embedder, mode, o.nprobe, o.ef_search, o.candidates, o.rrf_k)
         return frame.drop(columns=["query_id", "query"] if len(queries) == 1 else ["query_id"])
 
     # ---- housekeeping -------------------------------------------------------------
     def delete(self, o: DeleteOptions, ctx) -> dict:
         index = store.open_index(o.name)
-        removed = index.delete(o.source)
+        removed = index.delete(o.source, o.glob)
         if not removed:
             sample = ", ".join(map(str, index.chunks["source"].drop_duplicates().head(3)))
+            as_glob = not o.glob and index._matching(o.source, glob=True).any()
             raise UsageError(f"index {o.name!r} has no document with source {o.source!r}"
-                             + (f" (sources look like: {sample})" if sample else ""))
+                             + ("; it matches some as a pattern: add --glob to delete those" if as_glob else
+                                f" (sources look like: {sample})" if sample else ""))
         index.save()
         return {"index": o.name, "removed_chunks": removed, "chunks": index.manifest.chunks,
                 "documents": index.manifest.documents}

@@ -5,13 +5,19 @@
         vectors.faiss     FAISS's own file (faiss.write_index)
         chunks.parquet    id, text, source, position, start, end (row i = BM25 document i)
         bm25/             bm25s's .npy arrays and JSON vocabulary
+        llm_magics_checksums.json   size and SHA-256 of every file above
 
 Every change is made on a copy: `upsert` and `delete` build the new state
 beside the old one in memory and take it over whole, and `save` writes a
-complete new folder beside the old one and swaps it in, so a crash or an
-interrupt never leaves half an index, on disk or in the session. Opened
-indexes are kept for the session (keyed by the manifest's stamp), so a query
-does not re-read the files.
+complete new folder beside the old one and swaps it in whole
+(`safe_io.atomic_folder`), so a crash or an interrupt never leaves half an
+index, on disk or in the session; what an interrupted save left beside it is
+removed on the next open or save. Opening checks every file against its
+checksum and the parts against each other and the manifest (vector width and
+count, chunk table, BM25 arrays): a damaged index is one UsageError naming the
+file, never a traceback or silently wrong results. An index's manifest never
+turns on remote code. Opened indexes are kept for the session (keyed by the
+manifest's stamp), so a query does not re-read the files.
 """
 from __future__ import annotations
 
@@ -19,7 +25,6 @@ import fnmatch
 import json
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,6 +35,7 @@ import pandas as pd
 
 from .. import settings
 from ..errors import UsageError, did_you_mean
+from ..safe_io import atomic_folder, clean_stale, verify_manifest, write_manifest
 from . import vectors as vec
 from .hybrid import fuse
 from .lexical import Lexical
@@ -92,8 +98,29 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> "Manifest":
+        """The manifest at `path`; ValueError saying what is wrong when it is not one."""
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("it is not a JSON object")
+        missing = [k for k in ("name", "model", "model_fingerprint", "dim", "pooling", "chunk", "overlap", "params")
+                   if k not in data]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        for key, kinds in _MANIFEST_TYPES.items():
+            value = data.get(key)
+            if key in data and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+                raise ValueError(f"{key} is {value!r}")
+        if data["dim"] <= 0 or data["chunk"] <= 0 or data["overlap"] < 0:
+            raise ValueError(f"dim {data['dim']}, chunk {data['chunk']}, overlap {data['overlap']} are not sizes")
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+_MANIFEST_TYPES = {
+    "name": (str,), "model": (str, type(None)), "model_fingerprint": (str,), "dim": (int,), "pooling": (str,),
+    "chunk": (int,), "overlap": (int,), "params": (dict,), "lexical": (bool,), "dtype": (str, type(None)),
+    "trust_remote_code": (bool,), "next_id": (int,), "documents": (int,), "chunks": (int,),
+    "created": (int, float), "updated": (int, float), "format": (int,),
+}
 
 
 class Index:
@@ -142,14 +169,16 @@ class Index:
         self._take(draft)
         return replaced
 
-    def _matching(self, pattern: str) -> pd.Series:
-        """Rows whose source is `pattern`, or matches it as a glob."""
+    def _matching(self, pattern: str, glob: bool = False) -> pd.Series:
+        """Rows whose source is `pattern` (literally: 'a[1].txt' is that name), or matches it as a glob."""
         sources = self.chunks["source"].astype(str)
+        if not glob:
+            return sources == pattern
         return (sources == pattern) | sources.map(lambda s: fnmatch.fnmatchcase(s, pattern))
 
-    def delete(self, pattern: str) -> int:
-        """Remove every chunk whose source is `pattern` (or matches it as a glob). Returns chunks removed."""
-        hit = self._matching(pattern)
+    def delete(self, pattern: str, glob: bool = False) -> int:
+        """Remove every chunk whose source is `pattern` (or, with `glob`, matches it). Returns chunks removed."""
+        hit = self._matching(pattern, glob)
         if not hit.any():
             return 0    # nothing changes: no BM25 rebuild, nothing to save
         draft = self._draft()
@@ -186,18 +215,16 @@ class Index:
         self.manifest.updated = time.time()
 
     def save(self) -> None:
-        """Write a complete folder beside the old one, then swap it in."""
+        """Write a complete folder beside the old one, with its checksums, then swap it in whole."""
         target = self.folder
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
         try:
-            self._write(staging)
-            _swap(staging, target)
+            with atomic_folder(target) as staging:
+                self._write(staging)
+                write_manifest(staging)
         except BaseException:
             # This object may already hold the change: the session rereads the intact folder instead.
             _opened.pop(str(target), None)
             raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         _opened[str(target)] = (_stamp(target), self)
 
     def _write(self, folder: Path) -> None:
@@ -207,12 +234,20 @@ class Index:
             self.lexical.save(folder / "bm25")
         (folder / "manifest.json").write_text(json.dumps(asdict(self.manifest), indent=1))   # last: marks it whole
 
-    def embedder(self, device):
-        """The encoder the chunks were embedded with, loaded as it was then (dtype, remote code)."""
+    def embedder(self, device, trust_remote_code: bool = False):
+        """The encoder the chunks were embedded with, loaded in the dtype it ran in then.
+
+        Remote code runs only when this call's caller passes the user's --trust-remote-code: an index
+        folder is something a colleague may have written, and its manifest asking for remote code is
+        refused, never obeyed."""
         from ..engine.device import pick_dtype
         from .embedder import load_embedder
         m = self.manifest
-        return load_embedder(m.model, device, pick_dtype(device, m.dtype), m.trust_remote_code)
+        if m.trust_remote_code and not trust_remote_code:
+            raise UsageError(f"index {m.name!r} was built with --trust-remote-code: its encoder ({m.model}) runs "
+                             "its own code; llm-magics never runs it because an index folder asks: pass "
+                             "--trust-remote-code in this call if you trust that code")
+        return load_embedder(m.model, device, pick_dtype(device, m.dtype), bool(trust_remote_code))
 
     # ---- searching ----------------------------------------------------------------
     def resolve_mode(self, mode: str) -> str:
@@ -277,21 +312,6 @@ class Index:
 _opened: dict[str, tuple[str, Index]] = {}
 
 
-def _swap(staging: Path, target: Path) -> None:
-    """Rename the complete staging folder into place; the previous folder comes back if that fails."""
-    old = target.parent / f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}" if target.exists() else None
-    if old is not None:
-        target.rename(old)
-    try:
-        staging.rename(target)
-    except BaseException:
-        if old is not None:
-            old.rename(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _stamp(folder: Path) -> str:
     stat = (folder / "manifest.json").stat()
     return f"{stat.st_mtime_ns}:{stat.st_size}:{stat.st_ino}"
@@ -305,26 +325,91 @@ def open_index(name: str) -> Index:
     """The index called `name`, from the session's memory when the folder did not change."""
     folder = folder_of(name)
     if not (folder / "manifest.json").exists():
+        clean_stale(folder)     # a save killed between its two renames: the old folder comes back
+    if not (folder / "manifest.json").exists():
         raise UsageError(f"no index named {name!r}" + (did_you_mean(name, names()) if names()
                                                         else "; build one with %index build NAME --from PATH"))
     stamp = _stamp(folder)
     cached = _opened.get(str(folder))
     if cached and cached[0] == stamp:
         return cached[1]
-    manifest = Manifest.read(folder / "manifest.json")
-    if manifest.format > FORMAT:
-        raise UsageError(f"index {name!r} was written by a newer llm-magics (format {manifest.format})")
-    dense = faiss.read_index(str(folder / "vectors.faiss"))
-    chunks = pd.read_parquet(folder / "chunks.parquet")
-    lexical = Lexical.load(folder / "bm25", len(chunks)) if (folder / "bm25").exists() else None
-    index = Index(manifest, dense, chunks, lexical, folder)
+    clean_stale(folder)
+    index = _load(name, folder)
     _opened[str(folder)] = (stamp, index)
     return index
+
+
+def _damaged(name: str, what: str) -> UsageError:
+    return UsageError(f"index {name!r} is damaged: {what}; rebuild it with %index build {name} --from ... "
+                      f"--replace (or remove it with %index drop {name})")
+
+
+def _load(name: str, folder: Path) -> Index:
+    """Read an index folder, checking each part before it is used."""
+    problems = verify_manifest(folder)
+    if problems:
+        raise _damaged(name, problems[0])
+    try:
+        manifest = Manifest.read(folder / "manifest.json")
+    except (OSError, ValueError, TypeError) as exc:
+        raise _damaged(name, f"manifest.json is not a valid index manifest ({_short(exc)})") from None
+    if manifest.format > FORMAT:
+        raise UsageError(f"index {name!r} was written by a newer llm-magics (format {manifest.format}); "
+                         "upgrade llm-magics to read it")
+    try:
+        vec.Params.from_dict(manifest.params)
+    except TypeError as exc:
+        raise _damaged(name, f"manifest.json has invalid params ({_short(exc)})") from None
+    if not (folder / "vectors.faiss").is_file():
+        raise _damaged(name, "vectors.faiss is missing")
+    try:
+        dense = faiss.read_index(str(folder / "vectors.faiss"))
+    except (RuntimeError, MemoryError, OSError):
+        raise _damaged(name, "vectors.faiss is not a FAISS index FAISS can read (truncated or overwritten)") from None
+    if dense.d != manifest.dim:
+        raise _damaged(name, f"vectors.faiss holds {dense.d}-dim vectors where manifest.json says {manifest.dim}")
+    if dense.ntotal != manifest.chunks:
+        raise _damaged(name, f"vectors.faiss holds {dense.ntotal:,} vectors where manifest.json says "
+                             f"{manifest.chunks:,} chunks")
+    if not (folder / "chunks.parquet").is_file():
+        raise _damaged(name, "chunks.parquet is missing")
+    try:
+        chunks = pd.read_parquet(folder / "chunks.parquet")
+    except Exception as exc:   # noqa: BLE001 - pyarrow raises many kinds for a bad file
+        raise _damaged(name, f"chunks.parquet cannot be read ({_short(exc)})") from None
+    missing = [c for c in CHUNK_COLUMNS if c not in chunks.columns]
+    if missing:
+        raise _damaged(name, f"chunks.parquet lacks the column(s) {', '.join(missing)}")
+    if len(chunks) != manifest.chunks:
+        raise _damaged(name, f"chunks.parquet holds {len(chunks):,} chunks where manifest.json says "
+                             f"{manifest.chunks:,}")
+    ids = pd.to_numeric(chunks["id"], errors="coerce")
+    if ids.isna().any() or ids.duplicated().any():
+        raise _damaged(name, "chunks.parquet has missing or repeated chunk ids")
+    if isinstance(dense, faiss.IndexIDMap2) and len(chunks):
+        stored_ids = faiss.vector_to_array(dense.id_map).astype(np.int64)
+        if not np.array_equal(np.sort(stored_ids), np.sort(ids.to_numpy(dtype=np.int64))):
+            raise _damaged(name, "the ids in vectors.faiss are not the chunk ids of chunks.parquet")
+    lexical = None
+    if (folder / "bm25").exists():
+        try:
+            lexical = Lexical.load(folder / "bm25", len(chunks))
+        except Exception as exc:   # noqa: BLE001 - bm25s and numpy raise many kinds for bad arrays
+            raise _damaged(name, f"bm25/ cannot be used ({_short(exc)})") from None
+    elif manifest.lexical and len(chunks):
+        raise _damaged(name, "bm25/ is missing though the index keeps BM25")
+    return Index(manifest, dense, chunks, lexical, folder)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0][:160] if text else "") or type(exc).__name__
 
 
 def drop(name: str) -> bool:
     folder = folder_of(name)
     _opened.pop(str(folder), None)
+    clean_stale(folder)
     if not folder.exists():
         return False
     shutil.rmtree(folder)
