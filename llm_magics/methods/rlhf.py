@@ -29,7 +29,7 @@ from ..models.classifier import SequenceClassifier
 from ..options import option, positive
 from ..rlhf.data import prepare_preferences
 from ..rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, save_folder
-from .training_common import describe_run, plot_history
+from ..training import describe_run, plot_history
 
 REWARD_TRAIN = ("full", "head") + TUNERS
 DEFAULT_REWARD_LR = {"full": 5e-5, "head": 1e-3, "tuner": 1e-3}
@@ -123,9 +123,12 @@ class RlhfMethod(Method):
         else:
             from peft import get_peft_model
 
+            from ..adapters.kinds import AdapterSpec
             from ..adapters.methods import build_config
             steps = math.ceil(len(task.lengths) / o.batch_size / o.grad_accum) * o.epochs
-            config = build_config(o.train, o, model, None, steps, source.path, modules_to_save=["head"])
+            spec = AdapterSpec.from_options(o)
+            spec = AdapterSpec(**{**spec.__dict__, "method": o.train})
+            config = build_config(spec, model, None, steps, source.path, modules_to_save=["head"])
             peft = get_peft_model(model, config)
             plan = trainable.report(peft, f"{o.train} r={o.r}")
         describe_run(ctx, progress, plan)
