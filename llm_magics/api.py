@@ -31,7 +31,7 @@ def run(method: str, command: str | None = None, /, **kwargs) -> Any:
         from .errors import UsageError, did_you_mean
         raise UsageError(f"{method} has no command {command!r}" + did_you_mean(command, cls.commands))
     options = build_options(cls, command, kwargs)
-    return execute(method, command, options)
+    return execute(method, command, options, method_cls=cls)
 
 
 def _function(method: str, command: str | None = None):
@@ -92,8 +92,12 @@ def methods() -> list[dict[str, str]]:
             entry.load()
         except UsageError:
             pass  # kept on the entry as its error, shown in the listing
-    return [{"name": e.name, "origin": e.origin, "status": e.status, "error": e.error or ""}
+    rows = [{"name": e.name, "origin": e.origin, "status": e.status, "error": e.error or ""}
             for e in registry().entries.values()]
+    # A name two distributions declare: the one not used is listed too, as a conflict.
+    rows += [{"name": e.name, "origin": e.origin, "status": "conflict", "error": e.error}
+             for e in registry().shadowed]
+    return sorted(rows, key=lambda row: row["name"])
 
 
 def device() -> dict:

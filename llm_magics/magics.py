@@ -138,6 +138,14 @@ class MethodMagic:
     def __doc__(self):  # noqa: D105 - help() and inspect read __doc__
         return self.getdoc()
 
+    @property
+    def __wrapped__(self):
+        """The method's class: `%name?` names the file that defines it (a plugin's own)."""
+        try:
+            return registry().load(self.name)
+        except UsageError:
+            raise AttributeError("__wrapped__") from None
+
     def __call__(self, line: str = "", cell: str | None = None):
         return run_magic(self.name, line, cell, self.shell)
 
@@ -164,7 +172,7 @@ def run_magic(name: str, line: str, cell: str | None, shell):
         extra[cls.cell_option] = cell
     options = opts.parse_line(command.options, rest, prog, extra=extra)
     from .runner import execute  # the engine (torch) loads on first use, not at %load_ext
-    result = execute(name, word, options, namespace=shell.user_ns if shell else {})
+    result = execute(name, word, options, namespace=shell.user_ns if shell else {}, method_cls=cls)
     out = getattr(options, "out", None)
     if out:
         shell.user_ns[out] = result

@@ -64,9 +64,19 @@ class Method:
         return "\n".join(parts)
 
 
+# The fields of a Result the run store keeps, in its column order (runs/store.py reads this list).
+RECORD_KEYS = ("run_id", "method", "model", "status", "options", "data_fingerprint", "metrics",
+               "trainable_params", "total_params", "wall_s", "rows_per_s", "tokens_per_s",
+               "peak_mem_bytes", "device", "dtype", "artifacts", "sweep_id")
+
+
 @dataclass
 class Result:
-    """One run's outcome; the run store holds the same fields."""
+    """One run's outcome; the run store holds the same fields (`RECORD_KEYS`).
+
+    Subclass it with `@dataclass` to add fields and methods (`.predict`, `.save`): the
+    one-line repr is kept (a dataclass subclass would otherwise print every field).
+    """
     method: str
     metrics: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
@@ -91,10 +101,13 @@ class Result:
 
     def record(self) -> dict[str, Any]:
         """The row the run store keeps."""
-        keys = ("run_id", "method", "model", "status", "options", "data_fingerprint", "metrics",
-                "trainable_params", "total_params", "wall_s", "rows_per_s", "tokens_per_s",
-                "peak_mem_bytes", "device", "dtype", "artifacts", "sweep_id")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in RECORD_KEYS}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # @dataclass adds a field-by-field __repr__ unless the class defines one itself.
+        if "__repr__" not in cls.__dict__:
+            cls.__repr__ = Result.__repr__
 
     def summary_line(self) -> str:
         bits = [f"{self.method} · run {self.run_id}", self.model, f"{self.device} {self.dtype}".strip(),

@@ -7,6 +7,7 @@ extension or the other methods.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import traceback
 from dataclasses import dataclass, field
@@ -58,16 +59,37 @@ def _load_target(target: str):
 
 def _validate(name: str, cls) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"{cls!r} is not a llm_magics.method.Method subclass")
+        raise TypeError(f"{cls!r} is not a llm_magics.plugin.Method subclass")
     if cls.name != name:
-        raise TypeError(f"entry point {name!r} points at a method named {cls.name!r}")
-    if not hasattr(cls, "Options"):
+        raise TypeError(f"entry point {name!r} points at a method named {cls.name!r}: "
+                        "the entry point's name must equal Method.name")
+    if not hasattr(cls, "Options") or not dataclasses.is_dataclass(cls.Options):
         raise TypeError(f"{cls.__name__} declares no Options dataclass")
+    for word, command in cls.commands.items():
+        if not callable(getattr(cls, command.handler, None)):
+            raise TypeError(f"{cls.__name__}.commands[{word!r}] names handler {command.handler!r}, "
+                            f"which {cls.__name__} does not define")
+        if not dataclasses.is_dataclass(command.options):
+            raise TypeError(f"{cls.__name__}.commands[{word!r}].options is not a dataclass")
+
+
+# Import names whose distribution is called something else.
+DISTRIBUTIONS = {"sklearn": "scikit-learn", "faiss": "faiss-cpu", "cv2": "opencv-python", "PIL": "pillow",
+                 "yaml": "pyyaml", "bs4": "beautifulsoup4", "llama_cpp": "llama-cpp-python",
+                 "google": "protobuf", "dateutil": "python-dateutil", "attr": "attrs", "skimage": "scikit-image",
+                 "Bio": "biopython", "OpenSSL": "pyopenssl", "magic": "python-magic", "docx": "python-docx",
+                 "fitz": "pymupdf", "jwt": "pyjwt", "serial": "pyserial", "usb": "pyusb", "zmq": "pyzmq"}
+
+
+def install_hint(module: str) -> str:
+    """`pip install ...` for a missing module: its distribution's name, not the module's."""
+    top = module.split(".")[0]
+    return f"pip install {DISTRIBUTIONS.get(top, top.replace('_', '-'))}"
 
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ModuleNotFoundError) and exc.name:
-        return f"missing package {exc.name!r} (pip install {exc.name.split('.')[0]})"
+        return f"missing package {exc.name!r} ({install_hint(exc.name)})"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -75,6 +97,7 @@ class Registry:
     def __init__(self):
         self.entries: dict[str, Entry] = {}
         self.conflicts: list[str] = []
+        self.shadowed: list[Entry] = []     # declarations that lost a name to another distribution
 
     def discover(self) -> "Registry":
         """Read entry-point names (no plugin module is imported here)."""
@@ -82,8 +105,13 @@ class Registry:
         for ep in importlib.metadata.entry_points(group=GROUP):
             origin = ep.dist.name if ep.dist else "?"
             if ep.name in seen:  # two distributions claim one name: keep the first, say so
+                if origin == seen[ep.name].origin and ep.value == seen[ep.name].target:
+                    continue  # one distribution seen twice on the path
                 self.conflicts.append(f"{ep.name!r} is declared by {seen[ep.name].origin} and {origin}; "
                                       f"using {seen[ep.name].origin}'s")
+                self.shadowed.append(Entry(ep.name, ep.value, origin,
+                                           error=f"conflict: {seen[ep.name].origin} also declares "
+                                                 f"{ep.name!r}, and its method is the one used"))
                 continue
             seen[ep.name] = Entry(ep.name, ep.value, origin, _ep=ep)
         self.entries = dict(sorted(seen.items()))

@@ -32,7 +32,29 @@ def new_run_id(method: str) -> str:
 
 @dataclass
 class RunContext:
-    """What a method may use besides its options."""
+    """What a method may use besides its options; one per run, made by the runner.
+
+    The contract:
+
+    - `run_id`, `method`: this run's id (also the run store's key) and the method's name.
+    - `settings`: the session's settings (default model, device, cache folders).
+    - `namespace`: the user's variables (the notebook's), where `--data df` is looked up.
+    - `device(preference)`: the torch device to use — `preference` is the `--device`
+      option ("auto"/None: the session's setting, CUDA → MPS → CPU). Picked once per
+      run: the runner measures peak memory on the same device.
+    - `run_dir`: this run's artifact folder, made on first use; removed if the run fails
+      with a UsageError (a crashed training run keeps its resumable checkpoint).
+    - `progress(title)`: the run's one live display, made on first call (later calls
+      return it, retitled). The method drives it: `start(total, unit)`, `advance(n,
+      **metrics)`, `eval(**metrics)`, `log(text)`, `should_stop` (Stop / kernel interrupt).
+      The method ends it with `end(status, **metrics)` when it returns a Result (the
+      training base does); if the method raises, the runner ends it with "error".
+    - `display(obj)`, `write(text)`: show an intermediate object; stream text into the cell.
+    - `background`: True for a `--bg` run (in a thread; its Stop button works).
+
+    The runner then fills the Result's run_id, options, wall time and peak memory, and
+    records it in the run store (for commands that record runs).
+    """
     run_id: str
     method: str
     settings: settings_mod.Settings
@@ -55,6 +77,7 @@ class RunContext:
 
     background: bool = False
     sweep_id: str | None = None     # the %llm sweep this run belongs to
+    _devices: dict = field(default_factory=dict, repr=False)
 
     def progress(self, title: str | None = None) -> Progress:
         """The run's progress reporter, created on first use (one live display per run).
@@ -71,7 +94,11 @@ class RunContext:
         return self._progress
 
     def device(self, preference: str | None = None):
-        return pick_device(preference if preference not in (None, "", "auto") else self.settings.device)
+        """The device for `preference` (see the class docstring), picked once per run."""
+        key = preference if preference not in (None, "", "auto") else self.settings.device
+        if key not in self._devices:
+            self._devices[key] = pick_device(key)
+        return self._devices[key]
 
     def display(self, obj) -> None:
         """Show an intermediate object (a table of trainable parameters, a streamed answer)."""
@@ -115,15 +142,16 @@ def build_options(cls: type[Method], word: str | None, values: dict[str, Any] | 
 
 def execute(name: str, word: str | None, options, namespace: dict | None = None,
             progress_mode: str | None = None, background: bool | None = None,
-            sweep_id: str | None = None) -> Any:
+            sweep_id: str | None = None, method_cls: type[Method] | None = None) -> Any:
     """Run a method's command with built options; record a Result when the command records runs.
 
     In the background (the `--bg` option, unless `background` says otherwise) the run goes
-    to a thread and a `RunHandle` comes back at once.
+    to a thread and a `RunHandle` comes back at once. `method_cls`: the class the caller
+    already looked up (the registry is asked once per run).
     """
     if background is None:
         background = bool(getattr(options, "bg", False))
-    cls = registry().load(name)
+    cls = method_cls or registry().load(name)
     command = cls.command(word)
     settings = settings_mod.current()
     ctx = RunContext(new_run_id(name), name, settings, namespace or {}, progress_mode, background=background,

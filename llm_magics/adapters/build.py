@@ -3,6 +3,7 @@ saved adapter, for classification (our pooled classifier) or a causal LM."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ from ..errors import UsageError
 from ..models import load_model
 from ..models.classifier import SequenceClassifier
 from ..engine.features import default_pooling
-from ..tasks.causal_lm import require_decoder, sft_task
+from ..engine.rng import seeded
+from ..tasks.causal_lm import SftTask, require_decoder
 from ..tasks.classify import TokenTask
 from .hub import AdapterInfo
+from .kinds import AdapterSpec
 from .methods import METHODS, PROMPT_LEARNING, build_config, smoke_rows, smoke_test
 
 
@@ -52,26 +55,30 @@ def base_model(source, task: str, device, dtype, bits: int | None = None, trust_
     return loaded
 
 
-def wrap_new(method: str, o, loaded, data, name: str, total_steps: int, source):
-    """(the model to call, the PeftModel) with a fresh adapter `name`."""
+def wrap_new(spec: AdapterSpec, loaded, labels: int, name: str, total_steps: int, source):
+    """(the model to call, the PeftModel) with a fresh adapter `name`; `labels`: classes (classify)."""
+    with seeded(spec.seed):  # the adapter's and the head's initial weights: --seed's alone (engine/rng.py)
+        return _wrap_new(spec, loaded, labels, name, total_steps, source)
+
+
+def _wrap_new(spec: AdapterSpec, loaded, labels: int, name: str, total_steps: int, source):
     from peft import TaskType, get_peft_model
     path = source.path
-    if o.task == "sft":
-        config = build_config(method, o, loaded.model, TaskType.CAUSAL_LM, total_steps, path)
+    if spec.task == "sft":
+        config = build_config(spec, loaded.model, TaskType.CAUSAL_LM, total_steps, path)
         peft = get_peft_model(loaded.model, config, adapter_name=name)
         return peft, peft
-    pooling = default_pooling(loaded.kind) if o.pooling == "auto" else o.pooling
-    torch.manual_seed(o.seed)
-    if method in PROMPT_LEARNING:
-        config = build_config(method, o, loaded.model, TaskType.FEATURE_EXTRACTION, total_steps, path)
+    pooling = default_pooling(loaded.kind) if spec.pooling == "auto" else spec.pooling
+    if spec.method in PROMPT_LEARNING:
+        config = build_config(spec, loaded.model, TaskType.FEATURE_EXTRACTION, total_steps, path)
         peft = get_peft_model(loaded.model, config, adapter_name=name)
-        model = SequenceClassifier(peft, len(data.label_names), pooling, o.head_dropout).to(loaded.device)
+        model = SequenceClassifier(peft, labels, pooling, spec.head_dropout).to(loaded.device)
         model.head.float()
         return model, peft
-    model = SequenceClassifier(loaded.model, len(data.label_names), pooling, o.head_dropout).to(loaded.device)
+    model = SequenceClassifier(loaded.model, labels, pooling, spec.head_dropout).to(loaded.device)
     model.head.float()
     # The head trains with the adapter and is saved in it (PEFT's modules_to_save).
-    config = build_config(method, o, model, None, total_steps, path, modules_to_save=["head"])
+    config = build_config(spec, model, None, total_steps, path, modules_to_save=["head"])
     peft = get_peft_model(model, config, adapter_name=name)
     return peft, peft
 
@@ -93,15 +100,16 @@ def wrap_saved(loaded, info: AdapterInfo, folder: Path):
     return peft.eval(), peft
 
 
-def working_methods(loaded, o, data, source) -> list[str]:
+def working_methods(loaded, spec: AdapterSpec, data, source, max_length: int) -> list[str]:
     """Which methods do train this architecture for this task: each tried on a one-block replica."""
     from transformers import AutoModel, AutoModelForCausalLM
     config = copy.deepcopy(loaded.model.config)
     for attribute in ("num_hidden_layers", "n_layers", "n_layer", "num_layers"):
         if getattr(config, attribute, None):
             setattr(config, attribute, 1)
-    auto = AutoModelForCausalLM if o.task == "sft" else AutoModel
-    replica_task = (sft_task(data, loaded.tokenizer, o, torch.device("cpu"), []) if o.task == "sft"
+    sft = spec.task == "sft"
+    auto = AutoModelForCausalLM if sft else AutoModel
+    replica_task = (SftTask(data, loaded.tokenizer, max_length, torch.device("cpu"), notes=[]) if sft
                     else TokenTask(data, loaded.tokenizer, 32, torch.device("cpu")))
     batch = replica_task.batch(np.asarray(smoke_rows(replica_task.lengths)), torch.device("cpu"))
     works = []
@@ -109,7 +117,8 @@ def working_methods(loaded, o, data, source) -> list[str]:
         replica = type(loaded)(loaded.source, auto.from_config(config), loaded.tokenizer, loaded.head,
                                torch.device("cpu"), torch.float32)
         try:
-            model, _ = wrap_new(method, o, replica, data, "probe", 10, source)
+            model, _ = wrap_new(replace(spec, method=method), replica, len(getattr(data, "label_names", None) or []),
+                                "probe", 10, source)
         except (ValueError, TypeError, RuntimeError, NotImplementedError, UsageError):
             continue
         if smoke_test(model, batch) is None:

@@ -1,4 +1,4 @@
-"""`--method` → a PEFT config, one entry per method, built from the options.
+"""`--method` → a PEFT config: the entries of `kinds.KINDS`, built against the model.
 
 Tuners (LoRA and its variants, IA3, LoHa, LoKr, OFT) inject trainable
 modules into the model's linear layers; prompt-learning methods (prefix
@@ -8,20 +8,17 @@ assumed from a table that would go stale.
 """
 from __future__ import annotations
 
-import re
-from typing import Any
-
 import torch
 from torch import nn
 
+from ..engine.rng import isolated
 from ..errors import UsageError
 from ..models.trainable import find_blocks
+from .kinds import FEEDFORWARD, KINDS, AdapterSpec, Where  # noqa: F401
 
-TUNERS = ("lora", "rslora", "dora", "adalora", "ia3", "loha", "lokr", "oft")
-PROMPT_LEARNING = ("prefix", "ptuning", "prompt")
+TUNERS = tuple(name for name, kind in KINDS.items() if not kind.prompt_learning)
+PROMPT_LEARNING = tuple(name for name, kind in KINDS.items() if kind.prompt_learning)
 METHODS = TUNERS + PROMPT_LEARNING
-# MLP output projections: IA3 scales their inputs rather than their outputs.
-FEEDFORWARD = re.compile(r"(down_proj|fc2|dense_4h_to_h|mlp\.c_proj|w2|(?<!attention\.)output\.dense)$")
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -54,46 +51,18 @@ def _geometry(config) -> dict[str, int]:
             "num_attention_heads": pick("num_attention_heads", "n_heads", "n_head")}
 
 
-def build_config(method: str, o, model: nn.Module, task_type, total_steps: int, tokenizer_path: str | None,
+def build_config(spec: AdapterSpec, model: nn.Module, task_type, total_steps: int, tokenizer_path: str | None,
                  modules_to_save: list[str] | None = None):
-    """The PEFT config for `method`; `model` is what PEFT will wrap."""
-    import peft
-    alpha = o.alpha if o.alpha is not None else 2 * o.r
-    if method in PROMPT_LEARNING:
-        geometry = _geometry(model.config)
-        common: dict[str, Any] = dict(task_type=task_type, num_virtual_tokens=o.virtual_tokens, **geometry)
-        if method == "prefix":
-            return peft.PrefixTuningConfig(**common)
-        if method == "ptuning":
-            return peft.PromptEncoderConfig(encoder_hidden_size=o.encoder_hidden, **common)
-        if o.init_text:
-            return peft.PromptTuningConfig(prompt_tuning_init=peft.PromptTuningInit.TEXT,
-                                           prompt_tuning_init_text=o.init_text,
-                                           tokenizer_name_or_path=tokenizer_path, **common)
-        return peft.PromptTuningConfig(**common)
-    names = targets(model, o.target)
-    shared: dict[str, Any] = dict(task_type=task_type, target_modules=names, modules_to_save=modules_to_save)
-    if method in ("lora", "rslora", "dora"):
-        return peft.LoraConfig(r=o.r, lora_alpha=alpha, lora_dropout=o.dropout, use_rslora=method == "rslora",
-                               use_dora=method == "dora", **shared)
-    if method == "adalora":
-        # Ranks start at r and are pruned to target_r between 10% and 80% of training.
-        return peft.AdaLoraConfig(init_r=o.r, target_r=o.target_r or max(1, o.r // 2), lora_alpha=alpha,
-                                  lora_dropout=o.dropout, total_step=max(total_steps, 1),
-                                  tinit=int(0.1 * total_steps), tfinal=int(0.2 * total_steps),
-                                  deltaT=max(1, total_steps // 20), **shared)
-    if method == "ia3":
-        feedforward = [n for n in names if FEEDFORWARD.search(n)]
-        return peft.IA3Config(feedforward_modules=feedforward, **shared)
-    if method == "loha":
-        return peft.LoHaConfig(r=o.r, alpha=alpha, module_dropout=o.dropout, **shared)
-    if method == "lokr":
-        return peft.LoKrConfig(r=o.r, alpha=alpha, module_dropout=o.dropout, **shared)
-    if method == "oft":
-        return peft.OFTConfig(r=0, oft_block_size=o.block_size, module_dropout=o.dropout, **shared)
-    raise UsageError(f"unknown --method {method}")  # the option's choices keep this unreachable
+    """The PEFT config for `spec.method`; `model` is what PEFT will wrap."""
+    kind = KINDS.get(spec.method)
+    if kind is None:  # the option's choices keep this unreachable from a magic
+        raise UsageError(f"unknown --method {spec.method}; known: {', '.join(KINDS)}")
+    modules = [] if kind.prompt_learning else targets(model, list(spec.target))
+    geometry = _geometry(model.config) if kind.prompt_learning else {}
+    return kind.build(spec, Where(task_type, modules, geometry, total_steps, tokenizer_path, modules_to_save))
 
 
+@isolated()   # its dropout draws from no run's generator (engine/rng.py)
 def smoke_test(model: nn.Module, batch: dict[str, torch.Tensor]) -> str | None:
     """A forward and backward in train mode and a forward in eval mode, on a small padded batch:
     None when the method trains and predicts, else why not."""
@@ -118,9 +87,7 @@ def smoke_rows(lengths: list[int]) -> list[int]:
     return [shortest, longest] if shortest != longest else head[:2]
 
 
-PEFT_TYPES = {"lora": "LORA", "rslora": "LORA", "dora": "LORA", "adalora": "ADALORA", "ia3": "IA3",
-              "loha": "LOHA", "lokr": "LOKR", "oft": "OFT", "prefix": "PREFIX_TUNING", "ptuning": "P_TUNING",
-              "prompt": "PROMPT_TUNING"}
+PEFT_TYPES = {name: kind.peft_type for name, kind in KINDS.items()}
 
 
 def name_clash(name: str, method: str) -> None:

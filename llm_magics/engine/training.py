@@ -50,6 +50,9 @@ class TrainConfig:
     seed: int = 0
     autocast: torch.dtype | None = None   # bf16/fp16 on GPUs, None on CPU
     group_by_length: bool = True
+    # Per-parameter-group learning rates: (name, predicate(param_name, param), peak lr); a parameter
+    # goes to the first group whose predicate takes it, else trains at `lr`.
+    param_groups: tuple[tuple[str, Callable[[str, torch.nn.Parameter], bool], float], ...] = ()
 
 
 @dataclass
@@ -72,6 +75,7 @@ class TrainTask(Protocol):
 class Outcome:
     status: str                             # ok | stopped
     history: list[dict[str, float]] = field(default_factory=list)
+    losses: list[tuple[int, float]] = field(default_factory=list)   # (optimizer step, mean train loss)
     best: dict[str, float] | None = None
     steps: int = 0
     total_steps: int = 0
@@ -141,7 +145,7 @@ class TrainLoop:
         self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=int(config.warmup * self.total_steps),
                                        num_training_steps=self.total_steps)
         self.scaler = torch.amp.GradScaler("cuda") if config.autocast == torch.float16 else None
-        self.state = {"epoch": 0, "position": 0, "step": 0, "plan": None, "history": [], "best": None,
+        self.state = {"epoch": 0, "position": 0, "step": 0, "plan": None, "history": [], "losses": [], "best": None,
                       "since_best": 0, "tokens": 0, "rows": 0, "seconds": 0.0,
                       "batch_size": self.batch_size, "grad_accum": self.grad_accum}
         self.notes: list[str] = []
@@ -201,7 +205,8 @@ class TrainLoop:
             extra = checkpoint.load_weights(self.model, self.best_dir)
             if self.weights_state is not None and extra is not None:
                 self.weights_state.load(extra)
-        return Outcome(status=status, history=list(s["history"]), best=s["best"], steps=s["step"],
+        return Outcome(status=status, history=list(s["history"]), losses=[tuple(x) for x in s.get("losses", [])],
+                       best=s["best"], steps=s["step"],
                        total_steps=self.total_steps, epochs_run=s["step"] / max(self.steps_per_epoch, 1),
                        trained=Throughput(rows=s["rows"], tokens=s["tokens"], seconds=s["seconds"]),
                        notes=self.notes)
@@ -243,7 +248,8 @@ class TrainLoop:
             self._optimizer_step()
             window_start, window_tokens, window_rows = s["position"], 0, 0
             s["seconds"] += time.perf_counter() - started
-            self.progress.advance(1, loss=float(np.mean(running)))
+            s.setdefault("losses", []).append((s["step"], float(np.mean(running))))
+            self.progress.advance(1, loss=s["losses"][-1][1])
             self.progress.set(lr=self.scheduler.get_last_lr()[0])
             if s["tokens"]:  # the head-only fast path reads features, not tokens
                 self.progress.set(tokens_per_s=s["tokens"] / max(s["seconds"], 1e-9))
@@ -346,12 +352,16 @@ def train_mode(model: torch.nn.Module) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norms (the usual split); fused on CUDA."""
-    decay, no_decay = [], []
+    """AdamW without weight decay on biases and norms (the usual split), per learning-rate group
+    (`config.param_groups`, then the rest at `config.lr`); fused on CUDA."""
+    lrs = [lr for _, _, lr in config.param_groups] + [config.lr]
+    split: dict[tuple[int, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+        index = next((i for i, (_, take, _) in enumerate(config.param_groups) if take(name, param)),
+                     len(config.param_groups))
+        split.setdefault((index, param.ndim < 2 or "norm" in name.lower()), []).append(param)
+    groups = [{"params": params, "lr": lrs[index], "weight_decay": 0.0 if no_decay else config.weight_decay}
+              for (index, no_decay), params in sorted(split.items(), key=lambda kv: kv[0])]
     return torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda")

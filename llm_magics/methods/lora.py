@@ -13,36 +13,29 @@ progress, Stop, resume, run store).
 from __future__ import annotations
 
 import re
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import options as opts
-from ..adapters import METHODS, PROMPT_LEARNING, AdapterInfo, AdapterSet, hub, merged_copy, read_info, smoke_test
-from ..adapters.build import base_model, check_bits, working_methods, wrap_new, wrap_saved
-from ..adapters.hub import saved_head
+from ..adapters import AdapterInfo, AdapterSet, hub, smoke_test
+from ..adapters.build import base_model, check_bits, working_methods, wrap_new
+from ..adapters.kinds import KINDS, AdapterSpec
 from ..adapters.methods import name_clash, smoke_rows
+from ..adapters.session import Adapter, LoraResult, load_adapter, merge_adapter, saved_name
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
 from ..engine.device import dtype_name, pick_dtype
-from ..engine.training import TrainLoop, WeightsState, steps_per_epoch
+from ..engine.training import WeightsState, steps_per_epoch
 from ..errors import UsageError
-from ..method import Command, Method
-from ..models import resolve, trainable
+from ..method import Command
+from ..models import trainable
 from ..options import option, positive
-from ..tasks.classify import TokenTask
 from ..tasks.causal_lm import sft_task
-from .training_common import (TaskOptions, TrainedResult, describe_run, check_resumable, find_checkpoint,
-                              close_run, prepare_data, result_fields, save_run_options, train_config)
+from ..tasks.classify import TokenTask
+from ..training import TRAINING_RESUME_KEYS, TaskOptions, TrainedResult, TrainingMethod, TrainingRun
 
-# Peak learning rates when the user sets none (measured on SST-2 and small SFT sets): IA3 only
-# rescales, virtual tokens start far from useful, a causal LM's responses need gentler steps.
-DEFAULT_LR = {"tuner": 2e-3, "tuner-sft": 5e-4, "ia3": 5e-3, "prompt": 2e-2}
-RESUME_KEYS = ("model", "task", "method", "r", "alpha", "dropout", "target", "virtual_tokens", "init_text",
-               "block_size", "target_r", "pooling", "epochs", "lr", "batch_size", "grad_accum", "seed",
-               "scheduler", "warmup", "max_length", "weight_decay", "max_grad_norm", "eval_every", "bits", "dtype")
+__all__ = ["LoraMethod", "LoraOptions", "LoraResult", "Adapter"]
 
 
 def _bits(value) -> str | None:
@@ -59,7 +52,8 @@ def adapter_name(value) -> str | None:
 
 @dataclass
 class LoraOptions(ModelOptions, DataOptions, RunOptions, TrainingOptions, TaskOptions):
-    method: str = option("lora", "the PEFT method", choices=METHODS)
+    method: str = option("lora", "the PEFT method: " + ", ".join(f"{k} ({v.label})" for k, v in KINDS.items()),
+                         choices=tuple(KINDS))
     r: int = option(8, "rank (lora, rslora, dora, loha, lokr; adalora's starting rank)", check=positive)
     alpha: float | None = option(None, "scaling numerator (default: 2 × r)", check=positive)
     dropout: float = option(0.05, "dropout on the adapter's input", check=opts.dropout_rate)
@@ -78,19 +72,8 @@ class LoraOptions(ModelOptions, DataOptions, RunOptions, TrainingOptions, TaskOp
         TaskOptions.validate(self)
         if self.init_text and self.method != "prompt":
             raise UsageError("--init-text initialises prompt tuning; use it with --method prompt")
-        if self.bits and self.method in PROMPT_LEARNING:
+        if self.bits and KINDS[self.method].prompt_learning:
             raise UsageError(f"--bits quantizes the layers a tuner adapts; {self.method} adds virtual tokens instead")
-
-    def peak_lr(self) -> float:
-        group = "prompt" if self.method in PROMPT_LEARNING else "ia3" if self.method == "ia3" else "tuner"
-        if group == "tuner" and self.task == "sft":
-            group = "tuner-sft"
-        return self.lr or DEFAULT_LR[group]
-
-    def resume_values(self) -> dict:
-        values = {k: v for k, v in opts.as_dict(self).items() if k in RESUME_KEYS}
-        values["lr"] = self.peak_lr()
-        return values
 
 
 @dataclass
@@ -123,79 +106,7 @@ class ListOptions:
     pass
 
 
-class Adapter:
-    """An adapter in the session: predicts, generates, saves, merges; switching to it is free."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    @property
-    def info(self) -> AdapterInfo:
-        return hub().find(self.name)[1]
-
-    def _as_result(self) -> "LoraResult":
-        info = self.info
-        return LoraResult(method="lora", task=info.task, label_names=info.label_names, adapter=self.name)
-
-    def logits(self, texts) -> torch.Tensor:
-        return self._as_result().logits(texts)
-
-    def predict(self, texts) -> list[str]:
-        return self._as_result().predict(texts)
-
-    def predict_proba(self, texts):
-        return self._as_result().predict_proba(texts)
-
-    def generate(self, prompts, max_new_tokens: int = 64, **kwargs):
-        return self._as_result().generate(prompts, max_new_tokens, **kwargs)
-
-    def save(self, path: str | Path) -> Path:
-        adapter_set, _ = hub().find(self.name)
-        return adapter_set.save(self.name, Path(path))
-
-    def merge(self, save: str | Path | None = None) -> TrainedResult:
-        return merge_adapter(self.name, save)
-
-    def __repr__(self) -> str:
-        i = self.info
-        return f"<Adapter {i.name}: {i.method} on {i.model} for {i.task}, {i.trainable_params:,} trainable>"
-
-    def _repr_html_(self) -> str:
-        return f"<code>{self.__repr__()[1:-1]}</code>"
-
-
-@dataclass
-class LoraResult(TrainedResult):
-    """The run's metrics; predicts/generates with its adapter; `.save(path)` writes the adapter."""
-    adapter: str = ""
-    _adapter_folder: str = field(default="", repr=False)
-
-    def _need_model(self):
-        adapter_set, _ = hub().find(self.adapter)
-        self._tokenizer = adapter_set.tokenizer
-        return adapter_set.activate(self.adapter)
-
-    def logits(self, texts) -> torch.Tensor:
-        with hub().find(self.adapter)[0].lock:  # the adapter stays switched in while it predicts
-            return super().logits(texts)
-
-    def generate(self, prompts, max_new_tokens: int = 64, **kwargs):
-        with hub().find(self.adapter)[0].lock:
-            return super().generate(prompts, max_new_tokens, **kwargs)
-
-    def save(self, path: str | Path) -> Path:
-        folder = Adapter(self.adapter).save(path)
-        self.artifacts["saved"] = str(folder)
-        return folder
-
-    def merge(self, save: str | Path | None = None) -> TrainedResult:
-        return merge_adapter(self.adapter, save)
-
-    def release(self) -> None:  # the hub owns the model; `%llm free` empties it
-        pass
-
-
-class LoraMethod(Method):
+class LoraMethod(TrainingMethod):
     name = "lora"
     summary = ("Parameter-efficient fine-tuning through PEFT: LoRA and its variants (rslora, dora, adalora), "
                "IA3, LoHa, LoKr, OFT, prefix tuning, P-tuning and prompt tuning, for classification or SFT. "
@@ -210,68 +121,76 @@ class LoraMethod(Method):
         "unload": Command(NameOptions, "unload", "drop an adapter from memory", False),
     }
 
-    # ---- training -----------------------------------------------------------------------
-    def run(self, o: LoraOptions, ctx) -> LoraResult:
-        device = ctx.device(o.device)
-        check_bits(o.bits, device)
-        source = resolve(o.model)
-        resume_dir = find_checkpoint(o.resume, ctx) if o.resume else None
-        data = prepare_data(o, ctx)
-        name = o.name or (saved_name(resume_dir) if resume_dir else None) or ctx.run_id
-        if resume_dir:
-            check_resumable(resume_dir, o.resume_values(), data.fingerprint)
-        hub().check_free(name, resuming=resume_dir.parent.name if resume_dir else None)
-        name_clash(name, o.method)
-        progress = ctx.progress(f"lora · {o.method} · {source.short} · {o.task}")
-        loaded = base_model(source, o.task, device, pick_dtype(device, o.dtype), o.bits, o.trust_remote_code)
-        notes = list(data.notes)
-        task = (sft_task(data, loaded.tokenizer, o, device, notes) if o.task == "sft"
-                else TokenTask(data, loaded.tokenizer, o.max_length, device))
-        total_steps = steps_per_epoch(len(task.lengths), o.batch_size, o.grad_accum) * o.epochs
-        model, peft = self._adapt(o, loaded, data, name, total_steps, task, source)
-        plan = trainable.report(model, f"{o.method} r={o.r}" if o.method not in PROMPT_LEARNING
-                                else f"{o.method} {o.virtual_tokens} virtual tokens")
-        save_run_options(ctx.run_dir, {**o.resume_values(), "adapter": name}, data.fingerprint)
-        describe_run(ctx, progress, plan)
-        realloc, rank_pattern = None, None
-        if o.method == "adalora":
-            realloc = lambda step: peft.base_model.update_and_allocate(step)  # noqa: E731
-            config = peft.peft_config[name]
-            # The best weights were masked by the rank pattern of their step: restore it with them.
-            rank_pattern = WeightsState(save=lambda: {"rank_pattern": config.rank_pattern},
-                                        load=lambda saved: setattr(config, "rank_pattern", saved["rank_pattern"]))
-        loop = TrainLoop(model, task, train_config(o, device, o.peak_lr()), progress, ctx.run_dir, device,
-                         before_zero_grad=realloc, weights_state=rank_pattern)
-        if resume_dir:
-            loop.resume(resume_dir)
-        outcome = loop.run()
-        info = AdapterInfo(name=name, method=o.method, peft_type=str(peft.peft_config[name].peft_type.value),
-                           task=o.task, model=source.name, model_fingerprint=loaded.fingerprint,
-                           dtype=dtype_name(loaded.dtype), trainable_params=plan.trainable,
-                           label_names=getattr(data, "label_names", None),
-                           pooling=getattr(model, "pooling", None),
-                           head_dropout=o.head_dropout, bits=o.bits, origin=ctx.run_id)
-        adapter_set = AdapterSet(model, peft, loaded.tokenizer, info.key, {name: info}, active=name)
-        adapter_set.keep_head(name)
-        folder = adapter_set.save(name, ctx.run_dir / "adapter")
-        fields = result_fields(o, ctx, data, task, model, outcome, device, plan)
-        fields["artifacts"]["adapter"] = str(folder)
-        hub().adopt(adapter_set, name, folder)
-        result = LoraResult(method=self.name, model=source.short, notes=notes + outcome.notes + plan.notes,
-                            adapter=name,
-                            _adapter_folder=str(folder), **fields)
-        result.notes.append(f"adapter {name!r} is loaded: %lora use {name} · %lora save {name} PATH")
-        return close_run(result, ctx, outcome)
+    result_class = LoraResult
 
-    def _adapt(self, o, loaded, data, name, total_steps, task, source):
-        """Wrap the base with the method's adapter; refuse (naming what works) when it can't train."""
-        model, peft = wrap_new(o.method, o, loaded, data, name, total_steps, source)
+    # ---- training -----------------------------------------------------------------------
+    def peak_lr(self, o: LoraOptions) -> float:
+        return o.lr or KINDS[o.method].default_lr(o.task)
+
+    def resume_values(self, o: LoraOptions) -> dict:
+        keys = TRAINING_RESUME_KEYS + ("method", "bits", "dtype") + KINDS[o.method].resume_keys
+        values = {k: v for k, v in opts.as_dict(o).items() if k in keys}
+        values["lr"] = self.peak_lr(o)
+        return values
+
+    def title(self, o: LoraOptions, source) -> str:
+        return f"lora · {o.method} · {source.short} · {o.task}"
+
+    def check(self, run: TrainingRun) -> None:
+        o = run.options
+        check_bits(o.bits, run.device)
+        run.adapter = o.name or (saved_name(run.resume_dir) if run.resume_dir else None) or run.ctx.run_id
+        hub().check_free(run.adapter, resuming=run.resume_dir.parent.name if run.resume_dir else None)
+        name_clash(run.adapter, o.method)
+        run.run_options["adapter"] = run.adapter
+
+    def prepare(self, run: TrainingRun) -> None:
+        """A fresh base wrapped with the adapter; refused (naming what works) when it can't train."""
+        o, spec = run.options, AdapterSpec.from_options(run.options)
+        loaded = base_model(run.source, o.task, run.device, pick_dtype(run.device, o.dtype), o.bits,
+                            o.trust_remote_code)
+        task = (sft_task(run.data, loaded.tokenizer, o, run.device, run.notes) if o.task == "sft"
+                else TokenTask(run.data, loaded.tokenizer, o.max_length, run.device))
+        total_steps = steps_per_epoch(len(task.lengths), o.batch_size, o.grad_accum) * o.epochs
+        labels = len(getattr(run.data, "label_names", None) or [])
+        model, peft = wrap_new(spec, loaded, labels, run.adapter, total_steps, run.source)
         problem = smoke_test(model, task.batch(np.asarray(smoke_rows(task.lengths)), loaded.device))
         if problem:
-            working = working_methods(loaded, o, data, source)
-            raise UsageError(f"--method {o.method} does not train {source.short} for --task {o.task} ({problem}); "
+            working = working_methods(loaded, spec, run.data, run.source, o.max_length)
+            raise UsageError(f"--method {o.method} does not train {run.source.short} for --task {o.task} ({problem}); "
                              f"methods that do: {', '.join(working) or 'none'}")
-        return model, peft
+        run.loaded, run.model, run.tokenizer, run.engine_task, run.peft = loaded, model, loaded.tokenizer, task, peft
+        run.plan = trainable.report(model, KINDS[o.method].describe(spec))
+        if o.method == "adalora":
+            config = peft.peft_config[run.adapter]
+            # The best weights were masked by the rank pattern of their step: restore it with them.
+            run.loop_hooks = dict(
+                before_zero_grad=lambda step: peft.base_model.update_and_allocate(step),
+                weights_state=WeightsState(save=lambda: {"rank_pattern": config.rank_pattern},
+                                           load=lambda saved: setattr(config, "rank_pattern", saved["rank_pattern"])))
+
+    def build_result(self, run: TrainingRun, outcome) -> LoraResult:
+        o, name, peft, model = run.options, run.adapter, run.peft, run.model
+        info = AdapterInfo(name=name, method=o.method, peft_type=str(peft.peft_config[name].peft_type.value),
+                           task=o.task, model=run.source.name, model_fingerprint=run.loaded.fingerprint,
+                           dtype=dtype_name(run.loaded.dtype), trainable_params=run.plan.trainable,
+                           label_names=getattr(run.data, "label_names", None),
+                           pooling=getattr(model, "pooling", None),
+                           head_dropout=o.head_dropout, bits=o.bits, origin=run.ctx.run_id)
+        adapter_set = AdapterSet(model, peft, run.loaded.tokenizer, info.key, {name: info}, active=name)
+        adapter_set.keep_head(name)
+        folder = adapter_set.save(name, run.ctx.run_dir / "adapter")
+        # Scored before the hub adopts the set (it may share another set's base afterwards).
+        result = super().build_result(run, outcome)
+        result.artifacts["adapter"] = str(folder)
+        result.adapter, result._adapter_folder = name, str(folder)
+        result._model = None  # the hub owns the model; the Result reaches it through the adapter
+        hub().adopt(adapter_set, name, folder)
+        result.notes.append(f"adapter {name!r} is loaded: %lora use {name} · %lora save {name} PATH")
+        return result
+
+    def finish(self, run: TrainingRun, result: LoraResult) -> None:
+        pass  # the hub holds the model (`%llm free` empties it), not the Result
 
     # ---- adapters in the session -----------------------------------------------------------
     def list_adapters(self, o: ListOptions, ctx):
@@ -284,38 +203,7 @@ class LoraMethod(Method):
         return folder
 
     def load(self, o: LoadOptions, ctx) -> Adapter:
-        folder = Path(o.path).expanduser()
-        if not folder.is_dir():
-            raise UsageError(f"{o.path}: no such folder; pass a folder written by %lora save")
-        info = read_info(folder)
-        if o.model:
-            asked = resolve(o.model)
-            if asked.fingerprint != info.model_fingerprint.split("@")[0] and asked.name != info.model:
-                raise UsageError(f"the adapter in {o.path} was trained on {info.model}, not {o.model}; "
-                                 f"an adapter only fits the base it was trained on (drop --model or pass {info.model})")
-        info.name = o.name or info.name
-        info.origin = str(folder)
-        hub().check_free(info.name)
-        name_clash(info.name, info.method)
-        existing = hub().compatible(info)
-        if existing is not None:
-            existing.load(folder, info)
-            return Adapter(info.name)
-        device = ctx.device(o.device)
-        check_bits(info.bits, device)
-        source = resolve(info.model)
-        loaded = base_model(source, info.task, device, pick_dtype(device, info.dtype), info.bits)
-        if loaded.fingerprint.split("@")[0] != info.model_fingerprint.split("@")[0]:
-            raise UsageError(f"{info.model} now resolves to different weights than the adapter was trained on; "
-                             "load the same base model")
-        model, peft = wrap_saved(loaded, info, folder)
-        adapter_set = AdapterSet(model, peft, loaded.tokenizer, info.key, {info.name: info})
-        head = saved_head(folder, info)
-        if head is not None:
-            adapter_set.heads[info.name] = head
-        adapter_set.activate(info.name)
-        hub().sets.append(adapter_set)
-        return Adapter(info.name)
+        return load_adapter(o.path, o.name, o.model, lambda: ctx.device(o.device))
 
     def use(self, o: NameOptions, ctx) -> Adapter:
         adapter_set, _ = hub().find(o.name)
@@ -328,31 +216,3 @@ class LoraMethod(Method):
     def unload(self, o: NameOptions, ctx) -> None:
         hub().unload(o.name)
         print(f"unloaded adapter {o.name!r}")
-
-
-def merge_adapter(name: str, save: str | Path | None) -> TrainedResult:
-    """A plain model with the adapter merged in (a quantized base is dequantised first)."""
-    adapter_set, info = hub().find(name)
-    unquantized = adapter_set
-    if info.bits:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = adapter_set.save(name, Path(tmp))
-            device = next(adapter_set.model.parameters()).device
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            loaded = base_model(resolve(info.model), info.task, device, dtype)
-            model, peft = wrap_saved(loaded, info, folder)
-            unquantized = AdapterSet(model, peft, loaded.tokenizer, info.key, {name: info})
-    merged = merged_copy(unquantized, name)
-    result = TrainedResult(method="lora merge", task=info.task, label_names=info.label_names, model=info.model,
-                           _model=merged, _tokenizer=adapter_set.tokenizer,
-                           notes=[f"adapter {name!r} merged into a copy of {info.model}; the session's base is "
-                                  "unchanged"])
-    if save:
-        result.save(save)
-    return result
-
-
-def saved_name(resume_dir: Path) -> str | None:
-    import json
-    saved = json.loads((resume_dir.parent / "run_options.json").read_text())
-    return saved["options"].get("adapter")

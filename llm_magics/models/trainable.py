@@ -67,8 +67,8 @@ def head_module(model: nn.Module) -> nn.Module:
 NOT_AFTER_BLOCKS = re.compile(r"embed|wte|wpe|pooler|position")
 
 
-def apply(model: nn.Module, spec: str) -> Plan:
-    """Freeze everything but what `spec` trains; return the counts, by group."""
+def selector(model: nn.Module, spec: str):
+    """`--train spec` as a predicate (name, param) → trains."""
     # By identity, not name: a tied lm_head's weight is listed under the input embeddings.
     head_params = {id(p) for p in head_module(model).parameters()}
     blocks_path, keep = None, range(0)
@@ -79,13 +79,24 @@ def apply(model: nn.Module, spec: str) -> Plan:
             raise UsageError(f"--train {spec}: this model has {len(blocks)} blocks; use last:1…"
                              f"last:{len(blocks)} or all")
         keep = range(len(blocks) - n, len(blocks))
+    return lambda name, param: (spec == "all" or id(param) in head_params
+                                or _in_last_blocks(name, blocks_path, keep))
+
+
+def apply(model: nn.Module, spec: str) -> Plan:
+    """Freeze everything but what `spec` trains; return the counts, by group."""
+    take = selector(model, spec)
     for name, param in model.named_parameters():
-        param.requires_grad = (spec == "all" or id(param) in head_params
-                               or _in_last_blocks(name, blocks_path, keep))
+        param.requires_grad = take(name, param)
     plan = report(model, f"--train {spec}")
-    if spec != "all" and getattr(model.config, "tie_word_embeddings", False) and not hasattr(model, "head"):
-        plan.notes.append("the output layer is tied to the input embeddings: training it trains both")
+    plan.notes += tie_note(model, spec)
     return plan
+
+
+def tie_note(model: nn.Module, spec: str) -> list[str]:
+    if spec != "all" and getattr(model.config, "tie_word_embeddings", False) and not hasattr(model, "head"):
+        return ["the output layer is tied to the input embeddings: training it trains both"]
+    return []
 
 
 def _in_last_blocks(name: str, blocks_path: str | None, keep: range) -> bool:

@@ -45,6 +45,8 @@ COLUMNS = {
     "sweep_id": "TEXT",         # the %llm sweep that ran it, else NULL
 }
 JSON_COLUMNS = ("options", "metrics", "artifacts")
+from ..method import RECORD_KEYS  # noqa: E402 - the fields Result.record() gives: one list for both
+assert list(COLUMNS) == ["run_id", "created", *RECORD_KEYS[1:]], "run store columns and Result.RECORD_KEYS differ"
 
 
 def warn(line: str) -> None:

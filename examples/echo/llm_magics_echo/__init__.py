@@ -1,10 +1,5 @@
-"""A minimal third-party method: counts words of a text column."""
-from dataclasses import dataclass
-
-from llm_magics.common_options import RunOptions
-from llm_magics.data import infer_text_column, load_frame
-from llm_magics.method import Method, Result
-from llm_magics.options import option
+"""A minimal third-party method: counts the words of a text column."""
+from llm_magics.plugin import Method, Result, RunOptions, dataclass, infer_text_column, load_frame, option
 
 
 @dataclass

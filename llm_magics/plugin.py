@@ -1,0 +1,62 @@
+"""The one module a plugin imports: what a method is made of, and what it may use.
+
+A method is a `Method` subclass with a `name`, a `summary`, an `Options`
+dataclass (fields declared with `option`, usually inheriting the bundles below)
+and a `run(options, ctx) -> Result`. Register it under the entry-point group
+`llm_magics.methods`; the entry point's name must equal `Method.name`
+(registration refuses a mismatch):
+
+    [project.entry-points."llm_magics.methods"]
+    echo = "my_package:EchoMethod"
+
+Every method gets, without declaring them: `--out NAME` (from `RunOptions`:
+bind the Result to a variable), `--bg` (from `TrainingOptions`: run in a
+thread, return a `RunHandle`) and `--device` (from `ModelOptions`: the
+runner measures memory on it; `ctx.device(options.device)` picks it). Declare
+the bundles you need and they come with them; `%name?` help, the Python API
+(`llm_magics.api.name(...)`), `%llm tune` forms and validation all come from
+the one declaration.
+
+Training methods: build on `llm_magics.training` (its `run()` does the set-up).
+Tests: `llm_magics.testing` (tiny models, an isolated-home shell).
+The guide: docs/plugins.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import options as _options
+from .common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
+from .data import TaskData, infer_label_column, infer_text_column, load_frame, load_splits, prepare_classification
+from .data.sft import prepare_sft
+from .errors import UsageError
+from .method import RECORD_KEYS, Command, Method, Result
+from .models import hold, load_model, resolve
+from .options import fraction, non_negative, option, positive
+from .progress import Progress
+from .runner import RunContext, RunHandle
+
+dropout_rate = _options.dropout_rate
+seed = _options.seed
+
+__all__ = [
+    # what a method is
+    "Method", "Command", "Result", "RunContext", "RunHandle", "RECORD_KEYS", "UsageError",
+    # options: one declaration (a dataclass), its checks, the shared bundles
+    "dataclass", "field", "option", "positive", "non_negative", "fraction", "dropout_rate", "seed",
+    "ModelOptions", "DataOptions", "RunOptions", "TrainingOptions",
+    "ClassificationOptions", "SftOptions", "TaskOptions",
+    # data and models
+    "prepare_classification", "prepare_sft", "load_frame", "load_splits", "TaskData",
+    "infer_text_column", "infer_label_column",
+    "resolve", "load_model", "hold",
+    "Progress",
+]
+
+
+def __getattr__(name: str):
+    # The classification/sft bundles live with the training base (torch loads with it).
+    if name in ("ClassificationOptions", "SftOptions", "TaskOptions"):
+        from . import training
+        return getattr(training, name)
+    raise AttributeError(f"llm_magics.plugin has no {name!r}; public: {', '.join(__all__)}")
