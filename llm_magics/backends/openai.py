@@ -7,7 +7,9 @@ past the query (found by their text offsets) are the label's. Generation uses
 
 The key is read from the environment variable the user names; it goes into
 the Authorization header and nowhere else (not the options, the run store, a
-Result or an error message).
+Result or an error message), and only to `--api-base`'s origin: a redirect to
+another scheme, host or port is refused before the key could follow it
+(urllib copies every header onto a redirected request).
 """
 from __future__ import annotations
 
@@ -53,6 +55,35 @@ def url_problem(url) -> str | None:
     return None
 
 
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in: what the key is bound to."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+class SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only within the endpoint's origin; anywhere else is one UsageError."""
+
+    def __init__(self, base: str):
+        super().__init__()
+        self.origin = origin(base)
+        self.shown = shown_url(base)
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        target = urllib.parse.urljoin(req.full_url, newurl)
+        if origin(target) != self.origin:
+            scheme, host, port = origin(target)
+            raise UsageError(f"the API at {self.shown} redirected ({code}) to another origin ({scheme}://{host}"
+                             f"{f':{port}' if port else ''}); the key is only sent to --api-base's own host: if you "
+                             "trust that address, pass it as --api-base")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def key_env_problem(name) -> str | None:
     """Option check for --api-key-env: a variable name. The value is never echoed: it may be the key itself."""
     if name is None or ENV_NAME.fullmatch(str(name)):
@@ -73,6 +104,7 @@ class OpenAIBackend(Backend):
         self.style = style
         self.name = f"{model} @ {self.shown}"
         self.device = "api"
+        self._opener = urllib.request.build_opener(SameOriginRedirects(self.base))
 
     # ---- HTTP -----------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -98,7 +130,7 @@ class OpenAIBackend(Backend):
     def _send(self, request: urllib.request.Request) -> dict:
         where = f"the API at {self.shown}"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as exc:
             raise UsageError(self._http_problem(exc, where, request.get_method() == "POST")) from None
