@@ -68,9 +68,17 @@ def __dir__():
     return sorted(set(globals()) | set(registry().names()))
 
 
-def compare(metric: str | None = None, method: str | None = None, limit: int | None = None):
-    """Recorded runs side by side: a table and a plot of the metric against trainable parameters."""
-    frame = RunStore(settings().runs_path).frame(limit=limit, method=method)
+def compare(metric: str | None = None, method: str | None = None, limit: int | None = None,
+            sweep: str | None = None):
+    """Recorded runs side by side: a table and a plot of the metric against trainable parameters.
+    `sweep` keeps the runs of one `%llm sweep` (its id)."""
+    frame = RunStore(settings().runs_path).frame(limit=None if sweep else limit, method=method)
+    if sweep:
+        if "sweep_id" not in frame.columns or not (frame["sweep_id"] == sweep).any():
+            from .errors import UsageError
+            raise UsageError(f"no recorded run belongs to sweep {sweep!r} (%llm runs lists recorded runs)")
+        frame = frame[frame["sweep_id"] == sweep]
+        frame = frame.head(limit) if limit else frame
     return _compare(frame, metric)
 
 

@@ -23,6 +23,7 @@ class CompareOptions:
     metric: str | None = opts.option(None, "metric to compare (default: test_accuracy when recorded)")
     method: str | None = opts.option(None, "only runs of this method")
     limit: int | None = opts.option(None, "only the newest N runs", check=opts.positive)
+    sweep: str | None = opts.option(None, "only the runs of this sweep (its id, from %llm sweep)", metavar="ID")
 
 
 @dataclass
@@ -39,9 +40,11 @@ LLM_COMMANDS = {
     "models": "model aliases and where each resolves",
     "device": "the device, dtype and free memory runs will use",
     "runs": "recorded runs (--limit N, --method NAME; --repair mends a damaged store)",
-    "compare": "recorded runs side by side: table and plot (--metric, --method, --limit)",
+    "compare": "recorded runs side by side: table and plot (--metric, --method, --limit, --sweep ID)",
     "free": "drop cached models and release GPU memory",
     "reload": "discover methods again (after pip-installing a plugin)",
+    "tune": "a panel to run any method from a form, sweep its options and rerun recorded runs ([METHOD])",
+    "sweep": "METHOD <options> --grid \"lr=1e-4,5e-4 r=4,8\" [--metric M] [--random N]: runs with a leaderboard",
 }
 
 
@@ -95,7 +98,10 @@ class LLMMagics(Magics):
             raise UsageError(f"%llm: unknown command {word!r}" + did_you_mean(word, [w for w in LLM_COMMANDS if w]))
         if word == "compare":
             o = opts.parse_line(CompareOptions, rest, "llm compare")
-            return api.compare(o.metric, o.method, o.limit)
+            return api.compare(o.metric, o.method, o.limit, sweep=o.sweep)
+        if word in ("tune", "sweep"):
+            from .tune.magic import sweep_magic, tune_magic
+            return (tune_magic if word == "tune" else sweep_magic)(self.shell, rest)
         if word == "runs":
             o = opts.parse_line(RunsOptions, rest, "llm runs")
             if o.repair:

@@ -1,0 +1,506 @@
+"""`%llm tune`: a panel that runs any registered method from a form generated from its options.
+
+Tabs: Run (method, command, the method's options grouped and checked as they are
+typed, the live magic line, Run / Stop, the live view), Sweep (a grid or a
+seeded random search over the form's options, with its leaderboard) and Recent
+runs (the run store, filtered; a picked run fills the form again).
+
+A run from the panel *is* its magic line: the line shown is parsed as the
+magic parses it and run in the background; its Result is bound to the name
+given next to the Run button.
+"""
+from __future__ import annotations
+
+import html
+import threading
+from typing import Any
+
+from .. import options as opts
+from ..errors import UsageError
+from . import form
+from . import sweep as sweep_mod
+from .view import SweepView, attach
+
+WIDE = "460px"
+SKIP_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
+
+
+def data_variables(namespace: dict) -> list[str]:
+    """The notebook's DataFrames, lists and Datasets, by variable name."""
+    out = []
+    for name, value in list(namespace.items()):
+        if name.startswith("_") or name in SKIP_NAMES:
+            continue
+        module = type(value).__module__ or ""
+        if type(value).__name__ == "DataFrame" and module.startswith("pandas"):
+            out.append(name)
+        elif module.startswith("datasets") and type(value).__name__ in ("Dataset", "DatasetDict"):
+            out.append(name)
+        elif isinstance(value, list) and value and isinstance(value[0], (str, dict)):
+            out.append(name)
+    return sorted(out)
+
+
+def columns_of(ref: str, namespace: dict) -> list[str]:
+    """The columns of a data reference (a variable's, or a small file's header)."""
+    value = namespace.get(ref) if ref and ref.isidentifier() else None
+    try:
+        if value is None and ref:
+            from pathlib import Path
+            path = Path(ref).expanduser()
+            if path.is_file() and path.suffix in (".csv", ".tsv", ".jsonl", ".parquet"):
+                from ..data import load_frame
+                return [str(c) for c in load_frame(str(path), namespace).columns]
+            return []
+        if hasattr(value, "columns") and not callable(value.columns):
+            return [str(c) for c in value.columns]
+        if hasattr(value, "column_names"):
+            names = value.column_names
+            if isinstance(names, dict):   # a DatasetDict
+                names = next(iter(names.values()), [])
+            return list(names)
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            return list(value[0])
+    except Exception:  # noqa: BLE001 - a list of columns is a convenience, never an error
+        return []
+    return []
+
+
+def model_aliases() -> list[str]:
+    from ..models import EMBEDDED
+    return list(EMBEDDED)
+
+
+class TunePanel:
+    """The widget-driven way to run and sweep methods. Display it (or return it from a cell)."""
+
+    def __init__(self, namespace: dict | None = None, method: str | None = None, registry=None):
+        import ipywidgets as widgets
+        from ..registry import registry as default_registry
+        self.w = widgets
+        self.namespace = namespace if namespace is not None else {}
+        self.registry = registry or default_registry()
+        self.fields: dict[str, tuple[form.Field, Any, Any]] = {}
+        self.handle = None
+        self.sweep = None
+        self.sweep_view = None
+        self.cls = None
+        style = {"description_width": "130px"}
+        self.style = style
+
+        names = self.registry.names()
+        labels = [(n if e.origin == "llm-magics" else f"{n} ({e.origin})", n)
+                  for n, e in self.registry.entries.items()]
+        start = method if method in names else ("probe" if "probe" in names else (names[0] if names else None))
+        if method and method not in names:
+            self.registry.get(method)   # the UsageError with its "did you mean"
+        self.method = widgets.Dropdown(options=labels, value=start, description="method", style=style)
+        self.command = widgets.Dropdown(options=[("(main)", "")], value="", description="command", style=style)
+        self.summary = widgets.HTML()
+        self.form_box = widgets.VBox()
+        self.cell = widgets.Textarea(description="cell body", style=style, placeholder="the cell's body",
+                                     layout=widgets.Layout(width="640px", height="90px"))
+        self.out = widgets.Text(value="result", description="Result →", style=style,
+                                tooltip="bind the Result to this variable when the run ends")
+        self.line = widgets.HTML()
+        self.run_button = widgets.Button(description="Run", button_style="success", icon="play",
+                                         tooltip="run the line above in the background")
+        self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
+                                          tooltip="end the run cleanly after the current step")
+        self.error = widgets.HTML()
+        self.status = widgets.HTML()
+        self.live = widgets.HTML()
+        self.run_button.on_click(lambda _b: self.run())
+        self.stop_button.on_click(lambda _b: self.stop())
+        self.cell.observe(lambda _c: self.refresh_line(), "value")
+        self.out.observe(self._out_changed, "value")
+        self.out_msg = widgets.HTML()
+        run_tab = widgets.VBox([
+            widgets.HBox([self.method, self.command]), self.summary, self.form_box, self.cell,
+            widgets.HBox([self.out, self.out_msg]), self.line,
+            widgets.HBox([self.run_button, self.stop_button, self.status]), self.error, self.live])
+
+        # -- sweep tab --
+        self.grid = widgets.Text(description="grid", style=style, layout=widgets.Layout(width="640px"),
+                                 placeholder='e.g. lr=1e-4,5e-4 r=4,8  (name=v1,v2 for each swept option)',
+                                 continuous_update=True)
+        self.random = widgets.Text(description="random points", style=style,
+                                   placeholder="(empty: the whole grid)", continuous_update=True)
+        self.sweep_seed = widgets.Text(value="0", description="sweep seed", style=style, continuous_update=True)
+        self.metric = widgets.Combobox(description="metric", style=style, ensure_option=False,
+                                       options=["test_accuracy", "val_accuracy", "test_f1", "val_loss",
+                                                "train_loss"], placeholder="test_accuracy")
+        self.sweep_line_view = widgets.HTML()
+        self.sweep_button = widgets.Button(description="Run sweep", button_style="success", icon="play")
+        self.sweep_button.on_click(lambda _b: self.run_sweep())
+        self.sweep_error = widgets.HTML()
+        self.sweep_area = widgets.VBox()
+        for w in (self.grid, self.random, self.sweep_seed, self.metric):
+            w.observe(lambda _c: self.refresh_line(), "value")
+        sweep_tab = widgets.VBox([
+            widgets.HTML("<div style='color:#555'>The Run tab's options are the base of every point; "
+                         "the grid's values replace them point by point.</div>"),
+            self.grid, self.random, self.sweep_seed, self.metric, self.sweep_line_view, self.sweep_button,
+            self.sweep_error, self.sweep_area])
+
+        # -- recent runs tab --
+        self.filter_method = widgets.Dropdown(description="method", style=style)
+        self.filter_model = widgets.Dropdown(description="model", style=style)
+        self.filter_status = widgets.Dropdown(description="status", style=style)
+        self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
+        self.runs = widgets.Select(description="runs", style=style, rows=10,
+                                   layout=widgets.Layout(width="760px"))
+        self.fill_button = widgets.Button(description="Fill the form", icon="edit",
+                                          tooltip="open this run's method and options in the Run tab")
+        self.recent_msg = widgets.HTML()
+        self.refresh_button.on_click(lambda _b: self.refresh_runs())
+        self.fill_button.on_click(lambda _b: self.fill(self.runs.value) if self.runs.value else None)
+        for w in (self.filter_method, self.filter_model, self.filter_status):
+            w.observe(lambda _c: None if self._filling else self.refresh_runs(reload=False), "value")
+        recent_tab = widgets.VBox([widgets.HBox([self.filter_method, self.filter_model]),
+                                   widgets.HBox([self.filter_status, self.refresh_button]),
+                                   self.runs, self.fill_button, self.recent_msg])
+
+        self.tabs = widgets.Tab(children=[run_tab, sweep_tab, recent_tab], titles=("Run", "Sweep", "Recent runs"))
+        self.tabs.observe(self._tab_changed, "selected_index")
+        self.widget = widgets.VBox([widgets.HTML("<b>llm-magics · tune</b>"), self.tabs])
+        self.widget.add_class("llm-magics-tune")
+        self._frame = None
+        self._filling = False
+        self.method.observe(lambda _c: self._method_changed(), "value")
+        self.command.observe(lambda _c: self._build_form(), "value")
+        self._method_changed()
+
+    # ---- the form -------------------------------------------------------------------------
+    def _method_changed(self) -> None:
+        self.error.value = ""
+        name = self.method.value
+        try:
+            self.cls = self.registry.load(name) if name else None
+        except UsageError as exc:
+            self.cls = None
+            self.error.value = _error_html(str(exc))
+        cls = self.cls
+        commands = [("(main)", "")]
+        if cls is not None:
+            commands += [(f"{word}: {cmd.summary}" if cmd.summary else word, word)
+                         for word, cmd in cls.commands.items()]
+        self.command.unobserve_all("value")
+        self.command.options = commands
+        self.command.value = ""
+        self.command.observe(lambda _c: self._build_form(), "value")
+        self.command.layout.display = "" if len(commands) > 1 else "none"
+        self.summary.value = (f"<div style='color:#555;max-width:760px'>{html.escape(cls.summary)}</div>"
+                              if cls is not None and cls.summary else "")
+        self._build_form()
+
+    @property
+    def word(self) -> str | None:
+        return self.command.value or None
+
+    @property
+    def options_cls(self):
+        return self.cls.command(self.word).options if self.cls is not None else None
+
+    def _build_form(self) -> None:
+        w = self.w
+        carried = {name: widget.value for name, (field, widget, _) in self.fields.items()
+                   if field.role in ("data", "column", "model") and widget.value}
+        self.fields = {}
+        cls = self.cls
+        if cls is None:
+            self.form_box.children = []
+            self.refresh_line()
+            return
+        groups: dict[str, tuple[list, list]] = {g: ([], []) for g in form.GROUPS}
+        for field in form.fields(self.options_cls):
+            if cls.cell_option and field.name == cls.cell_option and not self.word:
+                continue   # the cell body has its own box
+            widget = self._widget(field)
+            msg = w.HTML(layout=w.Layout(margin="0 0 0 8px"))
+            self.fields[field.name] = (field, widget, msg)
+            widget.observe(lambda change, f=field: self._changed(f), "value")
+            row = w.HBox([widget, msg])
+            groups[field.group][1 if field.folded else 0].append(row)
+        sections = []
+        for group in form.GROUPS:
+            shown, folded = groups[group]
+            if not shown and not folded:
+                continue
+            parts = [w.HTML(f"<div style='margin-top:6px;border-bottom:1px solid #ddd'>"
+                            f"<b>{form.GROUP_TITLES[group]}</b></div>")] + shown
+            if folded:
+                more = w.Accordion(children=[w.VBox(folded)], titles=(f"more {group} options ({len(folded)})",),
+                                   selected_index=None)
+                parts.append(more)
+            sections.append(w.VBox(parts))
+        self.form_box.children = sections
+        self.cell.layout.display = "" if cls.cell_option and not self.word else "none"
+        self.out.layout.display = "" if self._has_out() else "none"
+        self.set_values({k: v for k, v in carried.items() if k in self.fields})   # data and model carry over
+        self.refresh_line()
+
+    def _has_out(self) -> bool:
+        return self.options_cls is not None and any(s.name == "out" for s in opts.specs(self.options_cls))
+
+    def _widget(self, field: form.Field):
+        w, spec = self.w, field.spec
+        common = dict(description=spec.metavar if spec.positional else spec.flag, style=self.style,
+                      tooltip=spec.help, layout=w.Layout(width=WIDE))
+        default = field.default_text
+        if field.role == "bool":
+            return w.Checkbox(value=bool(spec.default), indent=True, **common)
+        if field.role == "choice":
+            options = ([("(default)", "")] if spec.default is None else []) + [(str(c), str(c)) for c in spec.choices]
+            return w.Dropdown(options=options, value=default if spec.default is not None else "", **common)
+        if field.role == "data":
+            return w.Combobox(options=data_variables(self.namespace), ensure_option=False,
+                              placeholder="a variable, a file path or a dataset name", value=default, **common)
+        if field.role == "column":
+            return w.Combobox(options=[], ensure_option=False, placeholder="(inferred)", value=default, **common)
+        if field.role == "model":
+            return w.Combobox(options=model_aliases(), ensure_option=False, value=default,
+                              placeholder="(the default model) an alias, a folder or a hub id", **common)
+        placeholder = "required" if spec.required else ("(default)" if not default else "")
+        return w.Text(value=default, placeholder=placeholder, continuous_update=True, **common)
+
+    def _changed(self, field: form.Field) -> None:
+        _, widget, msg = self.fields[field.name]
+        problem = None
+        if field.role in ("int", "float", "list", "text", "choice"):
+            problem = form.check(field.spec, widget.value)
+            if problem and not field.spec.required and str(widget.value).strip() == "":
+                problem = None
+        msg.value = _error_html(problem) if problem else ""
+        if field.role == "data":
+            self._refresh_columns()
+        self.refresh_line()
+
+    def _refresh_columns(self) -> None:
+        data_values = [self.fields[n][1].value for n in ("data", "demos", "test") if n in self.fields]
+        columns: list[str] = []
+        for ref in data_values:
+            for column in columns_of(str(ref or "").strip(), self.namespace):
+                if column not in columns:
+                    columns.append(column)
+        for field, widget, _ in self.fields.values():
+            if field.role == "column":
+                widget.options = columns
+
+    def values(self) -> dict[str, Any]:
+        out = {name: widget.value for name, (_, widget, _) in self.fields.items()}
+        if self._has_out():
+            out["out"] = self.out.value.strip()
+        return out
+
+    def set_values(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            if name == "out":
+                self.out.value = str(value or "")
+            elif name in self.fields:
+                field, widget, _ = self.fields[name]
+                if field.role == "choice" and value not in [v for _, v in widget.options]:
+                    continue
+                widget.value = value
+
+    def magic_line(self) -> str:
+        if self.cls is None:
+            return ""
+        cell = self.cell.value if self.cls.cell_option and not self.word else None
+        return form.magic_line(self.cls.name, self.word, self.options_cls, self.values(), cell)
+
+    def sweep_line(self) -> str:
+        if self.cls is None:
+            return ""
+        values = {k: v for k, v in self.values().items() if k != "out"}
+        tokens = ([self.word] if self.word else []) + form.line_tokens(self.options_cls, values)
+        own = ["--grid", self.grid.value.strip()]
+        if self.metric.value.strip():
+            own += ["--metric", self.metric.value.strip()]
+        if self.random.value.strip():
+            own += ["--random", self.random.value.strip()]
+            if self.sweep_seed.value.strip() not in ("", "0"):
+                own += ["--sweep-seed", self.sweep_seed.value.strip()]
+        return f"%llm sweep {self.cls.name} {form.join(tokens + own)}".replace("  ", " ")
+
+    def refresh_line(self) -> None:
+        line = self.magic_line()
+        self.line.value = ("<div style='color:#555;font-size:11px'>the magic this runs (copy it into a cell to "
+                           f"run it without the panel):</div><pre class='llm-magics-line' style='margin:2px 0;"
+                           f"padding:4px;background:#f6f6f6;white-space:pre-wrap'>{html.escape(line)}</pre>")
+        if hasattr(self, "sweep_line_view"):
+            self.sweep_line_text = self.sweep_line()
+            self.sweep_line_view.value = (f"<pre class='llm-magics-sweep-line' style='margin:2px 0;padding:4px;"
+                                     f"background:#f6f6f6;white-space:pre-wrap'>{html.escape(self.sweep_line_text)}"
+                                     "</pre>")
+
+    def _out_changed(self, _change=None) -> None:
+        problem = form.check(_OUT_SPEC, self.out.value) if self.out.value.strip() else None
+        self.out_msg.value = _error_html(problem) if problem else ""
+        self.refresh_line()
+
+    # ---- running -----------------------------------------------------------------------------
+    def run(self):
+        """Run the shown line in the background; a user mistake is shown, and nothing starts."""
+        from ..runner import execute
+        self.error.value = ""
+        if self.handle is not None and not self.handle.done:
+            self.error.value = _error_html("a run is going on: stop it or wait for it to end")
+            return None
+        line = self.magic_line()
+        try:
+            name, word, options = form.parse(line, self.registry)
+        except UsageError as exc:
+            self.error.value = _error_html(str(exc))
+            return None
+        out = self.out.value.strip() if self.out.layout.display != "none" else ""
+        try:
+            handle = execute(name, word, options, namespace=self.namespace, progress_mode="none", background=True)
+        except UsageError as exc:
+            self.error.value = _error_html(str(exc))
+            return None
+        self.handle = handle
+        attach(handle.progress, self.live)
+        self.run_button.disabled = True
+        self.stop_button.disabled = False
+        self.status.value = f"<span style='color:#37c'>running <code>{html.escape(handle.run_id)}</code></span>"
+        threading.Thread(target=self._watch, args=(handle, out), daemon=True,
+                         name=f"llm-magics-tune-{handle.run_id}").start()
+        return handle
+
+    def _watch(self, handle, out: str) -> None:
+        handle.wait()
+        try:
+            result = handle.result()
+        except UsageError as exc:
+            self.error.value = _error_html(str(exc))
+            self.status.value = "<span style='color:#c33'>failed</span>"
+        except Exception as exc:  # noqa: BLE001 - shown next to the panel; the run recorded nothing
+            self.error.value = _error_html(f"{type(exc).__name__}: {exc}")
+            self.status.value = "<span style='color:#c33'>failed</span>"
+        else:
+            if out:
+                self.namespace[out] = result
+            status = getattr(result, "status", "ok")
+            bound = f" · Result in <code>{html.escape(out)}</code>" if out else ""
+            self.status.value = (f"<span style='color:{'#2a7' if status == 'ok' else '#c80'}'>{status}</span> "
+                                 f"<code>{html.escape(handle.run_id)}</code>{bound}")
+        finally:
+            self.run_button.disabled = False
+            self.stop_button.disabled = True
+
+    def stop(self) -> None:
+        if self.handle is not None and not self.handle.done:
+            self.handle.stop()
+            self.stop_button.disabled = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the panel's run (or sweep) to end: for scripts and tests."""
+        import time
+        deadline = None if timeout is None else time.time() + timeout
+        while self.run_button.disabled or (self.sweep is not None and not self.sweep.done):
+            if deadline is not None and time.time() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    # ---- sweeps --------------------------------------------------------------------------
+    def run_sweep(self):
+        self.sweep_error.value = ""
+        if self.sweep is not None and not self.sweep.done:
+            self.sweep_error.value = _error_html("a sweep is going on: stop it or wait for it to end")
+            return None
+        line = self.sweep_line()
+        try:
+            sweep, _ = sweep_mod.from_line(line[len("%llm sweep "):], self.namespace, progress_mode="none")
+        except UsageError as exc:
+            self.sweep_error.value = _error_html(str(exc))
+            return None
+        self.sweep = sweep
+        self.sweep_view = SweepView(sweep)
+        self.sweep_area.children = [self.sweep_view.widget]
+        return sweep.start()
+
+    # ---- recent runs -------------------------------------------------------------------------
+    def _tab_changed(self, change) -> None:
+        if change["new"] == 2:
+            self.refresh_runs()
+
+    def refresh_runs(self, reload: bool = True) -> None:
+        from ..runs import RunStore
+        from ..settings import current
+        if reload or self._frame is None:
+            self._frame = RunStore(current().runs_path).frame(limit=500)
+        frame = self._frame
+        for widget, column in ((self.filter_method, "method"), (self.filter_model, "model"),
+                               (self.filter_status, "status")):
+            values = {str(v) for v in frame.get(column, []) if v == v and v}
+            if column == "method":
+                values |= set(self.registry.names())
+            values = ["(any)"] + sorted(values)
+            if list(widget.options) != values:
+                keep = widget.value
+                self._filling = True
+                try:
+                    widget.options = values
+                    widget.value = keep if keep in values else "(any)"
+                finally:
+                    self._filling = False
+        shown = frame
+        for widget, column in ((self.filter_method, "method"), (self.filter_model, "model"),
+                               (self.filter_status, "status")):
+            if widget.value not in (None, "(any)") and column in shown:
+                shown = shown[shown[column].astype(str) == widget.value]
+        from ..runs.compare import pick_metric
+        metric = pick_metric(shown, None) if len(shown) else None
+        options = []
+        for _, row in shown.iterrows():
+            score = row.get(metric) if metric else None
+            score_text = f" · {metric} {score:.4g}" if isinstance(score, float) and score == score else ""
+            label = (f"{row['run_id']} · {row['method']} · {str(row.get('model') or '')[-40:]} · "
+                     f"{row.get('status', '')}{score_text} · {row.get('created', '')}")
+            options.append((label, row["run_id"]))
+        self.runs.options = options
+        self.recent_msg.value = f"<span style='color:#555'>{len(options)} of {len(frame)} recorded runs</span>"
+
+    def fill(self, run_id: str) -> None:
+        """Open a recorded run's method and options in the Run tab ("run again with changes")."""
+        from ..runs import RunStore
+        from ..settings import current
+        record = RunStore(current().runs_path).get(run_id)
+        if record is None:
+            self.recent_msg.value = _error_html(f"no recorded run {run_id!r}")
+            return
+        if record["method"] not in self.registry.names():
+            self.recent_msg.value = _error_html(f"method {record['method']!r} is not installed")
+            return
+        self.method.value = record["method"]
+        recorded = record.get("options") or {}
+        if self.cls is not None and self.cls.commands:
+            keys = set(recorded)
+            for word, cmd in self.cls.commands.items():
+                if cmd.records_run and {s.name for s in opts.specs(cmd.options)} == keys:
+                    self.command.value = word
+                    break
+        values = form.values_from_record(self.options_cls, recorded)
+        if self.cls is not None and self.cls.cell_option and self.cls.cell_option in values:
+            self.cell.value = values.pop(self.cls.cell_option)
+        self.set_values(values)
+        self.tabs.selected_index = 0
+        self.recent_msg.value = f"<span style='color:#2a7'>form filled from <code>{html.escape(run_id)}</code></span>"
+
+    # ---- display ------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"<TunePanel {self.method.value}: {self.magic_line()!r}>"
+
+
+from ..common_options import RunOptions  # noqa: E402
+
+_OUT_SPEC = next(s for s in opts.specs(RunOptions) if s.name == "out")
+
+
+def _error_html(message: str) -> str:
+    return f"<span class='llm-magics-error' style='color:#c33'>{html.escape(message)}</span>"

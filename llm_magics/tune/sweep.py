@@ -1,0 +1,336 @@
+"""Sweeps: a grid or a seeded random search over a method's options, run one after another.
+
+    %llm sweep lora --model minilm --data train_df --test test_df --grid "lr=1e-4,5e-4 r=4,8" --metric test_accuracy
+
+Each point is the base line with the swept options appended (the last value of
+an option wins, as in the magic), parsed and run as its own background run
+recorded with the sweep's id. A point that fails (a bad combination, out of
+memory) is marked and the sweep goes on; Stop ends the current run cleanly and
+skips the rest.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .. import options as opts
+from ..errors import UsageError, did_you_mean
+from . import form
+
+
+@dataclass
+class SweepOptions:
+    grid: str = opts.option(positional=False, help="options to sweep: \"name=v1,v2 name2=a,b\" (a|b when values "
+                                                   "hold commas; lo~hi draws from a range with --random)",
+                            metavar="SPEC")
+    metric: str | None = opts.option(None, "the metric the leaderboard ranks by (default: test_accuracy, "
+                                           "else the first recorded)")
+    random: int | None = opts.option(None, "a seeded random search of N points instead of the whole grid",
+                                     check=opts.positive, metavar="N")
+    sweep_seed: int = opts.option(0, "the random search's seed", check=opts.non_negative)
+    out: str | None = opts.option(None, "bind the sweep (leaderboard, results, stop) to this variable",
+                                  metavar="NAME")
+
+
+SWEEP_FLAGS = {s.flag for s in opts.specs(SweepOptions)}
+
+
+def split_sweep_line(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """Separate the sweep's own options from the method's line."""
+    own, rest, i = [], [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        flag = token.split("=", 1)[0]
+        if flag in SWEEP_FLAGS:
+            if "=" in token:
+                own.append(token)
+            else:
+                own += tokens[i:i + 2]
+                i += 1
+        else:
+            rest.append(token)
+        i += 1
+    return own, rest
+
+
+@dataclass
+class Axis:
+    spec: opts.Spec
+    values: list[str] = field(default_factory=list)   # the grid's values, as typed
+    low: float | None = None                           # lo~hi: a range (random search only)
+    high: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def parse_grid(options_cls, text: str, random_points: int | None = None) -> list[Axis]:
+    """'lr=1e-4,5e-4 r=4,8' → one Axis per option, each value checked by the option's own check."""
+    by_name = {s.name: s for s in opts.specs(options_cls) if not s.positional}
+    by_flag = {s.flag: s for s in by_name.values()}
+    axes: list[Axis] = []
+    for item in opts.split_line(text):
+        name, eq, values = item.partition("=")
+        if not eq or not values.strip():
+            raise UsageError(f"--grid: expected name=v1,v2 for each swept option, got {item!r}")
+        spec = by_flag.get(name) or by_name.get(name.lstrip("-").replace("-", "_"))
+        if spec is None or spec.name in form.HANDLED:
+            raise UsageError(f"--grid: {name!r} is not an option of this method"
+                             + did_you_mean(name.lstrip("-").replace("-", "_"),
+                                            [n for n in by_name if n not in form.HANDLED]))
+        if any(a.name == spec.name for a in axes):
+            raise UsageError(f"--grid: {spec.flag} is swept twice")
+        if "~" in values and spec.kind in (int, float):
+            if not random_points:
+                raise UsageError(f"--grid: {spec.flag} {values!r} is a range: give --random N to draw from it, "
+                                 "or list the values (a,b,c)")
+            low_text, _, high_text = values.partition("~")
+            for bound in (low_text, high_text):
+                problem = form.check(spec, bound)
+                if problem:
+                    raise UsageError(f"--grid: {problem}")
+            low, high = float(low_text), float(high_text)
+            if not low < high:
+                raise UsageError(f"--grid: {spec.flag} range {values!r} needs low < high")
+            axes.append(Axis(spec, low=low, high=high))
+            continue
+        parts = [v.strip() for v in (values.split("|") if "|" in values else values.split(","))]
+        parts = [v for v in parts if v]
+        for value in parts:
+            problem = form.check(spec, value)
+            if problem:
+                raise UsageError(f"--grid: {problem}")
+        axes.append(Axis(spec, list(dict.fromkeys(parts))))
+    if not axes:
+        raise UsageError("--grid names no option: e.g. --grid \"lr=1e-4,5e-4 r=4,8\"")
+    return axes
+
+
+def points(axes: list[Axis], random_points: int | None = None, seed: int = 0) -> list[dict[str, str]]:
+    """The whole grid, or N points drawn with `seed` (without repeats while the grid has enough)."""
+    if not random_points:
+        return [dict(zip([a.name for a in axes], combo)) for combo in itertools.product(*(a.values for a in axes))]
+    rng = random.Random(seed)
+    finite = all(a.values for a in axes)
+    if finite:
+        grid = points(axes)
+        if random_points <= len(grid):
+            return rng.sample(grid, random_points)
+    out = []
+    for _ in range(random_points):
+        out.append({a.name: (rng.choice(a.values) if a.values else _draw(a, rng)) for a in axes})
+    return out
+
+
+def _draw(axis: Axis, rng: random.Random) -> str:
+    low, high = axis.low, axis.high
+    if axis.spec.kind is int:
+        return str(rng.randint(int(low), int(high)))
+    if low > 0 and high / low >= 10:   # a range over orders of magnitude (learning rates): log-uniform
+        return f"{math.exp(rng.uniform(math.log(low), math.log(high))):.3g}"
+    return f"{rng.uniform(low, high):.4g}"
+
+
+def point_tokens(axes: list[Axis], point: dict[str, str]) -> list[str]:
+    out = []
+    for axis in axes:
+        value = point[axis.name]
+        if axis.spec.kind is bool:
+            on = str(value).lower() in ("true", "1", "yes")
+            out.append(axis.spec.flag if on else "--no-" + axis.spec.flag[2:])
+        else:
+            out += [axis.spec.flag, value]
+    return out
+
+
+def new_sweep_id() -> str:
+    return f"sweep-{secrets.token_hex(4)}"
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(metric.endswith(s) for s in ("loss", "perplexity", "error", "_s")) or metric.startswith("loss")
+
+
+class Sweep:
+    """Points of one sweep, run one after another in a background thread.
+
+    `.stop()` ends the current run cleanly and skips the rest; `.wait()`;
+    `.leaderboard()` (a DataFrame ordered by the metric); `.results`;
+    `.compare()` (the `%llm compare` table and plot of its runs).
+    """
+
+    def __init__(self, method: str, word: str | None, base_tokens: list[str], axes: list[Axis],
+                 grid_points: list[dict[str, str]], metric: str | None = None, namespace: dict | None = None,
+                 cell: str | None = None, sweep_id: str | None = None, progress_mode: str | None = None):
+        self.method, self.word, self.base_tokens, self.axes = method, word, list(base_tokens), axes
+        self.points = grid_points
+        self.metric = metric
+        self.namespace = namespace if namespace is not None else {}
+        self.cell = cell
+        self.id = sweep_id or new_sweep_id()
+        self.progress_mode = progress_mode
+        self.rows: list[dict[str, Any]] = [
+            {"point": i + 1, **point, "status": "waiting", "run_id": "", "message": "",
+             "line": self.line_of(point)} for i, point in enumerate(grid_points)]
+        self.results: list[Any] = []
+        self.current = None                 # the RunHandle of the point running now
+        self.on_run: list[Callable] = []     # called with each point's RunHandle when it starts
+        self.on_update: list[Callable] = []  # called after each point ends (and when the sweep ends)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started = self.ended = None
+
+    # -- what runs ------------------------------------------------------------------------
+    def line_of(self, point: dict[str, str]) -> str:
+        tokens = ([self.word] if self.word else []) + self.base_tokens \
+            + point_tokens([a for a in self.axes if a.name in point], point)
+        head = ("%%" if self.cell is not None else "%") + self.method
+        return f"{head} {form.join(tokens)}".rstrip() + ("\n" + self.cell if self.cell is not None else "")
+
+    def start(self) -> "Sweep":
+        self.started = time.time()
+        self._thread = threading.Thread(target=self._work, name=f"llm-magics-{self.id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _work(self) -> None:
+        from ..runner import execute
+        try:
+            for row in self.rows:
+                if self._stop.is_set():
+                    row["status"] = "skipped"
+                    continue
+                row["status"] = "running"
+                self._notify()
+                try:
+                    _, word, options = form.parse(row["line"])
+                    handle = execute(self.method, word, options, namespace=self.namespace,
+                                     progress_mode=self.progress_mode, background=True, sweep_id=self.id)
+                    row["run_id"] = handle.run_id
+                    self.current = handle
+                    for callback in self.on_run:
+                        callback(handle)
+                    if self._stop.is_set():   # stopped while it was starting
+                        handle.stop()
+                    result = handle.result()
+                except Exception as error:   # noqa: BLE001 - a failed point is marked, the sweep goes on
+                    row["status"] = "failed"
+                    row["message"] = str(error) if isinstance(error, UsageError) \
+                        else f"{type(error).__name__}: {error}"
+                    self._notify()
+                    continue
+                finally:
+                    self.current = None
+                self.results.append(result)
+                row["status"] = getattr(result, "status", "ok")
+                for name, value in getattr(result, "metrics", {}).items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        row[name] = value
+                row["wall_s"] = getattr(result, "wall_s", None)
+                if self.metric is None:
+                    self.metric = _pick_metric(row)
+                self._notify()
+        finally:
+            self.ended = time.time()
+            self._notify()
+
+    def _notify(self) -> None:
+        for callback in self.on_update:
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001 - a broken view must not end the sweep
+                pass
+
+    # -- asked for by the user ----------------------------------------------------------------
+    def stop(self) -> None:
+        """End the current run cleanly and skip the points not yet run."""
+        self._stop.set()
+        if self.current is not None:
+            self.current.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.done
+
+    @property
+    def status(self) -> str:
+        if not self.done:
+            return "stopping" if self._stop.is_set() else "running"
+        return "stopped" if self._stop.is_set() else "done"
+
+    def leaderboard(self, sort_by: str | None = None):
+        """One row per point: its values, status, run id and metrics; best first by the metric."""
+        import pandas as pd
+        frame = pd.DataFrame(self.rows)
+        key = sort_by or self.metric
+        if key and key in frame.columns:
+            frame = frame.sort_values(key, ascending=lower_is_better(key), na_position="last", kind="stable")
+        return frame.reset_index(drop=True)
+
+    def best(self) -> dict | None:
+        board = self.leaderboard()
+        if self.metric not in board.columns or board[self.metric].isna().all():
+            return None
+        return board.iloc[0].to_dict()
+
+    def compare(self):
+        from .. import api
+        return api.compare(self.metric, sweep=self.id)
+
+    def __repr__(self) -> str:
+        from .view import leaderboard_text
+        return f"<Sweep {self.id} of %{self.method}: {self.status}>\n" + leaderboard_text(self)
+
+    def _repr_html_(self) -> str:
+        from .view import leaderboard_html
+        return leaderboard_html(self)
+
+
+def _pick_metric(row: dict) -> str | None:
+    for name in ("test_accuracy", "val_accuracy", "test_f1", "val_loss", "train_loss"):
+        if name in row:
+            return name
+    skip = {"point", "wall_s"}
+    return next((k for k, v in row.items() if isinstance(v, float) and k not in skip), None)
+
+
+def from_line(line: str | list[str], namespace: dict | None = None, progress_mode: str | None = None,
+              cell: str | None = None) -> tuple[Sweep, SweepOptions]:
+    """`%llm sweep METHOD [COMMAND] <method options> --grid ... [--metric M] [--random N]` → a Sweep (not started)."""
+    from ..registry import registry
+    tokens = opts.split_line(line) if isinstance(line, str) else list(line)
+    if not tokens or tokens[0].startswith("-"):
+        raise UsageError("%llm sweep: name the method first, e.g. %llm sweep lora --data df --grid \"lr=1e-4,5e-4\"")
+    name, tokens = tokens[0], tokens[1:]
+    cls = registry().load(name)
+    own, rest = split_sweep_line(tokens)
+    sweep_options = opts.parse_line(SweepOptions, own, "llm sweep")
+    word = rest[0] if rest and rest[0] in cls.commands else None
+    if word:
+        rest = rest[1:]
+        if not cls.commands[word].records_run:
+            raise UsageError(f"%llm sweep: {name} {word} records no run; sweep a command that trains or evaluates")
+    command = cls.command(word)
+    axes = parse_grid(command.options, sweep_options.grid, sweep_options.random)
+    grid_points = points(axes, sweep_options.random, sweep_options.sweep_seed)
+    sweep = Sweep(name, word, rest, axes, grid_points, sweep_options.metric, namespace, cell=cell,
+                  progress_mode=progress_mode)
+    # The base line is parsed now: a mistake in it is one UsageError before anything runs.
+    form.parse(sweep.line_of({}))
+    return sweep, sweep_options
