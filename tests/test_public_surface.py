@@ -212,3 +212,20 @@ def test_tiny_models_reexport_the_public_builders():
     sys.path.insert(0, str(Path(__file__).parent))
     import tiny_models
     assert tiny_models.build_bert is testing.build_bert
+
+
+def test_models_have_no_import_circle():
+    """gguf → loader → sources → gguf was one (lazy imports included)."""
+    folder = PACKAGE / "models"
+    graph = {p.stem: {n.rsplit(".", 1)[-1] for n in _imported_modules(p) if n.startswith("llm_magics.models.")}
+             for p in folder.glob("*.py")}
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, seen + (n,))) for n in graph.get(start, ()))
+    assert [m for m in graph if reaches(m, m)] == []
+
+
+def test_the_hugging_face_hub_module_is_named_for_it():
+    from llm_magics import hf_hub
+    assert callable(hf_hub.reachable)
+    assert not (PACKAGE / "hub.py").exists()  # llm_magics.adapters.hub is the adapters' hub

@@ -206,7 +206,7 @@ def read_json(path: Path) -> pd.DataFrame:
 
 def load_hub_dataset(ref: str, role: str, also: str = "") -> pd.DataFrame:
     """`name` or `name:split` through datasets (needs the hub, or its local cache)."""
-    from .. import hub
+    from .. import hf_hub as hub
     name, _, split = ref.partition(":")
     why = f"{also}, and" if also else f"{ref!r} is not a variable or a file, and"
     advice = "pass a DataFrame variable or a file path (or a dataset name with internet)"

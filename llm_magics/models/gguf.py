@@ -21,7 +21,7 @@ def converted_folder(gguf_path: Path, name: str) -> Path:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .loader import quiet
+    from .quiet import quiet
     print(f"converting {gguf_path.name} to safetensors once, into {target} (about 30 s) ...",
           file=sys.stderr, flush=True)
     folder, file = str(gguf_path.parent), gguf_path.name

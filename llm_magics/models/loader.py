@@ -6,7 +6,6 @@ device, dtype) until `%llm free`. Training methods take a fresh copy
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import weakref
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import torch
 
 from ..engine.device import dtype_name, empty_cache
 from ..errors import UsageError
+from .quiet import quiet  # noqa: F401 - re-exported: load() and callers use it
 from .sources import ModelSource, resolve
 
 HEADS = ("base", "causal_lm", "classify")
@@ -54,22 +54,6 @@ _holders: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary(
 def hold(result) -> None:
     """Register an object with a `release()` method that `free()` will call."""
     _holders[id(result)] = result
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence transformers' per-file progress bars and load reports: one run, one display."""
-    from transformers.utils import logging as hf_logging
-    bars = hf_logging.is_progress_bar_enabled()
-    level = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def architecture_kind(config) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import hub, settings
+from .. import hf_hub, settings
 from ..errors import UsageError, closest
 
 
@@ -115,7 +115,7 @@ def resolve(name: str | None) -> ModelSource:
         raise UsageError(f"--model {name}: a file, not a model folder; pass a folder saved with save_pretrained")
     if name.startswith((".", "/", "~")):
         raise UsageError(f"--model {name}: no such folder")
-    if not hub.reachable():
+    if not hf_hub.reachable():
         near = closest(name, EMBEDDED)
         raise UsageError(f"unknown model {name!r}: not an alias ({', '.join(EMBEDDED)}) or a local folder, and "
                          "the Hugging Face hub is not reachable to load it as a hub id"
