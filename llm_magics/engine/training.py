@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from . import checkpoint
+from ..errors import UsageError
 from .batching import grouped_batches, is_oom
 from .device import empty_cache
+from .rng import RunRng
 from .throughput import Throughput
 
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -150,6 +152,9 @@ class TrainLoop:
                       "batch_size": self.batch_size, "grad_accum": self.grad_accum}
         self.notes: list[str] = []
         self.early_stopped = False
+        # This run's own generator (dropout masks): concurrent runs must not draw from each other's.
+        self.rng = RunRng(config.seed, device)
+        self.resumed_from: Path | None = None
 
     # -- plan ----------------------------------------------------------------------------
     def _plan(self, epoch: int) -> list[np.ndarray]:
@@ -167,11 +172,13 @@ class TrainLoop:
     # -- run -----------------------------------------------------------------------------
     def resume(self, folder: Path) -> None:
         """Continue from a checkpoint written by `save_checkpoint` (possibly another run's)."""
-        loop = checkpoint.load(folder, self.model, self.optimizer, self.scheduler)
+        loop = checkpoint.load(folder, self.model, self.optimizer, self.scheduler, rng=self.rng)
         self.state.update(loop)
         self.batch_size, self.grad_accum = loop["batch_size"], loop["grad_accum"]
+        self.resumed_from = Path(folder)
         best_src = folder.parent / "checkpoint-best"
         if best_src.exists() and best_src != self.best_dir:
+            checkpoint.check(best_src, checkpoint.RESUME_TODO)
             import shutil
             shutil.copytree(best_src, self.best_dir, dirs_exist_ok=True)
         self.progress.log(f"resumed at step {self.state['step']} of {self.total_steps} "
@@ -184,8 +191,7 @@ class TrainLoop:
         stopped = False
         with _InterruptToStop(self.progress):
             if s["step"] == 0 and not s["history"]:
-                torch.manual_seed(cfg.seed)  # dropout masks; a resumed run restores its RNG instead
-                self._evaluate(initial=True)
+                self._evaluate(initial=True)  # the RNG starts seeded; a resumed run restored its own
             while s["epoch"] < cfg.epochs and not stopped:
                 stopped = self.progress.should_stop or self._run_epoch()
                 if not stopped:
@@ -202,14 +208,25 @@ class TrainLoop:
             import shutil
             shutil.rmtree(self.last_dir, ignore_errors=True)  # optimizer state is 2× the weights
         if s["best"] is not None and checkpoint.has_weights(self.best_dir):
-            extra = checkpoint.load_weights(self.model, self.best_dir)
-            if self.weights_state is not None and extra is not None:
-                self.weights_state.load(extra)
+            self._restore_best()
+        if self.resumed_from is not None and self.resumed_from != self.last_dir:
+            # Continued once: its optimizer state goes, and resuming it again is refused.
+            checkpoint.mark_continued(self.resumed_from, self.folder.name)
         return Outcome(status=status, history=list(s["history"]), losses=[tuple(x) for x in s.get("losses", [])],
                        best=s["best"], steps=s["step"],
                        total_steps=self.total_steps, epochs_run=s["step"] / max(self.steps_per_epoch, 1),
                        trained=Throughput(rows=s["rows"], tokens=s["tokens"], seconds=s["seconds"]),
                        notes=self.notes)
+
+    def _restore_best(self) -> None:
+        try:
+            extra = checkpoint.load_weights(self.model, self.best_dir)
+        except UsageError as exc:   # damaged since it was written: say so, score what the model holds
+            self.notes.append(f"{exc} — the result keeps the last weights instead")
+            self.progress.log(self.notes[-1])
+            return
+        if self.weights_state is not None and extra is not None:
+            self.weights_state.load(extra)
 
     def _run_epoch(self) -> bool:
         """Train one epoch from the saved position; True when asked to stop (or early stopping).
@@ -263,10 +280,12 @@ class TrainLoop:
 
     def _forward_backward(self, indices: np.ndarray) -> tuple[float, int]:
         batch = self.task.batch(indices, self.device)
-        with torch.autocast(self.device.type, dtype=self.config.autocast, enabled=self.config.autocast is not None):
-            loss, tokens = self.task.loss(self.model, batch)
-        scaled = loss / self.grad_accum
-        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        with self.rng.active():
+            with torch.autocast(self.device.type, dtype=self.config.autocast,
+                                enabled=self.config.autocast is not None):
+                loss, tokens = self.task.loss(self.model, batch)
+            scaled = loss / self.grad_accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return float(loss.detach()), int(tokens)
 
     def _optimizer_step(self) -> None:
@@ -308,8 +327,8 @@ class TrainLoop:
         """Evaluate, keep the best weights, checkpoint; True when early stopping says stop."""
         s, cfg = self.state, self.config
         self.model.eval()
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=cfg.autocast,
-                                             enabled=cfg.autocast is not None):
+        with self.rng.active(), torch.no_grad(), torch.autocast(self.device.type, dtype=cfg.autocast,
+                                                                enabled=cfg.autocast is not None):
             metrics = self.task.evaluate(self.model)
         train_mode(self.model)
         if not metrics:
@@ -338,7 +357,7 @@ class TrainLoop:
         return False
 
     def save_checkpoint(self) -> None:
-        checkpoint.save(self.last_dir, self.model, self.optimizer, self.scheduler, self.state)
+        checkpoint.save(self.last_dir, self.model, self.optimizer, self.scheduler, self.state, rng=self.rng)
 
 
 def train_mode(model: torch.nn.Module) -> None:
