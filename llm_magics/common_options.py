@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import fraction, non_negative, option, positive
+from .options import fraction, non_negative, option, positive, seed
 
 
 def identifier(value) -> str | None:
@@ -38,7 +38,7 @@ class DataOptions:
     test: Any = option(None, "test data (default: split off --data)", metavar="DATA")
     text: str | None = option(None, "text column (default: inferred when unambiguous)", metavar="COLUMN")
     label: str | None = option(None, "label column (default: inferred when unambiguous)", metavar="COLUMN")
-    seed: int = option(0, "seed for splits, sampling and initialisation")
+    seed: int = option(0, "seed for splits, sampling and initialisation (0 … 2**32-1)", check=seed)
     val_size: float = option(0.1, "share of --data held out for validation when --validation is not given",
                              check=fraction)
     test_size: float = option(0.2, "share of --data held out for testing when --test is not given",

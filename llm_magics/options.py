@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
+import re
 import shlex
 import types
 import typing
@@ -37,14 +39,19 @@ def option(
     check: Check | None = None,
     metavar: str | None = None,
     positional: bool = False,
+    finite: bool = True,
 ) -> Any:
     """Declare one option: default, help text and how to check it.
 
     `check(value)` returns an error message (what is wrong and what would be
     right) or None. `flag` overrides the default `--name-with-dashes`.
+    Every number is checked before `check` runs: a float must be finite (no
+    NaN, no ±inf) unless `finite=False`, an integer must fit in 64 bits, and
+    a name implies a range (`seed`: 0 … 2**32-1, `dropout`: [0, 1); see
+    `by_meaning`).
     """
     meta = dict(help=help, flag=flag, short=short, choices=choices, check=check,
-                metavar=metavar, positional=positional)
+                metavar=metavar, positional=positional, finite=finite)
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -52,23 +59,94 @@ def option(
 
 
 # ---- checks shared by many methods -------------------------------------------------
+# Each returns what is wrong (and what would be right) or None. NaN compares
+# false with everything, so every check tests what a value must be, never
+# what it must not be: `not value > 0`, not `value <= 0`.
+
+INT64_MAX = 2 ** 63 - 1
+SEED_MAX = 2 ** 32 - 1   # numpy's RandomState and sklearn's random_state accept 0 … 2**32-1
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def finite(value) -> str | None:
+    if value is None:
+        return None
+    if not _number(value) or not math.isfinite(value):
+        return f"must be a finite number, got {_shown(value)}"
+    return None
+
 
 def positive(value) -> str | None:
-    if value is not None and value <= 0:
-        return f"must be > 0, got {value}"
+    if value is None:
+        return None
+    if finite(value) or not value > 0:
+        return f"must be > 0 (and finite), got {_shown(value)}"
     return None
 
 
 def non_negative(value) -> str | None:
-    if value is not None and value < 0:
-        return f"must be ≥ 0, got {value}"
+    if value is None:
+        return None
+    if finite(value) or not value >= 0:
+        return f"must be ≥ 0 (and finite), got {_shown(value)}"
     return None
 
 
 def fraction(value) -> str | None:
-    if value is not None and not 0 < value < 1:
-        return f"must be between 0 and 1 (exclusive), got {value}"
+    """Strictly between 0 and 1 (a share of rows held out)."""
+    if value is None:
+        return None
+    if finite(value) or not 0 < value < 1:
+        return f"must be between 0 and 1 (exclusive), got {_shown(value)}"
     return None
+
+
+def probability(value) -> str | None:
+    """0 … 1, both ends included."""
+    if value is None:
+        return None
+    if finite(value) or not 0 <= value <= 1:
+        return f"is a probability: from 0 to 1, got {_shown(value)}"
+    return None
+
+
+def dropout_rate(value) -> str | None:
+    """0 (no dropout) … below 1 (1 would drop everything)."""
+    if value is None:
+        return None
+    if finite(value) or not 0 <= value < 1:
+        return f"is a dropout probability: at least 0 and below 1, got {_shown(value)}"
+    return None
+
+
+def seed(value) -> str | None:
+    """numpy, sklearn and torch all accept 0 … 2**32-1."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= SEED_MAX:
+        return f"is a seed: an integer from 0 to {SEED_MAX}, got {_shown(value)}"
+    return None
+
+
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
+    """A check for a finite number in a range, e.g. `between(0, 1, high_open=True)`."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+
+    def check(value) -> str | None:
+        if value is None:
+            return None
+        ok = (finite(value) is None
+              and (value > low if low_open else value >= low)
+              and (value < high if high_open else value <= high))
+        return None if ok else f"must be in {left}{low}, {high}{right}, got {_shown(value)}"
+    return check
 
 
 # ---- the declaration, read back --------------------------------------------------
@@ -86,6 +164,7 @@ class Spec:
     check: Check | None
     metavar: str | None
     positional: bool
+    finite: bool = True
 
     def describe_default(self) -> str:
         if self.required:
@@ -128,7 +207,7 @@ def specs(options_cls) -> list[Spec]:
             help=meta.get("help", ""), flag=meta.get("flag") or "--" + f.name.replace("_", "-"),
             short=meta.get("short"), choices=tuple(meta["choices"]) if meta.get("choices") else None,
             check=meta.get("check"), metavar=meta.get("metavar"),
-            positional=meta.get("positional", False),
+            positional=meta.get("positional", False), finite=meta.get("finite", True),
         ))
     return out
 
@@ -139,6 +218,8 @@ def _coerce(spec: Spec, value: Any) -> Any:
     """Turn a value (a string from the line, or anything from Python) into the option's kind."""
     if value is None or spec.kind is object:
         return value
+    if spec.kind in (int, float) and isinstance(value, bool):  # True is 1 to Python, not to a user
+        raise UsageError(f"{spec.flag} expects {'an integer' if spec.kind is int else 'a number'}, got {value!r}")
     try:
         if spec.kind is bool:
             if isinstance(value, str):
@@ -158,15 +239,35 @@ def _coerce(spec: Spec, value: Any) -> Any:
         if spec.kind is float:
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = {int: "an integer", float: "a number", bool: "true or false",
                 list: "a comma-separated list"}.get(spec.kind, spec.kind.__name__)
         raise UsageError(f"{spec.flag} expects {kind}, got {value!r}") from None
 
 
+def by_meaning(spec: Spec) -> Check | None:
+    """The range an option's name implies, checked beside its own check: every method's
+    `seed` / `*_seed` is a numpy seed, every `dropout` / `*_dropout` a dropout probability."""
+    name = spec.name.lower()
+    if spec.kind is int and (name == "seed" or name.endswith("_seed")):
+        return seed
+    if spec.kind is float and (name == "dropout" or name.endswith("_dropout")):
+        return dropout_rate
+    return None
+
+
 def _validate_value(spec: Spec, value: Any) -> None:
     if value is None:
         return
+    if spec.kind is float and spec.finite and not math.isfinite(value):
+        raise UsageError(f"{spec.flag}: must be a finite number, got {value}")
+    if spec.kind is int and not -INT64_MAX <= value <= INT64_MAX:
+        raise UsageError(f"{spec.flag}: {value} is out of range (at most {INT64_MAX} in size)")
+    implied = by_meaning(spec)
+    if implied and implied is not spec.check:
+        problem = implied(value)
+        if problem:
+            raise UsageError(f"{spec.flag}: {problem}")
     if spec.choices:
         items = value if isinstance(value, list) else [value]
         for item in items:
@@ -210,7 +311,16 @@ def from_kwargs(options_cls, kwargs: dict[str, Any]):
 
 # ---- the magic's line -----------------------------------------------------------
 
+# argparse takes `-1e-3`, `-inf` and `-nan` for options (it knows `-1` and `-.5` only): a value that
+# reads as a number is a value, so `--lr -1e-3` is refused by the check, not as a missing argument.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
+
     def error(self, message):  # argparse would print and exit the kernel
         raise UsageError(message)
 

@@ -76,3 +76,72 @@ def test_list_defaults_are_not_shared_between_instances():
     a = opts.from_kwargs(Demo, {"name": "a"})
     a.labels.append("z")
     assert opts.from_kwargs(Demo, {"name": "b"}).labels == []
+
+
+# ---- numbers are finite and in the range their meaning allows (issue 9, item 9) ---------------
+
+@dataclass
+class Knobs:
+    lr: float = option(1e-3, "learning rate", check=positive)
+    clip: float = option(1.0, "clip norm", check=opts.non_negative)
+    temperature: float = option(0.0, "0 is greedy")
+    budget: float = option(10.0, "may be unlimited", finite=False,
+                           check=lambda v: None if v > 0 else f"must be > 0, got {v}")  # NaN fails `v > 0`
+    steps: int = option(3, "steps")
+    seed: int = option(0, "a seed")
+    head_dropout: float = option(0.1, "dropout before the head")
+    share: float = option(0.5, "a probability", check=opts.probability)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("--lr nan", "--lr: must be a finite number, got nan"),
+    ("--lr inf", "--lr: must be a finite number, got inf"),
+    ("--lr -inf", "--lr: must be a finite number, got -inf"),
+    ("--lr=-1e-3", "--lr: must be > 0"),
+    ("--lr -1e-3", "--lr: must be > 0"),             # a negative number is a value, not an option
+    ("--lr 1e999", "--lr: must be a finite number"),
+    ("--clip NaN", "--clip: must be a finite number"),
+    ("--temperature Infinity", "--temperature: must be a finite number"),   # no check of its own
+    ("--budget nan", "--budget: must be > 0"),
+    ("--steps 1e3", "--steps expects an integer"),
+    ("--steps 99999999999999999999", "out of range"),
+    ("--seed -1", "--seed: is a seed: an integer from 0 to 4294967295"),
+    ("--seed 4294967296", "--seed: is a seed"),
+    ("--head-dropout 1", "--head-dropout: is a dropout probability: at least 0 and below 1"),
+    ("--head-dropout -0.1", "--head-dropout: is a dropout probability"),
+    ("--share 1.01", "--share: is a probability: from 0 to 1"),
+    ("--share -0", None),
+    ("--budget inf", None),                            # finite=False lets infinity through
+    ("--seed 4294967295 --head-dropout 0 --share 1", None),
+])
+def test_numbers_must_be_finite_and_in_range(line, message):
+    if message is None:
+        opts.parse_line(Knobs, line, "knobs")
+        return
+    with pytest.raises(UsageError) as info:
+        opts.parse_line(Knobs, line, "knobs")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": float("nan")}, "--lr: must be a finite number"),
+    ({"steps": float("inf")}, "--steps expects an integer"),
+    ({"steps": 2 ** 80}, "out of range"),
+    ({"steps": True}, "--steps expects an integer, got True"),
+    ({"lr": False}, "--lr expects a number, got False"),
+    ({"seed": 2.0 ** 40}, "--seed: is a seed"),
+])
+def test_the_api_gets_the_same_number_checks(kwargs, message):
+    with pytest.raises(UsageError) as info:
+        opts.from_kwargs(Knobs, kwargs)
+    assert message in str(info.value)
+
+
+def test_checks_reject_nan_themselves_too():
+    """A check called directly (a method's validate(), a plugin) must not let NaN compare its way through."""
+    nan = float("nan")
+    for check in (opts.positive, opts.non_negative, opts.fraction, opts.probability, opts.dropout_rate,
+                  opts.between(0, 1), opts.finite):
+        assert check(nan) is not None and check(float("inf")) is not None, check
+    assert opts.between(0, 1, high_open=True)(1) and opts.between(0, 1, high_open=True)(0.5) is None
+    assert opts.seed(True) and opts.seed(1.0) and opts.seed(7) is None
