@@ -123,3 +123,60 @@ def test_test_labels_must_be_known(frame):
     test = pd.DataFrame({"text": ["x"], "label": ["meh"]})
     with pytest.raises(UsageError, match="label 'meh'.*not among the training labels"):
         prepare_classification(frame, test=test)
+
+
+# ---- data misread silently (issue 9, item 10) ----------------------------------------------
+
+def test_a_csv_row_with_more_fields_than_the_header_is_an_error_naming_the_line(tmp_path):
+    # pandas alone would index the first data row by "great" and shift its columns: text 'really', label 1.
+    path = tmp_path / "extra.csv"
+    path.write_text("text,label\ngreat, really,1\na fine film,1\na dull film,0\n")
+    with pytest.raises(UsageError, match=r"extra.csv line 2 has 3 fields but the header has 2; quote texts"):
+        load_frame(str(path))
+    later = tmp_path / "later.csv"
+    later.write_text("text,label\na fine film,1\na dull film,0\nbad, bad,0\n")
+    with pytest.raises(UsageError, match=r"--validation: later.csv line 4 has 3 fields"):
+        load_frame(str(later), role="--validation")
+    tsv = tmp_path / "extra.tsv"
+    tsv.write_text("text\tlabel\na\tfine film\t1\na dull film\t0\n")
+    with pytest.raises(UsageError, match=r"extra.tsv line 2 has 3 fields"):
+        load_frame(str(tsv))
+
+
+def test_a_quoted_comma_and_a_short_row_are_still_read(tmp_path):
+    path = tmp_path / "ok.csv"
+    path.write_text('text,label\n"great, really",1\na dull film,0\n')
+    frame = load_frame(str(path))
+    assert frame.to_dict("records") == [{"text": "great, really", "label": 1}, {"text": "a dull film", "label": 0}]
+
+
+@pytest.mark.parametrize("labels, names, note", [
+    ([1, "1", 0, "0"], ["0", "1"], "read them all as integers"),
+    ([1, " 1", 0.0, "0"], ["0", "1"], "read them all as integers"),
+    (["pos", 1, "neg", 1], ["1", "neg", "pos"], "read them all as text"),
+    ([True, "True", False, "False"], ["False", "True"], "read them all as text"),
+])
+def test_labels_mixing_1_and_quoted_1_are_one_class(labels, names, note):
+    frame = pd.DataFrame({"text": [f"film number {i}" for i in range(40)], "label": labels * 10})
+    task = prepare_classification(frame, seed=0)
+    assert task.label_names == names
+    assert any(note in n for n in task.notes), task.notes
+    # The same row spelled either way gets the same class id.
+    assert task.train["label"].nunique() == len(names)
+
+
+def test_validation_labels_spelled_differently_match_the_training_classes(frame):
+    as_int = frame.assign(label=(frame["label"] == "pos").astype(int))              # 0/1 in a DataFrame
+    as_text = as_int.assign(label=as_int["label"].map(lambda v: f" {v}"))         # " 0"/" 1" from a file
+    task = prepare_classification(as_int.iloc[:30], as_text.iloc[30:35], as_text.iloc[35:])
+    assert task.label_names == ["0", "1"]
+    assert list(task.validation["label"]) == list(as_int.iloc[30:35]["label"])
+    assert not any("mixes" in n for n in task.notes)
+
+
+def test_a_dataframe_with_duplicated_column_names_is_one_usage_error():
+    frame = pd.DataFrame([["a fine film", 1, 0, "x"]] * 4, columns=["text", "label", "label", "text"])
+    with pytest.raises(UsageError, match=r"--data: the table has duplicated column names \('label', 'text'\)"):
+        prepare_classification(frame)
+    with pytest.raises(UsageError, match="duplicated column names"):
+        load_frame("df", namespace={"df": frame}, role="--test")

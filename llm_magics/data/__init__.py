@@ -100,6 +100,8 @@ def prepare_classification(data: Any, validation: Any = None, test: Any = None, 
         require_column(frame, label_col, "--label", roles[name])
         frames[name] = _clean(frame, text_col, label_col, roles[name], notes)
     coder = LabelCoder.fit(frames["train"][label_col], label_col)
+    if coder.note:
+        notes.append(coder.note)
     encoded = {name: pd.DataFrame({"text": f[text_col].astype(str).to_numpy(),
                                    "label": coder.encode(f[label_col], label_col, roles[name])})
                for name, f in frames.items()}

@@ -1,6 +1,7 @@
 """Which column holds the text and which the label, and what the labels mean."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,21 +70,59 @@ def infer_label_column(frame: pd.DataFrame, requested: str | None, text_column: 
                      f"pick one with {flag}")
 
 
+_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
+
+
+def _as_integer(value):
+    """The int a label spells (1, 1.0, "1", " 1"), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if np.isfinite(value) and float(value).is_integer() else None
+    if isinstance(value, str) and _INTEGER.match(value):
+        return int(value)
+    return None
+
+
+def normalise_labels(series: pd.Series, column: str) -> tuple[pd.Series, str | None]:
+    """One spelling per class: labels mixing 1 and "1" (an object column, a csv's labels appended to
+    a DataFrame's) would otherwise become two classes both named '1'.
+
+    Mixed kinds become integers when every label spells one, else text; the note says which.
+    """
+    series = series.dropna()
+    kinds = sorted({type(v).__name__ for v in series.tolist()})
+    if len(kinds) < 2:
+        return series, None
+    mixed = f"label column {column!r} mixes {' and '.join(kinds)} values"
+    integers = [_as_integer(v) for v in series.tolist()]
+    if all(i is not None for i in integers):
+        return (pd.Series(integers, index=series.index, dtype="int64"),
+                f"{mixed}; read them all as integers (\"1\" and 1 are one class)")
+    return series.map(lambda v: str(v).strip()), f"{mixed}; read them all as text"
+
+
 @dataclass
 class LabelCoder:
     """Label values ↔ class ids. Names are strings; ids follow sorted original values."""
     values: list            # original values, in id order
     names: list[str]
+    note: str | None = None  # how mixed label kinds were made one (see normalise_labels)
 
     @classmethod
     def fit(cls, series: pd.Series, column: str) -> "LabelCoder":
-        series = series.dropna()
+        series, note = normalise_labels(series, column)
         if pd.api.types.is_float_dtype(series) and not np.all(np.mod(series.to_numpy(), 1) == 0):
             raise UsageError(f"label column {column!r} holds continuous numbers (e.g. {series.iloc[0]}); "
                              "classification needs class labels: integers or strings")
         if pd.api.types.is_float_dtype(series):
             series = series.astype(int)
         values = sorted(series.unique().tolist(), key=lambda v: (str(type(v)), v))
+        if len({str(v) for v in values}) < len(values):  # e.g. True and "True" in an object column
+            values = sorted({str(v) for v in values})
+            note = f"label column {column!r} mixes kinds of values; read them all as text"
         if len(values) < 2:
             shown = values[0] if values else "nothing"
             raise UsageError(f"label column {column!r} has a single class ({shown!r}); "
@@ -91,7 +130,7 @@ class LabelCoder:
         if len(values) > MAX_CLASSES:
             raise UsageError(f"label column {column!r} has {len(values)} distinct values; that looks like "
                              f"text or ids, not classes (at most {MAX_CLASSES}); pick the label with --label")
-        return cls(values=values, names=[str(v) for v in values])
+        return cls(values=values, names=[str(v) for v in values], note=note)
 
     def encode(self, series: pd.Series, column: str, role: str) -> np.ndarray:
         if pd.api.types.is_float_dtype(series) and series.notna().all():
@@ -99,7 +138,7 @@ class LabelCoder:
         index = {v: i for i, v in enumerate(self.values)}
         # Match across int/str spellings ("1" in a csv vs 1 in a DataFrame).
         index.update({str(v): i for i, v in enumerate(self.values)})
-        codes = series.map(lambda v: index.get(v, index.get(str(v), -1)))
+        codes = series.map(lambda v: index.get(v, index.get(str(v), index.get(str(v).strip(), -1))))
         unknown = series[codes < 0]
         if len(unknown):
             raise UsageError(f"{role}: label {unknown.iloc[0]!r} in column {column!r} is not among the "

@@ -80,9 +80,19 @@ def load_given(data: Any, validation: Any, test: Any, namespace: dict | None) ->
     return given
 
 
+def unique_columns(frame: pd.DataFrame, role: str) -> pd.DataFrame:
+    """A table whose columns repeat a name is refused: which one would --text mean?"""
+    names = [str(c) for c in frame.columns]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UsageError(f"{role}: the table has duplicated column names ({', '.join(map(repr, repeated))}); "
+                         "rename them so that each column has its own name")
+    return frame
+
+
 def from_object(obj: Any, role: str) -> pd.DataFrame:
     if isinstance(obj, pd.DataFrame):
-        return obj.reset_index(drop=True)
+        return unique_columns(obj, role).reset_index(drop=True)
     if isinstance(obj, pd.Series):
         return obj.to_frame(name=obj.name or "text").reset_index(drop=True)
     if type(obj).__name__ in ("Dataset", "IterableDataset") and hasattr(obj, "to_pandas"):
@@ -134,7 +144,7 @@ def read_file(path: Path, role: str = "--data") -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            frame = read_delimited(path, "\t" if suffix == ".tsv" else ",")
+            frame = read_delimited(path, "\t" if suffix == ".tsv" else ",", role)
         elif suffix == ".jsonl":
             frame = pd.read_json(path, lines=True)
         elif suffix == ".json":
@@ -152,24 +162,55 @@ def read_file(path: Path, role: str = "--data") -> pd.DataFrame:
     except Exception as exc:  # a corrupt or mislabelled file is the user's to fix
         raise UsageError(f"{role}: could not read {path} as {suffix[1:]}: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    return frame
+    return unique_columns(frame, f"{role} ({path.name})")
 
 
-def read_delimited(path: Path, sep: str) -> pd.DataFrame:
+def read_delimited(path: Path, sep: str, role: str = "--data") -> pd.DataFrame:
     """csv/tsv, with or without a header row (AG News ships without one).
 
     TSV is read without quote handling: texts hold unmatched quotes (SST-2).
+    A row with more fields than the header is an error naming its line (pandas
+    would silently turn the extra leading fields into the index).
     """
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
     with open(path, encoding="utf-8", newline="") as f:
         first = f.readline().rstrip("\r\n")
     header = 0 if looks_like_header(first.split(sep) if quoting == csv.QUOTE_NONE
                                     else next(csv.reader([first], delimiter=sep), [])) else None
-    frame = pd.read_csv(path, sep=sep, quoting=quoting, header=header, encoding="utf-8",
-                        keep_default_na=False, na_values=[""])
+    try:
+        frame = pd.read_csv(path, sep=sep, quoting=quoting, header=header, encoding="utf-8",
+                            keep_default_na=False, na_values=[""])
+    except pd.errors.ParserError:
+        if first_long_row(path, sep, quoting) is None:
+            raise
+        frame = None
+    if frame is None or not isinstance(frame.index, pd.RangeIndex):  # pandas made an index of extra fields
+        found = first_long_row(path, sep, quoting)
+        first = "the first row" if header is None else "the header"
+        where = (f"line {found[0]} has {found[1]} fields but {first} has {found[2]}" if found
+                 else f"a row has more fields than {first}")
+        raise UsageError(f"{role}: {path.name} {where}; "
+                         + ("quote texts that hold commas" if sep == "," else "a text holds a tab")
+                         + " or fix the row")
     if header is None:
         frame.columns = [f"column_{i}" for i in range(frame.shape[1])]
     return frame
+
+
+def first_long_row(path: Path, sep: str, quoting: int) -> tuple[int, int, int] | None:
+    """(line number, its fields, the header's fields) of the first row longer than the header
+    (than the first row, for a file without a header)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        if quoting == csv.QUOTE_NONE:
+            rows = ((i, line.rstrip("\r\n").split(sep)) for i, line in enumerate(f, 1))
+        else:
+            reader = csv.reader(f, delimiter=sep)
+            rows = ((reader.line_num, row) for row in reader)
+        _, header = next(rows, (1, []))
+        for number, row in rows:
+            if len(row) > len(header):
+                return number, len(row), len(header)
+    return None
 
 
 def looks_like_header(fields: list[str]) -> bool:
