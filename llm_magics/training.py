@@ -378,7 +378,7 @@ class TrainingMethod(Method):
             loaded = load_model(run.source, "base", run.device, torch.float32, fresh=True,
                                 trust_remote_code=o.trust_remote_code)
             run.loaded, run.model, run.tokenizer = loaded, classifier(loaded, run.data, o, run.device), loaded.tokenizer
-            run.engine_task = TokenTask(run.data, loaded.tokenizer, o.max_length, run.device)
+            run.engine_task = TokenTask(run.data, loaded.tokenizer, o.max_length, run.device, notes=run.notes)
         self.apply_selection(run)
 
     def apply_selection(self, run: TrainingRun) -> None:

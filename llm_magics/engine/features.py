@@ -18,6 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 from .batching import collate, length_batches, tokenize, with_oom_backoff
 from .device import eval_mode
+from ..models.limits import fit_max_length
 from .throughput import Throughput
 
 POOLINGS = ("cls", "mean", "last")
@@ -112,7 +113,7 @@ def extract(model, tokenizer, texts: Sequence[str], layers: Sequence[int], pooli
     default_rows, default_tokens = batch_budget(device)
     max_batch, max_tokens = max_batch or default_rows, max_tokens or default_tokens
     started = time.perf_counter()
-    ids = tokenize(tokenizer, texts, max_length)
+    ids = tokenize(tokenizer, texts, fit_max_length(max_length, tokenizer, model))
     lengths = [len(x) for x in ids]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     hidden_size = model.config.hidden_size
@@ -147,6 +148,9 @@ def cached_features(loaded, texts: Sequence[str], layers: Sequence[int], pooling
                     *, max_length: int = 256, progress=None, **batching) -> tuple[dict[int, np.ndarray], ExtractStats]:
     """`extract`, reading what the cache has and writing what it lacked."""
     found: dict[int, np.ndarray] = {}
+    # Beyond the model's positions the first batch would fail: clamp before the cache key, and say so.
+    max_length = fit_max_length(max_length, loaded.tokenizer, loaded.model,
+                                say=progress.log if progress is not None and hasattr(progress, "log") else None)
     key = cache.key(loaded.fingerprint, texts, pooling, max_length, str(loaded.dtype)) if cache else None
     if cache:
         for layer in layers:

@@ -150,7 +150,7 @@ class LoraMethod(TrainingMethod):
         loaded = base_model(run.source, o.task, run.device, pick_dtype(run.device, o.dtype), o.bits,
                             o.trust_remote_code)
         task = (sft_task(run.data, loaded.tokenizer, o, run.device, run.notes) if o.task == "sft"
-                else TokenTask(run.data, loaded.tokenizer, o.max_length, run.device))
+                else TokenTask(run.data, loaded.tokenizer, o.max_length, run.device, notes=run.notes))
         total_steps = steps_per_epoch(len(task.lengths), o.batch_size, o.grad_accum) * o.epochs
         labels = len(getattr(run.data, "label_names", None) or [])
         model, peft = wrap_new(spec, loaded, labels, run.adapter, total_steps, run.source)

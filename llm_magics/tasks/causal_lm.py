@@ -11,6 +11,7 @@ from ..data.sft import IGNORE, SftData, chat_prompt, distinct_pad_id, encode
 from ..errors import UsageError
 from ..engine.batching import length_batches
 from ..engine.device import eval_mode
+from ..models.limits import fit_max_length
 
 
 def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -26,7 +27,10 @@ def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str,
 
 
 class SftTask:
-    def __init__(self, data: SftData, tokenizer, max_length: int, device: torch.device):
+    def __init__(self, data: SftData, tokenizer, max_length: int, device: torch.device,
+                 notes: list[str] | None = None):
+        # Beyond the model's positions the first forward pass would fail: clamp now, with a note.
+        max_length = fit_max_length(max_length, tokenizer, notes=data.notes if notes is None else notes)
         self.tokenizer, self.device = tokenizer, device
         self.pad = distinct_pad_id(tokenizer)
         self.rows = {}
@@ -80,7 +84,7 @@ def require_decoder(loaded, source) -> None:
 
 def sft_task(data, tokenizer, o, device, notes: list[str]) -> SftTask:
     """The SFT task, saying how many rows were dropped; UsageError when none is left."""
-    task = SftTask(data, tokenizer, o.max_length, device)
+    task = SftTask(data, tokenizer, o.max_length, device, notes=notes)
     if task.dropped:
         notes.append(f"{task.dropped} rows dropped: no response token left within --max-length")
     if not task.rows["train"]:

@@ -16,6 +16,7 @@ from torch import nn
 from ..data import TaskData
 from ..engine.batching import collate, length_batches, tokenize
 from ..engine.device import eval_mode
+from ..models.limits import fit_max_length
 
 
 def scores(logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
@@ -31,7 +32,7 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str,
 def predict_logits(model, tokenizer, texts: Sequence[str], max_length: int, device: torch.device,
                    max_tokens: int = 4096, ids: list[list[int]] | None = None) -> torch.Tensor:
     """Logits for texts in length-sorted, dynamically padded batches, in the texts' order."""
-    ids = ids if ids is not None else tokenize(tokenizer, texts, max_length)
+    ids = ids if ids is not None else tokenize(tokenizer, texts, fit_max_length(max_length, tokenizer, model))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = None
     with eval_mode(model):
@@ -47,7 +48,10 @@ def predict_logits(model, tokenizer, texts: Sequence[str], max_length: int, devi
 class TokenTask:
     """Train through the model on tokenized texts."""
 
-    def __init__(self, data: TaskData, tokenizer, max_length: int, device: torch.device):
+    def __init__(self, data: TaskData, tokenizer, max_length: int, device: torch.device,
+                 notes: list[str] | None = None):
+        # Beyond the model's positions the first forward pass would fail: clamp now, with a note.
+        max_length = fit_max_length(max_length, tokenizer, notes=data.notes if notes is None else notes)
         self.tokenizer, self.max_length, self.device = tokenizer, max_length, device
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.ids = {split: tokenize(tokenizer, frame["text"].tolist(), max_length)
