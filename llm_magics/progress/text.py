@@ -20,6 +20,11 @@ class TextSink(Throttle):
     def handle(self, event: Event, state: State) -> None:
         if event.kind == "step" and state.total and state.done >= state.total:
             return  # the end line says it
+        if event.kind == "start":
+            self.started_runs = getattr(self, "started_runs", set()) | {state.run_id}
+        elif event.kind == "end" and state.status == "error" and not state.messages \
+                and state.run_id not in getattr(self, "started_runs", ()):
+            return  # refused before any work started (a UsageError): its one line says it all
         if not self.due(event):
             return
         print(self.line(event, state), file=self.stream or sys.stdout, flush=True)
