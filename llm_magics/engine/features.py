@@ -3,18 +3,27 @@
 The cache key is (model fingerprint, texts fingerprint, pooling, max length);
 each layer is its own file, so `--layer all` after `--layer -1` extracts only
 what is missing, and a re-run or another classifier skips the model entirely.
+
+Each file carries, in its safetensors metadata, the SHA-256 of the features'
+bytes and their shape; every read checks both (and the row count and width the
+caller expects). A file that fails — noise written under a valid header, a torn
+write, a file from an older version without a checksum — is extracted again,
+with a note saying so.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from .batching import collate, length_batches, tokenize, with_oom_backoff
 from .device import eval_mode
@@ -56,6 +65,7 @@ class ExtractStats(Throughput):
     """Rows and tokens count what went through the model: 0 on a full cache hit."""
     cached_layers: int = 0
     extracted_layers: int = 0
+    notes: list[str] = field(default_factory=list)   # cache entries found damaged and rebuilt
 
 
 class FeatureCache:
@@ -69,23 +79,51 @@ class FeatureCache:
     def path(self, key: str, layer: int) -> Path:
         return self.root / key / f"layer_{layer}.safetensors"
 
-    def get(self, key: str, layer: int) -> np.ndarray | None:
+    def get(self, key: str, layer: int, shape: tuple[int, int] | None = None,
+            notes: list[str] | None = None) -> np.ndarray | None:
+        """The cached features, checked (checksum, shape, and `shape` when given); None when absent
+        or damaged — a damaged file is removed and, when `notes` is given, a note says so."""
         path = self.path(key, layer)
         if not path.exists():
             return None
+        problem = None
         try:
-            return load_file(str(path))["features"]
-        except Exception:  # a torn file from a crash: extract again
-            path.unlink(missing_ok=True)
-            return None
+            with safe_open(str(path), framework="np") as handle:
+                meta = handle.metadata() or {}
+                array = handle.get_tensor("features")
+            if "sha256" not in meta:
+                problem = "it has no checksum (written by an older version)"
+            elif meta.get("shape") != _shape_text(array.shape) or array.ndim != 2:
+                problem = f"its shape {array.shape} differs from the recorded {meta.get('shape')}"
+            elif _digest(array) != meta["sha256"]:
+                problem = "its values do not match the checksum recorded when it was written"
+            elif shape is not None and tuple(array.shape) != tuple(shape):
+                problem = f"it holds {array.shape} features where {tuple(shape)} were expected"
+        except Exception as exc:  # a torn file from a crash, or bytes that are not safetensors
+            problem = f"it cannot be read ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})"
+        if problem is None:
+            return array
+        path.unlink(missing_ok=True)
+        if notes is not None:
+            notes.append(f"feature cache: {path} was damaged ({problem}); extracted again")
+        return None
 
     def put(self, key: str, layer: int, features: np.ndarray) -> Path:
         path = self.path(key, layer)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"features": np.ascontiguousarray(features, dtype=np.float32)}, str(tmp))
+        array = np.ascontiguousarray(features, dtype=np.float32)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")   # writers don't collide
+        save_file({"features": array}, str(tmp), metadata={"sha256": _digest(array), "shape": _shape_text(array.shape)})
         tmp.replace(path)
         return path
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).data).hexdigest()
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(int(n)) for n in shape)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -152,13 +190,18 @@ def cached_features(loaded, texts: Sequence[str], layers: Sequence[int], pooling
     max_length = fit_max_length(max_length, loaded.tokenizer, loaded.model,
                                 say=progress.log if progress is not None and hasattr(progress, "log") else None)
     key = cache.key(loaded.fingerprint, texts, pooling, max_length, str(loaded.dtype)) if cache else None
+    notes: list[str] = []
     if cache:
+        expected = (len(texts), loaded.model.config.hidden_size)
         for layer in layers:
-            array = cache.get(key, layer)
-            if array is not None and array.shape[0] == len(texts):
+            array = cache.get(key, layer, shape=expected, notes=notes)
+            if array is not None:
                 found[layer] = array
     missing = [layer for layer in layers if layer not in found]
-    stats = ExtractStats(cached_layers=len(found))
+    stats = ExtractStats(cached_layers=len(found), notes=notes)
+    if progress is not None:
+        for note in notes:
+            progress.log(note)
     if missing:
         fresh, run_stats = extract(loaded.model, loaded.tokenizer, texts, missing, pooling, max_length=max_length,
                                    device=loaded.device, progress=progress, **batching)

@@ -140,7 +140,7 @@ class ProbeMethod(Method):
             trainable_params=classifier_size(fitted[layer]), device=str(device), dtype=dtype_name(loaded.dtype),
             label_names=data.label_names, layer=layer, pooling=pooling, extract_stats=stats,
             _classifier=fitted[layer], _loaded=loaded, _max_length=o.max_length,
-            notes=data.notes + self._cache_notes(stats, o.cache),
+            notes=data.notes + stats.notes + self._cache_notes(stats, o.cache),
         )
         result.total_params = count_parameters(loaded.model) + result.trainable_params
         result.rows_per_s = stats.rows_per_s
