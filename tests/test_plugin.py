@@ -132,3 +132,29 @@ def test_the_import_check_catches_a_private_import(tmp_path):
     bad.write_text("from llm_magics.methods.training_common import TrainedResult\nimport torch\n")
     assert _imports(bad) - PUBLIC == {"llm_magics.methods.training_common", "torch"}
     assert _code_lines(bad) == 2
+
+
+PLUGIN_TESTS = '''
+pytest_plugins = ["llm_magics.testing"]
+
+
+def test_bitfit_trains(llm_shell, tiny_bert):
+    from llm_magics.demo import sentiment_splits
+    llm_shell.user_ns["train"], llm_shell.user_ns["test"] = sentiment_splits(120, 40)
+    r = llm_shell.run_line_magic("bitfit", f"--model {tiny_bert} --data train --test test --epochs 1")
+    assert r.status == "ok" and r.trainable_params < r.total_params
+
+
+def test_the_home_is_isolated(llm_home, tmp_path):
+    assert str(llm_home.cache_dir).startswith(str(tmp_path))
+'''
+
+
+def test_a_plugins_own_tests_use_the_testing_fixtures(plugin_site, tmp_path):
+    """docs/plugins.md's test example, run by pytest in a plugin's own folder."""
+    (tmp_path / "test_bitfit.py").write_text(PLUGIN_TESTS)
+    env = _env(plugin_site, tmp_path)
+    env.pop("LLM_MAGICS_HOME")  # the fixture gives each test its own
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert "2 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
