@@ -183,3 +183,26 @@ def test_adapter_commands_in_a_shell(tiny_bert, separable, tmp_path, capsys):
         assert not bad.success and "unknown command 'adaptrs'; did you mean adapters?" in capsys.readouterr().err
     finally:
         shell.run_line_magic("unload_ext", "llm_magics")
+
+
+def test_the_peft_kinds_table_drives_the_options_defaults_and_resume_keys():
+    """Adding a PEFT method is one entry in adapters/kinds.py: choices, learning rates, resume keys, labels."""
+    import peft
+
+    from llm_magics.adapters.kinds import KINDS, AdapterSpec
+    from llm_magics.adapters.methods import METHODS, PEFT_TYPES, PROMPT_LEARNING
+    from llm_magics.methods.lora import LoraMethod, LoraOptions
+    from llm_magics.options import specs
+    assert next(s for s in specs(LoraOptions) if s.name == "method").choices == tuple(KINDS)
+    assert set(METHODS) == set(KINDS) and set(PROMPT_LEARNING) == {"prefix", "ptuning", "prompt"}
+    method = LoraMethod()
+    for name, kind in KINDS.items():
+        assert hasattr(peft.PeftType, PEFT_TYPES[name]) and kind.label
+        o = LoraOptions(method=name, data="x")
+        assert method.peak_lr(o) == kind.lr
+        assert set(kind.resume_keys) <= set(method.resume_values(o))
+    assert method.peak_lr(LoraOptions(method="lora", task="sft", data="x")) == 5e-4
+    assert method.peak_lr(LoraOptions(method="ia3", lr=0.1, data="x")) == 0.1
+    spec = AdapterSpec.from_options(LoraOptions(method="dora", r=4, target=["query"], data="x"))
+    assert (spec.method, spec.r, spec.scale, spec.target) == ("dora", 4, 8, ("query",))
+    assert KINDS["prompt"].describe(spec) == "dora 20 virtual tokens" and KINDS["lora"].describe(spec) == "dora r=4"
