@@ -1,14 +1,21 @@
 """What a method is: options declared once, a `run`, and the Result it returns.
 
-A third-party method subclasses `Method`, declares an options dataclass and
-registers the class under the entry-point group `llm_magics.methods`:
+Plugins import these through `llm_magics.plugin` (the public surface; the guide is
+docs/plugins.md). A third-party method subclasses `Method`, declares an options
+dataclass and registers the class under the entry-point group `llm_magics.methods`;
+the entry point's name must equal the class's `name`:
 
     [project.entry-points."llm_magics.methods"]
     mymethod = "my_package.module:MyMethod"
 
 Subcommands (`%index build ...`, `%lora save ...`) are declared in
 `commands`: each maps a word to an options dataclass and the name of the
-method that handles it.
+method that handles it (registration checks that it exists).
+
+Options the runner understands wherever an options class declares them (through
+the bundles in `common_options`): `out` (bind the Result to a variable; the magic
+returns nothing), `bg` (run in a thread, return a `RunHandle`), `device` (the
+runner measures peak memory on the device `ctx.device(options.device)` gives).
 """
 from __future__ import annotations
 
