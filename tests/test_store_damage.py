@@ -126,3 +126,35 @@ def test_a_store_that_is_not_sqlite_lists_nothing_and_records_aside(tmp_path, co
     store.path.write_bytes(content)
     assert store.record(row("probe-x")) is None or store.pending_path.exists()
     assert "probe-x" in [r["run_id"] for r in store.list()]
+
+
+def test_four_processes_recording_at_once_lose_nothing(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "runs.sqlite"
+    script = (
+        "import sys, time\n"
+        "from llm_magics.runs import RunStore\n"
+        "import secrets\n"
+        "store = RunStore(sys.argv[1])\n"
+        "for i in range(25):\n"
+        "    assert store.record({'run_id': 'probe-' + secrets.token_hex(6), 'method': 'probe', 'status': 'ok',\n"
+        "                         'metrics': {'i': i}}) is None\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path)]) for _ in range(4)]
+    assert [p.wait(120) for p in procs] == [0, 0, 0, 0]
+    store = RunStore(path)
+    assert len(store.list()) == 100 and not store.pending_path.exists()
+
+
+def test_repair_of_a_store_it_cannot_write_is_one_usage_error(tmp_path, monkeypatch):
+    from llm_magics.errors import UsageError
+    store = RunStore(tmp_path / "runs.sqlite")
+    store.record(row("probe-1"))
+    corrupt(store.path)
+
+    def refuse(*args):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr("os.replace", refuse)
+    with pytest.raises(UsageError, match="could not repair the run store .*Permission denied"):
+        store.repair()

@@ -181,6 +181,14 @@ class RunStore:
     def repair(self) -> str:
         """Make the store whole again: a damaged file is moved aside (kept, never deleted), a new one
         is made from every row that can still be read, and the side file's records are imported."""
+        try:
+            return self._repair()
+        except (OSError, sqlite3.Error) as exc:
+            from ..errors import UsageError
+            raise UsageError(f"could not repair the run store {self.path} ({_reason(exc)}); check that its "
+                             "folder is writable and not full") from None
+
+    def _repair(self) -> str:
         problem = self._damage()
         salvaged = 0
         if problem:
