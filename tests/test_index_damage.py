@@ -188,6 +188,30 @@ def test_killed_between_the_two_renames_the_old_index_comes_back(wiki):
     assert hits["source"].iloc[0] == "d0" and wiki.exists() and not old.exists()
 
 
+def test_a_process_killed_while_saving_leaves_the_old_index_whole(wiki, tmp_path):
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import os
+        from llm_magics import api
+        from llm_magics.retrieval import store
+        real = store.write_manifest
+        def killed(folder, *args):
+            real(folder, *args)          # the new folder is complete: killed just before the swap
+            os._exit(9)
+        store.write_manifest = killed
+        api.index.add(name="wiki", source=["Volcanoes erupt lava."])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    assert len([p for p in wiki.parent.iterdir() if p.name.startswith(".")]) == 1
+    hits = reopen("Volcanoes", mode="lexical")
+    assert len(hits) == 0                                          # no chunk of the killed add
+    assert store.open_index("wiki").manifest.chunks == 5          # the old index, whole
+    assert sorted(p.name for p in wiki.parent.iterdir()) == ["wiki"]
+
+
 def test_saving_over_an_index_leaves_no_hidden_folder_and_checks_out(wiki, tiny_bert):
     api.index.add(name="wiki", source=["Volcanoes erupt lava."])
     assert sorted(p.name for p in wiki.parent.iterdir()) == ["wiki"]
