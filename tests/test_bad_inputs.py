@@ -224,7 +224,20 @@ LLM = [
     ("%llm reload x", "takes no arguments"),
 ]
 
-ROWS = PROBE + ICL + INDEX + FINETUNE + LORA + LLM
+RLHF = [
+    ("%rlhf rewrd --data pairs", "did you mean reward?"),
+    ("%rlhf --limit 0", "--limit: must be > 0"),
+    ("%rlhf reward --model $BERT --data pairs --lr nan", "--lr: must be a finite number"),
+    ("%rlhf reward --model $BERT --data pairs --alpha inf", "--alpha: must be a finite number"),
+    ("%rlhf reward --model $BERT --data pairs --dropout 1", "--dropout: is a dropout probability"),
+    ("%rlhf reward --model $BERT --data pairs --seed -1", "--seed: is a seed"),
+    ("%rlhf reward --model $BERT --data pairs --val-size nan", "--val-size: must be a finite number"),
+    ("%rlhf reward --model $BERT --data pairs --max-rows 0", "--max-rows: must be > 0"),
+    ("%rlhf reward --model $BERT --data pairs --train prompt", "--train"),
+    ("%rlhf reward --model $BERT --data nothing_here", "no variable named 'nothing_here'"),
+]
+
+ROWS = PROBE + ICL + INDEX + FINETUNE + LORA + LLM + RLHF
 
 
 def test_the_table_covers_every_built_in_magic_with_at_least_100_rows():
@@ -266,6 +279,8 @@ def namespace(demo) -> dict:
         "floaty": pd.DataFrame({"text": [f"film {i}" for i in range(20)], "label": [i / 7 for i in range(20)]}),
         "empty": pd.DataFrame({"text": [], "label": []}),
         "notatable": 42,
+        "pairs": pd.DataFrame({"prompt": [f"q{i}" for i in range(20)], "chosen": ["yes"] * 20,
+                               "rejected": ["no"] * 20}),
         "sft": pd.DataFrame({"prompt": [f"say {i}" for i in range(20)], "response": [str(i) for i in range(20)]}),
         "docs": ["The first document talks about films.", "The second one is about music."],
     }
