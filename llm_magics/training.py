@@ -50,7 +50,7 @@ from .engine import checkpoint
 from .engine.device import dtype_name, pick_dtype
 from .engine.features import POOLINGS, default_pooling
 from .engine.rng import seeded
-from .engine.training import Outcome, TrainConfig, TrainLoop, WeightsState
+from .engine.training import Outcome, TrainConfig, TrainLoop
 from .errors import UsageError
 from .method import Method, Result
 from .models import hold, load_model, resolve, trainable

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
 from ..engine.device import pick_dtype
 from ..engine.features import FeatureCache, cached_features, num_layers
