@@ -148,6 +148,8 @@ def atomic_folder(target: str | Path, *, keep_others: bool = False, owned: Itera
     links), so a save touches only the files it owns. A `target` that is a file, or a parent that
     cannot be written, is a UsageError naming it."""
     target = Path(target).expanduser()
+    if target.is_symlink():
+        target = target.resolve()         # the link stays; the folder it points to is replaced
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target} is a file, not a folder; pick a folder name")
     try:

@@ -157,3 +157,15 @@ def test_verify_manifest_names_what_changed(tmp_path):
     (folder / CHECKSUMS).unlink()
     assert verify_manifest(folder) == []
     assert verify_manifest(folder, required=True) == [f"{CHECKSUMS} is missing"]
+
+
+def test_a_linked_folder_is_replaced_where_it_lives_and_the_link_stays(tmp_path):
+    real = tmp_path / "real"
+    with atomic_folder(real) as staging:
+        (staging / "a.bin").write_bytes(b"one")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with atomic_folder(link) as staging:
+        (staging / "a.bin").write_bytes(b"two")
+    assert link.is_symlink() and (link / "a.bin").read_bytes() == b"two" and (real / "a.bin").read_bytes() == b"two"
+    assert hidden(tmp_path) == []
