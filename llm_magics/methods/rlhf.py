@@ -79,6 +79,64 @@ class RewardOptions(ModelOptions, PreferenceOptions, RunOptions, TrainingOptions
         return self.lr or DEFAULT_REWARD_LR[self.train if self.train in ("full", "head") else "tuner"]
 
 
+def _kl_coef(value) -> str | None:
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        return f"is a KL coefficient: a finite number ≥ 0, got {value}"
+    return None
+
+
+def _policy_method(value) -> str | None:
+    if value in PROMPT_LEARNING:
+        return f"{value} learns virtual tokens; PPO here trains full or a tuner ({', '.join(TUNERS)})"
+    if value not in ("full",) + TUNERS:
+        return f"{value!r} is not full or a PEFT method ({', '.join(TUNERS)})"
+    return None
+
+
+@dataclass
+class PpoOptions(RunOptions):
+    policy: str | None = option(None, "the causal LM to tune: an alias (smollm2), a local folder or a hub id "
+                                      "(default: the configured default model)")
+    reward: Any = option(None, "a reward: a %rlhf reward Result variable, its run id or folder, or any Python "
+                               "callable(prompts, completions) -> floats", metavar="REWARD")
+    prompts: Any = option(None, "prompts to roll out from: a variable, a file or a list of strings", metavar="DATA")
+    prompt_column: str | None = option(None, "the prompt column (default: prompt, or the one text column)",
+                                       metavar="COLUMN")
+    steps: int = option(20, "PPO steps (a rollout batch and its updates each)", check=positive)
+    batch_size: int = option(8, "rollouts per step", check=positive)
+    minibatch_size: int = option(4, "rollouts per update", check=positive)
+    ppo_epochs: int = option(4, "passes over each rollout batch", check=positive)
+    lr: float | None = option(None, "peak learning rate (default: 1e-5 full, 1e-4 for a tuner)", check=positive)
+    max_new_tokens: int = option(24, "tokens sampled per completion", check=positive)
+    temperature: float = option(1.0, "sampling temperature (the log-probs use it too)", check=positive)
+    kl: float = option(0.05, "KL penalty coefficient β (per token, against the reference)", check=_kl_coef)
+    target_kl: float | None = option(None, "adaptive KL: move β towards this KL per sequence (nats)",
+                                     check=positive)
+    kl_horizon: int = option(10000, "adaptive KL's horizon (rollouts)", check=positive)
+    gamma: float = option(1.0, "discount", check=opts.non_negative)
+    lam: float = option(0.95, "GAE λ", check=opts.non_negative)
+    clip: float = option(0.2, "policy ratio clip ε", check=positive)
+    vf_clip: float = option(0.2, "value clip", check=positive)
+    vf_coef: float = option(0.1, "value loss weight", check=opts.non_negative)
+    whiten: bool = option(True, "whiten advantages over each batch")
+    reward_norm: bool = option(False, "normalise scores with their running mean and std")
+    no_eos_penalty: float | None = option(None, "score given to completions that never end (default: scored as "
+                                                "they are)")
+    method: str = option("full", "what trains: full, or a PEFT tuner (lora, dora, …): the reference is then the "
+                                 "base with the adapter disabled", check=_policy_method, metavar="WHAT")
+    r: int = option(8, "tuner rank", check=positive)
+    alpha: float | None = option(None, "tuner scaling numerator (default: 2 × r)", check=positive)
+    target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
+    max_grad_norm: float = option(1.0, "clip the gradient norm (0: no clipping)", check=opts.non_negative)
+    seed: int = option(0, "seed for sampling and initialisation")
+    device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
+    trust_remote_code: bool = option(False, "run the model repository's own code (only for authors you trust)")
+    bg: bool = option(False, "run in the background and return a handle at once (its widget has a Stop button)")
+
+    def peak_lr(self) -> float:
+        return self.lr or (1e-5 if self.method == "full" else 1e-4)
+
+
 @dataclass
 class ListOptions:
     limit: int | None = option(20, "how many recent runs", check=positive)
@@ -91,6 +149,7 @@ class RlhfMethod(Method):
     Options = ListOptions
     commands = {
         "reward": Command(RewardOptions, "reward", "train a reward model on preference pairs"),
+        "ppo": Command(PpoOptions, "ppo", "optimise a policy against a reward with PPO (ours, on the engine)"),
     }
 
     def run(self, o: ListOptions, ctx) -> pd.DataFrame:
@@ -170,4 +229,57 @@ class RlhfMethod(Method):
         result.tokens_per_s, result.rows_per_s = outcome.tokens_per_s, outcome.rows_per_s
         hold(result)
         progress.end(outcome.status, **{k: v for k, v in metrics.items() if k.startswith("test_")})
+        return result
+
+    # ---- ppo ------------------------------------------------------------------------------
+    def ppo(self, o: PpoOptions, ctx) -> "PpoResult":
+        from ..rlhf.ppo import PolicyWithValue, PpoConfig, PpoTrainer
+        from ..rlhf.policy import PpoResult, load_prompts, resolve_reward
+        device = ctx.device(o.device)
+        source = resolve(o.policy)
+        reward, reward_name = resolve_reward(o.reward, ctx.namespace)
+        prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
+        progress = ctx.progress(f"rlhf ppo · {source.short} · --method {o.method} · reward {reward_name}")
+        loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True,
+                            trust_remote_code=o.trust_remote_code)
+        from ..models import architecture_kind
+        if architecture_kind(loaded.model.config) != "decoder":
+            raise UsageError(f"--policy {source.short} is not a causal LM; PPO needs a decoder (e.g. smollm2)")
+        if hasattr(reward, "check_readable"):
+            reward.check_readable(prompts[:16], reward_name)
+        torch.manual_seed(o.seed)
+        model, reference = loaded.model, None
+        if o.method == "full":
+            import copy
+            reference = copy.deepcopy(model).eval()
+            for param in reference.parameters():
+                param.requires_grad = False
+            plan = trainable.apply(model, "all")
+        else:
+            from peft import TaskType, get_peft_model
+
+            from ..adapters.kinds import AdapterSpec
+            from ..adapters.methods import build_config
+            for param in model.parameters():
+                param.requires_grad = False
+            spec = AdapterSpec(method=o.method, task="sft", r=o.r, alpha=o.alpha, dropout=0.0,
+                               target=tuple(o.target), seed=o.seed)
+            config = build_config(spec, model, TaskType.CAUSAL_LM, o.steps, source.path)
+            model = get_peft_model(model, config, adapter_name=ctx.run_id)
+            plan = trainable.report(model, f"{o.method} r={o.r}")
+        policy = PolicyWithValue(model, loaded.tokenizer, reference, o.temperature)
+        describe_run(ctx, progress, plan)
+        config = PpoConfig(steps=o.steps, batch_size=o.batch_size, minibatch_size=o.minibatch_size,
+                           ppo_epochs=o.ppo_epochs, lr=o.peak_lr(), max_new_tokens=o.max_new_tokens,
+                           temperature=o.temperature, kl=o.kl, target_kl=o.target_kl, kl_horizon=o.kl_horizon,
+                           gamma=o.gamma, lam=o.lam, clip=o.clip, vf_clip=o.vf_clip, vf_coef=o.vf_coef,
+                           whiten=o.whiten, reward_norm=o.reward_norm, no_eos_penalty=o.no_eos_penalty,
+                           max_grad_norm=o.max_grad_norm or None, seed=o.seed)
+        trainer = PpoTrainer(policy, reward, reward_name, prompts, config, progress)
+        progress.start(total=o.steps, unit="steps")
+        status = trainer.train()
+        result = PpoResult.from_trainer(trainer, status, o, source, loaded, plan, ctx, device)
+        hold(result)
+        progress.end(status, reward=result.metrics.get("reward_last3", float("nan")),
+                     kl=result.metrics.get("kl_mean", float("nan")))
         return result

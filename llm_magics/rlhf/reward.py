@@ -143,6 +143,18 @@ class RewardResult(Result):
 
     __call__ = score
 
+    def check_readable(self, texts: Sequence[str], name: str = "reward") -> None:
+        """The text bridge: the policy's text is decoded and re-tokenized with this model's tokenizer;
+        refuse when that tokenizer reads most of it as unknown tokens."""
+        tokenizer = self.tokenizer
+        unk = tokenizer.unk_token_id
+        if unk is None or not texts:
+            return
+        ids = [i for row in tokenizer(list(texts), add_special_tokens=False)["input_ids"] for i in row]
+        if ids and sum(i == unk for i in ids) / len(ids) > 0.5:
+            raise UsageError(f"--reward {name}: its tokenizer reads {100 * sum(i == unk for i in ids) / len(ids):.0f}% "
+                             "of the prompts as unknown tokens; train the reward model on text like the policy's")
+
     def release(self) -> None:
         if self._folder:   # reloaded on the next .score()
             self._model = None

@@ -1,0 +1,82 @@
+"""`%rlhf ppo`: rollouts, exact first-minibatch ratio, learning on a tiny causal LM, bad inputs."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from llm_magics import api
+from llm_magics.errors import UsageError
+from llm_magics.rlhf.ppo import response_mask
+
+PROMPTS = ["Review: the film was", "Review: this movie is", "Review: the acting felt", "Review: overall it was"]
+
+
+def rule(word, sign=1.0):
+    def reward(prompts, completions):
+        return [sign * float(word in c) for c in completions]
+    return reward
+
+
+def ppo(tiny_llama, reward=None, **kwargs):
+    args = dict(policy=str(tiny_llama), reward=reward, prompts=PROMPTS, steps=15, batch_size=8, minibatch_size=4,
+                max_new_tokens=24, lr=1e-2, kl=0.05, seed=0)
+    return api.rlhf.ppo(**{**args, **kwargs})
+
+
+def test_response_mask_runs_to_the_first_eos_even_when_pad_is_eos():
+    eos = 2
+    response = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 9], [5, 6, 7, 8, 9]])
+    mask, ended = response_mask(response, eos)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert ended.tolist() == [True, True, False]
+
+
+def test_ppo_learns_a_rule_reward_and_the_flipped_reward_unlearns_it(tiny_llama, store):
+    up = ppo(tiny_llama, rule("ed"))
+    assert up.metrics["reward_last3"] >= up.metrics["reward_first3"] + 0.3, up.tables["history"]["reward"].tolist()
+    assert "nan_seen" not in up.metrics
+    # Every step's first minibatch replays the rollout exactly: ratio 1, KL to the rollout policy 0.
+    assert up.metrics["first_ratio_max_dev"] == 0.0 and up.metrics["first_kl_to_rollout"] == 0.0
+    assert len(up.tables["history"]) == 15 and up.rows_per_s > 0
+    assert store.get(up.run_id)["method"] == "rlhf ppo"
+    down = ppo(tiny_llama, rule("ed", -1.0))
+    presence_first, presence_last = -down.metrics["reward_first3"], -down.metrics["reward_last3"]
+    assert presence_last < presence_first and presence_last <= 0.05, down.tables["history"]["reward"].tolist()
+    assert math.isfinite(down.metrics["kl_mean"])
+    # The tuned policy generates.
+    assert isinstance(up.generate("Review: the film was", max_new_tokens=5), str)
+
+
+def test_ppo_with_lora_keeps_one_model_and_its_reference_is_the_adapter_disabled(tiny_llama):
+    result = ppo(tiny_llama, rule("o"), steps=2, method="lora", lr=1e-2)
+    assert result.trainable_params < result.total_params
+    assert result.metrics["first_ratio_max_dev"] == 0.0
+    assert result.metrics["kl_mean"] == pytest.approx(result.metrics["kl_mean"])  # finite
+    assert (result.metrics["kl_k3_mean"]) >= 0
+
+
+def test_a_reward_model_result_is_a_reward(tiny_llama, tiny_bert):
+    pairs = pd.DataFrame({"prompt": ["Review:"] * 30, "chosen": [" great fun"] * 30, "rejected": [" dull mess"] * 30})
+    rm = api.rlhf.reward(model=str(tiny_bert), data=pairs, epochs=1)
+    result = ppo(tiny_llama, rm, steps=1)
+    assert result.metrics["steps"] == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kl=-0.1), "--kl: is a KL coefficient"),
+    (dict(kl=float("nan")), "--kl: must be a finite number"),
+    (dict(steps=0), "--steps: must be > 0"),
+    (dict(method="prefix"), "--method: prefix learns virtual tokens"),
+    (dict(method="sgd"), "--method: 'sgd' is not full or a PEFT method"),
+    (dict(reward="no_such_reward"), "--reward 'no_such_reward': no such variable"),
+    (dict(reward=lambda p, c: [1.0]), "returned 1 values for 8 completions"),
+    (dict(reward=lambda p, c: [float("nan")] * len(c)), "returned nan (not a finite number) for completion 0"),
+    (dict(prompts=[]), "--prompts is empty"),
+])
+def test_ppo_bad_inputs_are_one_line_and_record_nothing(tiny_llama, store, kwargs, message):
+    with pytest.raises(UsageError) as error:
+        ppo(tiny_llama, **{"reward": rule("o"), "steps": 2, **kwargs})
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert store.list() == []
