@@ -66,6 +66,9 @@ PROBE = [
     ("%probe --model $BERT --data $INPUTS/ragged.tsv", "line 3 has 3 fields but the header has 2"),
     ("%probe --model $BERT --data one_class", "single class"),
     ("%probe --model $BERT --data floaty", "continuous numbers"),
+    ("%probe --model $BERT --data inflab", "label column 'label' holds infinite numbers"),
+    ("%probe --model $BERT --data dictlab", "label column 'label' holds dict values"),
+    ("%probe --model $BERT --data df --label text", "--text and --label both name column 'text'"),
     ("%probe --model $BERT --data empty", "empty"),
     ("%probe --model $BERT --data notatable", "cannot use a int"),
     ("%probe --model $BERT --data $INPUTS", "is a folder"),
@@ -171,6 +174,7 @@ FINETUNE = [
     ("%finetune --model $BERT --data df --bg maybe", "unexpected argument 'maybe'"),
     ("%finetune --model $BERT --data sft --task sft", "needs a decoder"),
     ("%finetune --model $LLAMA --data df --task sft", "--task sft needs a prompt column"),
+    ("%finetune --model $LLAMA --data sft --task sft --response prompt", "--prompt and --response both name"),
     ("%finetune --model $BERT --data dupe", "duplicated column names ('label')"),
     ("%finetune --model $BERT --data $INPUTS/extra_fields.csv", "line 2 has 3 fields"),
     ("%finetune --model $BERT --data floaty", "continuous numbers"),
@@ -279,6 +283,8 @@ def namespace(demo) -> dict:
         "floaty": pd.DataFrame({"text": [f"film {i}" for i in range(20)], "label": [i / 7 for i in range(20)]}),
         "empty": pd.DataFrame({"text": [], "label": []}),
         "notatable": 42,
+        "inflab": pd.DataFrame({"text": [f"film {i}" for i in range(20)], "label": [float("inf"), 1.0] * 10}),
+        "dictlab": pd.DataFrame({"text": [f"film {i}" for i in range(20)], "label": [{"a": 1}, {"b": 2}] * 10}),
         "pairs": pd.DataFrame({"prompt": [f"q{i}" for i in range(20)], "chosen": ["yes"] * 20,
                                "rejected": ["no"] * 20}),
         "sft": pd.DataFrame({"prompt": [f"say {i}" for i in range(20)], "response": [str(i) for i in range(20)]}),
@@ -316,3 +322,4 @@ def test_a_json_file_of_mixed_label_kinds_trains_two_classes_not_four(tmp_path):
     data = prepare_classification(str(tmp_path / "mixed.json"))
     assert data.label_names == ["0", "1"]
     assert any("read them all as integers" in note for note in data.notes)
+

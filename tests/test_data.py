@@ -180,3 +180,26 @@ def test_a_dataframe_with_duplicated_column_names_is_one_usage_error():
         prepare_classification(frame)
     with pytest.raises(UsageError, match="duplicated column names"):
         load_frame("df", namespace={"df": frame}, role="--test")
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([float("inf"), 1.0], "holds infinite numbers"),
+    ([{"a": 1}, {"b": 2}], "holds dict values"),
+    ([[1], [2]], "holds list values"),
+])
+def test_labels_that_are_not_class_labels_are_one_usage_error(labels, message):
+    frame = pd.DataFrame({"text": [f"film {i}" for i in range(20)], "label": labels * 10})
+    with pytest.raises(UsageError, match=message):
+        prepare_classification(frame)
+
+
+def test_text_and_label_naming_one_column_is_one_usage_error(frame):
+    with pytest.raises(UsageError, match="--text and --label both name column 'text'"):
+        prepare_classification(frame, label="text")
+
+
+def test_prompt_and_response_naming_one_column_is_one_usage_error():
+    from llm_magics.data.sft import prepare_sft
+    rows = pd.DataFrame({"prompt": [f"say {i}" for i in range(10)], "response": ["ok"] * 10})
+    with pytest.raises(UsageError, match="--prompt and --response both name column 'prompt'"):
+        prepare_sft(rows, response="prompt")

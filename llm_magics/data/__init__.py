@@ -92,6 +92,8 @@ def prepare_classification(data: Any, validation: Any = None, test: Any = None, 
         raise UsageError("--data is empty; pass a table with at least a few rows")
     text_col = infer_text_column(train, text)
     label_col = infer_label_column(train, label, text_col)
+    if label_col == text_col:
+        raise UsageError(f"--text and --label both name column {text_col!r}; the label must be another column")
     notes: list[str] = []
     roles = {"train": "--data", "validation": "--validation", "test": "--test"}
     frames = {}

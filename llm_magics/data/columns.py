@@ -86,6 +86,14 @@ def _as_integer(value):
     return None
 
 
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def normalise_labels(series: pd.Series, column: str) -> tuple[pd.Series, str | None]:
     """One spelling per class: labels mixing 1 and "1" (an object column, a csv's labels appended to
     a DataFrame's) would otherwise become two classes both named '1'.
@@ -113,7 +121,14 @@ class LabelCoder:
 
     @classmethod
     def fit(cls, series: pd.Series, column: str) -> "LabelCoder":
+        unhashable = next((v for v in series.dropna().tolist() if not _hashable(v)), None)
+        if unhashable is not None:
+            raise UsageError(f"label column {column!r} holds {type(unhashable).__name__} values (e.g. "
+                             f"{str(unhashable)[:40]}); classification needs class labels: integers or strings")
         series, note = normalise_labels(series, column)
+        if pd.api.types.is_float_dtype(series) and not np.all(np.isfinite(series.to_numpy())):
+            raise UsageError(f"label column {column!r} holds infinite numbers; "
+                             "classification needs class labels: integers or strings")
         if pd.api.types.is_float_dtype(series) and not np.all(np.mod(series.to_numpy(), 1) == 0):
             raise UsageError(f"label column {column!r} holds continuous numbers (e.g. {series.iloc[0]}); "
                              "classification needs class labels: integers or strings")

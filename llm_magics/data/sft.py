@@ -64,6 +64,9 @@ def normalise(frame: pd.DataFrame, role: str, prompt: str | None, response: str 
         return pd.DataFrame({"messages": rows}), "messages"
     p = _pick(frame, prompt, PROMPT_NAMES, "--prompt", "prompt", role)
     r = _pick(frame, response, RESPONSE_NAMES, "--response", "response", role)
+    if p == r:
+        raise UsageError(f"--prompt and --response both name column {p!r} of {role}; "
+                         "the response must be another column")
     kept = frame[[p, r]].dropna()
     kept = pd.DataFrame({"prompt": kept[p].astype(str), "response": kept[r].astype(str)})
     kept = kept[kept["response"].str.strip() != ""]
