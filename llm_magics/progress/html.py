@@ -53,7 +53,7 @@ def render(state: State) -> str:
             f' <code style="color:#888">{html.escape(state.run_id)}</code>')
     metrics = "".join(f"<td style='padding:0 8px'><b>{html.escape(k)}</b> {format_metric(v)}</td>"
                       for k, v in state.metrics.items())
-    messages = "".join(f"<div style='color:#a60'>{html.escape(m)}</div>" for m in state.messages[-3:])
+    messages = "".join(f"<div style='color:#a60'>{html.escape(m)}</div>" for m in list(dict.fromkeys(state.messages))[-3:])
     summary = f"<div style='color:#555'>{html.escape(state.summary)}</div>" if state.summary else ""
     hint = (f"<div style='color:#888;font-size:11px'>{html.escape(state.hint)}</div>"
             if state.hint and state.status == "running" else "")

@@ -46,6 +46,7 @@ class Comparison:
 
 INTEGER_COLUMNS = ("trainable_params", "total_params")
 ROUNDED_COLUMNS = ("rows_per_s", "tokens_per_s", "peak_mem_mb")
+SECONDS_COLUMNS = ("wall_s",)
 
 
 def formatters(table: pd.DataFrame) -> dict:
@@ -65,6 +66,8 @@ def formatters(table: pd.DataFrame) -> dict:
             out[column] = integer
         elif column in ROUNDED_COLUMNS:
             out[column] = rounded
+        elif column in SECONDS_COLUMNS:
+            out[column] = lambda v: "" if v is None or v != v else f"{v:,.1f}"
         elif pd.api.types.is_float_dtype(table[column]):
             out[column] = number
     return out

@@ -27,7 +27,9 @@ DATA_NAMES = {"data", "validation", "test", "demos", "source"}
 # Shown under "more" in their group: what most runs leave alone.
 RARE = {"device", "dtype", "trust_remote_code", "val_size", "test_size", "max_grad_norm", "weight_decay",
         "warmup", "scheduler", "grad_accum", "eval_every", "patience", "max_length", "resume", "batch_tokens",
-        "cache", "max_iter", "head_dropout"}
+        "cache", "max_iter", "head_dropout",
+        # Scaling past one process: --devices N and the multi-node settings.
+        "devices", "strategy", "nodes", "node_rank", "master_addr", "master_port", "rendezvous_timeout"}
 # Options the panel handles itself: it always runs in the background, and binds the Result by name.
 HANDLED = {"bg", "out"}
 

@@ -238,6 +238,7 @@ class Sweep:
                     self.metric = _pick_metric(row)
                 self._notify()
         finally:
+            self.current = None
             self.ended = time.time()
             self._notify()
 
@@ -269,8 +270,13 @@ class Sweep:
         return self.done
 
     @property
+    def finished(self) -> bool:
+        """Every point has ended (true from the sweep's last update on, before its thread exits)."""
+        return self.ended is not None
+
+    @property
     def status(self) -> str:
-        if not self.done:
+        if not self.finished:
             return "stopping" if self._stop.is_set() else "running"
         return "stopped" if self._stop.is_set() else "done"
 

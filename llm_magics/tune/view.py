@@ -48,9 +48,15 @@ def _columns(sweep) -> tuple[list[str], list[str]]:
     return swept, metrics
 
 
+SHOWN_METRICS = 6   # the leaderboard's metric columns (the sort box offers every metric)
+
+
 def leaderboard_html(sweep, sort_by: str | None = None) -> str:
     """The leaderboard as HTML: best row highlighted, failed points marked with their message."""
     swept, metrics = _columns(sweep)
+    key = sort_by or sweep.metric
+    metrics = ([key] if key in metrics else []) + [m for m in metrics if m != key]
+    metrics = metrics[:SHOWN_METRICS]
     board = sweep.leaderboard(sort_by)
     best = sweep.best()
     head = ["#"] + swept + ["status"] + metrics + ["wall", "run"]
@@ -77,7 +83,8 @@ def leaderboard_html(sweep, sort_by: str | None = None) -> str:
              f"{done}/{len(sweep.rows)} points · {html.escape(sweep.status)}"
              + (f" · ranked by {html.escape(sort_by or sweep.metric)}" if (sort_by or sweep.metric) else ""))
     return (f"<div class='llm-magics-leaderboard' style='font-family:sans-serif;font-size:13px'>{title}"
-            f"<table style='border-collapse:collapse'><tr>{cells}</tr>{''.join(rows)}</table></div>")
+            f"<div style='overflow-x:auto'><table style='border-collapse:collapse'><tr>{cells}</tr>"
+            f"{''.join(rows)}</table></div></div>")
 
 
 def leaderboard_text(sweep, sort_by: str | None = None) -> str:
@@ -146,7 +153,7 @@ class SweepView:
             self.sort.value = current if current in options else options[0]
         key = self.sort.value if self.sort.value in metrics else None
         self.board.value = leaderboard_html(sweep, key)
-        if sweep.done:
+        if sweep.finished:
             self.stop_button.disabled = True
             self.stop_button.description = "Sweep stopped" if sweep.stopping else "Sweep done"
             self.plot.value = plot_html(sweep)
@@ -160,4 +167,4 @@ def plot_html(sweep) -> str:
         comparison = sweep.compare()
     except Exception as exc:  # noqa: BLE001 - the plot is a bonus, never the reason a sweep fails
         return f"<div style='color:#a60'>no plot: {html.escape(str(exc))}</div>"
-    return comparison._repr_html_() if comparison.png else ""
+    return (f"<div style='overflow-x:auto'>{comparison._repr_html_()}</div>") if comparison.png else ""
