@@ -323,3 +323,28 @@ def test_a_json_file_of_mixed_label_kinds_trains_two_classes_not_four(tmp_path):
     assert data.label_names == ["0", "1"]
     assert any("read them all as integers" in note for note in data.notes)
 
+
+@pytest.fixture(scope="module")
+def trained_adapter(tiny_bert, tmp_path_factory):
+    """One tiny LoRA adapter in the session, for the rows of %lora save that need one."""
+    from llm_magics import api
+    from llm_magics.demo import sentiment_splits
+    api.lora(model=str(tiny_bert), data=sentiment_splits(60, 20)[0], epochs=1, name="bad_inputs_adapter",
+             dtype="float32", batch_size=16)
+    return "bad_inputs_adapter"
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("$INPUTS/extra_fields.csv", "is a file; %lora save writes a folder"),
+    ("/proc/x", "cannot write /proc/x"),
+    ("$INPUTS/extra_fields.csv/sub", "cannot write"),
+])
+def test_lora_save_to_a_path_that_cannot_be_a_folder_is_one_line(shell, capsys, store, inputs, trained_adapter,
+                                                                   target, fragment):
+    target = target.replace("$INPUTS", str(inputs))
+    capsys.readouterr()
+    result = shell.run_cell(f"%lora save {trained_adapter} {target}")
+    captured = capsys.readouterr()
+    lines = [x for x in (captured.out + captured.err).splitlines() if x.strip()]
+    assert not result.success and len(lines) == 1 and lines[0].startswith("UsageError:"), lines
+    assert fragment in lines[0] and (inputs / "extra_fields.csv").is_file()
