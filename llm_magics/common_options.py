@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .options import fraction, non_negative, option, positive, seed
+from .launch.options import LaunchOptions
 
 
 def identifier(value) -> str | None:
@@ -58,7 +59,7 @@ def warmup_share(value) -> str | None:
 
 
 @dataclass
-class TrainingOptions:
+class TrainingOptions(LaunchOptions):
     epochs: int = option(3, "passes over the training data", check=positive)
     lr: float | None = option(None, "peak learning rate (default: chosen by what trains, see the method's help)",
                               check=positive)

@@ -42,6 +42,7 @@ LLM_COMMANDS = {
     "runs": "recorded runs (--limit N, --method NAME; --repair mends a damaged store)",
     "compare": "recorded runs side by side: table and plot (--metric, --method, --limit, --sweep ID)",
     "free": "drop cached models and release GPU memory",
+    "export": "RUN_ID PATH: a recorded training run as a job (train.py, data, README) for a shell or a cluster",
     "reload": "discover methods again (after pip-installing a plugin)",
     "tune": "a panel to run any method from a form, sweep its options and rerun recorded runs ([METHOD])",
     "sweep": "METHOD <options> --grid \"lr=1e-4,5e-4 r=4,8\" [--metric M] [--random N]: runs with a leaderboard",
@@ -102,6 +103,12 @@ class LLMMagics(Magics):
         if word in ("tune", "sweep"):
             from .tune.magic import sweep_magic, tune_magic
             return (tune_magic if word == "tune" else sweep_magic)(self.shell, rest)
+        if word == "export":   # llm_magics/launch/export.py
+            from .launch.export import ExportOptions, export
+            o = opts.parse_line(ExportOptions, rest, "llm export")
+            folder = export(o.run_id, o.path, self.shell.user_ns if self.shell else {})
+            print(f"exported run {o.run_id} to {folder}: see {folder / 'README.md'}")
+            return None
         if word == "runs":
             o = opts.parse_line(RunsOptions, rest, "llm runs")
             if o.repair:

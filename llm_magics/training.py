@@ -52,6 +52,7 @@ from .engine.features import POOLINGS, default_pooling
 from .engine.rng import seeded
 from .engine.training import Outcome, TrainConfig, TrainLoop
 from .errors import UsageError
+from .launch import launched, run_launched
 from .method import Method, Result
 from .models import hold, load_model, resolve, trainable
 from .models.classifier import SequenceClassifier
@@ -401,6 +402,8 @@ class TrainingMethod(Method):
         return self.task or getattr(options, "task", "classify")
 
     def run(self, o, ctx) -> TrainedResult:
+        if launched(o):   # --devices/--nodes above 1: torchrun workers run it (llm_magics.launch)
+            return run_launched(self, o, ctx)
         task = self.task_of(o)
         run = TrainingRun(o, ctx, task, ctx.device(o.device), resolve(o.model), None)
         run.resume_dir = find_checkpoint(o.resume, ctx) if o.resume else None
@@ -415,7 +418,8 @@ class TrainingMethod(Method):
         describe_run(ctx, run.progress, run.plan)
         config = train_config(o, run.device, self.peak_lr(o), task, run.group_by_length,
                               self.param_groups(run.model, o))
-        loop = TrainLoop(run.model, run.engine_task, config, run.progress, ctx.run_dir, run.device, **run.loop_hooks)
+        loop_class = getattr(ctx, "train_loop", TrainLoop)   # a launched worker's: engine/distributed.py
+        loop = loop_class(run.model, run.engine_task, config, run.progress, ctx.run_dir, run.device, **run.loop_hooks)
         if run.resume_dir:
             loop.resume(run.resume_dir)
         outcome = loop.run()

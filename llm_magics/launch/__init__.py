@@ -1,0 +1,77 @@
+"""Past one device: a training run as torchrun workers, streamed back into the notebook.
+
+    %finetune --model minilm --data df --train all --devices 2        # two workers (DDP)
+    %lora --model smollm2 --data df --devices 4 --strategy ddp
+
+`run_launched(method, options, ctx)` is what a training method's `run()` does when
+`--devices` (or `--nodes`) is above 1: it writes the run's spec and data
+(`spec.py`, Parquet), starts torchrun (`launcher.py`) whose workers
+(`worker.py`) run the same method on the engine's `DistributedTrainLoop`, replays
+rank 0's progress events onto the run's live view (`events.py`), relays Stop, and
+builds the Result from what rank 0 wrote (`result.py`). The runner then records
+it as it records any run. `export.py` writes a recorded run out as a job for a
+shell or a cluster.
+
+Everything the run writes lies in `<run folder>/launch/`: spec.json, the data
+files, events.jsonl, launcher.log, rank<R>.log, result.json and final/ weights.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+from ..errors import UsageError
+from .options import LaunchOptions, check_launch, launched
+
+__all__ = ["LaunchOptions", "launched", "run_launched", "choose_strategy"]
+
+
+def choose_strategy(o) -> tuple[str, str]:
+    """(strategy, the one-line note saying which and why)."""
+    asked = getattr(o, "strategy", "auto")
+    if asked == "deepspeed":
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UsageError("--strategy deepspeed needs DeepSpeed, which is not installed "
+                             "(pip install 'llm-magics[deepspeed]'); --strategy ddp needs nothing more")
+        raise UsageError("--strategy deepspeed is not wired to the engine yet; use --strategy ddp "
+                         "(or %llm export RUN PATH and accelerate's DeepSpeed config on the cluster)")
+    if asked == "fsdp":
+        raise UsageError("--strategy fsdp is not wired to the engine yet; use --strategy ddp "
+                         "(every worker holds a whole copy of the model)")
+    why = "asked for" if asked == "ddp" else "the default"
+    return "ddp", f"strategy ddp ({why}): every worker holds the model and a slice of each batch"
+
+
+def run_launched(method, o, ctx):
+    """Run `method` with options `o` as torchrun workers; the Result, as a one-process run returns it."""
+    from ..models import resolve
+    from .launcher import Launcher
+    from .result import read_result
+    from .spec import make_spec
+    check_launch(o)
+    if getattr(o, "bits", None):
+        raise UsageError("--bits (QLoRA) runs in one process; drop --devices or --bits")
+    strategy, note = choose_strategy(o)
+    world = o.devices * o.nodes
+    folder = ctx.run_dir / "launch"
+    if folder.exists():
+        shutil.rmtree(folder)
+    spec = make_spec(method.name, None, o, ctx.namespace, ctx.run_id, ctx.settings, folder)
+    spec_path = spec.write(folder)
+    progress = ctx.progress(method.title(o, resolve(o.model)))
+    progress.log(f"{world} workers ({o.devices} on this machine"
+                 + (f", node {o.node_rank} of {o.nodes}" if o.nodes > 1 else "") + f"); {note}")
+    launcher = Launcher(folder, spec_path, o.devices, o.nodes, o.node_rank, o.master_addr,
+                        rendezvous_timeout=float(os.environ.get("LLM_MAGICS_RENDEZVOUS_TIMEOUT", 120)))
+    launcher.start()
+    rc = launcher.follow(progress)
+    if rc != 0 or not (folder / "result.json").exists():
+        raise launcher.failure(rc)
+    result = read_result(method, o, folder, spec, ctx)
+    result.device = f"{result.device} ×{world} ({strategy})"
+    result.notes.append(note)
+    result.artifacts["launch"] = str(folder)
+    ended = launcher.reader.ended or {}
+    progress.end(result.status, **{k: v for k, v in (ended.get("kwargs") or {}).items() if k != "status"})
+    return result

@@ -1,0 +1,117 @@
+"""Rank 0's progress as JSON lines, replayed in the kernel onto the run's own `Progress`.
+
+The worker's `EventWriter` is a `Progress` whose every call (start, phase, advance,
+set, eval, describe, log, end) is also written as one line `{"call": ..., "args":
+..., "kwargs": ...}` to `launch/events.jsonl` in the run's folder. The kernel
+tails that file and makes the same calls on the run's `Progress`, so its live view
+(bar, ETA, metrics, chart) is the one a one-process run draws. Only complete lines
+are read: a line the worker is still writing waits for the next poll.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..progress.events import Progress
+
+CALLS = ("start", "phase", "advance", "set", "eval", "describe", "log", "end")
+
+
+def _plain(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):   # numpy / torch scalars
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+class EventWriter(Progress):
+    """A worker's Progress: rank 0 writes its calls to `path`; other ranks pass path=None.
+
+    `should_stop` is the stop every rank agreed on at the last optimizer step (see
+    engine/distributed.py), never a flag one rank alone has seen: the ranks must stop at
+    the same step."""
+
+    def __init__(self, path: Path | None, run_id: str = "", title: str = "", sinks: list | None = None):
+        super().__init__(sinks or [], run_id, title)
+        self.path = Path(path) if path else None
+        self._file = open(self.path, "a", encoding="utf-8") if self.path else None
+        self.agreed = False
+
+    def _write(self, call: str, args: tuple, kwargs: dict) -> None:
+        if self._file is None:
+            return
+        line = json.dumps({"call": call, "args": [_plain(a) for a in args],
+                           "kwargs": {k: _plain(v) for k, v in kwargs.items()}})
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def agree_stop(self) -> None:
+        self.agreed = True
+        self.stop_requested.set()
+
+    @property
+    def should_stop(self) -> bool:
+        return self.agreed
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _recording(name):
+    base = getattr(Progress, name)
+
+    def call(self, *args, **kwargs):
+        self._write(name, args, kwargs)
+        return base(self, *args, **kwargs)
+    call.__name__ = name
+    call.__doc__ = base.__doc__
+    return call
+
+
+for _name in CALLS:
+    setattr(EventWriter, _name, _recording(_name))
+
+
+class EventReader:
+    """Tails an events file; `relay(progress)` makes the calls it finds since the last time."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0
+        self.ended: dict | None = None   # the worker's end call, once seen
+
+    def relay(self, progress: Progress) -> int:
+        """Replay new complete lines; the number replayed."""
+        if not self.path.exists():
+            return 0
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            chunk = handle.read()
+        done = chunk.rfind(b"\n") + 1
+        if not done:
+            return 0
+        self.offset += done
+        count = 0
+        for raw in chunk[:done].splitlines():
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            call = event.get("call")
+            if call not in CALLS:
+                continue
+            if call == "end":   # ended by the launcher, after the Result is back
+                self.ended = event
+                continue
+            getattr(progress, call)(*event.get("args", []), **event.get("kwargs", {}))
+            count += 1
+        return count

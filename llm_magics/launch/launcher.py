@@ -1,0 +1,221 @@
+"""Start torchrun for a run, stream its events back, stop it, and leave no process behind.
+
+Why torchrun and not `accelerate launch`: torchrun ships with torch (no config file,
+no extra), its agent starts one worker per device, ends every sibling when one of
+them fails (`--max-restarts 0`), and takes the rendezvous timeout and the multi-node
+addresses as plain flags. Accelerate is still the way to DeepSpeed (an extra).
+
+The agent runs in its own session (process group) so Stop, an error or a second
+interrupt can end it and its workers without touching the kernel. torchrun puts
+each worker in a session of its own, so the launcher also tracks the workers by
+pid (each writes `launch/rank<R>.pid`, and the agent's children are read at every
+poll) and ends each one that is still alive when the run is over: nothing outlives
+the cell. The kernel itself never imports CUDA for this: it only starts processes
+and reads files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from ..errors import UsageError
+from .events import EventReader
+
+LOG_TAIL = 25
+
+
+class WorkerFailed(RuntimeError):
+    """A worker crashed or was killed: one message with the tail of its log (no traceback
+    of the launcher in a notebook)."""
+
+    def _render_traceback_(self):   # IPython shows this instead of a traceback
+        return [f"WorkerFailed: {self}"]
+
+
+def tail(path: Path, lines: int = LOG_TAIL) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+class Launcher:
+    """One launched run: `start()`, then `follow(progress)` until the workers end."""
+
+    def __init__(self, folder: Path, spec_path: Path, devices: int, nodes: int = 1, node_rank: int = 0,
+                 master_addr: str | None = None, master_port: int = 29500, rendezvous_timeout: float = 120.0,
+                 stop_grace: float = 60.0, poll: float = 0.1):
+        self.folder, self.spec_path = Path(folder), Path(spec_path)
+        self.devices, self.nodes, self.node_rank = devices, nodes, node_rank
+        self.master_addr, self.master_port = master_addr, master_port
+        self.rendezvous_timeout, self.stop_grace, self.poll = rendezvous_timeout, stop_grace, poll
+        self.proc: subprocess.Popen | None = None
+        self.known: dict[int, psutil.Process] = {}
+        self.stop_sent_at: float | None = None
+        self.reader = EventReader(self.folder / "events.jsonl")
+
+    # -- the command --------------------------------------------------------------------
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.devices}",
+               "--max-restarts=0", "--monitor-interval=0.2"]
+        if self.nodes == 1:
+            cmd += ["--standalone", f"--rdzv-conf=join_timeout={int(self.rendezvous_timeout)}"]
+        else:
+            cmd += [f"--nnodes={self.nodes}", f"--node-rank={self.node_rank}",
+                    f"--master-addr={self.master_addr}", f"--master-port={self.master_port}",
+                    f"--rdzv-conf=join_timeout={int(self.rendezvous_timeout)}"]
+        return cmd + ["-m", "llm_magics.launch.worker", str(self.spec_path)]
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.pop("LLM_MAGICS_WORKER", None)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(self.devices, 1))))
+        env["PYTHONUNBUFFERED"] = "1"
+        self.log_path = self.folder / "launcher.log"
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True, cwd=os.getcwd())
+        finally:
+            log.close()
+        self._track()
+
+    # -- following ------------------------------------------------------------------------
+    def _track(self) -> None:
+        """Remember every process of the run (the agent's children, and the pids the workers wrote)."""
+        try:
+            agent = psutil.Process(self.proc.pid)
+            for p in [agent] + agent.children(recursive=True):
+                self.known.setdefault(p.pid, p)
+        except psutil.Error:
+            pass
+        for pid_file in self.folder.glob("rank*.pid"):
+            try:
+                pid = int(pid_file.read_text())
+                if pid not in self.known:
+                    self.known[pid] = psutil.Process(pid)
+            except (ValueError, OSError, psutil.Error):
+                pass
+
+    def request_stop(self) -> None:
+        """Workers stop at the next optimizer step (they agree on it), keeping the best checkpoint."""
+        if self.stop_sent_at is None:
+            (self.folder / "STOP").write_text(str(time.time()))
+            self.stop_sent_at = time.monotonic()
+
+    def follow(self, progress) -> int:
+        """Relay events until the agent exits; its exit code. Stop (the progress' flag) is sent
+        to the workers; a run that does not stop within `stop_grace` seconds is ended."""
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, lambda *_: self._interrupt(progress)) if main else None
+        try:
+            while True:
+                self.reader.relay(progress)
+                if progress.should_stop:
+                    self.request_stop()
+                rc = self.proc.poll()
+                if rc is not None:
+                    self.reader.relay(progress)
+                    return rc
+                self._track()
+                if self.stop_sent_at is not None and time.monotonic() - self.stop_sent_at > self.stop_grace:
+                    self.end_all()
+                    raise WorkerFailed(f"the workers did not stop within {self.stop_grace:.0f} s of Stop; "
+                                       f"they were ended (logs in {self.folder})")
+                time.sleep(self.poll)
+        finally:
+            if main and previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            self.end_all()
+
+    def _interrupt(self, progress) -> None:
+        """First interrupt: stop cleanly at the next step; second: end every worker now."""
+        if self.stop_sent_at is not None or progress.should_stop:
+            self.end_all()
+            raise KeyboardInterrupt
+        progress.request_stop()
+
+    def end_all(self, wait: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL, every process of the run still alive; reap the agent."""
+        self._track()
+        alive = [p for p in self.known.values() if _alive(p)]
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except OSError:
+                pass
+        for p in alive:
+            try:
+                p.terminate()
+            except psutil.Error:
+                pass
+        _, still = psutil.wait_procs(alive, timeout=wait)
+        for p in still:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(still, timeout=wait)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    # -- when it failed ---------------------------------------------------------------------
+    def failure(self, rc: int) -> BaseException:
+        """The one error a failed run raises: the user's mistake as it was, or a crash with the
+        failing rank's log tail."""
+        error_file = self.folder / "error.json"
+        error = json.loads(error_file.read_text()) if error_file.exists() else None
+        if error and error.get("type") == "UsageError":
+            return UsageError(error["message"])
+        rank, why = _failed_rank(tail(self.log_path, 200))
+        if error and (rank is None or error.get("rank") == rank):
+            rank, why = error.get("rank"), f"{error['type']}: {error['message']}"
+        log = self.folder / f"rank{rank}.log" if rank is not None else self.log_path
+        text = tail(log) or tail(self.log_path)
+        who = f"worker rank {rank}" if rank is not None else "the launcher"
+        return WorkerFailed(f"{who} failed ({why or f'exit code {rc}'}); the workers were ended. "
+                            f"Last lines of {log}:\n{text}")
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _failed_rank(log: str) -> tuple[int | None, str]:
+    """torchrun's failure summary: the first failed rank and its exit code or signal."""
+    rank, why = None, ""
+    if "Root Cause" in log:
+        log = log[log.index("Root Cause"):]
+    for line in log.splitlines():
+        text = line.strip()
+        if text.startswith("rank") and ":" in text and rank is None:
+            try:
+                rank = int(text.split(":", 1)[1].split()[0])
+            except (ValueError, IndexError):
+                pass
+        elif text.startswith("exitcode") and not why:
+            why = "exit code " + text.split(":", 1)[1].strip()
+            code = why.split()[2] if len(why.split()) > 2 else ""
+            if code.lstrip("-").isdigit() and int(code) < 0:
+                try:
+                    why = f"killed by {signal.Signals(-int(code)).name}"
+                except ValueError:
+                    pass
+    return rank, why

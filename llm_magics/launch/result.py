@@ -1,0 +1,127 @@
+"""A worker's Result carried back to the kernel: JSON + PNG + safetensors, never pickle.
+
+Rank 0 writes `launch/result.json` (every plain field of the Result, the history
+and tables as records, figures as PNG files) and the trained weights
+(`launch/final/`, the trainable tensors of the weights the Result holds: the best
+ones when a best checkpoint was kept). The kernel builds the method's own Result
+class from them, so the Result, its artifacts and its run record have the form a
+one-process run's have. Its model loads on first use (`predict`, `generate`,
+`save`), on the CPU: the kernel initialises no CUDA. A `%lora` Result's adapter is
+loaded into the session's adapter hub at once, as a one-process run leaves it.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RESULT = "result.json"
+FINAL = "final"
+_SKIP = {"tables", "figures", "history"}
+_PRIVATE_KEPT = {"_max_length", "_adapter_folder"}
+
+
+def _plain(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def write_result(result, folder: Path) -> Path:
+    """Rank 0: the Result as JSON, and the weights it holds."""
+    from ..engine import checkpoint
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(result):
+        if f.name in _SKIP or (f.name.startswith("_") and f.name not in _PRIVATE_KEPT):
+            continue
+        value = getattr(result, f.name)
+        if _plain(value):
+            fields[f.name] = value
+    history = getattr(result, "history", None)
+    payload = {"class": f"{type(result).__module__}.{type(result).__qualname__}", "fields": fields,
+               "history": history.to_dict(orient="records") if isinstance(history, pd.DataFrame) else None,
+               "tables": {name: json.loads(table.to_json(orient="split", index=False))
+                          for name, table in result.tables.items()},
+               "figures": {name: base64.b64encode(png).decode() for name, png in result.figures.items()},
+               "weights": None}
+    model = getattr(result, "_model", None)
+    if model is not None:
+        checkpoint.save_weights(model, folder / FINAL)
+        payload["weights"] = str(folder / FINAL)
+    path = folder / RESULT
+    path.write_text(json.dumps(payload, default=str))
+    return path
+
+
+def read_result(method, options, folder: Path, spec, ctx):
+    """The kernel's Result, of `method.result_class`, from what rank 0 wrote."""
+    payload = json.loads((folder / RESULT).read_text())
+    cls = getattr(method, "result_class", None)
+    if cls is None:
+        from ..method import Result as cls
+    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: v for k, v in payload["fields"].items() if k in names}
+    if "history" in names and payload.get("history") is not None:
+        fields["history"] = pd.DataFrame(payload["history"])
+    fields["tables"] = {name: pd.read_json(io.StringIO(json.dumps(t)), orient="split")
+                        for name, t in payload.get("tables", {}).items()}
+    fields["figures"] = {name: base64.b64decode(png) for name, png in payload.get("figures", {}).items()}
+    result = cls(**fields)
+    if payload.get("weights"):
+        result.artifacts["final_weights"] = payload["weights"]
+        _lazy_model(result, method, options, spec, ctx, Path(payload["weights"]))
+    if getattr(result, "_adapter_folder", None):
+        _load_adapter(result)
+    return result
+
+
+def _lazy_model(result, method, options, spec, ctx, weights: Path) -> None:
+    """`result._need_model()` builds the model as the method does, on the CPU, and loads the weights."""
+    plain_need = type(result)._need_model
+
+    def need_model(self=result):
+        if self._model is None:
+            self._model, self._tokenizer = rebuild_model(method, options, spec, ctx, weights)
+            from ..models import hold
+            hold(self)
+        return plain_need(self)
+    result._need_model = need_model
+
+
+def rebuild_model(method, options, spec, ctx, weights: Path):
+    import dataclasses as dc
+
+    import torch
+
+    from ..engine import checkpoint
+    from ..models import resolve
+    from ..training import TrainingRun, prepare_data
+    o = dc.replace(options, **{k: v for k, v in spec.options.items() if k in ("data", "validation", "test")})
+    o.devices, o.nodes, o.resume = 1, 1, None
+    task = method.task_of(o)
+    run = TrainingRun(o, ctx, task, torch.device("cpu"), resolve(o.model), None)
+    run.data = prepare_data(o, ctx, task)
+    method.prepare(run)
+    checkpoint.load_weights(run.model, weights)
+    run.model.eval()
+    return run.model, run.tokenizer
+
+
+def _load_adapter(result) -> None:
+    import torch
+
+    from ..adapters import hub
+    from ..adapters.session import load_adapter
+    try:
+        hub().find(result.adapter)
+        return   # already in this session (a kernel that ran the worker in-process, in tests)
+    except Exception:   # noqa: BLE001 - not loaded: load it
+        pass
+    load_adapter(result._adapter_folder, result.adapter, None, lambda: torch.device("cpu"))

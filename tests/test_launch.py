@@ -1,0 +1,149 @@
+"""`--devices`: the pieces of a launched run that need no worker (spec, data files, events,
+failure reports, refusals, export's refusals). tests/test_launch_multiprocess.py runs workers."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llm_magics import api
+from llm_magics.data import fingerprint
+from llm_magics.engine.distributed import rank_slice
+from llm_magics.errors import UsageError
+from llm_magics.launch.events import EventReader, EventWriter
+from llm_magics.launch.launcher import _failed_rank
+from llm_magics.launch.spec import LaunchSpec, make_spec
+from llm_magics.progress.events import Progress
+
+
+def test_every_row_of_a_batch_goes_to_exactly_one_rank():
+    for size in (1, 2, 7, 16):
+        for world in (2, 3):
+            batch = np.arange(100, 100 + size)
+            parts = [rank_slice(batch, r, world) for r in range(world)]
+            assert sorted(np.concatenate(parts).tolist()) == batch.tolist()
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_rank_zero_events_replay_onto_the_kernels_progress(tmp_path):
+    path = tmp_path / "events.jsonl"
+    writer = EventWriter(path, "run-1", "finetune")
+    writer.describe("--train all: 10 parameters")
+    writer.start(total=4, unit="steps", epochs=2)
+    writer.eval(val_loss=0.7)
+    writer.advance(1, loss=np.float32(0.5))
+    writer.set(lr=1e-3)
+    with open(path, "a") as handle:
+        handle.write('{"call": "advance", "args": [1]')   # a line the worker is still writing
+    kernel = Progress([], "run-1", "finetune")
+    reader = EventReader(path)
+    assert reader.relay(kernel) == 5
+    assert (kernel.state.total, kernel.state.unit, kernel.state.done) == (4, "steps", 1)
+    assert kernel.state.metrics == {"val_loss": 0.7, "loss": 0.5, "lr": 1e-3}
+    assert [m for _, m in kernel.state.history] == [{"val_loss": 0.7}, {"loss": 0.5}]
+    with open(path, "a") as handle:
+        handle.write(', "kwargs": {"loss": 0.25}}\n')
+    writer.end("ok", test_accuracy=0.9)
+    assert reader.relay(kernel) == 1 and kernel.state.done == 2
+    assert reader.ended["args"] == ["ok"] and reader.ended["kwargs"] == {"test_accuracy": 0.9}
+    assert kernel.state.status == "running"   # the launcher ends the view once the Result is back
+
+
+def test_a_worker_stops_only_when_every_rank_agreed():
+    writer = EventWriter(None)
+    writer.request_stop()
+    assert not writer.should_stop
+    writer.agree_stop()
+    assert writer.should_stop
+
+
+def test_notebook_data_reaches_the_workers_as_parquet_with_the_same_fingerprint(tmp_path, demo):
+    from llm_magics.methods.finetune import FinetuneOptions
+    from llm_magics.settings import current
+    train, test = demo
+    rows = test.to_dict("records")
+    o = FinetuneOptions(data="train_df", test=rows, devices=2)
+    spec = make_spec("finetune", None, o, {"train_df": train}, "finetune-1", current(), tmp_path / "launch")
+    path = spec.write(tmp_path / "launch")
+    back = LaunchSpec.read(path)
+    assert back.options["devices"] == 2 and back.options["out"] is None
+    assert set(back.data_files) == {"data", "test"}
+    for key, frame in (("data", train), ("test", pd.DataFrame(rows))):
+        assert back.options[key].endswith(".parquet")
+        assert fingerprint(pd.read_parquet(back.options[key])) == fingerprint(frame.reset_index(drop=True))
+    assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.pickle"))
+
+
+def test_a_data_file_is_named_by_its_absolute_path(tmp_path, demo, monkeypatch):
+    from llm_magics.methods.finetune import FinetuneOptions
+    from llm_magics.settings import current
+    monkeypatch.chdir(tmp_path)
+    demo[0].to_csv(tmp_path / "train.csv", index=False)
+    o = FinetuneOptions(data="train.csv", validation="glue:validation", devices=2)
+    spec = make_spec("finetune", None, o, {}, "finetune-1", current(), tmp_path / "launch")
+    assert spec.options["data"] == str(tmp_path / "train.csv") and spec.data_files == {}
+    assert spec.options["validation"] == "glue:validation"   # a dataset name passes through
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"strategy": "deepspeed"}, "DeepSpeed"),
+    ({"strategy": "fsdp"}, "--strategy ddp"),
+    ({"nodes": 2}, "--master-addr"),
+    ({"nodes": 2, "node_rank": 2, "master_addr": "10.0.0.1"}, "--node-rank 2"),
+])
+def test_launch_mistakes_are_one_line_before_any_worker_starts(tiny_bert, demo, extra, message, home):
+    with pytest.raises(UsageError, match=message):
+        api.finetune(model=str(tiny_bert), data=demo[0], devices=2, **extra)
+    assert not list((home.cache_dir / "runs").glob("*/launch"))   # nothing started, nothing left
+
+
+def test_the_launch_options_are_on_every_training_method():
+    from llm_magics.registry import registry
+    for name in ("finetune", "lora"):
+        help_text = registry().load(name).help()
+        for flag in ("--devices", "--strategy", "--nodes", "--node-rank", "--master-addr"):
+            assert flag in help_text, (name, flag)
+
+
+TORCHRUN_FAILURE = """
+Failures:
+[1]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 27589)  (SIGTERM)
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-30_06:23:53
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 27595)  (SIGKILL)
+"""
+
+
+def test_torchruns_report_names_the_rank_that_failed_first():
+    assert _failed_rank(TORCHRUN_FAILURE) == (1, "killed by SIGKILL")
+    assert _failed_rank("  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 5)") == (0, "exit code 1 (pid: 5)")
+
+
+def test_export_refuses_what_it_cannot_reproduce(shell, tiny_bert, demo, tmp_path):
+    with pytest.raises(UsageError, match="no recorded run"):
+        shell.run_line_magic("llm", f"export finetune-000000000000 {tmp_path / 'job'}")
+    result = api.finetune(model=str(tiny_bert), data=demo[0], train="head", epochs=1, dtype="float32")
+    with pytest.raises(UsageError, match="as a Python object"):
+        shell.run_line_magic("llm", f"export {result.run_id} {tmp_path / 'job'}")
+    assert not (tmp_path / "job").exists()   # nothing half-written
+
+
+def test_export_writes_a_job_from_a_notebook_variable(shell, tiny_bert, demo, tmp_path):
+    shell.user_ns["train_df"] = demo[0]
+    shell.run_line_magic("finetune", f"--model {tiny_bert} --data train_df --train head --epochs 1 "
+                                     "--dtype float32 --seed 3 --out r")
+    run_id = shell.user_ns["r"].run_id
+    shell.run_line_magic("llm", f"export {run_id} {tmp_path / 'job'}")
+    job = json.loads((tmp_path / "job" / "job.json").read_text())
+    assert job["method"] == "finetune" and job["options"]["seed"] == 3 and job["options"]["train"] == "head"
+    assert job["data_files"] == {"data": "data-data.parquet"} and job["options"]["data"] is None
+    assert fingerprint(pd.read_parquet(tmp_path / "job" / "data-data.parquet")) == \
+        fingerprint(demo[0].reset_index(drop=True))
+    readme = (tmp_path / "job" / "README.md").read_text()
+    assert "torchrun --standalone --nproc-per-node" in readme and "--nnodes M --node-rank R" in readme
+    assert "main(Path(__file__)" in (tmp_path / "job" / "train.py").read_text()
