@@ -74,6 +74,23 @@ def test_panel_line_follows_the_form_and_parses_as_the_magic(shell, demo):
     assert panel.fields["C"][2].value == ""
 
 
+def test_subcommands_and_cell_bodies_are_in_the_form(shell):
+    shell.user_ns["docs"] = ["one text", "another text"]
+    panel = _panel(shell, "index")
+    assert [v for _, v in panel.command.options] == ["", *__import__("llm_magics.registry", fromlist=["x"])
+                                                     .registry().load("index").commands]
+    panel.command.value = "build"
+    _set(panel, name="wiki", source="docs", chunk="64")
+    assert panel.fields["source"][1].options == ("docs",)
+    assert panel.magic_line() == "%index build wiki --from docs --chunk 64 --out result"
+    assert form.parse(panel.magic_line())[1] == "build"
+    panel.method.value = "icl"                      # a cell magic: its body has its own box
+    assert panel.cell.layout.display == "" and "template" not in panel.fields
+    panel.cell.value = "Review: {text}\nSentiment: {label}"
+    assert panel.magic_line().startswith("%%icl ") and panel.magic_line().endswith("\nSentiment: {label}")
+    assert "--model" not in panel.magic_line()      # defaults of the previous method do not carry over
+
+
 def test_invalid_value_shows_its_message_and_starts_nothing(shell, demo, store):
     shell.user_ns["df"] = demo[0]
     panel = _panel(shell, "finetune")

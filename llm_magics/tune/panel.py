@@ -205,7 +205,8 @@ class TunePanel:
     def _build_form(self) -> None:
         w = self.w
         carried = {name: widget.value for name, (field, widget, _) in self.fields.items()
-                   if field.role in ("data", "column", "model") and widget.value}
+                   if field.role in ("data", "column", "model") and widget.value
+                   and widget.value != field.default_text}   # what the user chose, not a default
         self.fields = {}
         cls = self.cls
         if cls is None:
