@@ -40,6 +40,7 @@ def test_ppo_learns_a_rule_reward_and_the_flipped_reward_unlearns_it(tiny_llama,
     # Every step's first minibatch replays the rollout exactly: ratio 1, KL to the rollout policy 0.
     assert up.metrics["first_ratio_max_dev"] == 0.0 and up.metrics["first_kl_to_rollout"] == 0.0
     assert len(up.tables["history"]) == 15 and up.rows_per_s > 0
+    assert up.metrics["kl_mean"] < 10   # measured 6.7 nats on this random tiny model (seed 0)
     assert store.get(up.run_id)["method"] == "rlhf ppo"
     down = ppo(tiny_llama, rule("ed", -1.0))
     presence_first, presence_last = -down.metrics["reward_first3"], -down.metrics["reward_last3"]

@@ -138,6 +138,30 @@ class PpoOptions(RunOptions):
 
 
 @dataclass
+class DpoOptions(PreferenceOptions, RunOptions, TrainingOptions):
+    policy: str | None = option(None, "the causal LM to tune: an alias (smollm2), a local folder or a hub id")
+    method: str = option("full", "what trains: full, or a PEFT tuner (lora, dora, …): the reference is then the "
+                                 "base with the adapter disabled", check=_policy_method, metavar="WHAT")
+    beta: float = option(0.1, "DPO's β: how far the policy may move from the reference", check=positive)
+    steps: int | None = option(None, "optimizer steps (default: --epochs over the pairs)", check=positive)
+    epochs: int = option(1, "passes over the training pairs", check=positive)
+    batch_size: int = option(4, "pairs per batch", check=positive)
+    max_length: int = option(128, "tokens per prompt + answer (the prompt is cut from the left)", check=positive)
+    r: int = option(16, "tuner rank", check=positive)
+    alpha: float | None = option(None, "tuner scaling numerator (default: 2 × r)", check=positive)
+    dropout: float = option(0.0, "tuner dropout", check=opts.non_negative)
+    target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
+    name: str | None = option(None, "with a tuner: the adapter's name in the session (default: the run id)")
+    device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "auto: bf16 on GPUs that do it, fp32 on CPU",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    trust_remote_code: bool = option(False, "run the model repository's own code (only for authors you trust)")
+
+    def peak_lr(self) -> float:
+        return self.lr or (5e-6 if self.method == "full" else 5e-4)
+
+
+@dataclass
 class ListOptions:
     limit: int | None = option(20, "how many recent runs", check=positive)
 
@@ -150,6 +174,7 @@ class RlhfMethod(Method):
     commands = {
         "reward": Command(RewardOptions, "reward", "train a reward model on preference pairs"),
         "ppo": Command(PpoOptions, "ppo", "optimise a policy against a reward with PPO (ours, on the engine)"),
+        "dpo": Command(DpoOptions, "dpo", "direct preference optimisation through TRL's DPOTrainer"),
     }
 
     def run(self, o: ListOptions, ctx) -> pd.DataFrame:
@@ -282,4 +307,95 @@ class RlhfMethod(Method):
         hold(result)
         progress.end(status, reward=result.metrics.get("reward_last3", float("nan")),
                      kl=result.metrics.get("kl_mean", float("nan")))
+        return result
+
+    # ---- dpo (TRL) --------------------------------------------------------------------------
+    def dpo(self, o: DpoOptions, ctx) -> "PreferenceResult":
+        import contextlib
+        import copy
+
+        from ..engine.device import pick_dtype
+        from ..rlhf.trl_bridge import ProgressCallback, implicit_rewards, to_dataset, trl_common
+        from ..rlhf.policy import PreferenceResult
+        device = ctx.device(o.device)
+        source = resolve(o.policy)
+        data = prepare_preferences(o.data, o.validation, o.test, seed=o.seed, val_size=o.val_size,
+                                   test_size=o.test_size, namespace=ctx.namespace, prompt=o.prompt,
+                                   chosen=o.chosen, rejected=o.rejected)
+        notes = list(data.notes)
+        if o.max_rows and len(data.train) > o.max_rows:
+            data.train = data.train.sample(o.max_rows, random_state=o.seed).reset_index(drop=True)
+            notes.append(f"training on {o.max_rows} of the pairs (--max-rows, seed {o.seed})")
+        name = o.name or ctx.run_id
+        if o.method != "full":
+            from ..adapters import hub
+            hub().check_free(name)
+        dtype = pick_dtype(device, o.dtype) if device.type == "cuda" else torch.float32
+        progress = ctx.progress(f"rlhf dpo · {source.short} · --method {o.method} · β={o.beta}")
+        loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True,
+                            trust_remote_code=o.trust_remote_code)
+        from ..models import architecture_kind
+        if architecture_kind(loaded.model.config) != "decoder":
+            raise UsageError(f"--policy {source.short} is not a causal LM; DPO needs a decoder (e.g. smollm2)")
+        tokenizer = loaded.tokenizer
+        model, reference, peft_config = loaded.model, None, None
+        if o.method == "full":
+            reference = copy.deepcopy(model).eval()
+            for param in reference.parameters():
+                param.requires_grad = False
+
+            def reference_ctx():
+                return contextlib.nullcontext(reference)
+        else:
+            from peft import TaskType
+
+            from ..adapters.kinds import AdapterSpec
+            from ..adapters.methods import build_config
+            spec = AdapterSpec(method=o.method, task="sft", r=o.r, alpha=o.alpha, dropout=o.dropout,
+                               target=tuple(o.target), seed=o.seed)
+            peft_config = build_config(spec, model, TaskType.CAUSAL_LM, o.steps or 100, source.path)
+        test_frame = data.test if len(data.test) else data.validation
+        import warnings
+
+        import datasets
+        from trl import DPOConfig, DPOTrainer
+        callback = ProgressCallback(progress)
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()   # TRL's dataset preparation: one live view per run
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # keep_end is deprecated upstream, and what HH-style pairs need
+            config = DPOConfig(**trl_common(o, device, ctx.run_dir / "trl", dtype), beta=o.beta,
+                               max_length=o.max_length, truncation_mode="keep_end", precompute_ref_log_probs=False)
+            trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=to_dataset(data.train),
+                                 processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
+        if bars:
+            datasets.enable_progress_bars()
+        # TRL adds its own printer/tqdm callbacks; our view is the one the user sees.
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback as HfProgress
+        for extra in (PrinterCallback, HfProgress):
+            trainer.remove_callback(extra)
+        policy = trainer.model
+        if o.method != "full":
+            def reference_ctx():
+                @contextlib.contextmanager
+                def disabled():
+                    with policy.disable_adapter():
+                        yield policy
+                return disabled()
+        plan = trainable.report(policy, f"{o.method}" + (f" r={o.r}" if o.method != "full" else ""))
+        describe_run(ctx, progress, plan)
+        before = implicit_rewards(policy, reference_ctx, tokenizer, test_frame, o.beta, o.max_length, "test")
+        trainer.train()
+        status = "stopped" if callback.stopped else "ok"
+        policy = trainer.model.eval()
+        metrics = {f"{k}_before": v for k, v in before.items()}
+        metrics.update(implicit_rewards(policy, reference_ctx, tokenizer, test_frame, o.beta, o.max_length, "test"))
+        losses = [log["loss"] for log in callback.logs if "loss" in log]
+        if losses:
+            metrics["train_loss"] = float(losses[-1])
+        metrics["steps"] = int(trainer.state.global_step)
+        result = PreferenceResult.build("rlhf dpo", o, source, loaded, policy, plan, status, metrics, callback.logs,
+                                        data, ctx, device, notes, name)
+        hold(result)
+        progress.end(status, **{k: v for k, v in metrics.items() if k.startswith("test_") and "before" not in k})
         return result

@@ -126,3 +126,91 @@ class PpoResult(Result):
         self._policy.tokenizer.save_pretrained(folder)
         self.artifacts["saved"] = str(folder)
         return folder
+
+
+@dataclass
+class PreferenceResult(Result):
+    """A policy tuned on preferences through TRL: `.generate(prompts)`; with a tuner, `.adapter` names
+    the `%lora` adapter it became (`%lora adapters` lists it; use/merge/save work)."""
+    history: pd.DataFrame | None = field(default=None, repr=False)
+    adapter: str = ""
+    _model: Any = field(default=None, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, method_name: str, o, source, loaded, policy, plan, status, metrics, logs, data, ctx, device,
+              notes, name) -> "PreferenceResult":
+        history = pd.DataFrame(logs)
+        result = cls(method=method_name, model=source.short, metrics=metrics, status=status,
+                     data_fingerprint=data.fingerprint, trainable_params=plan.trainable, total_params=plan.total,
+                     device=str(device), dtype=dtype_name(next(policy.parameters()).dtype),
+                     artifacts={"run_dir": str(ctx.run_dir)}, notes=list(notes),
+                     tables={"history": history} if len(history) else {}, history=history,
+                     _model=policy, _tokenizer=loaded.tokenizer)
+        if o.method == "full":
+            folder = ctx.run_dir / "policy"
+            policy.save_pretrained(folder, safe_serialization=True)
+            loaded.tokenizer.save_pretrained(folder)
+            result.artifacts["policy"] = str(folder)
+        else:
+            result.adapter = name
+            result.artifacts["adapter"] = str(adopt_adapter(policy, name, o.method, source, loaded, plan, ctx))
+            result.notes.append(f"adapter {name!r} is loaded: %lora use {name} · %lora save {name} PATH · "
+                                f"%lora merge {name}")
+        if status == "stopped":
+            result.notes.append(f"stopped at step {metrics.get('steps')}; the policy as it was then is kept")
+        return result
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 64, do_sample: bool = False, **kwargs):
+        if self._model is None:
+            raise RuntimeError("the policy was released (%llm free)")
+        if self.adapter:
+            from ..adapters import hub
+            adapter_set, _ = hub().find(self.adapter)
+            with adapter_set.using(self.adapter) as model:
+                return _generate(model, self._tokenizer, prompts, max_new_tokens, do_sample, **kwargs)
+        return _generate(self._model, self._tokenizer, prompts, max_new_tokens, do_sample, **kwargs)
+
+    def release(self) -> None:
+        if not self.adapter:   # the hub owns an adapter's model; `%llm free` empties it
+            self._model = None
+
+
+def _generate(model, tok, prompts, max_new_tokens, do_sample, **kwargs):
+    single = isinstance(prompts, str)
+    side, tok.padding_side = tok.padding_side, "left"
+    device = next(model.parameters()).device
+    try:
+        enc = tok([prompts] if single else list(prompts), return_tensors="pt", padding=True).to(device)
+    finally:
+        tok.padding_side = side
+    with eval_mode(model):
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)
+    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return texts[0] if single else texts
+
+
+def adopt_adapter(peft_model, name: str, method: str, source, loaded, plan, ctx) -> Path:
+    """TRL trains the adapter as 'default'; it joins the session's adapter hub under `name`
+    (saved in the run folder, reloaded under its name, 'default' dropped): a normal `%lora` adapter."""
+    import tempfile
+
+    from ..adapters import AdapterInfo, AdapterSet, hub
+    with tempfile.TemporaryDirectory() as tmp:
+        peft_model.save_pretrained(tmp, selected_adapters=["default"], safe_serialization=True)
+        written = Path(tmp) / "default" if (Path(tmp) / "default").is_dir() else Path(tmp)
+        peft_model.load_adapter(str(written), adapter_name=name)
+    peft_model.set_adapter(name)
+    peft_model.delete_adapter("default")
+    for param in peft_model.parameters():
+        param.requires_grad = False
+    peft_model.eval()
+    info = AdapterInfo(name=name, method=method, peft_type=str(peft_model.peft_config[name].peft_type.value),
+                       task="sft", model=source.name, model_fingerprint=loaded.fingerprint,
+                       dtype=dtype_name(loaded.dtype), trainable_params=plan.trainable, origin=ctx.run_id)
+    adapter_set = AdapterSet(peft_model, peft_model, loaded.tokenizer, info.key, {name: info}, active=name)
+    folder = adapter_set.save(name, ctx.run_dir / "adapter")
+    hub().adopt(adapter_set, name, folder)
+    return folder

@@ -1,0 +1,127 @@
+"""Direct preference methods through TRL 1.16, with our data, devices, progress, Stop and adapters.
+
+TRL's defaults are changed where they hurt here: `gradient_checkpointing=False` (it only costs
+time on small models), bf16 only where our device picks it (TRL turns it on even on CPU),
+no reports, no checkpoints (the run store and our adapter folder keep the result), tqdm off
+(our live view shows the steps). Our `ProgressCallback` turns TRL's logs into our events and
+our Stop button / kernel interrupt into `control.should_training_stop`.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engine.batching import collate
+from ..engine.device import eval_mode
+
+try:
+    from transformers import TrainerCallback
+except ImportError:  # pragma: no cover - transformers is a dependency
+    TrainerCallback = object
+
+# TRL log keys → the names our live view shows.
+SHOWN = {"loss": "loss", "rewards/margins": "margin", "rewards/accuracies": "accuracy",
+         "rewards/chosen": "chosen_reward", "rewards/rejected": "rejected_reward", "learning_rate": "lr",
+         "reward": "reward", "reward_std": "reward_std", "kl": "kl"}
+
+
+class ProgressCallback(TrainerCallback):
+    """TRL's step/log events → our Progress; our stop request → TRL's clean stop."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.logs: list[dict[str, float]] = []
+        self.stopped = False
+        self._previous = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress.start(total=state.max_steps, unit="steps")
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._interrupt)
+
+    def _interrupt(self, signum, frame):
+        if self.progress.should_stop:
+            raise KeyboardInterrupt
+        self.progress.request_stop()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.advance(1)
+        if self.progress.should_stop and state.global_step < state.max_steps:
+            self.stopped = True
+            control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        shown = {SHOWN[k]: float(v) for k, v in logs.items() if k in SHOWN and isinstance(v, (int, float))}
+        if shown:
+            self.progress.set(**shown)
+        self.logs.append({"step": state.global_step, **{k: float(v) for k, v in logs.items()
+                                                         if isinstance(v, (int, float))}})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def trl_common(o, device: torch.device, output_dir, dtype: torch.dtype) -> dict[str, Any]:
+    """Arguments every TRL config gets from our options."""
+    return dict(output_dir=str(output_dir), learning_rate=o.peak_lr(), per_device_train_batch_size=o.batch_size,
+                gradient_accumulation_steps=o.grad_accum, max_steps=o.steps or -1,
+                num_train_epochs=o.epochs, seed=o.seed, logging_steps=1, save_strategy="no", eval_strategy="no",
+                report_to=[], disable_tqdm=True, gradient_checkpointing=False,
+                bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device.type == "cpu",
+                max_grad_norm=o.max_grad_norm or 0.0, warmup_steps=o.warmup, lr_scheduler_type=o.scheduler,
+                weight_decay=o.weight_decay, dataloader_pin_memory=device.type == "cuda")
+
+
+def to_dataset(frame):
+    import datasets
+    return datasets.Dataset.from_pandas(frame[["prompt", "chosen", "rejected"]].reset_index(drop=True),
+                                        preserve_index=False)
+
+
+@torch.no_grad()
+def sequence_logprobs(model, tokenizer, prompts: list[str], answers: list[str], max_length: int,
+                      batch: int = 8) -> np.ndarray:
+    """Sum of log p(answer tokens | prompt) per pair, prompt kept whole up to max_length (left-cut)."""
+    out = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    rows = []
+    for prompt, answer in zip(prompts, answers):
+        p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids = (p + a)[-max_length:]
+        rows.append((ids, min(len(a), len(ids))))
+    with eval_mode(model):
+        for start in range(0, len(rows), batch):
+            chunk = rows[start:start + batch]
+            inputs = {k: v.to(device) for k, v in collate([r[0] for r in chunk], pad).items()}
+            logits = model(**inputs).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], -1).gather(-1, inputs["input_ids"][:, 1:, None])[..., 0]
+            for i, (ids, answer_len) in enumerate(chunk):
+                end = len(ids) - 1
+                out.append(float(logprobs[i, end - answer_len:end].sum()))
+    return np.asarray(out)
+
+
+def implicit_rewards(policy, reference_ctx, tokenizer, frame, beta: float, max_length: int, prefix: str):
+    """DPO's implicit reward on held-out pairs: margin, accuracy, and the chosen/rejected log-prob shifts."""
+    if frame is None or not len(frame):
+        return {}
+    prompts = frame["prompt"].fillna("").astype(str).tolist()
+    chosen, rejected = frame["chosen"].astype(str).tolist(), frame["rejected"].astype(str).tolist()
+    pc = sequence_logprobs(policy, tokenizer, prompts, chosen, max_length)
+    pr = sequence_logprobs(policy, tokenizer, prompts, rejected, max_length)
+    with reference_ctx() as reference:
+        rc = sequence_logprobs(reference, tokenizer, prompts, chosen, max_length)
+        rr = sequence_logprobs(reference, tokenizer, prompts, rejected, max_length)
+    margin = beta * ((pc - rc) - (pr - rr))
+    return {f"{prefix}_margin": float(margin.mean()), f"{prefix}_accuracy": float((margin > 0).mean()),
+            f"{prefix}_chosen_shift": float((pc - rc).mean()), f"{prefix}_rejected_shift": float((pr - rr).mean())}

@@ -1,0 +1,64 @@
+"""`%rlhf dpo` through TRL's DPOTrainer: learns separable pairs, LoRA becomes a %lora adapter, Stop."""
+import random
+
+import pandas as pd
+import pytest
+
+from llm_magics import api
+from llm_magics.errors import UsageError
+
+
+def word_pairs(pos, neg, n=120, seed=0):
+    rng = random.Random(seed)
+    make = lambda words: " " + " ".join(rng.choice(words) for _ in range(4))  # noqa: E731
+    return pd.DataFrame([{"prompt": "Review:", "chosen": make(pos), "rejected": make(neg)} for _ in range(n)])
+
+
+def test_dpo_with_lora_learns_and_the_adapter_joins_the_session(tiny_llama, separable, store):
+    _, pos, neg = separable
+    result = api.rlhf.dpo(policy=str(tiny_llama), data=word_pairs(pos, neg), method="lora", lr=5e-3, steps=20,
+                          batch_size=8, name="dpo_words")
+    m = result.metrics
+    assert m["test_margin_before"] == 0.0 and m["test_chosen_shift_before"] == 0.0   # the policy starts as its reference
+    assert m["test_margin"] > 0 and m["test_accuracy"] >= 0.8, m
+    assert m["test_chosen_shift"] > m["test_rejected_shift"]
+    assert m["steps"] == 20 and result.trainable_params < result.total_params
+    adapters = api.lora.adapters()
+    assert "dpo_words" in adapters["name"].tolist()
+    assert isinstance(api.lora.use(name="dpo_words").generate("Review:", max_new_tokens=3), str)
+    assert store.get(result.run_id)["method"] == "rlhf dpo"
+    api.lora.unload(name="dpo_words")
+
+
+def test_dpo_full_fine_tune_moves_chosen_above_rejected(tiny_llama, separable):
+    _, pos, neg = separable
+    result = api.rlhf.dpo(policy=str(tiny_llama), data=word_pairs(pos, neg), lr=1e-3, steps=10, batch_size=8)
+    assert result.metrics["test_margin"] > 0 and result.metrics["test_accuracy"] >= 0.8
+    assert "policy" in result.artifacts and isinstance(result.generate("Review:", max_new_tokens=3), str)
+
+
+def test_dpo_stops_cleanly_when_asked(tiny_llama, separable, monkeypatch):
+    from llm_magics.rlhf import trl_bridge
+    _, pos, neg = separable
+    original = trl_bridge.ProgressCallback.on_step_end
+
+    def stop_after_three(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            self.progress.request_stop()
+        return original(self, args, state, control, **kwargs)
+    monkeypatch.setattr(trl_bridge.ProgressCallback, "on_step_end", stop_after_three)
+    result = api.rlhf.dpo(policy=str(tiny_llama), data=word_pairs(pos, neg), method="lora", steps=20, batch_size=8)
+    assert result.status == "stopped" and result.metrics["steps"] == 3
+    api.lora.unload(name=result.adapter)
+
+
+def test_dpo_bad_inputs(tiny_llama, tiny_bert, store):
+    same = pd.DataFrame({"prompt": ["p"] * 8, "chosen": ["a"] * 8, "rejected": ["a"] * 8})
+    with pytest.raises(UsageError, match="row 0: chosen and rejected are identical"):
+        api.rlhf.dpo(policy=str(tiny_llama), data=same)
+    with pytest.raises(UsageError, match="--method: 'adamw' is not full or a PEFT method"):
+        api.rlhf.dpo(policy=str(tiny_llama), data=same, method="adamw")
+    pairs = pd.DataFrame({"prompt": ["p"] * 8, "chosen": ["a"] * 8, "rejected": ["b"] * 8})
+    with pytest.raises(UsageError, match="not a causal LM"):
+        api.rlhf.dpo(policy=str(tiny_bert), data=pairs)
+    assert store.list() == []
