@@ -154,6 +154,10 @@ def test_grid_parsing_checks_each_value():
         sweep_mod.parse_grid(LoraOptions, "rank=4")
     with pytest.raises(UsageError, match="is a range: give --random N"):
         sweep_mod.parse_grid(LoraOptions, "lr=1e-5~1e-3")
+    with pytest.raises(UsageError, match="needs both ends"):
+        sweep_mod.parse_grid(LoraOptions, "lr=1e-5~", random_points=2)
+    with pytest.raises(UsageError, match="needs low < high"):
+        sweep_mod.parse_grid(LoraOptions, "lr=1e-3~1e-5", random_points=2)
     with pytest.raises(UsageError, match="swept twice"):
         sweep_mod.parse_grid(LoraOptions, "r=4 r=8")
 

@@ -169,3 +169,25 @@ def test_panel_stop_ends_the_run_as_stopped(kernel, tiny_bert):
     assert value(kc, "stopped_run.status") == "stopped"
     live = value(kc, "panel.live.value")
     assert "stopped at step" in live and "stop requested" not in live
+
+
+def test_sweep_view_in_a_kernel_stops_the_whole_sweep(kernel, tiny_bert):
+    _, kc = kernel
+    run(kc, SETUP)
+    _, messages = run(kc, f"view = %llm sweep finetune --model {tiny_bert} --data df --train all --batch-size 8 "
+                          "--grid \"epochs=300,301\" --out s\nview")
+    assert any(m["msg_type"] == "execute_result"
+               and "application/vnd.jupyter.widget-view+json" in m["content"]["data"] for m in messages)
+    deadline = time.time() + 120
+    while value(kc, "s.current is not None and s.current.progress.state.done >= 2") != "True":
+        assert time.time() < deadline and value(kc, "s.finished") == "False"
+        time.sleep(0.2)
+    click(kc, value(kc, "view.stop_button.model_id"))
+    while value(kc, "s.finished") != "True":
+        assert time.time() < deadline + 120
+        time.sleep(0.2)
+    assert value(kc, "[r['status'] for r in s.rows]") == "['stopped', 'skipped']"
+    board = value(kc, "view.board.value")
+    assert "1/2 points" not in board and "stopped" in board and "skipped" in board
+    assert value(kc, "view.stop_button.description") == "Sweep stopped"
+    assert value(kc, "[r['sweep_id'] == s.id for r in store.list()]") == "[True]"

@@ -93,7 +93,8 @@ def parse_grid(options_cls, text: str, random_points: int | None = None) -> list
                                  "or list the values (a,b,c)")
             low_text, _, high_text = values.partition("~")
             for bound in (low_text, high_text):
-                problem = form.check(spec, bound)
+                problem = form.check(spec, bound) if bound.strip() else \
+                    f"{spec.flag} range {values!r} needs both ends: low~high"
                 if problem:
                     raise UsageError(f"--grid: {problem}")
             low, high = float(low_text), float(high_text)
