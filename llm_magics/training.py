@@ -34,7 +34,12 @@ Hooks, each optional:
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -54,7 +59,7 @@ from .engine.training import Outcome, TrainConfig, TrainLoop
 from .errors import UsageError
 from .launch import launched, run_launched
 from .method import Method, Result
-from .models import hold, load_model, resolve, trainable
+from .models import cached, hold, load_model, resolve, trainable
 from .models.classifier import SequenceClassifier
 from .options import option
 from .progress import in_kernel
@@ -191,11 +196,18 @@ class TrainedResult(Result):
     _model: Any = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
     _max_length: int = 256
+    _weights: "TrainedWeights | None" = field(default=None, repr=False)
 
     def _need_model(self):
-        # Seam for lazy loading: a Result restored from the run store could load its weights here.
+        """The trained model: in memory, or built again from the weights on disk (`TrainedWeights`)."""
+        if self._model is None and self._weights is not None:
+            with _LOADED_LOCK:
+                if self._model is None:
+                    self._model = self._weights.build()
         if self._model is None:
             raise RuntimeError("the model was released (%llm free); run again or load a saved copy")
+        if self._weights is not None:
+            keep_loaded(self)
         return self._model
 
     def logits(self, texts) -> torch.Tensor:
@@ -229,7 +241,87 @@ class TrainedResult(Result):
         return folder
 
     def release(self) -> None:
+        """Drop the model from memory (`%llm free`); a Result whose weights are on disk loads them
+        again when it next predicts."""
         self._model = None
+
+
+# ---- trained weights stay on disk: a kept Result does not pin a model ------------------------------
+KEEP_LOADED = 2   # trained models kept in memory across Results; older ones are built again from disk on use
+_LOADED: "OrderedDict[int, weakref.ref]" = OrderedDict()
+_LOADED_LOCK = threading.RLock()
+
+
+@dataclass
+class TrainedWeights:
+    """How a training Result builds its model again: the base as the run loaded it (the session's
+    shared copy when the run trained on it frozen), the classification head around it, then the
+    trained weights from `folder` (checkpoint-best, or trained/), checked as every checkpoint is."""
+    source: Any
+    head: str
+    device: str
+    dtype: torch.dtype
+    shared: bool
+    folder: Path
+    classifier: tuple[int, str, float] | None = None   # labels, pooling, dropout
+    trust_remote_code: bool = False
+
+    def build(self):
+        loaded = load_model(self.source, self.head, torch.device(self.device), self.dtype, fresh=not self.shared,
+                            trust_remote_code=self.trust_remote_code)
+        model = loaded.model
+        if self.classifier is not None:
+            labels, pooling, dropout = self.classifier
+            model = SequenceClassifier(loaded.model, labels, pooling, dropout).to(loaded.device)
+            model.head.float()
+        checkpoint.load_weights(model, self.folder, todo="the trained weights cannot be loaded again; train the "
+                                                          "run again")
+        model.eval()
+        return model
+
+
+def keep_loaded(result: "TrainedResult") -> None:
+    """`result` was just used: keep its model; release the least recently used beyond KEEP_LOADED."""
+    evicted = False
+    with _LOADED_LOCK:
+        _LOADED.pop(id(result), None)
+        _LOADED[id(result)] = weakref.ref(result)
+        while len(_LOADED) > KEEP_LOADED:
+            _, ref = _LOADED.popitem(last=False)
+            old = ref()
+            if old is not None and old._weights is not None and old._model is not None:
+                old._model, evicted = None, True
+    if evicted:
+        _return_memory()
+
+
+def _return_memory() -> None:
+    gc.collect()
+    try:   # glibc keeps freed heap pages; give them back so the process's memory falls
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def trained_weights(run: "TrainingRun", outcome: Outcome, model) -> TrainedWeights | None:
+    """Where the trained model can be rebuilt from, writing its trainable weights when no checkpoint
+    holds them; None when this model cannot be rebuilt that way (the Result keeps it in memory)."""
+    loaded = run.loaded
+    if loaded is None or run.loop_hooks.get("weights_state") is not None \
+            or getattr(loaded.model, "hf_quantizer", None) is not None:
+        return None
+    if isinstance(model, SequenceClassifier) and model.base is loaded.model:
+        head = (model.head.out_features, model.pooling, float(model.dropout.p))
+    elif model is loaded.model:
+        head = None
+    else:
+        return None
+    folder = outcome.weights
+    if folder is None:
+        folder = checkpoint.save_weights(model, run.ctx.run_dir / "trained").parent
+    return TrainedWeights(loaded.source, loaded.head, str(loaded.device), loaded.dtype,
+                          shared=any(c is loaded for c in cached()), folder=Path(folder), classifier=head,
+                          trust_remote_code=bool(getattr(run.options, "trust_remote_code", False)))
 
 
 def _has_split(task, split: str) -> bool:
@@ -274,7 +366,13 @@ def training_result(result_cls: type[TrainedResult], run: "TrainingRun", outcome
                   tokens_per_s=outcome.tokens_per_s, rows_per_s=outcome.rows_per_s,
                   _model=model, _tokenizer=run.tokenizer, _max_length=o.max_length)
     fields.update(extra)
-    return result_cls(**fields)
+    if result_cls._need_model is TrainedResult._need_model and "_model" not in extra:
+        # Issue 9 item 16: the weights stay on disk; the newest Results keep their model loaded.
+        fields["_weights"] = trained_weights(run, outcome, model)
+    result = result_cls(**fields)
+    if result._weights is not None:
+        keep_loaded(result)
+    return result
 
 
 def close_run(result: Result, ctx, outcome: Outcome) -> Result:
@@ -418,8 +516,7 @@ class TrainingMethod(Method):
         describe_run(ctx, run.progress, run.plan)
         config = train_config(o, run.device, self.peak_lr(o), task, run.group_by_length,
                               self.param_groups(run.model, o))
-        loop_class = getattr(ctx, "train_loop", TrainLoop)   # a launched worker's: engine/distributed.py
-        loop = loop_class(run.model, run.engine_task, config, run.progress, ctx.run_dir, run.device, **run.loop_hooks)
+        loop = TrainLoop(run.model, run.engine_task, config, run.progress, ctx.run_dir, run.device, **run.loop_hooks)
         if run.resume_dir:
             loop.resume(run.resume_dir)
         outcome = loop.run()

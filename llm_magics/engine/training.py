@@ -84,6 +84,7 @@ class Outcome:
     epochs_run: float = 0.0
     trained: Throughput = field(default_factory=Throughput)   # optimizer steps only, evaluation excluded
     notes: list[str] = field(default_factory=list)
+    weights: Path | None = None             # the folder holding the weights the model ends with, if on disk
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -155,6 +156,7 @@ class TrainLoop:
         # This run's own generator (dropout masks): concurrent runs must not draw from each other's.
         self.rng = RunRng(config.seed, device)
         self.resumed_from: Path | None = None
+        self.weights_dir: Path | None = None   # checkpoint-best, once its weights are restored into the model
 
     # -- plan ----------------------------------------------------------------------------
     def _plan(self, epoch: int) -> list[np.ndarray]:
@@ -216,7 +218,7 @@ class TrainLoop:
                        best=s["best"], steps=s["step"],
                        total_steps=self.total_steps, epochs_run=s["step"] / max(self.steps_per_epoch, 1),
                        trained=Throughput(rows=s["rows"], tokens=s["tokens"], seconds=s["seconds"]),
-                       notes=self.notes)
+                       notes=self.notes, weights=self.weights_dir)
 
     def _restore_best(self) -> None:
         try:
@@ -227,6 +229,7 @@ class TrainLoop:
             return
         if self.weights_state is not None and extra is not None:
             self.weights_state.load(extra)
+        self.weights_dir = self.best_dir
 
     def _run_epoch(self) -> bool:
         """Train one epoch from the saved position; True when asked to stop (or early stopping).
