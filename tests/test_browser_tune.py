@@ -179,6 +179,18 @@ def test_tune_panel_in_jupyterlab(lab):
             expect(board).to_contain_text("done", timeout=60_000)
             page.wait_for_timeout(500)
             page.screenshot(path=str(OUTPUT / "4-leaderboard.png"), full_page=True)
+
+            # Recent runs: the stopped run and the sweep's two; picking one fills the form again.
+            panel.locator(".lm-TabBar-tab:has-text('Recent runs')").first.click()
+            expect(panel.locator(".llm-magics-runs tr")).to_have_count(4, timeout=30_000)
+            expect(panel.locator(".llm-magics-runs")).to_contain_text("stopped")
+            runs = panel.locator(".widget-select select")
+            finetune_run = runs.locator("option", has_text="finetune").first.get_attribute("value")
+            runs.select_option(finetune_run)
+            page.screenshot(path=str(OUTPUT / "5-recent-runs.png"), full_page=True)
+            button(panel, "Fill the form").click()
+            expect(panel.locator("pre.llm-magics-line")).to_contain_text("%finetune --data reviews", timeout=30_000)
+            expect(panel.locator("pre.llm-magics-line")).to_contain_text("--epochs 300")
         except Exception:
             page.screenshot(path=str(OUTPUT / "failure.png"), full_page=True)
             raise

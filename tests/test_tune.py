@@ -133,6 +133,7 @@ def test_recent_runs_fill_the_form(shell, tiny_bert, separable):
     panel.tabs.selected_index = 2            # the tab lists the store
     run_id = shell.user_ns["r"].run_id
     assert [v for _, v in panel.runs.options] == [run_id]
+    assert f"<td style='padding:1px 8px;white-space:nowrap'>{run_id}</td>" in panel.runs_table.value
     panel.filter_method.value = "finetune"
     assert panel.runs.options == ()
     panel.filter_method.value = "probe"

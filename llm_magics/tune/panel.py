@@ -153,13 +153,14 @@ class TunePanel:
         self.fill_button = widgets.Button(description="Fill the form", icon="edit",
                                           tooltip="open this run's method and options in the Run tab")
         self.recent_msg = widgets.HTML()
+        self.runs_table = widgets.HTML()
         self.refresh_button.on_click(lambda _b: self.refresh_runs())
         self.fill_button.on_click(lambda _b: self.fill(self.runs.value) if self.runs.value else None)
         for w in (self.filter_method, self.filter_model, self.filter_status):
             w.observe(lambda _c: None if self._filling else self.refresh_runs(reload=False), "value")
         recent_tab = widgets.VBox([widgets.HBox([self.filter_method, self.filter_model]),
                                    widgets.HBox([self.filter_status, self.refresh_button]),
-                                   self.runs, self.fill_button, self.recent_msg])
+                                   self.runs, self.fill_button, self.recent_msg, self.runs_table])
 
         self.tabs = widgets.Tab(children=[run_tab, sweep_tab, recent_tab], titles=("Run", "Sweep", "Recent runs"))
         self.tabs.observe(self._tab_changed, "selected_index")
@@ -462,6 +463,7 @@ class TunePanel:
                      f"{row.get('status', '')}{score_text} · {row.get('created', '')}")
             options.append((label, row["run_id"]))
         self.runs.options = options
+        self.runs_table.value = _runs_table(shown, metric)
         self.recent_msg.value = f"<span style='color:#555'>{len(options)} of {len(frame)} recorded runs</span>"
 
     def fill(self, run_id: str) -> None:
@@ -501,6 +503,34 @@ class TunePanel:
 from ..common_options import RunOptions  # noqa: E402
 
 _OUT_SPEC = next(s for s in opts.specs(RunOptions) if s.name == "out")
+
+
+def _runs_table(frame, metric: str | None, limit: int = 30) -> str:
+    """The filtered runs as a compact table: one line per run, newest first."""
+    if frame is None or not len(frame):
+        return ""
+    from ..progress.events import format_metric
+    columns = ["run_id", "method", "model", "status"] + ([metric] if metric and metric in frame else []) \
+        + [c for c in ("wall_s", "sweep_id", "created") if c in frame]
+    head = "".join(f"<th style='padding:1px 8px;text-align:left'>{html.escape(c)}</th>" for c in columns)
+    rows = []
+    for _, row in frame.head(limit).iterrows():
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            if value is None or value != value:
+                text = ""
+            elif column == "wall_s":
+                text = f"{value:,.1f}"
+            elif column == "model":
+                text = str(value)[-40:]
+            else:
+                text = format_metric(value)
+            cells.append(f"<td style='padding:1px 8px;white-space:nowrap'>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    more = f"<div style='color:#888'>… and {len(frame) - limit} more</div>" if len(frame) > limit else ""
+    return (f"<div class='llm-magics-runs' style='overflow-x:auto;font-size:12px'><table><tr>{head}</tr>"
+            f"{''.join(rows)}</table>{more}</div>")
 
 
 def _error_html(message: str) -> str:
