@@ -62,3 +62,33 @@ def test_dpo_bad_inputs(tiny_llama, tiny_bert, store):
     with pytest.raises(UsageError, match="not a causal LM"):
         api.rlhf.dpo(policy=str(tiny_bert), data=pairs)
     assert store.list() == []
+
+
+@pytest.mark.parametrize("kind, lr", [("kto", 5e-3), ("orpo", 5e-3)])
+def test_kto_and_orpo_through_trl_move_chosen_above_rejected(tiny_llama, separable, kind, lr):
+    _, pos, neg = separable
+    result = getattr(api.rlhf, kind)(policy=str(tiny_llama), data=word_pairs(pos, neg), method="lora", lr=lr,
+                                     steps=20, batch_size=8)
+    assert result.method == f"rlhf {kind}" and result.metrics["steps"] == 20
+    assert result.metrics["test_chosen_shift"] > result.metrics["test_rejected_shift"], result.metrics
+    api.lora.unload(name=result.adapter)
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_grpo_and_rloo_through_trl_with_our_reward(tiny_llama, kind):
+    calls = []
+
+    def reward(prompts, completions):
+        calls.append(len(completions))
+        return [float("e" in c) for c in completions]
+    result = getattr(api.rlhf, kind)(policy=str(tiny_llama), reward=reward, prompts=["Review: the film was"] * 4,
+                                     steps=2, batch_size=4, num_generations=2, max_new_tokens=8, method="lora")
+    assert result.metrics["steps"] == 2 and "reward_first3" in result.metrics
+    assert calls and all(n % 2 == 0 for n in calls)
+    api.lora.unload(name=result.adapter)
+
+
+def test_online_methods_check_their_group_size(tiny_llama):
+    with pytest.raises(UsageError, match="multiple of --num-generations"):
+        api.rlhf.grpo(policy=str(tiny_llama), reward=lambda p, c: [0.0] * len(c), prompts=["a"], batch_size=6,
+                      num_generations=4)

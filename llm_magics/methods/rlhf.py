@@ -162,6 +162,44 @@ class DpoOptions(PreferenceOptions, RunOptions, TrainingOptions):
 
 
 @dataclass
+class OnlineOptions(RunOptions, TrainingOptions):
+    policy: str | None = option(None, "the causal LM to tune: an alias (smollm2), a local folder or a hub id")
+    reward: Any = option(None, "a %rlhf reward Result (variable, run id or folder) or a Python "
+                               "callable(prompts, completions) -> floats", metavar="REWARD")
+    prompts: Any = option(None, "prompts to sample from: a variable, a file or a list of strings", metavar="DATA")
+    prompt_column: str | None = option(None, "the prompt column (default: prompt, or the one text column)",
+                                       metavar="COLUMN")
+    steps: int = option(20, "optimizer steps", check=positive)
+    batch_size: int = option(8, "completions per step (prompts × --num-generations)", check=positive)
+    num_generations: int = option(4, "completions per prompt (the group GRPO/RLOO compare within)", check=positive)
+    max_new_tokens: int = option(24, "tokens sampled per completion", check=positive)
+    temperature: float = option(1.0, "sampling temperature", check=positive)
+    beta: float = option(0.0, "KL coefficient against the reference (0: none, TRL's default)", check=_kl_coef)
+    method: str = option("full", "what trains: full, or a PEFT tuner (lora, dora, …)", check=_policy_method,
+                         metavar="WHAT")
+    r: int = option(16, "tuner rank", check=positive)
+    alpha: float | None = option(None, "tuner scaling numerator (default: 2 × r)", check=positive)
+    dropout: float = option(0.0, "tuner dropout", check=opts.non_negative)
+    target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
+    name: str | None = option(None, "with a tuner: the adapter's name in the session (default: the run id)")
+    seed: int = option(0, "seed for sampling and initialisation")
+    device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "auto: bf16 on GPUs that do it, fp32 on CPU",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    trust_remote_code: bool = option(False, "run the model repository's own code (only for authors you trust)")
+
+    def validate(self) -> None:
+        if self.batch_size % self.num_generations:
+            raise UsageError(f"--batch-size {self.batch_size} must be a multiple of --num-generations "
+                             f"{self.num_generations} (whole groups per step)")
+        if self.num_generations < 2:
+            raise UsageError("--num-generations must be at least 2: GRPO/RLOO compare completions of one prompt")
+
+    def peak_lr(self) -> float:
+        return self.lr or (1e-5 if self.method == "full" else 1e-4)
+
+
+@dataclass
 class ListOptions:
     limit: int | None = option(20, "how many recent runs", check=positive)
 
@@ -175,6 +213,10 @@ class RlhfMethod(Method):
         "reward": Command(RewardOptions, "reward", "train a reward model on preference pairs"),
         "ppo": Command(PpoOptions, "ppo", "optimise a policy against a reward with PPO (ours, on the engine)"),
         "dpo": Command(DpoOptions, "dpo", "direct preference optimisation through TRL's DPOTrainer"),
+        "kto": Command(DpoOptions, "kto", "KTO through TRL (each pair gives a desirable and an undesirable answer)"),
+        "grpo": Command(OnlineOptions, "grpo", "GRPO through TRL, against our reward (a Result or a callable)"),
+        "rloo": Command(OnlineOptions, "rloo", "RLOO through TRL, against our reward (a Result or a callable)"),
+        "orpo": Command(DpoOptions, "orpo", "ORPO through TRL (no reference model; --beta is its λ)"),
     }
 
     def run(self, o: ListOptions, ctx) -> pd.DataFrame:
@@ -311,6 +353,16 @@ class RlhfMethod(Method):
 
     # ---- dpo (TRL) --------------------------------------------------------------------------
     def dpo(self, o: DpoOptions, ctx) -> "PreferenceResult":
+        return self._offline("dpo", o, ctx)
+
+    def kto(self, o: DpoOptions, ctx) -> "PreferenceResult":
+        return self._offline("kto", o, ctx)
+
+    def orpo(self, o: DpoOptions, ctx) -> "PreferenceResult":
+        return self._offline("orpo", o, ctx)
+
+    def _offline(self, kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
+        """DPO, KTO or ORPO through TRL: the same data, devices, live view, Stop, adapters and metrics."""
         import contextlib
         import copy
 
@@ -331,7 +383,7 @@ class RlhfMethod(Method):
             from ..adapters import hub
             hub().check_free(name)
         dtype = pick_dtype(device, o.dtype) if device.type == "cuda" else torch.float32
-        progress = ctx.progress(f"rlhf dpo · {source.short} · --method {o.method} · β={o.beta}")
+        progress = ctx.progress(f"rlhf {kind} · {source.short} · --method {o.method} · β={o.beta}")
         loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True,
                             trust_remote_code=o.trust_remote_code)
         from ..models import architecture_kind
@@ -339,7 +391,7 @@ class RlhfMethod(Method):
             raise UsageError(f"--policy {source.short} is not a causal LM; DPO needs a decoder (e.g. smollm2)")
         tokenizer = loaded.tokenizer
         model, reference, peft_config = loaded.model, None, None
-        if o.method == "full":
+        if o.method == "full":   # DPO/KTO train against it; ORPO has none, but its metrics compare to it
             reference = copy.deepcopy(model).eval()
             for param in reference.parameters():
                 param.requires_grad = False
@@ -358,16 +410,14 @@ class RlhfMethod(Method):
         import warnings
 
         import datasets
-        from trl import DPOConfig, DPOTrainer
+        from ..rlhf.trl_bridge import offline_trainer
         callback = ProgressCallback(progress)
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()   # TRL's dataset preparation: one live view per run
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # keep_end is deprecated upstream, and what HH-style pairs need
-            config = DPOConfig(**trl_common(o, device, ctx.run_dir / "trl", dtype), beta=o.beta,
-                               max_length=o.max_length, truncation_mode="keep_end", precompute_ref_log_probs=False)
-            trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=to_dataset(data.train),
-                                 processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
+            trainer = offline_trainer(kind, o, model, reference, data, tokenizer, peft_config, callback,
+                                      trl_common(o, device, ctx.run_dir / "trl", dtype))
         if bars:
             datasets.enable_progress_bars()
         # TRL adds its own printer/tqdm callbacks; our view is the one the user sees.
@@ -394,8 +444,92 @@ class RlhfMethod(Method):
         if losses:
             metrics["train_loss"] = float(losses[-1])
         metrics["steps"] = int(trainer.state.global_step)
-        result = PreferenceResult.build("rlhf dpo", o, source, loaded, policy, plan, status, metrics, callback.logs,
+        result = PreferenceResult.build(f"rlhf {kind}", o, source, loaded, policy, plan, status, metrics, callback.logs,
                                         data, ctx, device, notes, name)
         hold(result)
         progress.end(status, **{k: v for k, v in metrics.items() if k.startswith("test_") and "before" not in k})
+        return result
+
+    # ---- grpo / rloo (TRL, online) ----------------------------------------------------------
+    def grpo(self, o: OnlineOptions, ctx) -> "PreferenceResult":
+        return self._online("grpo", o, ctx)
+
+    def rloo(self, o: OnlineOptions, ctx) -> "PreferenceResult":
+        return self._online("rloo", o, ctx)
+
+    def _online(self, kind: str, o: OnlineOptions, ctx) -> "PreferenceResult":
+        import warnings
+
+        import datasets
+
+        from ..engine.device import pick_dtype
+        from ..rlhf.policy import PreferenceResult, load_prompts, resolve_reward
+        from ..rlhf.ppo import call_reward
+        from ..rlhf.trl_bridge import ProgressCallback, online_trainer, trl_common
+        device = ctx.device(o.device)
+        source = resolve(o.policy)
+        reward, reward_name = resolve_reward(o.reward, ctx.namespace)
+        prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
+        name = o.name or ctx.run_id
+        if o.method != "full":
+            from ..adapters import hub
+            hub().check_free(name)
+        dtype = pick_dtype(device, o.dtype) if device.type == "cuda" else torch.float32
+        progress = ctx.progress(f"rlhf {kind} · {source.short} · --method {o.method} · reward {reward_name}")
+        loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True,
+                            trust_remote_code=o.trust_remote_code)
+        from ..models import architecture_kind
+        if architecture_kind(loaded.model.config) != "decoder":
+            raise UsageError(f"--policy {source.short} is not a causal LM; {kind.upper()} needs a decoder")
+        if hasattr(reward, "check_readable"):
+            reward.check_readable(prompts[:16], reward_name)
+        peft_config = None
+        if o.method != "full":
+            from peft import TaskType
+
+            from ..adapters.kinds import AdapterSpec
+            from ..adapters.methods import build_config
+            spec = AdapterSpec(method=o.method, task="sft", r=o.r, alpha=o.alpha, dropout=o.dropout,
+                               target=tuple(o.target), seed=o.seed)
+            peft_config = build_config(spec, loaded.model, TaskType.CAUSAL_LM, o.steps, source.path)
+
+        def reward_fn(prompts, completions, **_):
+            return call_reward(reward, list(prompts), list(completions), reward_name).tolist()
+        reward_fn.__name__ = "reward"
+        callback = ProgressCallback(progress)
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trainer = online_trainer(kind, o, loaded.model, reward_fn, prompts, loaded.tokenizer, peft_config,
+                                         callback, trl_common(o, device, ctx.run_dir / "trl", dtype))
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback as HfProgress
+        for extra in (PrinterCallback, HfProgress):
+            trainer.remove_callback(extra)
+        plan = trainable.report(trainer.model, o.method + (f" r={o.r}" if o.method != "full" else ""))
+        describe_run(ctx, progress, plan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.train()
+        status = "stopped" if callback.stopped else "ok"
+        rewards = [log["reward"] for log in callback.logs if "reward" in log]
+        metrics: dict[str, float] = {"steps": int(trainer.state.global_step)}
+        if rewards:
+            k = min(3, len(rewards))
+            metrics.update(reward_first3=float(sum(rewards[:k]) / k), reward_last3=float(sum(rewards[-k:]) / k))
+            metrics["reward_gain"] = metrics["reward_last3"] - metrics["reward_first3"]
+        kls = [log["kl"] for log in callback.logs if "kl" in log]
+        if kls:
+            metrics["kl_mean"] = float(sum(kls) / len(kls))
+        policy = trainer.model.eval()
+        from types import SimpleNamespace
+        data = SimpleNamespace(fingerprint="")
+        result = PreferenceResult.build(f"rlhf {kind}", o, source, loaded, policy, plan, status, metrics,
+                                        callback.logs, data, ctx, device, [], name)
+        hold(result)
+        progress.end(status, **{k: v for k, v in metrics.items() if k.startswith("reward_")})
         return result

@@ -125,3 +125,53 @@ def implicit_rewards(policy, reference_ctx, tokenizer, frame, beta: float, max_l
     margin = beta * ((pc - rc) - (pr - rr))
     return {f"{prefix}_margin": float(margin.mean()), f"{prefix}_accuracy": float((margin > 0).mean()),
             f"{prefix}_chosen_shift": float((pc - rc).mean()), f"{prefix}_rejected_shift": float((pr - rr).mean())}
+
+
+def _config(config_cls, values: dict[str, Any]):
+    """A TRL config from the values it has fields for (the trainers' configs differ a little)."""
+    import dataclasses
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{k: v for k, v in values.items() if k in known})
+
+
+def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config, callback, common: dict):
+    """The TRL trainer for `kind` (dpo, kto, orpo) on our normalised pairs."""
+    values = {**common, "beta": o.beta, "max_length": o.max_length}
+    if kind == "dpo":
+        from trl import DPOConfig, DPOTrainer
+        config = _config(DPOConfig, {**values, "truncation_mode": "keep_end", "precompute_ref_log_probs": False})
+        return DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=to_dataset(data.train),
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
+    if kind == "kto":
+        import datasets
+        from trl import KTOConfig, KTOTrainer
+        frame = data.train
+        unpaired = {"prompt": list(frame["prompt"]) * 2,
+                    "completion": list(frame["chosen"]) + list(frame["rejected"]),
+                    "label": [True] * len(frame) + [False] * len(frame)}
+        config = _config(KTOConfig, values)
+        return KTOTrainer(model=model, ref_model=reference, args=config,
+                          train_dataset=datasets.Dataset.from_dict(unpaired), processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=[callback])
+    if kind == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        config = _config(ORPOConfig, values)
+        return ORPOTrainer(model=model, args=config, train_dataset=to_dataset(data.train), processing_class=tokenizer,
+                           peft_config=peft_config, callbacks=[callback])
+    raise ValueError(kind)
+
+
+def online_trainer(kind: str, o, model, reward_fn, prompts: list[str], tokenizer, peft_config, callback,
+                   common: dict):
+    """GRPO or RLOO through TRL: completions sampled from the prompts and scored by our reward."""
+    import datasets
+    values = {**common, "beta": o.beta, "num_generations": o.num_generations,
+              "max_completion_length": o.max_new_tokens, "temperature": o.temperature,
+              "per_device_train_batch_size": o.batch_size}
+    dataset = datasets.Dataset.from_dict({"prompt": prompts})
+    if kind == "grpo":
+        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+    else:
+        from trl import RLOOConfig as Config, RLOOTrainer as Trainer
+    return Trainer(model=model, reward_funcs=reward_fn, args=_config(Config, values), train_dataset=dataset,
+                   processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
