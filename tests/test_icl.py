@@ -21,7 +21,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from llm_magics import api
 from llm_magics.engine.scoring import score_continuations
 from llm_magics.errors import UsageError
-from llm_magics.methods import icl_prompts as prompts
+from llm_magics.methods.icl import prompts
 
 TEMPLATE = "Review: {text}\nSentiment: {label}"
 
@@ -130,7 +130,7 @@ def test_single_token_labels_take_one_pass_per_batch(lm):
 def test_scoring_run_matches_the_rendered_prompt_and_records_everything(tiny_llama, lm, demo, store):
     train, test = demo
     result = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(24), demos=train, shots=4,
-                      labels=["negative", "positive"])
+                      labels=["negative", "positive"], calibrate=False)
     assert result.metrics["queries"] == 24 and result.metrics["shots"] == 4
     assert 0 <= result.metrics["test_accuracy"] <= 1 and "test_f1" in result.metrics
     assert "zero_shot_accuracy" in result.metrics                 # zero-shot beside the few-shot run
@@ -168,10 +168,11 @@ def test_several_templates_are_ranked_on_the_same_rows_and_demonstrations(tiny_l
 def test_calibration_divides_out_the_content_free_prior(tiny_llama, demo, capsys):
     train, test = demo
     plain = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(20), demos=train, shots=2,
-                     labels=["negative", "positive"], zero_shot=False)
+                     labels=["negative", "positive"], zero_shot=False, calibrate=False)
+    assert "test_uncalibrated_accuracy" not in plain.metrics
     capsys.readouterr()
     calibrated = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(20), demos=train, shots=2,
-                          labels=["negative", "positive"], zero_shot=False, calibrate=True)
+                          labels=["negative", "positive"], zero_shot=False)      # calibration is the default
     assert calibrated.metrics["test_uncalibrated_accuracy"] == plain.metrics["test_accuracy"]
     assert " ok 23/23 queries" in capsys.readouterr().out   # the bar counts the three content-free prompts
     shift = (calibrated.predictions[["logp_negative", "logp_positive"]].to_numpy()
@@ -193,8 +194,8 @@ def test_predict_calibrates_like_the_run(tiny_llama, demo):
     train, test = demo
     common = dict(template=TEMPLATE, data=test.head(24), demos=train, shots=2, labels=["negative", "positive"],
                   zero_shot=False)
-    plain = tiny_icl(tiny_llama, **common)
-    calibrated = tiny_icl(tiny_llama, calibrate=True, **common)
+    plain = tiny_icl(tiny_llama, calibrate=False, **common)
+    calibrated = tiny_icl(tiny_llama, **common)
     wanted = calibrated.predictions["prediction"].tolist()
     assert wanted != plain.predictions["prediction"].tolist()     # calibration changes some answers here
     assert calibrated.predict(test.head(24)) == wanted
@@ -360,6 +361,124 @@ def test_cell_magic_in_a_shell_binds_out(tiny_llama, demo, capsys):
         sh.run_line_magic("unload_ext", "llm_magics")
 
 
+# ---- defaults, demonstrations shown, chat layout, answer slot, stopping ---------------------------------
+
+def test_the_result_says_which_demonstrations_were_chosen_and_how(tiny_llama, demo):
+    train, test = demo
+    result = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(4), demos=train, shots=4,
+                      labels=["negative", "positive"], zero_shot=False, seed=3)
+    table = result.tables["demonstrations"]
+    assert table["position"].tolist() == [1, 2, 3, 4] and sorted(table["label"]) == ["negative"] * 2 + ["positive"] * 2
+    shown = [f"Review: {train.text[row]}\nSentiment: {label}" for row, label in zip(table["demos_row"], table["label"])]
+    assert result.prompt.startswith("\n\n".join(shown) + "\n\n")        # the table is the prompt's order
+    rows = ", ".join(str(r) for r in table["demos_row"])
+    first = table["label"].iloc[0]
+    second = "positive" if first == "negative" else "negative"
+    assert result.notes[0] == (f"4 demonstrations, balanced (--select auto), seed 3, from the 240 rows of --demos: "
+                               f"rows {rows} ({first} ×2, {second} ×2); result.tables['demonstrations'] lists them")
+    other = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(4), demos=train, shots=4, select="random",
+                     labels=["negative", "positive"], zero_shot=False, seed=4)
+    assert other.notes[0].startswith("4 demonstrations, random, seed 4, from the 240 rows of --demos: rows ")
+    assert other.tables["demonstrations"]["demos_row"].tolist() != table["demos_row"].tolist()
+
+
+def test_label_scores_are_calibrated_by_default_and_no_calibrate_turns_it_off(shell, tiny_llama):
+    flags = f"--model {tiny_llama} --dtype float32 --data test_df --demos train_df --shots 2 --labels negative,positive"
+    assert shell.run_cell(f"%%icl {flags} --out cal\n{TEMPLATE}\n").success
+    assert shell.run_cell(f"%%icl {flags} --no-calibrate --out raw\n{TEMPLATE}\n").success
+    cal, raw = shell.user_ns["cal"], shell.user_ns["raw"]
+    assert cal.options["calibrate"] is True and raw.options["calibrate"] is False
+    assert cal.metrics["test_uncalibrated_accuracy"] == raw.metrics["test_accuracy"]
+    assert "test_uncalibrated_accuracy" not in raw.metrics
+    shift = cal.predictions[["logp_negative", "logp_positive"]].to_numpy() - \
+        raw.predictions[["logp_negative", "logp_positive"]].to_numpy()
+    assert np.allclose(shift, shift[0], atol=1e-6) and not np.allclose(shift[0], 0)
+
+
+def test_chat_puts_demonstrations_in_turns_and_scores_the_assistant_answer(tiny_llama, lm, demo):
+    train, test = demo
+    result = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(6), demos=train, shots=2, chat=True,
+                      labels=["negative", "positive"], zero_shot=False, calibrate=False)
+    prompt = result.prompt
+    demos = result.tables["demonstrations"]
+    turns = "".join(f"<|im_start|>user\nReview: {train.text[row]}\nSentiment:<|im_end|>\n"
+                    f"<|im_start|>assistant\n{label}<|im_end|>\n"
+                    for row, label in zip(demos["demos_row"], demos["label"]))
+    assert prompt == turns + f"<|im_start|>user\nReview: {test.text[0]}\nSentiment:<|im_end|>\n<|im_start|>assistant\n"
+    model, tokenizer = lm
+    context = len(tokenizer(prompt)["input_ids"])
+    ref = [full_forward_logprob(model, tokenizer(prompt + w)["input_ids"], context) for w in ("negative", "positive")]
+    logp = result.predictions.loc[0, ["logp_negative", "logp_positive"]].to_numpy(dtype=float)
+    np.testing.assert_allclose(logp[1] - logp[0], ref[1] - ref[0], atol=1e-4)
+    calibrated = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(6), demos=train, shots=2, chat=True,
+                          labels=["negative", "positive"])           # content-free queries in chat turns too
+    assert calibrated.metrics["test_uncalibrated_accuracy"] == result.metrics["test_accuracy"]
+    assert calibrated.metrics["zero_shot_accuracy"] >= 0
+    generated = tiny_icl(tiny_llama, template="Question: {question}\nAnswer: {label}", chat=True, max_tokens=3,
+                         data=pd.DataFrame({"question": ["q one"], "label": ["a"]}), stream=False)
+    assert generated.prompt == "<|im_start|>user\nQuestion: q one\nAnswer:<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_the_one_label_column_the_template_names_is_the_answer_slot(tiny_llama, demo):
+    train, test = (f.rename(columns={"label": "sentiment"}) for f in demo)
+    template = "Review: {text}\nSentiment: {sentiment}"
+    result = tiny_icl(tiny_llama, template=template, data=test.head(6), demos=train, shots=2,
+                      labels=["negative", "positive"], zero_shot=False)
+    assert result.prompt.endswith(f"Review: {test.text[0]}\nSentiment:") and "test_accuracy" in result.metrics
+    assert any(n.startswith("answer slot: {sentiment}, the template's one label column") for n in result.notes)
+    numeric = test.head(6).assign(sentiment=(test.head(6).sentiment == "positive").astype(int))
+    assert tiny_icl(tiny_llama, template=template, data=numeric,
+                    labels=["negative", "positive"]).metrics["queries"] == 6     # 0/1 labels by position
+    both = test.head(6).assign(mood=test.head(6).sentiment)
+    with pytest.raises(UsageError, match=r"several label columns \(mood, sentiment\); .* --label"):
+        tiny_icl(tiny_llama, template="Review: {text}\nMood: {mood}\nSentiment: {sentiment}", data=both,
+                 labels=["negative", "positive"])
+    chosen = tiny_icl(tiny_llama, template="Review: {text}\nMood: {mood}\nSentiment: {sentiment}", data=both,
+                      labels=["negative", "positive"], label="sentiment")
+    assert chosen.prompt.endswith("Sentiment:")
+
+
+def _stop_after(monkeypatch, rows: int, how: str):
+    """Ask for a stop (Stop button) or interrupt the kernel (SIGINT) once `rows` prompts are done."""
+    import signal
+
+    from llm_magics.progress.events import Progress
+    advance = Progress.advance
+
+    def advance_then_stop(self, n=1, **metrics):
+        advance(self, n, **metrics)
+        if self.state.done >= rows and not self.should_stop:
+            if how == "interrupt":
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+            else:
+                self.request_stop()
+    monkeypatch.setattr(Progress, "advance", advance_then_stop)
+
+
+def test_an_interrupt_stops_scoring_with_a_partial_result(tiny_llama, demo, monkeypatch, store):
+    train, test = demo
+    _stop_after(monkeypatch, 10, "interrupt")
+    result = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(60), demos=train, shots=2,
+                      labels=["negative", "positive"], batch_tokens=48)
+    assert result.status == "stopped" and 0 < result.metrics["queries"] < 60
+    frame = result.predictions
+    assert len(frame) == result.metrics["queries"] and frame["prediction"].notna().all()
+    assert result.metrics["test_accuracy"] == pytest.approx((frame["gold"] == frame["prediction"]).mean())
+    assert "zero_shot_accuracy" not in result.metrics        # the zero-shot pass never ran
+    assert any(n.startswith(f"stopped after {len(frame)} of 60 rows") for n in result.notes)
+    assert store.get(result.run_id)["status"] == "stopped"
+
+
+def test_stop_ends_generation_with_the_answers_so_far(tiny_llama, monkeypatch):
+    data = pd.DataFrame({"question": [f"q {i}" for i in range(8)], "label": list("abcdefgh")})
+    _stop_after(monkeypatch, 3, "stop")
+    result = tiny_icl(tiny_llama, template="Question: {question}\nAnswer: {label}", data=data, max_tokens=2,
+                      stream=False)
+    assert result.status == "stopped" and result.metrics["queries"] == 3
+    assert result.predictions["row"].tolist() == [0, 1, 2] and "test_exact_match" in result.metrics
+
+
 # ---- mistakes: one UsageError line each, nothing recorded ------------------------------------------
 
 @pytest.fixture
@@ -512,6 +631,7 @@ def test_api_mean_score_divides_by_the_tokens_scored_for_each_prompt(api_server,
 
 
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(chat=True), "--chat applies a local model's chat template; with --api-base, use --api-style chat"),
     (dict(api_key_env="sk-live-not-a-name"), "--api-key-env: expects the name of the environment variable"),
     (dict(api_key_env="1KEY"), "--api-key-env: expects the name"),
     (dict(api_base="http://127.0.0.1:9/v1#sk-secret"), "a URL with a '#' fragment is not an endpoint"),

@@ -6,13 +6,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import UsageError
+
 
 @dataclass
 class ScoreTable:
     """Summed log-probabilities [requests, continuations] and the token counts they sum over:
-    [continuations] when every request tokenizes a continuation alike, else [requests, continuations]."""
+    [continuations] when every request tokenizes a continuation alike, else [requests, continuations].
+    `done`: which requests were scored, when a stop cut the call short (None: all of them)."""
     logprobs: np.ndarray
     lengths: np.ndarray
+    done: np.ndarray | None = None
 
     def normalised(self, how: str = "sum") -> np.ndarray:
         return self.logprobs / np.maximum(self.lengths, 1) if how == "mean" else self.logprobs
@@ -49,8 +53,14 @@ class Backend:
         raise NotImplementedError
 
     def generate(self, requests: Sequence[tuple[str, str]], settings: GenerateSettings,
-                 on_text: Callable[[int, str], None] | None = None, progress=None) -> list[str]:  # pragma: no cover
+                 on_text: Callable[[int, str], None] | None = None,
+                 progress=None) -> list[str | None]:  # pragma: no cover
+        """The answer per request; None for requests left when `progress.should_stop` turned true."""
         raise NotImplementedError
+
+    def chat_text(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        """The conversation as the model's chat template writes it (for --chat)."""
+        raise UsageError(f"--chat needs a local model with a chat template; {self.name} is reached through an API")
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

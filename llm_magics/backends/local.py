@@ -35,6 +35,7 @@ class LocalBackend(Backend):
         self.context = getattr(config, "max_position_embeddings", None) or 2048
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        self._last_prefix: tuple[tuple[int, ...], PrefixCache] | None = None
 
     # ---- tokens ---------------------------------------------------------------------
     def _encode(self, texts: Sequence[str], special: bool) -> list[list[int]]:
@@ -71,13 +72,14 @@ class LocalBackend(Backend):
         return pre[:keep], [j[keep:] for j in joint]
 
     def _groups(self, requests: Sequence[tuple[str, str]]) -> list[tuple[str, list[int], list[str]]]:
-        """(prefix, request indices, query texts): big groups share a cache; the rest go whole, together."""
+        """(prefix, request indices, query texts): big groups (or one prefix for all) share a cache; the
+        rest go whole, together."""
         by_prefix: dict[str, list[int]] = {}
         for i, (prefix, _) in enumerate(requests):
             by_prefix.setdefault(prefix, []).append(i)
         groups, loose = [], []
         for prefix, indices in by_prefix.items():
-            if prefix and len(indices) >= MIN_SHARED:
+            if prefix and len(indices) >= min(MIN_SHARED, len(requests)):
                 groups.append((prefix, indices, [requests[i][1] for i in indices]))
             else:
                 loose += indices
@@ -97,18 +99,29 @@ class LocalBackend(Backend):
         started = time.perf_counter()
         first = requests[0][0] + requests[0][1]
         conts = self.continuation_ids(first, continuations)
-        out = np.zeros((len(requests), len(conts)))
+        out = np.full((len(requests), len(conts)), np.nan)
         lengths = np.array([len(c) for c in conts])
         for prefix, indices, queries in self._groups(requests):
+            if _stopping(progress):
+                break
             prefix_ids, rows = self._plan(prefix, queries)
             self._check_length(prefix_ids, rows, int(lengths.max()))
             scores, _, stats = score_continuations(self.model, rows, conts, prefix=prefix_ids, pad_id=self.pad_id,
                                                    device=self.loaded.device, max_tokens=self.batch_tokens,
-                                                   progress=progress)
+                                                   progress=progress, cache=self._prefix_cache(prefix_ids))
             out[indices] = scores
             self.usage.tokens += stats.tokens
         self.usage.seconds += time.perf_counter() - started
-        return ScoreTable(out, lengths)
+        done = ~np.isnan(out).any(axis=1)
+        return ScoreTable(out, lengths, None if done.all() else done)
+
+    def _prefix_cache(self, prefix_ids: list[int]) -> PrefixCache:
+        """The last prefix's cache is kept: calibration, then the queries, score after the same prefix."""
+        key = tuple(prefix_ids)
+        if self._last_prefix is None or self._last_prefix[0] != key:
+            self._last_prefix = (key, PrefixCache(self.model, prefix_ids, self.loaded.device))
+            self.usage.tokens += len(prefix_ids)
+        return self._last_prefix[1]
 
     # ---- generation -------------------------------------------------------------------
     @torch.inference_mode()
@@ -116,13 +129,15 @@ class LocalBackend(Backend):
                  on_text: Callable[[int, str], None] | None = None, progress=None) -> list[str]:
         started = time.perf_counter()
         generator = torch.Generator(device=self.loaded.device).manual_seed(settings.seed)
-        outputs: list[str] = [""] * len(requests)
+        outputs: list[str | None] = [None] * len(requests)
         for prefix, indices, queries in self._groups(requests):
             prefix_ids, rows = self._plan(prefix, queries)
             self._check_length(prefix_ids, rows, settings.max_tokens)
             cache = PrefixCache(self.model, prefix_ids, self.loaded.device)
             self.usage.tokens += len(prefix_ids)
             for i, row in zip(indices, rows):
+                if _stopping(progress):
+                    break
                 outputs[i] = self._generate_one(prefix_ids, row, cache, settings, generator,
                                                 (lambda text, i=i: on_text(i, text)) if on_text else None)
                 if progress:
@@ -147,6 +162,18 @@ class LocalBackend(Backend):
         self.usage.tokens += len(row)
         self.usage.generated += int(generated.numel())
         return cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), stops)
+
+
+    # ---- chat -------------------------------------------------------------------------
+    def chat_text(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise UsageError(f"--chat: {self.name}'s tokenizer has no chat template; drop --chat for this model")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+
+def _stopping(progress) -> bool:
+    return bool(progress is not None and getattr(progress, "should_stop", False))
 
 
 class _Sampler(LogitsProcessor):

@@ -97,26 +97,28 @@ def default_budget(device: torch.device) -> tuple[int, int]:
 def score_continuations(model, rows: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], *,
                         prefix: Sequence[int] = (), pad_id: int = 0, device: torch.device | None = None,
                         max_batch: int | None = None, max_tokens: int | None = None,
-                        progress=None) -> tuple[np.ndarray, np.ndarray, ScoreStats]:
+                        progress=None, cache: PrefixCache | None = None) -> tuple[np.ndarray, np.ndarray, ScoreStats]:
     """Summed log-probabilities [rows, continuations] of each continuation after prefix + row.
 
     Also returns the continuation token counts (for length normalisation) and stats.
-    Every row must hold at least one token, or the prefix must.
+    Every row must hold at least one token, or the prefix must. When `progress.should_stop`
+    turns true, the batches end there: rows not scored hold NaN (`stats.rows` counts the others).
+    `cache`: the prefix's PrefixCache when the caller already has it (then it is not recomputed).
     """
     device = device or next(model.parameters()).device
     default_rows, default_tokens = default_budget(device)
     max_batch, max_tokens = max_batch or default_rows, max_tokens or default_tokens
     started = time.perf_counter()
-    stats = ScoreStats(rows=len(rows), tokens=len(prefix))
-    cache = PrefixCache(model, prefix, device)
+    stats = ScoreStats(rows=len(rows), tokens=0 if cache is not None else len(prefix))
+    cache = cache if cache is not None else PrefixCache(model, prefix, device)
     lengths = np.array([len(c) for c in continuations])
-    scores = np.zeros((len(rows), len(continuations)), dtype=np.float64)
+    scores = np.full((len(rows), len(continuations)), np.nan, dtype=np.float64)
     if all(n == 1 for n in lengths):
         # One pass: the next-token distribution after each row scores every label at once.
         targets = torch.as_tensor([c[0] for c in continuations], device=device)
         inputs = [list(r) for r in rows]
         for batch, logprobs in _passes(model, inputs, 1, cache, pad_id, device, max_batch, max_tokens, stats,
-                                       progress):
+                                       progress, progress):
             scores[batch] = logprobs[:, 0, :].index_select(-1, targets).double().cpu().numpy()
     else:
         # A pass per continuation: row + continuation[:-1] predicts each continuation token.
@@ -125,15 +127,17 @@ def score_continuations(model, rows: Sequence[Sequence[int]], continuations: Seq
             target = torch.as_tensor(list(cont), device=device)
             positions = torch.arange(len(cont), device=device)
             for batch, logprobs in _passes(model, inputs, len(cont), cache, pad_id, device, max_batch, max_tokens,
-                                           stats, progress if j == len(continuations) - 1 else None):
+                                           stats, progress if j == len(continuations) - 1 else None, progress):
                 scores[batch, j] = logprobs[:, positions, target].sum(-1).double().cpu().numpy()
+    stats.rows = int((~np.isnan(scores).any(axis=1)).sum())
     stats.seconds = time.perf_counter() - started
     return scores, lengths, stats
 
 
 def _passes(model, inputs: list[list[int]], keep: int, cache: PrefixCache, pad_id: int, device, max_batch: int,
-            max_tokens: int, stats: ScoreStats, progress):
-    """Yield (row indices, log-softmax of the last `keep` positions) batch by batch."""
+            max_tokens: int, stats: ScoreStats, progress, stopper=None):
+    """Yield (row indices, log-softmax of the last `keep` positions) batch by batch, until
+    `stopper.should_stop`."""
     name = cache_kwarg(model)
     keep_kw = _keeps_logits(model)
     lengths = [len(x) for x in inputs]
@@ -160,6 +164,8 @@ def _passes(model, inputs: list[list[int]], keep: int, cache: PrefixCache, pad_i
         if progress:
             progress.advance(len(batch))
         yield batch, out.pop(id(batch))
+        if stopper is not None and getattr(stopper, "should_stop", False):
+            return
 
 
 def _after_prefix(rows: list[list[int]], pad_id: int, past: int):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..errors import UsageError, did_you_mean
+from ...errors import UsageError, did_you_mean
 
 FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 SEPARATOR = re.compile(r"^[ \t]*---[ \t]*$", re.MULTILINE)
@@ -247,3 +247,54 @@ def answer_text(value) -> str:
     or SQuAD's {'text': [...], 'answer_start': [...]}); a demonstration shows the first, not a repr."""
     answers = gold_answers(value)
     return answers[0] if answers else ""
+
+
+# ---- how a prompt is laid out ----------------------------------------------------------------
+
+class PromptFormat:
+    """Demonstrations and the query as text, in one of two layouts.
+
+    plain: each demonstration rendered with the template, joined by the separator, then the
+    query rendered up to its answer slot; an answer opens with the template's space before the slot.
+    chat: the model's chat template — each demonstration a user turn (the template up to the slot)
+    and an assistant turn (its answer), the query the last user turn; the answer opens the
+    assistant's turn. Text after the slot is left out of chat turns.
+
+    A prompt is (prefix, query): the prefix is what many rows share (the demonstrations), so
+    its KV cache is computed once."""
+
+    def __init__(self, template: Template, slot: str, separator: str = "\n\n", chat=None):
+        self.template, self.slot, self.separator, self.chat = template, slot, separator, chat
+
+    @property
+    def opening(self) -> str:
+        return "" if self.chat else self.template.opening(self.slot)
+
+    def _user(self, values: Mapping[str, str]) -> str:
+        return self.template.query(values, self.slot).strip()
+
+    def _turns(self, demos: Sequence[Mapping[str, str]]) -> list[dict]:
+        turns: list[dict] = []
+        for d in demos:
+            turns += [{"role": "user", "content": self._user(d)}, {"role": "assistant", "content": d[self.slot]}]
+        return turns
+
+    def prefix(self, demos: Sequence[Mapping[str, str]]) -> str:
+        """The demonstrations, each holding its answer under the slot."""
+        if not demos:
+            return ""
+        if self.chat:
+            return self.chat(self._turns(demos), False)
+        return "".join(self.template.render(d) + self.separator for d in demos)
+
+    def query(self, values: Mapping[str, str], demos: Sequence[Mapping[str, str]] = (),
+              prefix: str | None = None) -> str:
+        """The row's part of the prompt, to follow `prefix(demos)`."""
+        if not self.chat:
+            return self.template.query(values, self.slot)
+        head = self.prefix(demos) if prefix is None else prefix
+        whole = self.chat(self._turns(demos) + [{"role": "user", "content": self._user(values)}], True)
+        if not whole.startswith(head):
+            raise UsageError("the model's chat template renders earlier turns differently once a turn follows; "
+                             "drop --chat for this model")
+        return whole[len(head):]
