@@ -53,3 +53,15 @@ def test_a_chain_of_stops_resumes_from_its_newest_link(tiny_bert, separable, sto
     assert third.status == "ok" and third.metrics["steps"] == straight.metrics["steps"]
     assert third.metrics["test_loss"] == pytest.approx(straight.metrics["test_loss"], abs=1e-4)
     assert [r["status"] for r in store.list()].count("ok") == 2
+
+
+def test_a_source_folder_gone_before_the_end_is_a_note_not_a_lost_run(tiny_bert, separable, monkeypatch):
+    frame, _, _ = separable
+    stopped = stop_early(start(tiny_bert, frame, bg=True))
+
+    def gone(folder, run_id):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(checkpoint, "mark_continued", gone)
+    resumed = start(tiny_bert, frame, resume=stopped.run_id)
+    assert resumed.status == "ok" and "could not mark" in " ".join(resumed.notes)

@@ -213,7 +213,10 @@ class TrainLoop:
             self._restore_best()
         if self.resumed_from is not None and self.resumed_from != self.last_dir:
             # Continued once: its optimizer state goes, and resuming it again is refused.
-            checkpoint.mark_continued(self.resumed_from, self.folder.name)
+            try:
+                checkpoint.mark_continued(self.resumed_from, self.folder.name)
+            except OSError as exc:   # its folder went away meanwhile: the run's result still stands
+                self.notes.append(f"could not mark {self.resumed_from} as continued ({exc.strerror or exc})")
         return Outcome(status=status, history=list(s["history"]), losses=[tuple(x) for x in s.get("losses", [])],
                        best=s["best"], steps=s["step"],
                        total_steps=self.total_steps, epochs_run=s["step"] / max(self.steps_per_epoch, 1),
