@@ -81,3 +81,17 @@ def test_ppo_bad_inputs_are_one_line_and_record_nothing(tiny_llama, store, kwarg
         ppo(tiny_llama, **{"reward": rule("o"), "steps": 2, **kwargs})
     assert message in str(error.value) and "\n" not in str(error.value)
     assert store.list() == []
+
+
+def test_eval_measures_win_rate_and_kl_against_the_reference(tiny_llama, store):
+    tuned = ppo(tiny_llama, rule("ed"))
+    report = api.rlhf.eval(run=tuned, reward=rule("ed"), prompts=PROMPTS * 8, max_new_tokens=24)
+    m = report.metrics
+    assert m["prompts"] == 32 and m["policy_reward"] > m["reference_reward"] and m["win_rate"] > 0.5, m
+    assert m["kl_mean"] > 0 and m["kl_k3_mean"] >= 0
+    assert list(report.tables["sample pairs"].columns)[:3] == ["prompt", "policy", "reference"]
+    # After a restart only the run id is left.
+    again = api.rlhf.eval(run=tuned.run_id, reward=rule("ed"), prompts=PROMPTS * 8, max_new_tokens=24)
+    assert again.metrics["policy_reward"] > again.metrics["reference_reward"]
+    with pytest.raises(UsageError, match="not a variable holding a tuned policy nor the run id"):
+        api.rlhf.eval(run="rlhf-nope", reward=rule("ed"), prompts=PROMPTS)

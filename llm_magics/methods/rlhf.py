@@ -200,6 +200,25 @@ class OnlineOptions(RunOptions, TrainingOptions):
 
 
 @dataclass
+class _EvalRun:
+    run: Any = option(positional=True, help="the tuned policy: a %rlhf Result variable or its run id", metavar="RUN")
+
+
+@dataclass
+class EvalOptions(RunOptions, _EvalRun):
+    reward: Any = option(None, "the judge: a %rlhf reward Result (variable, run id or folder) or a "
+                               "callable(prompts, completions) -> floats", metavar="REWARD")
+    prompts: Any = option(None, "held-out prompts: a variable, a file or a list of strings", metavar="DATA")
+    prompt_column: str | None = option(None, "the prompt column (default: prompt, or the one text column)",
+                                       metavar="COLUMN")
+    max_new_tokens: int = option(24, "tokens sampled per completion", check=positive)
+    temperature: float = option(1.0, "sampling temperature", check=positive)
+    batch_size: int = option(8, "prompts per generation batch", check=positive)
+    samples: int = option(8, "sample pairs shown in the table", check=positive)
+    seed: int = option(0, "seed for sampling")
+
+
+@dataclass
 class ListOptions:
     limit: int | None = option(20, "how many recent runs", check=positive)
 
@@ -216,6 +235,8 @@ class RlhfMethod(Method):
         "kto": Command(DpoOptions, "kto", "KTO through TRL (each pair gives a desirable and an undesirable answer)"),
         "grpo": Command(OnlineOptions, "grpo", "GRPO through TRL, against our reward (a Result or a callable)"),
         "rloo": Command(OnlineOptions, "rloo", "RLOO through TRL, against our reward (a Result or a callable)"),
+        "eval": Command(EvalOptions, "eval", "win rate of a tuned policy over its reference under a reward, and "
+                                            "the KL between them, on held-out prompts"),
         "orpo": Command(DpoOptions, "orpo", "ORPO through TRL (no reference model; --beta is its λ)"),
     }
 
@@ -533,3 +554,21 @@ class RlhfMethod(Method):
         hold(result)
         progress.end(status, **{k: v for k, v in metrics.items() if k.startswith("reward_")})
         return result
+
+    # ---- eval -------------------------------------------------------------------------------
+    def eval(self, o: EvalOptions, ctx):
+        from ..method import Result
+        from ..rlhf.evaluate import evaluate, policy_of
+        from ..rlhf.policy import load_prompts, resolve_reward
+        reward, reward_name = resolve_reward(o.reward, ctx.namespace)
+        prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
+        model, reference, tokenizer, base = policy_of(o.run, ctx.namespace, ctx.settings)
+        progress = ctx.progress(f"rlhf eval · {base} · reward {reward_name}")
+        progress.start(total=len(prompts), unit="prompts")
+        metrics, table = evaluate(model, reference, tokenizer, reward, reward_name, prompts, o.max_new_tokens,
+                                  o.temperature, o.batch_size, o.seed, o.samples)
+        progress.advance(len(prompts))
+        progress.end("ok", win_rate=metrics["win_rate"], kl=metrics["kl_mean"])
+        return Result(method="rlhf eval", model=base, metrics=metrics, tables={"sample pairs": table},
+                      notes=[f"win rate counts ties as half; KL in nats per completion (k1; k3 "
+                             f"{metrics['kl_k3_mean']:.3g})"])
