@@ -219,6 +219,29 @@ class EvalOptions(RunOptions, _EvalRun):
 
 
 @dataclass
+class _CollectFile:
+    path: str = option(positional=True, help="the JSONL file choices are appended to (resumed when it exists)",
+                       metavar="FILE")
+
+
+@dataclass
+class CollectOptions(RunOptions, _CollectFile):
+    model: str | None = option(None, "the causal LM that writes the completions (alias, folder or hub id)")
+    prompts: Any = option(None, "prompts to show: a variable, a file or a list of strings", metavar="DATA")
+    prompt_column: str | None = option(None, "the prompt column (default: prompt, or the one text column)",
+                                       metavar="COLUMN")
+    k: int = option(2, "completions per prompt, side by side", check=positive)
+    max_new_tokens: int = option(64, "tokens per completion", check=positive)
+    temperature: float = option(1.0, "sampling temperature", check=positive)
+    seed: int = option(0, "seed for sampling")
+    device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
+
+    def validate(self) -> None:
+        if self.k < 2:
+            raise UsageError("--k must be at least 2: a choice needs two completions")
+
+
+@dataclass
 class ListOptions:
     limit: int | None = option(20, "how many recent runs", check=positive)
 
@@ -229,6 +252,8 @@ class RlhfMethod(Method):
                "optimisation against it or any Python reward (PPO of our own, on the training engine).")
     Options = ListOptions
     commands = {
+        "collect": Command(CollectOptions, "collect", "a widget to rank completions; choices go to a JSONL file",
+                           records_run=False),
         "reward": Command(RewardOptions, "reward", "train a reward model on preference pairs"),
         "ppo": Command(PpoOptions, "ppo", "optimise a policy against a reward with PPO (ours, on the engine)"),
         "dpo": Command(DpoOptions, "dpo", "direct preference optimisation through TRL's DPOTrainer"),
@@ -572,3 +597,30 @@ class RlhfMethod(Method):
         return Result(method="rlhf eval", model=base, metrics=metrics, tables={"sample pairs": table},
                       notes=[f"win rate counts ties as half; KL in nats per completion (k1; k3 "
                              f"{metrics['kl_k3_mean']:.3g})"])
+
+    # ---- collect ----------------------------------------------------------------------------
+    def collect(self, o: CollectOptions, ctx):
+        from pathlib import Path
+
+        from ..rlhf.collect import CollectSession, sampler
+        from ..rlhf.policy import load_prompts
+        prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
+        path = Path(o.path).expanduser()
+        if path.suffix.lower() != ".jsonl":
+            raise UsageError(f"{o.path}: choices are written as JSON lines; name a .jsonl file")
+        loaded = load_model(resolve(o.model), "causal_lm", ctx.device(o.device), torch.float32)
+        tok = loaded.tokenizer
+        if tok.padding_side != "left":
+            tok = copy_tokenizer_left(tok)
+        session = CollectSession(path, prompts, sampler(loaded.model, tok, o.k, o.max_new_tokens, o.temperature,
+                                                        o.seed))
+        if o.out:
+            ctx.display(session)
+        return session
+
+
+def copy_tokenizer_left(tokenizer):
+    import copy
+    tok = copy.copy(tokenizer)
+    tok.padding_side = "left"
+    return tok

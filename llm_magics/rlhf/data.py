@@ -215,6 +215,10 @@ def normalize_preferences(frame: pd.DataFrame, role: str = "--data", *, prompt: 
     """Any supported shape → a DataFrame of prompt / chosen / rejected texts (ranked rows expand)."""
     if frame is None or len(frame) == 0:
         raise UsageError(f"{role} is empty: a preference set needs at least a few pairs")
+    if "event" in frame.columns and "chosen" in frame.columns:   # %rlhf collect's ties and skips
+        frame = frame[frame["event"].isna()].drop(columns="event").reset_index(drop=True)
+        if frame.empty:
+            raise UsageError(f"{role} holds only ties and skips: no preference pair yet")
     columns = list(frame.columns)
     found = ", ".join(map(str, columns))
     for flag, name in (("--prompt", prompt), ("--chosen", chosen), ("--rejected", rejected)):

@@ -1,0 +1,177 @@
+"""`%rlhf collect`: people rank completions in a widget; every choice lands in a JSONL file at once.
+
+A prompt and k completions (k samples from one model, or one from each of several models or
+adapters) are shown side by side with a button each ("1 is better", …), tie, skip and undo, and
+a counter. Each click appends one line per resulting pair and fsyncs the file: a dead kernel
+loses nothing. Ties and skips are written as `{"prompt", "event"}` lines (so resuming knows
+the prompt was answered; the preference loader skips them). Undo truncates the file back to
+before the last choice and shows that prompt again. Reopening the same file resumes after the
+last prompt answered.
+
+The widget is driven by its own buttons, so a test can click them with comm messages in a
+real kernel; `choose(i)`, `tie()`, `skip()`, `undo()` do the same from Python.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+EVENTS = ("tie", "skip")
+
+
+def read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                from ..errors import UsageError
+                raise UsageError(f"{path}: line {number + 1} is not JSON; it is not a file %rlhf collect wrote") from None
+    return records
+
+
+class CollectSession:
+    def __init__(self, path: Path, prompts: Sequence[str], generate: Callable[[str], list[str]], labels=None):
+        self.path = Path(path)
+        self.prompts = list(prompts)
+        self.generate = generate
+        self.labels = labels
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        answered = {r.get("prompt") for r in read_records(self.path)}
+        last = max((i for i, p in enumerate(self.prompts) if p in answered), default=-1)
+        self.index = last + 1
+        self.answered = sum(1 for p in self.prompts if p in answered)
+        self.resumed_at = self.index
+        self.history: list[tuple[int, int, list[str]]] = []   # (prompt index, file size before, completions)
+        self.completions: list[str] = []
+        self._widget = None
+        self._load()
+
+    # ---- state ------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.prompts)
+
+    @property
+    def prompt(self) -> str | None:
+        return None if self.done else self.prompts[self.index]
+
+    def _load(self) -> None:
+        self.completions = [] if self.done else list(self.generate(self.prompts[self.index]))
+        self._render()
+
+    def _append(self, records: list[dict]) -> None:
+        size = self.path.stat().st_size if self.path.exists() else 0
+        with open(self.path, "a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.history.append((self.index, size, self.completions))
+        self.answered += 1
+        self.index += 1
+        self._load()
+
+    # ---- actions ----------------------------------------------------------------------
+    def choose(self, best: int) -> None:
+        if self.done:
+            return
+        prompt, texts = self.prompts[self.index], self.completions
+        records = [{"prompt": prompt, "chosen": texts[best], "rejected": other}
+                   for j, other in enumerate(texts) if j != best and other.strip() != texts[best].strip()]
+        if not records:   # every completion is the same text: no preference to record
+            records = [{"prompt": prompt, "event": "tie"}]
+        self._append(records)
+
+    def tie(self) -> None:
+        if not self.done:
+            self._append([{"prompt": self.prompts[self.index], "event": "tie"}])
+
+    def skip(self) -> None:
+        if not self.done:
+            self._append([{"prompt": self.prompts[self.index], "event": "skip"}])
+
+    def undo(self) -> None:
+        if not self.history:
+            return
+        index, size, completions = self.history.pop()
+        with open(self.path, "r+", encoding="utf-8") as f:
+            f.truncate(size)
+            f.flush()
+            os.fsync(f.fileno())
+        self.index, self.answered = index, self.answered - 1
+        self.completions = completions    # the same completions as before, not new samples
+        self._render()
+
+    # ---- the widget -------------------------------------------------------------------
+    @property
+    def widget(self):
+        if self._widget is None:
+            import ipywidgets as w
+            self._prompt = w.HTML()
+            self._answers = w.HBox()
+            self._counter = w.Label()
+            self._tie, self._skip, self._undo = w.Button(description="Tie"), w.Button(description="Skip"), \
+                w.Button(description="Undo")
+            self._tie.on_click(lambda _: self.tie())
+            self._skip.on_click(lambda _: self.skip())
+            self._undo.on_click(lambda _: self.undo())
+            self._widget = w.VBox([self._prompt, self._answers,
+                                   w.HBox([self._tie, self._skip, self._undo, self._counter])])
+            self._render()
+        return self._widget
+
+    def _render(self) -> None:
+        if self._widget is None:
+            return
+        import ipywidgets as w
+        self._counter.value = f"{self.answered} answered · prompt {min(self.index + 1, len(self.prompts))} of " \
+                              f"{len(self.prompts)} · {self.path.name}"
+        if self.done:
+            self._prompt.value = "<b>All prompts answered.</b> Undo goes back one."
+            self._answers.children = ()
+            return
+        self._prompt.value = f"<div style='white-space:pre-wrap'><b>Prompt</b><br>{html.escape(self.prompt)}</div>"
+        boxes = []
+        for i, text in enumerate(self.completions):
+            label = self.labels[i] if self.labels else str(i + 1)
+            button = w.Button(description=f"{label} is better")
+            button.on_click(lambda _, i=i: self.choose(i))
+            boxes.append(w.VBox([w.HTML(f"<div style='white-space:pre-wrap;border:1px solid #ccc;padding:6px;"
+                                        f"min-width:240px'>{html.escape(text)}</div>"), button],
+                                layout=w.Layout(flex="1")))
+        self._answers.children = boxes
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        return (f"<CollectSession {self.path}: {self.answered} answered, prompt {self.index + 1} of "
+                f"{len(self.prompts)}>")
+
+
+def sampler(model, tokenizer, k: int, max_new_tokens: int, temperature: float, seed: int):
+    """k sampled completions of one prompt, from one model."""
+    import torch
+
+    from ..engine.device import eval_mode
+    device = next(model.parameters()).device
+    counter = {"n": 0}
+
+    @torch.no_grad()
+    def generate(prompt: str) -> list[str]:
+        counter["n"] += 1
+        torch.manual_seed(seed + counter["n"])
+        enc = tokenizer([prompt] * k, return_tensors="pt").to(device)
+        with eval_mode(model):
+            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return generate

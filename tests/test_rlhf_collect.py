@@ -1,0 +1,99 @@
+"""`%rlhf collect`: the JSONL holds exactly the choices made, survives a killed kernel, resumes."""
+import json
+import os
+import time
+
+import pytest
+
+from llm_magics import api
+from llm_magics.rlhf.collect import CollectSession
+from llm_magics.rlhf.data import prepare_preferences
+
+PROMPTS = [f"Review {i}: the film was" for i in range(6)]
+
+
+def fake(prompt):
+    return [prompt[-3:] + " good", prompt[-3:] + " bad"]
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_choices_ties_skips_and_undo_in_python(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    session = CollectSession(path, PROMPTS, fake)
+    session.choose(0)
+    session.tie()
+    session.choose(1)
+    session.undo()            # the third choice is taken back, and its prompt shown again
+    assert session.index == 2 and session.completions == fake(PROMPTS[2])
+    session.skip()
+    assert lines(path) == [{"prompt": PROMPTS[0], "chosen": "was good", "rejected": "was bad"},
+                           {"prompt": PROMPTS[1], "event": "tie"}, {"prompt": PROMPTS[2], "event": "skip"}]
+    again = CollectSession(path, PROMPTS, fake)   # reopened: resumes after the last prompt answered
+    assert again.index == 3 and again.answered == 3
+    for _ in range(10):
+        again.choose(1)
+    assert again.done and len(lines(path)) == 6
+    data = prepare_preferences(str(path), val_size=0.25, test_size=0.25)  # ties and skips are not pairs
+    assert len(data.train) + len(data.validation) + len(data.test) == 4
+
+
+def test_collect_command_shows_sampled_completions(tiny_llama, tmp_path, store):
+    session = api.rlhf.collect(path=str(tmp_path / "p.jsonl"), model=str(tiny_llama), prompts=PROMPTS, k=3,
+                               max_new_tokens=5)
+    assert len(session.completions) == 3 and session.prompt == PROMPTS[0]
+    assert len(session.widget.children[1].children) == 3
+    assert store.list() == []   # collecting records no run
+
+
+@pytest.mark.kernel
+def test_collect_in_a_real_kernel_survives_a_kill_and_resumes(tiny_llama, tmp_path):
+    from jupyter_client.manager import start_new_kernel
+    path = tmp_path / "prefs.jsonl"
+    env = {**os.environ, "LLM_MAGICS_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    env.pop("LLM_MAGICS_PROGRESS", None)
+    cell = (f"%load_ext llm_magics\nprompts = {PROMPTS!r}\n"
+            f"%rlhf collect {path} --model {tiny_llama} --prompts prompts --k 2 --max-new-tokens 4")
+
+    def open_widget(kc):
+        messages = []
+        reply = kc.execute_interactive(cell, timeout=120, output_hook=messages.append)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        buttons = {}
+        for m in messages:
+            if m["msg_type"] == "comm_open":
+                state = m["content"]["data"].get("state", {})
+                if state.get("_model_name") == "ButtonModel":
+                    buttons.setdefault(state["description"], []).append(m["content"]["comm_id"])
+        return buttons
+
+    def click(kc, comm_id):
+        kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": comm_id,
+                                                          "data": {"method": "custom", "content": {"event": "click"}}}))
+        kc.execute_interactive("pass", timeout=60)   # the click is handled before this cell runs
+
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        buttons = open_widget(kc)
+        assert set(buttons) >= {"1 is better", "2 is better", "Tie", "Skip", "Undo"}
+        click(kc, buttons["1 is better"][0])
+        # The answers are re-rendered with new buttons for the next prompt; the file already holds the choice.
+        assert [r["prompt"] for r in lines(path)] == [PROMPTS[0]]
+        click(kc, buttons["Tie"][0])
+        assert [r.get("event") for r in lines(path)] == [None, "tie"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)   # killed without a chance to save anything
+    assert len(lines(path)) == 2 and lines(path)[0]["chosen"] != lines(path)[0]["rejected"]
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        buttons = open_widget(kc)
+        click(kc, buttons["Skip"][0])
+        records = lines(path)
+        assert [r["prompt"] for r in records] == PROMPTS[:3]   # resumed at the third prompt
+        assert records[2] == {"prompt": PROMPTS[2], "event": "skip"}
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
