@@ -21,7 +21,7 @@ from .runner import build_options, execute
 from .runs import RunStore, compare as _compare
 from .settings import current as settings
 
-__all__ = ["run", "compare", "runs", "free", "methods", "device", "models"]
+__all__ = ["run", "sweep", "compare", "runs", "free", "methods", "device", "models"]
 
 
 def run(method: str, command: str | None = None, /, **kwargs) -> Any:
@@ -66,6 +66,35 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(registry().names()))
+
+
+def sweep(method: str, grid: str, /, command: str | None = None, *, metric: str | None = None,
+          random: int | None = None, sweep_seed: int = 0, wait: bool = False, **kwargs):
+    """`%llm sweep` from Python: `grid` as in the magic ("lr=1e-4,5e-4 r=4,8"), the method's options as
+    keyword arguments (objects such as DataFrames too). Returns the started Sweep (`wait=True`: ended)."""
+    from .errors import UsageError, did_you_mean
+    from .tune import form
+    from .tune.sweep import from_line
+    cls = registry().load(method)
+    if command is not None and command not in cls.commands:
+        raise UsageError(f"{method} has no command {command!r}" + did_you_mean(command, cls.commands))
+    by_name = {s.name: s for s in opts.specs(cls.command(command).options)}
+    tokens, namespace = ([command] if command else []), {}
+    for name, value in kwargs.items():
+        if name not in by_name:
+            raise UsageError(f"unknown argument {name!r}" + did_you_mean(name, by_name))
+        spec = by_name[name]
+        if spec.kind is object and not isinstance(value, str):   # a DataFrame, a list: by a name
+            namespace[name] = value
+            value = name
+        tokens += form.flag_tokens(spec, value) if not spec.positional else [str(value)]
+    tokens += ["--grid", grid, "--sweep-seed", str(sweep_seed)]
+    tokens += (["--metric", metric] if metric else []) + (["--random", str(random)] if random else [])
+    run_sweep, _ = from_line([method] + tokens, namespace)
+    run_sweep.start()
+    if wait:
+        run_sweep.wait()
+    return run_sweep
 
 
 def compare(metric: str | None = None, method: str | None = None, limit: int | None = None,

@@ -270,3 +270,17 @@ def test_a_pip_installed_plugin_is_in_the_dropdown_and_runs(tmp_path):
     assert "FIELDS ['data', 'shout']" in out
     assert "LINE %echo --data df --shout --out result" in out
     assert "RESULT {'rows': 2, 'words': 5} ['HELLO THERE WORLD']" in out, done.stderr
+
+
+def test_api_sweep_takes_objects_and_options_as_keywords(tiny_bert, separable, store):
+    from llm_magics import api
+    df = separable[0]
+    done = api.sweep("probe", "C=0.01,1", model=str(tiny_bert), data=df, pooling="cls", standardize=False,
+                     wait=True)
+    assert done.status == "done" and [row["status"] for row in done.rows] == ["ok", "ok"]
+    records = [r for r in store.list() if r["sweep_id"] == done.id]
+    assert sorted(r["options"]["C"] for r in records) == [0.01, 1.0]
+    assert {(r["options"]["pooling"], r["options"]["standardize"], r["options"]["data"]) for r in records} \
+        == {("cls", False, "data")}
+    with pytest.raises(UsageError, match="unknown argument 'polling'"):
+        api.sweep("probe", "C=1", polling="cls")
