@@ -90,7 +90,7 @@ class LLMMagics(Magics):
 
     @line_magic
     def llm(self, line: str = ""):
-        """%llm [methods|models|device|runs|compare|free|reload]: the umbrella of llm-magics."""
+        """%llm [methods|models|device|runs|compare|tune|sweep|free|reload]: the umbrella of llm-magics."""
         from . import api
         from .overview import Overview
         tokens = opts.split_line(line)
