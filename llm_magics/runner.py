@@ -167,7 +167,9 @@ def execute(name: str, word: str | None, options, namespace: dict | None = None,
 
 def _run(handler, command, options, ctx: RunContext):
     device_pref = getattr(options, "device", None)
-    monitor_device = ctx.device(device_pref) if command.records_run else None
+    # A launched run (--devices) measures its workers' memory; the kernel must not touch CUDA.
+    from .launch.options import launched
+    monitor_device = ctx.device(device_pref) if command.records_run and not launched(options) else None
     try:
         with MemoryMonitor(monitor_device) as memory:
             watch = Stopwatch()

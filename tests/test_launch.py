@@ -1,6 +1,7 @@
 """`--devices`: the pieces of a launched run that need no worker (spec, data files, events,
 failure reports, refusals, export's refusals). tests/test_launch_multiprocess.py runs workers."""
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -147,3 +148,69 @@ def test_export_writes_a_job_from_a_notebook_variable(shell, tiny_bert, demo, tm
     readme = (tmp_path / "job" / "README.md").read_text()
     assert "torchrun --standalone --nproc-per-node" in readme and "--nnodes M --node-rank R" in readme
     assert "main(Path(__file__)" in (tmp_path / "job" / "train.py").read_text()
+
+
+def test_the_kernel_measures_no_device_memory_for_a_launched_run(tiny_bert, demo, monkeypatch):
+    """The workers report their peak memory; the kernel's monitor must not touch CUDA for them."""
+    from llm_magics import runner
+    seen = []
+    real = runner.MemoryMonitor
+    monkeypatch.setattr(runner, "MemoryMonitor", lambda device=None: seen.append(device) or real(None))
+    with pytest.raises(UsageError, match="DeepSpeed"):
+        api.finetune(model=str(tiny_bert), data=demo[0], devices=2, strategy="deepspeed")
+    api.finetune(model=str(tiny_bert), data=demo[0], train="head", epochs=1, dtype="float32")
+    assert seen[0] is None and seen[1] is not None
+
+
+FAKE_AGENT = """import os, subprocess, sys, time
+folder = sys.argv[1]
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+open(os.path.join(folder, "rank0.pid"), "w").write(str(child.pid))
+time.sleep(300)
+"""
+
+
+def fake_launcher(tmp_path, **kwargs):
+    """A Launcher whose 'torchrun' is a sleeper with a worker in a session of its own, as torchrun's are."""
+    import sys
+
+    from llm_magics.launch.launcher import Launcher
+
+    class Fake(Launcher):
+        def command(self):
+            return [sys.executable, "-c", FAKE_AGENT, str(self.folder)]
+    launcher = Fake(tmp_path, tmp_path / "spec.json", 2, poll=0.05, **kwargs)
+    launcher.start()
+    while not (tmp_path / "rank0.pid").exists():
+        time.sleep(0.05)
+    worker = int((tmp_path / "rank0.pid").read_text())
+    return launcher, [launcher.proc.pid, worker]
+
+
+def gone(pids, within: float = 10.0) -> bool:
+    import psutil
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_silent_run_is_ended_as_stuck_with_every_process(tmp_path):
+    from llm_magics.launch.launcher import WorkerFailed
+    launcher, pids = fake_launcher(tmp_path, silence_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(WorkerFailed, match="no sign of life"):
+        launcher.follow(Progress())
+    assert time.monotonic() - started < 10 and gone(pids)
+
+
+def test_workers_that_ignore_stop_are_ended_after_the_grace_period(tmp_path):
+    from llm_magics.launch.launcher import WorkerFailed
+    launcher, pids = fake_launcher(tmp_path, stop_grace=1.0, silence_timeout=None)
+    progress = Progress()
+    progress.request_stop()
+    with pytest.raises(WorkerFailed, match="did not stop within 1 s"):
+        launcher.follow(progress)
+    assert (tmp_path / "STOP").exists() and gone(pids)

@@ -14,6 +14,11 @@ shell or a cluster.
 
 Everything the run writes lies in `<run folder>/launch/`: spec.json, the data
 files, events.jsonl, launcher.log, rank<R>.log, result.json and final/ weights.
+
+Timeouts (seconds, environment variables): LLM_MAGICS_RENDEZVOUS_TIMEOUT (120: the
+workers must find each other), LLM_MAGICS_COLLECTIVE_TIMEOUT (300: a rank waiting on
+a dead peer), LLM_MAGICS_SILENCE_TIMEOUT (1800: no event and no log line, the run is
+ended as stuck).
 """
 from __future__ import annotations
 
@@ -63,7 +68,8 @@ def run_launched(method, o, ctx):
     progress.log(f"{world} workers ({o.devices} on this machine"
                  + (f", node {o.node_rank} of {o.nodes}" if o.nodes > 1 else "") + f"); {note}")
     launcher = Launcher(folder, spec_path, o.devices, o.nodes, o.node_rank, o.master_addr,
-                        rendezvous_timeout=float(os.environ.get("LLM_MAGICS_RENDEZVOUS_TIMEOUT", 120)))
+                        rendezvous_timeout=float(os.environ.get("LLM_MAGICS_RENDEZVOUS_TIMEOUT", 120)),
+                        silence_timeout=float(os.environ.get("LLM_MAGICS_SILENCE_TIMEOUT", 1800)))
     launcher.start()
     rc = launcher.follow(progress)
     if rc != 0 or not (folder / "result.json").exists():

@@ -31,6 +31,19 @@ from .events import EventReader
 
 LOG_TAIL = 25
 
+# torchrun's agent, told by Linux to take SIGTERM when the kernel dies (it then ends its workers,
+# whose own watch ends them when the agent is gone): a dead kernel leaves no training behind.
+AGENT = """import ctypes, os, signal, sys
+kernel = int(sys.argv[1])
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass   # not Linux: the launcher's own cleanup still ends the run when the cell ends
+if os.getppid() != kernel:
+    sys.exit(70)
+os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run"] + sys.argv[2:])
+"""
+
 
 class WorkerFailed(RuntimeError):
     """A worker crashed or was killed: one message with the tail of its log (no traceback
@@ -54,11 +67,12 @@ class Launcher:
 
     def __init__(self, folder: Path, spec_path: Path, devices: int, nodes: int = 1, node_rank: int = 0,
                  master_addr: str | None = None, master_port: int = 29500, rendezvous_timeout: float = 120.0,
-                 stop_grace: float = 60.0, poll: float = 0.1):
+                 stop_grace: float = 60.0, poll: float = 0.1, silence_timeout: float | None = 1800.0):
         self.folder, self.spec_path = Path(folder), Path(spec_path)
         self.devices, self.nodes, self.node_rank = devices, nodes, node_rank
         self.master_addr, self.master_port = master_addr, master_port
         self.rendezvous_timeout, self.stop_grace, self.poll = rendezvous_timeout, stop_grace, poll
+        self.silence_timeout = silence_timeout   # no event and no log line for this long: the run is stuck
         self.proc: subprocess.Popen | None = None
         self.known: dict[int, psutil.Process] = {}
         self.stop_sent_at: float | None = None
@@ -66,7 +80,7 @@ class Launcher:
 
     # -- the command --------------------------------------------------------------------
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.devices}",
+        cmd = [sys.executable, "-c", AGENT, str(os.getpid()), f"--nproc-per-node={self.devices}",
                "--max-restarts=0", "--monitor-interval=0.2"]
         if self.nodes == 1:
             cmd += ["--standalone", f"--rdzv-conf=join_timeout={int(self.rendezvous_timeout)}"]
@@ -107,6 +121,16 @@ class Launcher:
             except (ValueError, OSError, psutil.Error):
                 pass
 
+    def _activity(self) -> int:
+        """Bytes written so far to the events file and the logs: they grow while the run lives."""
+        total = 0
+        for path in [self.reader.path, self.log_path, *self.folder.glob("rank*.log")]:
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+        return total
+
     def request_stop(self) -> None:
         """Workers stop at the next optimizer step (they agree on it), keeping the best checkpoint."""
         if self.stop_sent_at is None:
@@ -118,9 +142,17 @@ class Launcher:
         to the workers; a run that does not stop within `stop_grace` seconds is ended."""
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, lambda *_: self._interrupt(progress)) if main else None
+        last_sign, last_size = time.monotonic(), -1
         try:
             while True:
-                self.reader.relay(progress)
+                size = self._activity() + self.reader.relay(progress)
+                if size != last_size:
+                    last_sign, last_size = time.monotonic(), size
+                elif self.silence_timeout and time.monotonic() - last_sign > self.silence_timeout:
+                    self.end_all()
+                    raise WorkerFailed(f"the workers showed no sign of life (no event, no log line) for "
+                                       f"{self.silence_timeout:.0f} s; they were ended. Last lines of "
+                                       f"{self.log_path}:\n{tail(self.log_path)}")
                 if progress.should_stop:
                     self.request_stop()
                 rc = self.proc.poll()
