@@ -52,7 +52,8 @@ def test_elapsed_counts_every_phase_and_freezes_at_the_end(monkeypatch):
     import llm_magics.progress.events as events
     clock = [100.0]
     monkeypatch.setattr(events.time, "perf_counter", lambda: clock[0])
-    progress = Progress([], run_id="r4", title="probe")
+    progress = Progress([], run_id="r4", title="probe")   # the view opens as the run begins
+    clock[0] = 130.0                                      # loading the model
     progress.start(total=10)
     clock[0] = 160.0
     progress.phase("fit", total=5)

@@ -33,8 +33,8 @@ class State:
     unit: str = "rows"
     done: int = 0
     total: int | None = None
-    started: float = field(default_factory=time.perf_counter)      # this phase's start: rate and ETA
-    run_started: float = field(default_factory=time.perf_counter)  # the run's start: elapsed time
+    started: float = field(default_factory=lambda: time.perf_counter())      # this phase's: rate and ETA
+    run_started: float = field(default_factory=lambda: time.perf_counter())  # the run's view: elapsed time
     ended: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
@@ -97,16 +97,14 @@ class Progress:
         self.stop_requested = threading.Event()
         self.events: list[Event] = []   # kept for tests and for replay into a late widget
         self._lock = threading.Lock()
-        self._started = False
 
     # -- emitted by the engine --------------------------------------------------------
     def start(self, total: int | None = None, unit: str = "rows", **info) -> None:
         self.state.total, self.state.unit, self.state.done = total, unit, 0
         self.state.info.update(info)
+        # Elapsed time keeps counting from the view's opening: loading a model, a second start
+        # (extract, then fit) and every phase are parts of one run.
         self.state.started = time.perf_counter()
-        if not self._started:   # a method that starts twice (extract, then fit) is still one run
-            self.state.run_started = self.state.started
-            self._started = True
         self._emit("start", info=info)
 
     def phase(self, title: str, total: int | None = None, unit: str | None = None) -> None:
