@@ -56,6 +56,9 @@ def test_panel_line_follows_the_form_and_parses_as_the_magic(shell, demo):
     assert {"notes", "test_df", "train_df"} <= set(listed) and "n" not in listed and list(listed) == sorted(listed)
     _set(panel, data="train_df")
     assert set(panel.fields["text"][1].options) == set(train.columns)            # the data's own columns
+    shell.user_ns["made_later"] = train.head(3)
+    panel.refresh_vars.click()
+    assert "made_later" in panel.fields["test"][1].options
     _set(panel, test="test_df", text="text", C="0.5", standardize=False, classifier="mlp", hidden="64,8")
     panel.out.value = "r"
     line = panel.magic_line()

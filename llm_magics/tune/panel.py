@@ -115,8 +115,12 @@ class TunePanel:
         self.cell.observe(lambda _c: self.refresh_line(), "value")
         self.out.observe(self._out_changed, "value")
         self.out_msg = widgets.HTML()
+        self.refresh_vars = widgets.Button(description="variables", icon="refresh",
+                                           tooltip="list the notebook's tables again (after making new ones)",
+                                           layout=widgets.Layout(width="110px"))
+        self.refresh_vars.on_click(lambda _b: self.refresh_variables())
         run_tab = widgets.VBox([
-            widgets.HBox([self.method, self.command]), self.summary, self.form_box, self.cell,
+            widgets.HBox([self.method, self.command, self.refresh_vars]), self.summary, self.form_box, self.cell,
             widgets.HBox([self.out, self.out_msg]), self.line,
             widgets.HBox([self.run_button, self.stop_button, self.status]), self.error, self.live])
 
@@ -277,6 +281,14 @@ class TunePanel:
         if field.role == "data":
             self._refresh_columns()
         self.refresh_line()
+
+    def refresh_variables(self) -> None:
+        """The data fields list the notebook's tables as they are now (and their columns)."""
+        names = data_variables(self.namespace)
+        for field, widget, _ in self.fields.values():
+            if field.role == "data":
+                widget.options = names
+        self._refresh_columns()
 
     def _refresh_columns(self) -> None:
         data_values = [self.fields[n][1].value for n in ("data", "demos", "test") if n in self.fields]
