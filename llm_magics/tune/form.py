@@ -94,10 +94,17 @@ def _group(spec: opts.Spec, role: str) -> str:
     return "method"
 
 
+def _rank(spec: opts.Spec) -> tuple[int, int]:
+    """Where an option goes in the form and the line: by group, then (in the data group) the data
+    itself before its columns and the rest; declaration order otherwise."""
+    role = _role(spec)
+    return GROUPS.index(_group(spec, role)), {"data": 0, "column": 1}.get(role, 2)
+
+
 def fields(options_cls) -> list[Field]:
-    """The form's fields in declaration order (the panel arranges them by group)."""
+    """The form's fields: grouped (data, model, training, method), in declaration order within each."""
     out = []
-    for spec in opts.specs(options_cls):
+    for spec in sorted(opts.specs(options_cls), key=_rank):
         if spec.name in HANDLED:
             continue
         role = _role(spec)
@@ -142,9 +149,7 @@ def line_tokens(options_cls, values: dict[str, Any]) -> list[str]:
     for spec in specs:
         if spec.positional and spec.name in values:
             tokens += flag_tokens(spec, values[spec.name])
-    def order(spec):   # as the form shows them: data, model, training, method; --out last
-        return (spec.name == "out", GROUPS.index(_group(spec, _role(spec))))
-    for spec in sorted(specs, key=order):
+    for spec in sorted(specs, key=lambda s: (s.name == "out", _rank(s))):   # as the form shows them; --out last
         if not spec.positional and spec.name in values:
             tokens += flag_tokens(spec, values[spec.name])
     return tokens
