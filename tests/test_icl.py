@@ -125,6 +125,23 @@ def test_single_token_labels_take_one_pass_per_batch(lm):
     assert len(calls) == 1 + 2   # the prefix once, then two batches of five rows for all three labels
 
 
+def test_calibration_and_queries_share_one_prefix_cache(tiny_llama):
+    from llm_magics.backends import LocalBackend
+    from llm_magics.models import load_model
+    backend = LocalBackend(load_model(str(tiny_llama), "causal_lm"))
+    prefix = "Review: a fine film\nSentiment: positive\n\n"
+    calls = []
+    hook = backend.model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        backend.score([(prefix, "Review: N/A\nSentiment:")] * 3, [" negative", " positive"])
+        backend.score([(prefix, f"Review: row {i}\nSentiment:") for i in range(6)], [" negative", " positive"])
+    finally:
+        hook.remove()
+    rows = [shape[0] for shape in calls]      # the prefix once, then each call's rows (a pass per label here)
+    assert rows[0] == 1 and rows.count(1) == 1 and sorted(rows[1:]) == [3, 3, 6, 6], calls
+
+
 # ---- %%icl end to end on the tiny decoder ----------------------------------------------------------
 
 def test_scoring_run_matches_the_rendered_prompt_and_records_everything(tiny_llama, lm, demo, store):
