@@ -79,6 +79,15 @@ class RewardOptions(ModelOptions, PreferenceOptions, RunOptions, TrainingOptions
         return self.lr or DEFAULT_REWARD_LR[self.train if self.train in ("full", "head") else "tuner"]
 
 
+def _autocast(device, dtype: str):
+    """Mixed precision for training: bf16/fp16 on GPUs (the engine's rule); on CPU only when asked
+    (--dtype bfloat16: native on CPUs with AVX512-BF16/AMX), fp32 otherwise."""
+    from ..engine.device import pick_dtype
+    if device.type == "cuda":
+        return pick_dtype(device, dtype)
+    return torch.bfloat16 if dtype == "bfloat16" else None
+
+
 def _kl_coef(value) -> str | None:
     if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         return f"is a KL coefficient: a finite number ≥ 0, got {value}"
@@ -307,7 +316,8 @@ class RlhfMethod(Method):
         config = TrainConfig(epochs=o.epochs, lr=o.peak_lr(), batch_size=o.batch_size, grad_accum=o.grad_accum,
                              max_grad_norm=o.max_grad_norm or None, weight_decay=o.weight_decay, warmup=o.warmup,
                              scheduler=o.scheduler, eval_every=o.eval_every, patience=o.patience,
-                             best_metric="val_accuracy", greater_is_better=True, seed=o.seed)
+                             best_metric="val_accuracy", greater_is_better=True, seed=o.seed,
+                             autocast=_autocast(device, o.dtype))
         loop = TrainLoop(peft or model, task, config, progress, ctx.run_dir, device)
         outcome = loop.run()
         if peft is not None:
