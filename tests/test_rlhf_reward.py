@@ -78,3 +78,18 @@ def test_reward_bad_inputs_are_one_line_and_record_nothing(tiny_bert, store, tmp
     assert store.list() == []
     runs = tmp_path / "home" / "runs"
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_the_magic_binds_the_reward_and_help_lists_the_commands(shell, tiny_bert, separable):
+    _, pos, neg = separable
+    shell.user_ns["pairs"] = word_pairs(pos, neg, 60)
+    assert shell.run_line_magic("rlhf", f"reward --model {tiny_bert} --data pairs --epochs 1 --dtype bfloat16 "
+                                        "--out rm") is None
+    rm = shell.user_ns["rm"]
+    assert len(rm.score(["Review: a", "Review: b"])) == 2 and rm.metrics["steps"] > 0
+    from llm_magics.methods.rlhf import RlhfMethod
+    text = RlhfMethod.help()
+    for word in ("collect", "reward", "ppo", "dpo", "kto", "orpo", "grpo", "rloo", "eval"):
+        assert f"%rlhf {word}" in text
+    listing = shell.run_line_magic("rlhf", "")
+    assert list(listing["run_id"]) == [rm.run_id]
