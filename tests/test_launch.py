@@ -50,6 +50,15 @@ def test_rank_zero_events_replay_onto_the_kernels_progress(tmp_path):
     assert kernel.state.status == "running"   # the launcher ends the view once the Result is back
 
 
+def test_a_phase_replayed_late_keeps_the_workers_start_time(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps({"call": "start", "time": time.time() - 10, "args": [], "kwargs": {"total": 100}})
+                    + "\n" + json.dumps({"call": "advance", "time": time.time(), "args": [5], "kwargs": {}}) + "\n")
+    kernel = Progress()
+    EventReader(path).relay(kernel)
+    assert 9 < kernel.state.phase_elapsed < 12 and kernel.state.rate < 1   # 5 steps in 10 s, not in no time
+
+
 def test_a_worker_stops_only_when_every_rank_agreed():
     writer = EventWriter(None)
     writer.request_stop()

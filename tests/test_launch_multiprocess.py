@@ -170,19 +170,34 @@ sys.path.insert(0, {tests!r})
 from conftest import word_task
 from llm_magics import api
 frame, _, _ = word_task()
-api.finetune(model=sys.argv[1], data=frame, train="all", lr=1e-3, epochs=50, batch_size=16, dtype="float32",
-             devices=2)
+for attempt in range(2):
+    result = api.finetune(model=sys.argv[1], data=frame, train="all", lr=1e-3, epochs=50, batch_size=16,
+                          dtype="float32", devices=2)
+    print("RESULT", result.status, result.metrics["steps"], flush=True)
 """
 
 
-def test_a_dead_kernel_leaves_no_worker_behind(tiny_bert, home):
+def test_interrupting_the_kernel_stops_cleanly_and_a_dead_kernel_leaves_no_worker_behind(tiny_bert, home):
+    """A foreground run: the first interrupt stops it at a step boundary (a stopped Result); then the
+    kernel dies during the next run, and its workers go with it."""
     kernel = subprocess.Popen([sys.executable, "-c", KERNEL.format(tests=str(Path(__file__).parent)),
-                               str(tiny_bert)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+                               str(tiny_bert)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def wait_for_steps(count: int):
         start = time.monotonic()
-        while not any('"advance"' in p.read_text() for p in (home.cache_dir / "runs").glob("*/launch/events.jsonl")):
+        while sum('"advance"' in p.read_text() for p in (home.cache_dir / "runs").glob("*/launch/events.jsonl")
+                  ) < count:
             assert kernel.poll() is None and time.monotonic() - start < 120, "the run never got going"
             time.sleep(0.2)
+    try:
+        wait_for_steps(1)
+        kernel.send_signal(signal.SIGINT)
+        line = ""
+        while not line.startswith("RESULT"):   # the run's text progress comes first
+            line = kernel.stdout.readline()
+            assert line, "the kernel ended without a Result"
+        assert line.startswith("RESULT stopped"), line
+        wait_for_steps(2)
         assert len(run_processes()) == 3   # torchrun's agent and two workers
     finally:
         kernel.kill()
@@ -203,3 +218,19 @@ def test_minilm_lora_on_two_processes_follows_one():
     # minilm keeps its dropout (0.1): measured 0.008 apart at most on this run
     assert np.abs(val_losses(one) - val_losses(two)).max() < 0.03, (val_losses(one), val_losses(two))
     assert val_losses(two)[-1] < val_losses(two)[0] - 0.05 and two.device == "cpu ×2 (ddp)"
+
+
+def test_a_one_process_run_stopped_resumes_on_two_and_ends_where_it_would_have(tiny_bert, separable):
+    frame, _, _ = separable
+    args = dict(model=str(tiny_bert), data=frame.head(200), train="all", lr=1e-3, epochs=3, batch_size=16,
+                dtype="float32")
+    handle = api.finetune(bg=True, **args)
+    wait_for(handle, 3)
+    handle.stop()
+    stopped = handle.result(timeout=60)
+    assert stopped.status == "stopped"
+    whole = api.finetune(**args)
+    resumed = api.finetune(resume=stopped.run_id, devices=2, **args)
+    assert resumed.status == "ok" and resumed.metrics["steps"] == whole.metrics["steps"]
+    assert np.abs(val_losses(whole) - val_losses(resumed)).max() < TOLERANCE, (val_losses(whole),
+                                                                              val_losses(resumed))

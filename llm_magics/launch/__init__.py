@@ -37,10 +37,9 @@ def choose_strategy(o) -> tuple[str, str]:
     asked = getattr(o, "strategy", "auto")
     if asked == "deepspeed":
         if importlib.util.find_spec("deepspeed") is None:
-            raise UsageError("--strategy deepspeed needs DeepSpeed, which is not installed "
-                             "(pip install 'llm-magics[deepspeed]'); --strategy ddp needs nothing more")
-        raise UsageError("--strategy deepspeed is not wired to the engine yet; use --strategy ddp "
-                         "(or %llm export RUN PATH and accelerate's DeepSpeed config on the cluster)")
+            raise UsageError("--strategy deepspeed needs DeepSpeed, which is not installed (pip install "
+                             "deepspeed); --strategy ddp needs nothing more")
+        raise UsageError("--strategy deepspeed is not wired to the engine yet; use --strategy ddp")
     if asked == "fsdp":
         raise UsageError("--strategy fsdp is not wired to the engine yet; use --strategy ddp "
                          "(every worker holds a whole copy of the model)")

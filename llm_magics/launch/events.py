@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 from ..progress.events import Progress
@@ -47,7 +48,7 @@ class EventWriter(Progress):
     def _write(self, call: str, args: tuple, kwargs: dict) -> None:
         if self._file is None:
             return
-        line = json.dumps({"call": call, "args": [_plain(a) for a in args],
+        line = json.dumps({"call": call, "time": time.time(), "args": [_plain(a) for a in args],
                            "kwargs": {k: _plain(v) for k, v in kwargs.items()}})
         self._file.write(line + "\n")
         self._file.flush()
@@ -113,5 +114,10 @@ class EventReader:
                 self.ended = event
                 continue
             getattr(progress, call)(*event.get("args", []), **event.get("kwargs", {}))
+            if call in ("start", "phase") and "time" in event:
+                # The phase began when the worker said so, not when this poll read it: rate and ETA
+                # would otherwise count the first steps as if they took no time.
+                late = max(0.0, time.time() - float(event["time"]))
+                progress.state.started = time.perf_counter() - late
             count += 1
         return count
