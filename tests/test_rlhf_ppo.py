@@ -56,6 +56,8 @@ def test_ppo_with_lora_keeps_one_model_and_its_reference_is_the_adapter_disabled
     assert result.metrics["first_ratio_max_dev"] == 0.0
     assert result.metrics["kl_mean"] == pytest.approx(result.metrics["kl_mean"])  # finite
     assert (result.metrics["kl_k3_mean"]) >= 0
+    assert result.run_id in api.lora.adapters()["name"].tolist()   # a %lora adapter like any other
+    api.lora.unload(name=result.run_id)
 
 
 def test_a_reward_model_result_is_a_reward(tiny_llama, tiny_bert):

@@ -82,6 +82,8 @@ class PpoResult(Result):
         model = trainer.policy.model
         model.save_pretrained(folder, safe_serialization=True)
         loaded.tokenizer.save_pretrained(folder)
+        if o.method != "full":   # a %lora adapter too: %lora adapters lists it; use / merge / save work
+            adopt_adapter(model, ctx.run_id, o.method, source, loaded, plan, ctx, trained_as=ctx.run_id)
         from safetensors.torch import save_file
         save_file({k: v.detach().cpu().contiguous() for k, v in trainer.policy.value_head.state_dict().items()},
                   str(folder / "value_head.safetensors"))
@@ -95,6 +97,9 @@ class PpoResult(Result):
         result.rows_per_s = len(rows) * trainer.config.batch_size / max(trainer.seconds, 1e-9)
         result.notes.append(f"KL to the reference: mean {metrics.get('kl_mean', float('nan')):.3g} nats per "
                             f"completion (k1; k3 {metrics.get('kl_k3_mean', float('nan')):.3g})")
+        if o.method != "full":
+            result.artifacts["adapter"] = str(ctx.run_dir / "adapter")
+            result.notes.append(f"adapter {ctx.run_id!r} is loaded: %lora use {ctx.run_id} · %lora merge {ctx.run_id}")
         if status == "stopped":
             result.notes.append(f"stopped after {len(rows)} of {o.steps} steps; the policy as it was then is kept")
         return result
@@ -192,18 +197,19 @@ def _generate(model, tok, prompts, max_new_tokens, do_sample, **kwargs):
     return texts[0] if single else texts
 
 
-def adopt_adapter(peft_model, name: str, method: str, source, loaded, plan, ctx) -> Path:
-    """TRL trains the adapter as 'default'; it joins the session's adapter hub under `name`
-    (saved in the run folder, reloaded under its name, 'default' dropped): a normal `%lora` adapter."""
+def adopt_adapter(peft_model, name: str, method: str, source, loaded, plan, ctx, trained_as: str = "default") -> Path:
+    """The trained adapter joins the session's adapter hub under `name`: a normal `%lora` adapter.
+    TRL trains it as 'default': it is saved, reloaded under its name, and 'default' dropped."""
     import tempfile
 
     from ..adapters import AdapterInfo, AdapterSet, hub
-    with tempfile.TemporaryDirectory() as tmp:
-        peft_model.save_pretrained(tmp, selected_adapters=["default"], safe_serialization=True)
-        written = Path(tmp) / "default" if (Path(tmp) / "default").is_dir() else Path(tmp)
-        peft_model.load_adapter(str(written), adapter_name=name)
-    peft_model.set_adapter(name)
-    peft_model.delete_adapter("default")
+    if trained_as != name:
+        with tempfile.TemporaryDirectory() as tmp:
+            peft_model.save_pretrained(tmp, selected_adapters=[trained_as], safe_serialization=True)
+            written = Path(tmp) / trained_as if (Path(tmp) / trained_as).is_dir() else Path(tmp)
+            peft_model.load_adapter(str(written), adapter_name=name)
+        peft_model.set_adapter(name)
+        peft_model.delete_adapter(trained_as)
     for param in peft_model.parameters():
         param.requires_grad = False
     peft_model.eval()
