@@ -168,7 +168,9 @@ def execute(name: str, word: str | None, options, namespace: dict | None = None,
 def _run(handler, command, options, ctx: RunContext):
     device_pref = getattr(options, "device", None)
     # A launched run (--devices) measures its workers' memory; the kernel must not touch CUDA.
-    from .launch.options import launched
+    from .launch.options import launched, not_launchable
+    not_launchable(options, command.handler == "run" and getattr(handler.__self__, "launchable", False),
+                   f"%{ctx.method}" + ("" if command.handler == "run" else f" {command.handler}"))
     monitor_device = ctx.device(device_pref) if command.records_run and not launched(options) else None
     try:
         with MemoryMonitor(monitor_device) as memory:

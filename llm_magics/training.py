@@ -438,6 +438,7 @@ class TrainingMethod(Method):
     default_lr: ClassVar[float] = 5e-5
     resume_keys: ClassVar[tuple[str, ...]] = TRAINING_RESUME_KEYS
     result_class: ClassVar[type[TrainedResult]] = TrainedResult
+    launchable: ClassVar[bool] = True    # run() takes --devices/--nodes (llm_magics.launch)
 
     # -- hooks ----------------------------------------------------------------------------
     def select_trainable(self, model: torch.nn.Module, options) -> Predicate | None:

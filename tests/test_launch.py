@@ -223,3 +223,10 @@ def test_workers_that_ignore_stop_are_ended_after_the_grace_period(tmp_path):
     with pytest.raises(WorkerFailed, match="did not stop within 1 s"):
         launcher.follow(progress)
     assert (tmp_path / "STOP").exists() and gone(pids)
+
+
+def test_commands_that_cannot_launch_refuse_devices_rather_than_ignore_them(shell, tmp_path):
+    with pytest.raises(UsageError, match="%rlhf reward runs in one process for now"):
+        shell.run_line_magic("rlhf", f"reward --data {tmp_path / 'pairs.jsonl'} --devices 2")
+    with pytest.raises(UsageError, match="%rlhf dpo runs in one process"):
+        shell.run_line_magic("rlhf", f"dpo --data {tmp_path / 'pairs.jsonl'} --nodes 2 --master-addr h")
