@@ -423,7 +423,7 @@ class RlhfMethod(Method):
         import copy
 
         from ..engine.device import pick_dtype
-        from ..rlhf.trl_bridge import ProgressCallback, implicit_rewards, to_dataset, trl_common
+        from ..rlhf.trl_bridge import ProgressCallback, implicit_rewards, trl_common
         from ..rlhf.policy import PreferenceResult
         device = ctx.device(o.device)
         source = resolve(o.policy)

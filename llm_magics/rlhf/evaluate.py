@@ -7,7 +7,6 @@ policy's own samples' Σ_t log π − log π_ref (k1, nats per completion) with 
 from __future__ import annotations
 
 import contextlib
-import copy
 from pathlib import Path
 from typing import Any
 
