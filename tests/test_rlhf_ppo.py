@@ -97,3 +97,21 @@ def test_eval_measures_win_rate_and_kl_against_the_reference(tiny_llama, store):
     assert again.metrics["policy_reward"] > again.metrics["reference_reward"]
     with pytest.raises(UsageError, match="not a variable holding a tuned policy nor the run id"):
         api.rlhf.eval(run="rlhf-nope", reward=rule("ed"), prompts=PROMPTS)
+
+
+def test_a_stop_request_ends_ppo_after_the_current_step(tiny_llama):
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_magics.progress import make_progress
+    from llm_magics.rlhf.ppo import PolicyWithValue, PpoConfig, PpoTrainer
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    reference = copy.deepcopy(model).eval()
+    policy = PolicyWithValue(model, AutoTokenizer.from_pretrained(tiny_llama), reference)
+    progress = make_progress("ppo-test", "ppo", "none")
+    progress.start(total=10, unit="steps")
+    trainer = PpoTrainer(policy, rule("o"), "rule", PROMPTS, PpoConfig(steps=10, max_new_tokens=6), progress,
+                         on_step=lambda stats: stats.step == 2 and progress.request_stop())
+    assert trainer.train() == "stopped" and len(trainer.history) == 2
+    assert trainer.history[-1].first_ratio_max_dev == 0.0
