@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 import pytest
 
 from llm_magics import api
@@ -230,3 +231,26 @@ def test_commands_that_cannot_launch_refuse_devices_rather_than_ignore_them(shel
         shell.run_line_magic("rlhf", f"reward --data {tmp_path / 'pairs.jsonl'} --devices 2")
     with pytest.raises(UsageError, match="%rlhf dpo runs in one process"):
         shell.run_line_magic("rlhf", f"dpo --data {tmp_path / 'pairs.jsonl'} --nodes 2 --master-addr h")
+
+
+@pytest.mark.parametrize("train", ["head", "last:1"])
+def test_the_kernel_rebuilds_a_workers_model_from_its_weights(tiny_bert, demo, tmp_path, train):
+    """What a launched Result does on first .predict: the method's own model, on the CPU, with the
+    weights rank 0 wrote (here written by a one-process run)."""
+    from llm_magics.engine import checkpoint
+    from llm_magics.launch.result import rebuild_model
+    from llm_magics.methods.finetune import FinetuneMethod, FinetuneOptions
+    from llm_magics.runner import RunContext
+    from llm_magics.settings import current
+    train_df, test_df = demo
+    result = api.finetune(model=str(tiny_bert), data=train_df, train=train, epochs=1, lr=1e-2, dtype="float32")
+    checkpoint.save_weights(result._model, tmp_path / "final")
+    o = FinetuneOptions(model=str(tiny_bert), data=train_df, train=train, epochs=1, lr=1e-2, dtype="float32")
+    spec = LaunchSpec("finetune", None, "finetune-x", {"data": None}, {})
+    spec.options = {}
+    model, tokenizer = rebuild_model(FinetuneMethod(), o, spec, RunContext("finetune-x", "finetune", current()),
+                                     tmp_path / "final")
+    texts = test_df["text"].head(6).tolist()
+    from llm_magics.tasks.classify import predict_logits
+    rebuilt = predict_logits(model, tokenizer, texts, o.max_length, torch.device("cpu"))
+    assert torch.allclose(rebuilt, result.logits(texts), atol=1e-4)

@@ -102,12 +102,14 @@ def rebuild_model(method, options, spec, ctx, weights: Path):
 
     from ..engine import checkpoint
     from ..models import resolve
+    from ..progress.events import Progress
     from ..training import TrainingRun, prepare_data
     o = dc.replace(options, **{k: v for k, v in spec.options.items() if k in ("data", "validation", "test")})
     o.devices, o.nodes, o.resume = 1, 1, None
     task = method.task_of(o)
     run = TrainingRun(o, ctx, task, torch.device("cpu"), resolve(o.model), None)
     run.data = prepare_data(o, ctx, task)
+    run.progress = Progress()   # silent: the run's view has ended
     method.prepare(run)
     checkpoint.load_weights(run.model, weights)
     run.model.eval()
