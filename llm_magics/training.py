@@ -517,7 +517,8 @@ class TrainingMethod(Method):
         describe_run(ctx, run.progress, run.plan)
         config = train_config(o, run.device, self.peak_lr(o), task, run.group_by_length,
                               self.param_groups(run.model, o))
-        loop = TrainLoop(run.model, run.engine_task, config, run.progress, ctx.run_dir, run.device, **run.loop_hooks)
+        loop_class = getattr(ctx, "train_loop", TrainLoop)   # a launched worker's: engine/distributed.py
+        loop = loop_class(run.model, run.engine_task, config, run.progress, ctx.run_dir, run.device, **run.loop_hooks)
         if run.resume_dir:
             loop.resume(run.resume_dir)
         outcome = loop.run()

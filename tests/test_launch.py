@@ -254,3 +254,22 @@ def test_the_kernel_rebuilds_a_workers_model_from_its_weights(tiny_bert, demo, t
     from llm_magics.tasks.classify import predict_logits
     rebuilt = predict_logits(model, tokenizer, texts, o.max_length, torch.device("cpu"))
     assert torch.allclose(rebuilt, result.logits(texts), atol=1e-4)
+
+
+def test_a_training_method_runs_the_loop_its_context_names(tiny_bert, demo):
+    """The seam a launched worker uses (its context's `train_loop`: engine/distributed.py)."""
+    from llm_magics.engine.training import TrainLoop
+    from llm_magics.methods.finetune import FinetuneMethod, FinetuneOptions
+    from llm_magics.runner import RunContext
+    from llm_magics.settings import current
+    made = []
+
+    class Recording(TrainLoop):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+    ctx = RunContext("finetune-seam", "finetune", current())
+    ctx.train_loop = Recording
+    o = FinetuneOptions(model=str(tiny_bert), data=demo[0], train="head", epochs=1, dtype="float32")
+    FinetuneMethod().run(o, ctx)
+    assert len(made) == 1

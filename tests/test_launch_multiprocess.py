@@ -89,6 +89,7 @@ def test_two_processes_follow_one_and_the_exported_job_reproduces_them(shell, ti
     assert two.status == "ok" and two.metrics["steps"] == one.metrics["steps"]
     assert abs(two.metrics["test_loss"] - one.metrics["test_loss"]) < TOLERANCE
     assert two.device == "cpu ×2 (ddp)" and "strategy ddp" in " ".join(two.notes)
+    assert "trained on 2 processes (ddp)" in " ".join(two.notes)   # the workers ran the distributed loop
     record = store.get(two.run_id)
     assert record["metrics"]["val_loss"] == pytest.approx(two.metrics["val_loss"]) and record["options"]["devices"] == 2
     assert two.predict([" ".join(pos[:3])])[0] in ("pos", "neg")   # the weights load in the kernel, on the CPU

@@ -140,6 +140,8 @@ class DistributedTrainLoop(TrainLoop):
 
     def run(self):
         outcome = super().run()
+        outcome.notes.append(f"trained on {self.world} processes ({self.strategy}): each took its slice of every "
+                             f"batch of {self.config.batch_size}")
         dist.barrier()
         if self.rank != 0:
             shutil.rmtree(self.folder, ignore_errors=True)
