@@ -436,6 +436,24 @@ def test_chat_puts_demonstrations_in_turns_and_scores_the_assistant_answer(tiny_
     assert generated.prompt == "<|im_start|>user\nQuestion: q one\nAnswer:<|im_end|>\n<|im_start|>assistant\n"
 
 
+def test_chat_calibration_asks_each_pass_content_free_queries_with_its_own_demonstrations(tiny_llama, demo,
+                                                                                            monkeypatch):
+    from llm_magics.backends import LocalBackend
+    seen = []
+    score = LocalBackend.score
+
+    def recording(self, requests, continuations, progress=None):
+        seen.extend(p + q for p, q in requests)
+        return score(self, requests, continuations, progress)
+    monkeypatch.setattr(LocalBackend, "score", recording)
+    train, test = demo
+    tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(4), demos=train, shots=2, chat=True,
+             labels=["negative", "positive"])
+    content_free = [text for text in seen if "Review: N/A" in text]
+    assert sorted(text.count("<|im_start|>assistant\n") for text in content_free) == [1, 3]  # 0-shot, 2-shot
+    assert len([text for text in seen if "<|im_start|>user\nReview: \nSentiment:" in text]) == 2
+
+
 def test_the_one_label_column_the_template_names_is_the_answer_slot(tiny_llama, demo):
     train, test = (f.rename(columns={"label": "sentiment"}) for f in demo)
     template = "Review: {text}\nSentiment: {sentiment}"

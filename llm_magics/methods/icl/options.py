@@ -41,10 +41,11 @@ class IclOptions(RunOptions, ModelOptions):
                                      "{label}, or the one label column of the data that the template names)",
                                metavar="FIELD")
     calibrate: bool = option(True, "contextual calibration of label scores: divide out the label prior the prompt "
-                                   "induces with content-free queries (measured better on SST-2: "
+                                   "induces with content-free queries (SST-2, smollm2, 8 shots: 0.750 vs 0.715 raw; "
                                    "benchmarks/icl_defaults.py); --no-calibrate for raw log-likelihoods")
-    chat: bool = option(False, "wrap the prompt in the model's chat template: each demonstration a user turn and "
-                               "its answer an assistant turn, the query the last user turn")
+    chat: bool = option(False, "lay the prompt out in the model's chat template: each demonstration a user turn and "
+                               "its answer an assistant turn, the query the last user turn (SST-2, smollm2: scored "
+                               "below plain prompts, and better with --no-calibrate)")
     score: str = option("sum", "a label's log-likelihood: sum over its tokens, or mean per token",
                         choices=("sum", "mean"))
     zero_shot: bool = option(True, "with --labels and --shots > 0, also score without demonstrations (beside)")

@@ -153,7 +153,8 @@ class IclRun:
         if len(prefixes) > 1:
             return [((prefix, fmt.query(values_of[0], self._similar_demos(i), prefix)), i)
                     for i, (prefix, _) in enumerate(requests)]
-        return [((prefixes[0], fmt.query(values, self._fixed_demos(), prefixes[0])), -1) for values in values_of]
+        demos = self._fixed_demos() if prefixes[0] else []      # no prefix: the zero-shot pass
+        return [((prefixes[0], fmt.query(values, demos, prefixes[0])), -1) for values in values_of]
 
     def _fixed_demos(self) -> list[dict]:
         p = self.inputs
