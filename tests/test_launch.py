@@ -133,6 +133,18 @@ Root Cause (first observed failure):
 def test_torchruns_report_names_the_rank_that_failed_first():
     assert _failed_rank(TORCHRUN_FAILURE) == (1, "killed by SIGKILL")
     assert _failed_rank("  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 5)") == (0, "exit code 1 (pid: 5)")
+    # torchrun may observe the survivor (whose collective broke) first: the killed rank is still the cause
+    swapped = """
+Failures:
+[1]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 27595)  (SIGKILL)
+Root Cause (first observed failure):
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 27589)
+"""
+    assert _failed_rank(swapped) == (1, "killed by SIGKILL")
 
 
 def test_export_refuses_what_it_cannot_reproduce(shell, tiny_bert, demo, tmp_path):

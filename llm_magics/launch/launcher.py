@@ -214,7 +214,7 @@ class Launcher:
         if error and error.get("type") == "UsageError":
             return UsageError(error["message"])
         rank, why = _failed_rank(tail(self.log_path, 200))
-        if error and (rank is None or error.get("rank") == rank):
+        if error and (rank is None or error.get("rank") == rank) and not why.startswith("killed by"):
             rank, why = error.get("rank"), f"{error['type']}: {error['message']}"
         log = self.folder / f"rank{rank}.log" if rank is not None else self.log_path
         text = tail(log) or tail(self.log_path)
@@ -230,24 +230,41 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
-def _failed_rank(log: str) -> tuple[int | None, str]:
-    """torchrun's failure summary: the first failed rank and its exit code or signal."""
-    rank, why = None, ""
-    if "Root Cause" in log:
-        log = log[log.index("Root Cause"):]
+def _failures(log: str) -> list[tuple[int, str, int | None]]:
+    """torchrun's failure summary as (rank, why, exit code), its root cause first."""
+    if "Root Cause" in log:   # torchrun prints the others, then the first observed failure
+        head, root = log.split("Root Cause", 1)
+        log = root + "\n" + head
+    found, rank = [], None
     for line in log.splitlines():
         text = line.strip()
-        if text.startswith("rank") and ":" in text and rank is None:
+        if text.startswith("rank") and ":" in text:
             try:
                 rank = int(text.split(":", 1)[1].split()[0])
             except (ValueError, IndexError):
-                pass
-        elif text.startswith("exitcode") and not why:
-            why = "exit code " + text.split(":", 1)[1].strip()
-            code = why.split()[2] if len(why.split()) > 2 else ""
-            if code.lstrip("-").isdigit() and int(code) < 0:
+                rank = None
+        elif text.startswith("exitcode") and rank is not None:
+            value = text.split(":", 1)[1].strip()
+            first = value.split()[0] if value.split() else ""
+            code = int(first) if first.lstrip("-").isdigit() else None
+            why = f"exit code {value}"
+            if code is not None and code < 0:
                 try:
-                    why = f"killed by {signal.Signals(-int(code)).name}"
+                    why = f"killed by {signal.Signals(-code).name}"
                 except ValueError:
                     pass
-    return rank, why
+            if rank not in [r for r, _, _ in found]:
+                found.append((rank, why, code))
+            rank = None
+    return found
+
+
+def _failed_rank(log: str) -> tuple[int | None, str]:
+    """The rank that failed first, and how. A rank killed by a signal other than the SIGTERM
+    torchrun sends the survivors is the cause, whatever torchrun observed first (a survivor whose
+    collective broke may be reported in the same instant)."""
+    failures = _failures(log)
+    for rank, why, code in failures:
+        if code is not None and code < 0 and code != -signal.SIGTERM:
+            return rank, why
+    return (failures[0][0], failures[0][1]) if failures else (None, "")
