@@ -29,6 +29,37 @@ def test_two_background_finetune_runs_reproduce_the_serial_run(tiny_bert, separa
         assert same(result, serial), (result.metrics, serial.metrics)
 
 
+def globals_intact() -> None:
+    """transformers' from_pretrained swaps these while it loads; they must be back afterwards."""
+    import torch.nn.init as init
+    from transformers import PreTrainedModel
+    assert PreTrainedModel.tie_weights.__name__ == "tie_weights"
+    assert PreTrainedModel.init_weights.__name__ == "init_weights"
+    assert init.kaiming_uniform_.__module__ == init.normal_.__module__ == "torch.nn.init"
+
+
+def test_models_loaded_in_parallel_threads_leave_transformers_as_it_was(tiny_llama):
+    from llm_magics.models import load_model
+    errors = []
+
+    def load():
+        try:
+            for _ in range(3):
+                load_model(str(tiny_llama), "causal_lm", fresh=True)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    globals_intact()
+    model = load_model(str(tiny_llama), "causal_lm", fresh=True).model    # tied, not left on the meta device
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
 def test_two_background_lora_runs_reproduce_the_serial_run(tiny_bert, separable):
     frame, _, _ = separable
     kwargs = dict(model=str(tiny_bert), data=frame, epochs=2, dtype="float32", seed=5, dropout=0.2)

@@ -17,6 +17,17 @@ def fit(model, frame, seed, **kwargs):
     return api.finetune(**{**args, **kwargs})
 
 
+def test_sft_results_reload_and_generate(tiny_llama, sft_rows):
+    first = api.finetune(model=str(tiny_llama), data=sft_rows, task="sft", epochs=1, lr=3e-3, batch_size=8,
+                         dtype="float32")
+    answer = first.generate(["Say the word number 3"], max_new_tokens=4)
+    for seed in (1, 2):
+        api.finetune(model=str(tiny_llama), data=sft_rows, task="sft", epochs=1, lr=3e-3, batch_size=8,
+                     dtype="float32", seed=seed)
+    assert first._model is None
+    assert first.generate(["Say the word number 3"], max_new_tokens=4) == answer
+
+
 def test_kept_results_pin_at_most_keep_loaded_models_and_reload_the_same_weights(tiny_bert, separable):
     frame, pos, neg = separable
     texts = [" ".join(pos[:4]), " ".join(neg[:4]), "a b c"]
@@ -56,17 +67,6 @@ def test_head_only_results_reuse_the_shared_base(tiny_bert, separable):
     assert first._model is None
     assert torch.equal(first.logits([" ".join(pos[:3]), " ".join(neg[:3])]), expected)
     assert first._model.base is first._weights.build().base    # the session's cached base, not a copy
-
-
-def test_sft_results_reload_and_generate(tiny_llama, sft_rows):
-    first = api.finetune(model=str(tiny_llama), data=sft_rows, task="sft", epochs=1, lr=3e-3, batch_size=8,
-                         dtype="float32")
-    answer = first.generate(["Say the word number 3"], max_new_tokens=4)
-    for seed in (1, 2):
-        api.finetune(model=str(tiny_llama), data=sft_rows, task="sft", epochs=1, lr=3e-3, batch_size=8,
-                     dtype="float32", seed=seed)
-    assert first._model is None
-    assert first.generate(["Say the word number 3"], max_new_tokens=4) == answer
 
 
 def test_weights_damaged_on_disk_are_one_line_when_loaded_again(tiny_bert, separable):

@@ -66,6 +66,17 @@ def isolated() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def constructing() -> Iterator[None]:
+    """Load or build a model, one thread at a time. transformers' `from_pretrained` swaps
+    process-wide functions while it loads (`PreTrainedModel.tie_weights`, torch.nn.init's
+    initialisers) and puts them back after: two threads loading at once put back each other's
+    stand-ins, which then stay for good (tied embeddings left on the meta device, initialisers
+    that do nothing). Under the RNG lock, so what it initialises draws no run's numbers either."""
+    with _LOCK:
+        yield
+
+
 class RunRng:
     """One run's generator state: the CPU generator, and its CUDA device's when it trains on one.
 

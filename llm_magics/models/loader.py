@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..engine.device import dtype_name, empty_cache
+from ..engine.rng import constructing
 from ..errors import UsageError
 from .quiet import quiet  # noqa: F401 - re-exported: load() and callers use it
 from .sources import ModelSource, resolve
@@ -106,7 +107,7 @@ def load_model(name_or_source: str | ModelSource | None, head: str = "base", dev
     if quantized:  # bitsandbytes places the weights itself; `.to()` is refused on quantized models
         model_kwargs = {**model_kwargs, "device_map": {"": device.index or 0}}
     try:
-        with quiet():
+        with constructing(), quiet():   # one load at a time: from_pretrained patches globals (engine/rng.py)
             model = _auto_class(head).from_pretrained(source.path, dtype=dtype,
                                                       trust_remote_code=trust_remote_code, **model_kwargs)
     except (OSError, ValueError) as exc:
