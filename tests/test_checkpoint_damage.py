@@ -46,8 +46,8 @@ def one_line(info) -> str:
 
 
 def stopped_run(tiny_bert, frame) -> str:
-    handle = api.finetune(model=str(tiny_bert), data=frame, train="all", epochs=50, lr=1e-3, dtype="float32",
-                          eval_every=2, bg=True)
+    handle = api.finetune(model=str(tiny_bert), data=frame, train="all", epochs=4, lr=1e-3, dtype="float32",
+                          eval_every=4, bg=True)
     while handle.progress.state.done < 3 and not handle.done:
         handle.wait(0.01)
     handle.stop()
@@ -57,8 +57,8 @@ def stopped_run(tiny_bert, frame) -> str:
 
 
 def resume(tiny_bert, frame, run_id):
-    return api.finetune(model=str(tiny_bert), data=frame, train="all", epochs=50, lr=1e-3, dtype="float32",
-                        eval_every=2, resume=run_id)
+    return api.finetune(model=str(tiny_bert), data=frame, train="all", epochs=4, lr=1e-3, dtype="float32",
+                        eval_every=4, resume=run_id)
 
 
 @pytest.fixture
