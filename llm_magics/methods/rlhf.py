@@ -21,6 +21,7 @@ from ..adapters.methods import PROMPT_LEARNING, TUNERS
 from ..common_options import ModelOptions, RunOptions, TrainingOptions
 from ..engine.device import dtype_name
 from ..engine.features import POOLINGS, default_pooling
+from ..engine.rng import seeded
 from ..engine.training import TrainConfig, TrainLoop
 from ..errors import UsageError
 from ..method import Command, Method
@@ -294,8 +295,8 @@ class RlhfMethod(Method):
         progress = ctx.progress(f"rlhf reward · {source.short} · --train {o.train}")
         loaded = load_model(source, "base", device, torch.float32, fresh=True, trust_remote_code=o.trust_remote_code)
         pooling = default_pooling(loaded.kind) if o.pooling == "auto" else o.pooling
-        torch.manual_seed(o.seed)
-        model = SequenceClassifier(loaded.model, 1, pooling, dropout=0.0).to(device)
+        with seeded(o.seed):  # the head's initialisation, drawn from this run's seed alone (engine/rng.py)
+            model = SequenceClassifier(loaded.model, 1, pooling, dropout=0.0).to(device)
         model.head.float()
         task = PairTask(data, loaded.tokenizer, o.max_length, device)
         peft = None
@@ -310,7 +311,8 @@ class RlhfMethod(Method):
             spec = AdapterSpec.from_options(o)
             spec = AdapterSpec(**{**spec.__dict__, "method": o.train})
             config = build_config(spec, model, None, steps, source.path, modules_to_save=["head"])
-            peft = get_peft_model(model, config)
+            with seeded(o.seed):  # the adapter's initialisation, likewise
+                peft = get_peft_model(model, config)
             plan = trainable.report(peft, f"{o.train} r={o.r}")
         describe_run(ctx, progress, plan)
         config = TrainConfig(epochs=o.epochs, lr=o.peak_lr(), batch_size=o.batch_size, grad_accum=o.grad_accum,
