@@ -365,11 +365,7 @@ class RlhfMethod(Method):
         reward, reward_name = resolve_reward(o.reward, ctx.namespace)
         prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
         progress = ctx.progress(f"rlhf ppo · {source.short} · --method {o.method} · reward {reward_name}")
-        loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True,
-                            trust_remote_code=o.trust_remote_code)
-        from ..models import architecture_kind
-        if architecture_kind(loaded.model.config) != "decoder":
-            raise UsageError(f"--policy {source.short} is not a causal LM; PPO needs a decoder (e.g. smollm2)")
+        loaded = load_policy("ppo", o, source, device)
         if hasattr(reward, "check_readable"):
             reward.check_readable(prompts[:16], reward_name)
         torch.manual_seed(o.seed)
@@ -381,15 +377,10 @@ class RlhfMethod(Method):
                 param.requires_grad = False
             plan = trainable.apply(model, "all")
         else:
-            from peft import TaskType, get_peft_model
-
-            from ..adapters.kinds import AdapterSpec
-            from ..adapters.methods import build_config
+            from peft import get_peft_model
             for param in model.parameters():
                 param.requires_grad = False
-            spec = AdapterSpec(method=o.method, task="sft", r=o.r, alpha=o.alpha, dropout=0.0,
-                               target=tuple(o.target), seed=o.seed)
-            config = build_config(spec, model, TaskType.CAUSAL_LM, o.steps, source.path)
+            config = policy_adapter_config(o, model, source, o.steps, dropout=0.0)
             model = get_peft_model(model, config, adapter_name=ctx.run_id)
             plan = trainable.report(model, f"{o.method} r={o.r}")
         policy = PolicyWithValue(model, loaded.tokenizer, reference, o.temperature)
@@ -442,11 +433,7 @@ class RlhfMethod(Method):
             hub().check_free(name)
         dtype = pick_dtype(device, o.dtype) if device.type == "cuda" else torch.float32
         progress = ctx.progress(f"rlhf {kind} · {source.short} · --method {o.method} · β={o.beta}")
-        loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True,
-                            trust_remote_code=o.trust_remote_code)
-        from ..models import architecture_kind
-        if architecture_kind(loaded.model.config) != "decoder":
-            raise UsageError(f"--policy {source.short} is not a causal LM; DPO needs a decoder (e.g. smollm2)")
+        loaded = load_policy(kind, o, source, device)
         tokenizer = loaded.tokenizer
         model, reference, peft_config = loaded.model, None, None
         if o.method == "full":   # DPO/KTO train against it; ORPO has none, but its metrics compare to it
@@ -457,31 +444,13 @@ class RlhfMethod(Method):
             def reference_ctx():
                 return contextlib.nullcontext(reference)
         else:
-            from peft import TaskType
-
-            from ..adapters.kinds import AdapterSpec
-            from ..adapters.methods import build_config
-            spec = AdapterSpec(method=o.method, task="sft", r=o.r, alpha=o.alpha, dropout=o.dropout,
-                               target=tuple(o.target), seed=o.seed)
-            peft_config = build_config(spec, model, TaskType.CAUSAL_LM, o.steps or 100, source.path)
+            peft_config = policy_adapter_config(o, model, source, o.steps or 100)
         test_frame = data.test if len(data.test) else data.validation
-        import warnings
-
-        import datasets
         from ..rlhf.trl_bridge import offline_trainer
         callback = ProgressCallback(progress)
-        bars = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()   # TRL's dataset preparation: one live view per run
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # keep_end is deprecated upstream, and what HH-style pairs need
-            trainer = offline_trainer(kind, o, model, reference, data, tokenizer, peft_config, callback,
-                                      trl_common(o, device, ctx.run_dir / "trl", dtype))
-        if bars:
-            datasets.enable_progress_bars()
-        # TRL adds its own printer/tqdm callbacks; our view is the one the user sees.
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback as HfProgress
-        for extra in (PrinterCallback, HfProgress):
-            trainer.remove_callback(extra)
+        # (keep_end is deprecated upstream, and what HH-style pairs need: its warning is silenced)
+        trainer = build_trl_trainer(lambda: offline_trainer(kind, o, model, reference, data, tokenizer, peft_config,
+                                                            callback, trl_common(o, device, ctx.run_dir / "trl", dtype)))
         policy = trainer.model
         if o.method != "full":
             def reference_ctx():
@@ -518,8 +487,6 @@ class RlhfMethod(Method):
     def _online(self, kind: str, o: OnlineOptions, ctx) -> "PreferenceResult":
         import warnings
 
-        import datasets
-
         from ..engine.device import pick_dtype
         from ..rlhf.policy import PreferenceResult, load_prompts, resolve_reward
         from ..rlhf.ppo import call_reward
@@ -534,40 +501,18 @@ class RlhfMethod(Method):
             hub().check_free(name)
         dtype = pick_dtype(device, o.dtype) if device.type == "cuda" else torch.float32
         progress = ctx.progress(f"rlhf {kind} · {source.short} · --method {o.method} · reward {reward_name}")
-        loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True,
-                            trust_remote_code=o.trust_remote_code)
-        from ..models import architecture_kind
-        if architecture_kind(loaded.model.config) != "decoder":
-            raise UsageError(f"--policy {source.short} is not a causal LM; {kind.upper()} needs a decoder")
+        loaded = load_policy(kind, o, source, device)
         if hasattr(reward, "check_readable"):
             reward.check_readable(prompts[:16], reward_name)
-        peft_config = None
-        if o.method != "full":
-            from peft import TaskType
-
-            from ..adapters.kinds import AdapterSpec
-            from ..adapters.methods import build_config
-            spec = AdapterSpec(method=o.method, task="sft", r=o.r, alpha=o.alpha, dropout=o.dropout,
-                               target=tuple(o.target), seed=o.seed)
-            peft_config = build_config(spec, loaded.model, TaskType.CAUSAL_LM, o.steps, source.path)
+        peft_config = None if o.method == "full" else policy_adapter_config(o, loaded.model, source, o.steps)
 
         def reward_fn(prompts, completions, **_):
             return call_reward(reward, list(prompts), list(completions), reward_name).tolist()
         reward_fn.__name__ = "reward"
         callback = ProgressCallback(progress)
-        bars = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                trainer = online_trainer(kind, o, loaded.model, reward_fn, prompts, loaded.tokenizer, peft_config,
-                                         callback, trl_common(o, device, ctx.run_dir / "trl", dtype))
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback as HfProgress
-        for extra in (PrinterCallback, HfProgress):
-            trainer.remove_callback(extra)
+        trainer = build_trl_trainer(lambda: online_trainer(kind, o, loaded.model, reward_fn, prompts, loaded.tokenizer,
+                                                           peft_config, callback,
+                                                           trl_common(o, device, ctx.run_dir / "trl", dtype)))
         plan = trainable.report(trainer.model, o.method + (f" r={o.r}" if o.method != "full" else ""))
         describe_run(ctx, progress, plan)
         with warnings.catch_warnings():
@@ -636,3 +581,44 @@ def copy_tokenizer_left(tokenizer):
     tok = copy.copy(tokenizer)
     tok.padding_side = "left"
     return tok
+
+
+def load_policy(kind: str, o, source, device):
+    """The causal LM a policy command tunes, in fp32; an encoder is one UsageError."""
+    from ..models import architecture_kind
+    loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True, trust_remote_code=o.trust_remote_code)
+    if architecture_kind(loaded.model.config) != "decoder":
+        raise UsageError(f"--policy {source.short} is not a causal LM; {kind.upper()} needs a decoder (e.g. smollm2)")
+    return loaded
+
+
+def policy_adapter_config(o, model, source, steps: int, dropout: float | None = None):
+    """The PEFT config of `--method` (a `%lora` method) for a causal-LM policy."""
+    from peft import TaskType
+
+    from ..adapters.kinds import AdapterSpec
+    from ..adapters.methods import build_config
+    spec = AdapterSpec(method=o.method, task="sft", r=o.r, alpha=o.alpha,
+                       dropout=o.dropout if dropout is None else dropout, target=tuple(o.target), seed=o.seed)
+    return build_config(spec, model, TaskType.CAUSAL_LM, steps, source.path)
+
+
+def build_trl_trainer(build):
+    """A TRL trainer whose only progress display is our live view: datasets' bars off while TRL
+    prepares the data, TRL's printer/tqdm callbacks removed, its deprecation chatter silenced."""
+    import warnings
+
+    import datasets
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HfProgress
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = build()
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    for extra in (PrinterCallback, HfProgress):
+        trainer.remove_callback(extra)
+    return trainer
