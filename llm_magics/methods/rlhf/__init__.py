@@ -1,0 +1,74 @@
+"""`%rlhf`: preference data → a reward model → policy optimisation (PPO of our own).
+
+    %rlhf reward --model minilm --data prefs.jsonl --test held_out --out rm
+    rm.score(["\\n\\nHuman: hi\\n\\nAssistant: hello!"])
+    %rlhf ppo --policy smollm2 --reward rm --prompts prompts_df --steps 200 --method lora --kl 0.05
+    %rlhf ppo --policy smollm2 --reward my_python_fn --prompts prompts_df
+
+`%rlhf` alone lists the recorded %rlhf runs. Every command records its run like `%finetune`.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from ...method import Command, Method
+from .judge import run_collect, run_eval
+from .options import (CollectOptions, DpoOptions, EvalOptions, ListOptions, OnlineOptions, PpoOptions,
+                      RewardOptions)
+from .ppo import run_ppo
+from .reward import train_reward
+from .trl_runs import run_offline, run_online
+
+
+class RlhfMethod(Method):
+    name = "rlhf"
+    summary = ("RLHF: a reward model from preference pairs (Bradley–Terry, full, head or LoRA) and policy "
+               "optimisation against it or any Python reward (PPO of our own, on the training engine).")
+    Options = ListOptions
+    commands = {
+        "collect": Command(CollectOptions, "collect", "a widget to rank completions; choices go to a JSONL file",
+                           records_run=False),
+        "reward": Command(RewardOptions, "reward", "train a reward model on preference pairs"),
+        "ppo": Command(PpoOptions, "ppo", "optimise a policy against a reward with PPO (ours, on the engine)"),
+        "dpo": Command(DpoOptions, "dpo", "direct preference optimisation through TRL's DPOTrainer"),
+        "kto": Command(DpoOptions, "kto", "KTO through TRL (each pair gives a desirable and an undesirable answer)"),
+        "grpo": Command(OnlineOptions, "grpo", "GRPO through TRL, against our reward (a Result or a callable)"),
+        "rloo": Command(OnlineOptions, "rloo", "RLOO through TRL, against our reward (a Result or a callable)"),
+        "eval": Command(EvalOptions, "eval", "win rate of a tuned policy over its reference under a reward, and "
+                                            "the KL between them, on held-out prompts"),
+        "orpo": Command(DpoOptions, "orpo", "ORPO through TRL (no reference model; --beta is its λ)"),
+    }
+
+    def run(self, o: ListOptions, ctx) -> pd.DataFrame:
+        frame = ctx.store.frame(limit=None)
+        if len(frame) and "method" in frame:
+            frame = frame[frame["method"].astype(str).str.startswith("rlhf")]
+        return frame.head(o.limit) if o.limit else frame
+
+
+    def reward(self, o: RewardOptions, ctx):
+        return train_reward(o, ctx)
+
+    def ppo(self, o: PpoOptions, ctx):
+        return run_ppo(o, ctx)
+
+    def dpo(self, o: DpoOptions, ctx):
+        return run_offline("dpo", o, ctx)
+
+    def kto(self, o: DpoOptions, ctx):
+        return run_offline("kto", o, ctx)
+
+    def orpo(self, o: DpoOptions, ctx):
+        return run_offline("orpo", o, ctx)
+
+    def grpo(self, o: OnlineOptions, ctx):
+        return run_online("grpo", o, ctx)
+
+    def rloo(self, o: OnlineOptions, ctx):
+        return run_online("rloo", o, ctx)
+
+    def eval(self, o: EvalOptions, ctx):
+        return run_eval(o, ctx)
+
+    def collect(self, o: CollectOptions, ctx):
+        return run_collect(o, ctx)

@@ -1,0 +1,35 @@
+"""What the policy commands share: loading the causal LM and building its adapter config."""
+from __future__ import annotations
+
+import torch
+
+from ...errors import UsageError
+from ...models import load_model
+
+
+def copy_tokenizer_left(tokenizer):
+    import copy
+    tok = copy.copy(tokenizer)
+    tok.padding_side = "left"
+    return tok
+
+
+def load_policy(kind: str, o, source, device):
+    """The causal LM a policy command tunes, in fp32; an encoder is one UsageError."""
+    from ...models import architecture_kind
+    loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True, trust_remote_code=o.trust_remote_code)
+    if architecture_kind(loaded.model.config) != "decoder":
+        raise UsageError(f"--policy {source.short} is not a causal LM; {kind.upper()} needs a decoder (e.g. smollm2)")
+    return loaded
+
+
+def policy_adapter_config(o, model, source, steps: int, dropout: float | None = None):
+    """The PEFT config of `--method` (a `%lora` method) for a causal-LM policy."""
+    from peft import TaskType
+
+    from ...adapters.kinds import AdapterSpec
+    from ...adapters.methods import build_config
+    spec = AdapterSpec(method=o.method, task="sft", r=o.r, alpha=o.alpha,
+                       dropout=o.dropout if dropout is None else dropout, target=tuple(o.target), seed=o.seed)
+    return build_config(spec, model, TaskType.CAUSAL_LM, steps, source.path)
+

@@ -1,0 +1,104 @@
+"""`%rlhf reward`: a one-output sequence classifier trained on preference pairs with the Bradley–Terry
+loss, on our training engine (full, head or a PEFT tuner)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+
+from ...engine.device import dtype_name
+from ...engine.features import default_pooling
+from ...engine.rng import seeded
+from ...engine.training import TrainConfig, TrainLoop
+from ...models import hold, load_model, resolve, trainable
+from ...models.classifier import SequenceClassifier
+from ...rlhf.data import prepare_preferences
+from ...rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, save_folder
+from ...training import describe_run, plot_history
+from .options import RewardOptions
+
+
+def train_reward(o: RewardOptions, ctx) -> RewardResult:
+    device = ctx.device(o.device)
+    source = resolve(o.model)
+    data = prepare_preferences(o.data, o.validation, o.test, seed=o.seed, val_size=o.val_size,
+                               test_size=o.test_size, namespace=ctx.namespace, prompt=o.prompt,
+                               chosen=o.chosen, rejected=o.rejected)
+    notes = list(data.notes)
+    if o.max_rows and len(data.train) > o.max_rows:
+        data.train = data.train.sample(o.max_rows, random_state=o.seed).reset_index(drop=True)
+        notes.append(f"training on {o.max_rows} of the pairs (--max-rows, seed {o.seed})")
+    progress = ctx.progress(f"rlhf reward · {source.short} · --train {o.train}")
+    loaded = load_model(source, "base", device, torch.float32, fresh=True, trust_remote_code=o.trust_remote_code)
+    pooling = default_pooling(loaded.kind) if o.pooling == "auto" else o.pooling
+    with seeded(o.seed):  # the head's initialisation, drawn from this run's seed alone (engine/rng.py)
+        model = SequenceClassifier(loaded.model, 1, pooling, dropout=0.0).to(device)
+    model.head.float()
+    task = PairTask(data, loaded.tokenizer, o.max_length, device)
+    peft = None
+    if o.train in ("full", "head"):
+        plan = trainable.apply(model, "all" if o.train == "full" else "head")
+    else:
+        from peft import get_peft_model
+
+        from ...adapters.kinds import AdapterSpec
+        from ...adapters.methods import build_config
+        steps = math.ceil(len(task.lengths) / o.batch_size / o.grad_accum) * o.epochs
+        spec = AdapterSpec.from_options(o)
+        spec = AdapterSpec(**{**spec.__dict__, "method": o.train})
+        config = build_config(spec, model, None, steps, source.path, modules_to_save=["head"])
+        with seeded(o.seed):  # the adapter's initialisation, likewise
+            peft = get_peft_model(model, config)
+        plan = trainable.report(peft, f"{o.train} r={o.r}")
+    describe_run(ctx, progress, plan)
+    config = TrainConfig(epochs=o.epochs, lr=o.peak_lr(), batch_size=o.batch_size, grad_accum=o.grad_accum,
+                         max_grad_norm=o.max_grad_norm or None, weight_decay=o.weight_decay, warmup=o.warmup,
+                         scheduler=o.scheduler, eval_every=o.eval_every, patience=o.patience,
+                         best_metric="val_accuracy", greater_is_better=True, seed=o.seed,
+                         autocast=_autocast(device, o.dtype))
+    loop = TrainLoop(peft or model, task, config, progress, ctx.run_dir, device)
+    outcome = loop.run()
+    if peft is not None:
+        model = peft.merge_and_unload()
+    for param in model.parameters():
+        param.requires_grad = False
+    model.eval()
+    metrics: dict[str, float] = {}
+    if outcome.history:
+        first = outcome.history[0]
+        metrics.update({f"{k}_before": v for k, v in first.items() if k in ("val_accuracy", "val_margin")})
+    metrics.update(task.split_scores(model, "val"))
+    metrics.update(task.split_scores(model, "test"))
+    steps = progress.state.history
+    losses = [values["loss"] for _, values in steps if "loss" in values]
+    if losses:
+        metrics["train_loss"] = float(losses[-1])
+    metrics["steps"] = outcome.steps
+    folder = save_folder(model, loaded.tokenizer, ctx.run_dir / REWARD_FOLDER, o.max_length,
+                         {"model": source.name, "run_id": ctx.run_id})
+    history = pd.DataFrame(outcome.history)
+    result = RewardResult(
+        method="rlhf reward", model=source.short, metrics=metrics, data_fingerprint=data.fingerprint,
+        trainable_params=plan.trainable, total_params=plan.total, device=str(device),
+        dtype=dtype_name(next(model.parameters()).dtype), status=outcome.status,
+        artifacts={"run_dir": str(ctx.run_dir), "reward_model": str(folder)},
+        tables={"trainable parameters": plan.groups, **({"history": history} if len(history) else {})},
+        figures={"training curves": plot_history(history, steps)} if len(history) else {},
+        notes=notes + outcome.notes + plan.notes + [f"reload after a restart: load_reward({ctx.run_id!r})"],
+        history=history, _model=model, _tokenizer=loaded.tokenizer, _max_length=o.max_length,
+        _folder=str(folder))
+    result.tokens_per_s, result.rows_per_s = outcome.tokens_per_s, outcome.rows_per_s
+    hold(result)
+    progress.end(outcome.status, **{k: v for k, v in metrics.items() if k.startswith("test_")})
+    return result
+
+
+def _autocast(device, dtype: str):
+    """Mixed precision for training: bf16/fp16 on GPUs (the engine's rule); on CPU only when asked
+    (--dtype bfloat16: native on CPUs with AVX512-BF16/AMX), fp32 otherwise."""
+    from ...engine.device import pick_dtype
+    if device.type == "cuda":
+        return pick_dtype(device, dtype)
+    return torch.bfloat16 if dtype == "bfloat16" else None
+

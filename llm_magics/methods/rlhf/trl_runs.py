@@ -1,0 +1,158 @@
+"""`%rlhf dpo|kto|orpo` (offline, on preference pairs) and `grpo|rloo` (online, against a reward) through
+TRL, with our data handling, devices, live view, Stop, run store and adapters."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ...models import hold, resolve, trainable
+from ...rlhf.data import prepare_preferences
+from ...training import describe_run
+from .common import load_policy, policy_adapter_config
+from .options import DpoOptions, OnlineOptions
+
+if TYPE_CHECKING:
+    from ...rlhf.policy import PreferenceResult
+
+
+def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
+    """DPO, KTO or ORPO through TRL: the same data, devices, live view, Stop, adapters and metrics."""
+    import contextlib
+    import copy
+
+    from ...engine.device import pick_dtype
+    from ...rlhf.trl_bridge import ProgressCallback, implicit_rewards, trl_common
+    from ...rlhf.policy import PreferenceResult
+    device = ctx.device(o.device)
+    source = resolve(o.policy)
+    data = prepare_preferences(o.data, o.validation, o.test, seed=o.seed, val_size=o.val_size,
+                               test_size=o.test_size, namespace=ctx.namespace, prompt=o.prompt,
+                               chosen=o.chosen, rejected=o.rejected)
+    notes = list(data.notes)
+    if o.max_rows and len(data.train) > o.max_rows:
+        data.train = data.train.sample(o.max_rows, random_state=o.seed).reset_index(drop=True)
+        notes.append(f"training on {o.max_rows} of the pairs (--max-rows, seed {o.seed})")
+    name = o.name or ctx.run_id
+    if o.method != "full":
+        from ...adapters import hub
+        hub().check_free(name)
+    dtype = pick_dtype(device, o.dtype) if device.type == "cuda" else torch.float32
+    progress = ctx.progress(f"rlhf {kind} · {source.short} · --method {o.method} · β={o.beta}")
+    loaded = load_policy(kind, o, source, device)
+    tokenizer = loaded.tokenizer
+    model, reference, peft_config = loaded.model, None, None
+    if o.method == "full":   # DPO/KTO train against it; ORPO has none, but its metrics compare to it
+        reference = copy.deepcopy(model).eval()
+        for param in reference.parameters():
+            param.requires_grad = False
+    else:
+        peft_config = policy_adapter_config(o, model, source, o.steps or 100)
+    test_frame = data.test if len(data.test) else data.validation
+    from ...rlhf.trl_bridge import offline_trainer
+    callback = ProgressCallback(progress)
+    # (keep_end is deprecated upstream, and what HH-style pairs need: its warning is silenced)
+    trainer = build_trl_trainer(lambda: offline_trainer(kind, o, model, reference, data, tokenizer, peft_config,
+                                                        callback, trl_common(o, device, ctx.run_dir / "trl", dtype)))
+    policy = trainer.model
+
+    @contextlib.contextmanager
+    def reference_ctx():
+        """The reference: the frozen copy, or (with a tuner) the policy with its adapter disabled."""
+        if reference is not None:
+            yield reference
+        else:
+            with policy.disable_adapter():
+                yield policy
+    plan = trainable.report(policy, f"{o.method}" + (f" r={o.r}" if o.method != "full" else ""))
+    describe_run(ctx, progress, plan)
+    before = implicit_rewards(policy, reference_ctx, tokenizer, test_frame, o.beta, o.max_length, "test")
+    trainer.train()
+    status = "stopped" if callback.stopped else "ok"
+    policy = trainer.model.eval()
+    metrics = {f"{k}_before": v for k, v in before.items()}
+    metrics.update(implicit_rewards(policy, reference_ctx, tokenizer, test_frame, o.beta, o.max_length, "test"))
+    losses = [log["loss"] for log in callback.logs if "loss" in log]
+    if losses:
+        metrics["train_loss"] = float(losses[-1])
+    metrics["steps"] = int(trainer.state.global_step)
+    result = PreferenceResult.build(f"rlhf {kind}", o, source, loaded, policy, plan, status, metrics, callback.logs,
+                                    data, ctx, device, notes, name)
+    hold(result)
+    progress.end(status, **{k: v for k, v in metrics.items() if k.startswith("test_") and "before" not in k})
+    return result
+
+
+def run_online(kind: str, o: OnlineOptions, ctx) -> "PreferenceResult":
+    import warnings
+
+    from ...engine.device import pick_dtype
+    from ...rlhf.policy import PreferenceResult, load_prompts, resolve_reward
+    from ...rlhf.ppo import call_reward
+    from ...rlhf.trl_bridge import ProgressCallback, online_trainer, trl_common
+    device = ctx.device(o.device)
+    source = resolve(o.policy)
+    reward, reward_name = resolve_reward(o.reward, ctx.namespace)
+    prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
+    name = o.name or ctx.run_id
+    if o.method != "full":
+        from ...adapters import hub
+        hub().check_free(name)
+    dtype = pick_dtype(device, o.dtype) if device.type == "cuda" else torch.float32
+    progress = ctx.progress(f"rlhf {kind} · {source.short} · --method {o.method} · reward {reward_name}")
+    loaded = load_policy(kind, o, source, device)
+    if hasattr(reward, "check_readable"):
+        reward.check_readable(prompts[:16], reward_name)
+    peft_config = None if o.method == "full" else policy_adapter_config(o, loaded.model, source, o.steps)
+
+    def reward_fn(prompts, completions, **_):
+        return call_reward(reward, list(prompts), list(completions), reward_name).tolist()
+    reward_fn.__name__ = "reward"
+    callback = ProgressCallback(progress)
+    trainer = build_trl_trainer(lambda: online_trainer(kind, o, loaded.model, reward_fn, prompts, loaded.tokenizer,
+                                                       peft_config, callback,
+                                                       trl_common(o, device, ctx.run_dir / "trl", dtype)))
+    plan = trainable.report(trainer.model, o.method + (f" r={o.r}" if o.method != "full" else ""))
+    describe_run(ctx, progress, plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    status = "stopped" if callback.stopped else "ok"
+    rewards = [log["reward"] for log in callback.logs if "reward" in log]
+    metrics: dict[str, float] = {"steps": int(trainer.state.global_step)}
+    if rewards:
+        k = min(3, len(rewards))
+        metrics.update(reward_first3=float(sum(rewards[:k]) / k), reward_last3=float(sum(rewards[-k:]) / k))
+        metrics["reward_gain"] = metrics["reward_last3"] - metrics["reward_first3"]
+    kls = [log["kl"] for log in callback.logs if "kl" in log]
+    if kls:
+        metrics["kl_mean"] = float(sum(kls) / len(kls))
+    policy = trainer.model.eval()
+    from types import SimpleNamespace
+    data = SimpleNamespace(fingerprint="")
+    result = PreferenceResult.build(f"rlhf {kind}", o, source, loaded, policy, plan, status, metrics,
+                                    callback.logs, data, ctx, device, [], name)
+    hold(result)
+    progress.end(status, **{k: v for k, v in metrics.items() if k.startswith("reward_")})
+    return result
+
+
+def build_trl_trainer(build):
+    """A TRL trainer whose only progress display is our live view: datasets' bars off while TRL
+    prepares the data, TRL's printer/tqdm callbacks removed, its deprecation chatter silenced."""
+    import warnings
+
+    import datasets
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HfProgress
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = build()
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    for extra in (PrinterCallback, HfProgress):
+        trainer.remove_callback(extra)
+    return trainer
