@@ -48,6 +48,49 @@ def test_collect_command_shows_sampled_completions(tiny_llama, tmp_path, store):
     assert store.list() == []   # collecting records no run
 
 
+def test_collect_compares_a_tuned_adapter_with_its_base_blind(tiny_llama, separable, tmp_path, store):
+    import random
+
+    import pandas as pd
+    _, pos, neg = separable
+    rng = random.Random(0)
+    words = lambda pool: " " + " ".join(rng.choice(pool) for _ in range(4))  # noqa: E731
+    pairs = pd.DataFrame([{"prompt": "Review:", "chosen": words(pos), "rejected": words(neg)} for _ in range(40)])
+    api.rlhf.dpo(policy=str(tiny_llama), data=pairs, method="lora", lr=5e-3, steps=4, batch_size=8, name="tuned")
+    path = tmp_path / "blind.jsonl"
+    kw = dict(path=str(path), models=["tuned", str(tiny_llama)], prompts=PROMPTS, max_new_tokens=4, seed=3)
+    session = api.rlhf.collect(**kw)
+    buttons = [box.children[1].description for box in session.widget.children[1].children]
+    assert buttons == ["A is better", "B is better"]            # names hidden
+    orders = []
+    for _ in range(4):
+        orders.append(tuple(session.sources))
+        assert sorted(session.sources) == sorted(["tuned", str(tiny_llama)])
+        session.choose(session.sources.index("tuned"))           # always prefer the tuned adapter's answer
+    assert len(set(orders)) == 2                                 # the side each model is shown on varies
+    shown = (session.completions, session.sources)
+    again = api.rlhf.collect(**kw)                               # reopened: same prompt, same blind draw
+    assert again.index == 4 and (again.completions, again.sources) == shown
+    pairs_written = [r for r in lines(path) if "chosen" in r]
+    assert len(pairs_written) >= 3
+    assert all(r["chosen_by"] == "tuned" and r["rejected_by"] == str(tiny_llama) for r in pairs_written)
+    tally = again.tally()
+    assert tally.iloc[0]["model"] == "tuned" and tally.iloc[0]["win_rate"] == 1.0
+    assert tally.set_index("model").loc["tuned", "wins"] == len(pairs_written)
+    api.lora.unload(name="tuned")
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(models=["a"]), "--models needs at least two different models"),
+    (dict(models=["a", "b"], model="c"), "not both"),
+])
+def test_collect_models_mistakes(tmp_path, kw, message):
+    from llm_magics.errors import UsageError
+    with pytest.raises(UsageError, match=message):
+        api.rlhf.collect(path=str(tmp_path / "x.jsonl"), prompts=PROMPTS, **kw)
+    assert not (tmp_path / "x.jsonl").exists()
+
+
 @pytest.mark.kernel
 def test_collect_in_a_real_kernel_survives_a_kill_and_resumes(tiny_llama, tmp_path):
     from jupyter_client.manager import start_new_kernel

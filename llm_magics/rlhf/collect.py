@@ -1,8 +1,10 @@
 """`%rlhf collect`: people rank completions in a widget; every choice lands in a JSONL file at once.
 
-A prompt and k completions (k samples from one model, or one from each of several models or
-adapters) are shown side by side with a button each ("1 is better", …), tie, skip and undo, and
-a counter. Each click appends one line per resulting pair and fsyncs the file: a dead kernel
+A prompt and k completions (k samples from one model, or one from each of several models,
+adapters or tuned runs — `--models`) are shown side by side with a button each ("1 is better",
+…), tie, skip and undo, and a counter. With several models the order is shuffled per prompt and
+the names hidden (a blind comparison: position and name bias out); each pair line records which
+model wrote which answer (`chosen_by`, `rejected_by`) and `session.tally()` counts the wins. Each click appends one line per resulting pair and fsyncs the file: a dead kernel
 loses nothing. Ties and skips are written as `{"prompt", "event"}` lines (so resuming knows
 the prompt was answered; the preference loader skips them). Undo truncates the file back to
 before the last choice and shows that prompt again. Reopening the same file resumes after the
@@ -48,8 +50,9 @@ class CollectSession:
         self.index = last + 1
         self.answered = sum(1 for p in self.prompts if p in answered)
         self.resumed_at = self.index
-        self.history: list[tuple[int, int, list[str]]] = []   # (prompt index, file size before, completions)
+        self.history: list[tuple[int, int, list[str], list | None]] = []  # (prompt, file size before, texts, by)
         self.completions: list[str] = []
+        self.sources: list[str] | None = None   # which model wrote each completion (several models only)
         self._widget = None
         self._load()
 
@@ -63,7 +66,11 @@ class CollectSession:
         return None if self.done else self.prompts[self.index]
 
     def _load(self) -> None:
-        self.completions = [] if self.done else list(self.generate(self.prompts[self.index]))
+        drawn = [] if self.done else list(self.generate(self.prompts[self.index]))
+        if drawn and isinstance(drawn[0], tuple):   # (text, model) from several models
+            self.completions, self.sources = [text for text, _ in drawn], [by for _, by in drawn]
+        else:
+            self.completions, self.sources = drawn, None
         self._render()
 
     def _append(self, records: list[dict]) -> None:
@@ -73,7 +80,7 @@ class CollectSession:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self.history.append((self.index, size, self.completions))
+        self.history.append((self.index, size, self.completions, self.sources))
         self.answered += 1
         self.index += 1
         self._load()
@@ -83,11 +90,25 @@ class CollectSession:
         if self.done:
             return
         prompt, texts = self.prompts[self.index], self.completions
-        records = [{"prompt": prompt, "chosen": texts[best], "rejected": other}
+        records = [{"prompt": prompt, "chosen": texts[best], "rejected": other, **self._by(best, j)}
                    for j, other in enumerate(texts) if j != best and other.strip() != texts[best].strip()]
         if not records:   # every completion is the same text: no preference to record
             records = [{"prompt": prompt, "event": "tie"}]
         self._append(records)
+
+    def _by(self, best: int, other: int) -> dict:
+        return {} if self.sources is None else {"chosen_by": self.sources[best], "rejected_by": self.sources[other]}
+
+    def tally(self):
+        """Wins per model over the pairs in the file (several models only): a DataFrame."""
+        import pandas as pd
+        pairs = [r for r in read_records(self.path) if "chosen_by" in r]
+        names = sorted({r["chosen_by"] for r in pairs} | {r["rejected_by"] for r in pairs})
+        rows = [{"model": n, "wins": sum(r["chosen_by"] == n for r in pairs),
+                 "losses": sum(r["rejected_by"] == n for r in pairs)} for n in names]
+        frame = pd.DataFrame(rows, columns=["model", "wins", "losses"])
+        frame["win_rate"] = frame["wins"] / (frame["wins"] + frame["losses"]).clip(lower=1)
+        return frame.sort_values("win_rate", ascending=False, ignore_index=True)
 
     def tie(self) -> None:
         if not self.done:
@@ -100,13 +121,13 @@ class CollectSession:
     def undo(self) -> None:
         if not self.history:
             return
-        index, size, completions = self.history.pop()
+        index, size, completions, sources = self.history.pop()
         with open(self.path, "r+", encoding="utf-8") as f:
             f.truncate(size)
             f.flush()
             os.fsync(f.fileno())
         self.index, self.answered = index, self.answered - 1
-        self.completions = completions    # the same completions as before, not new samples
+        self.completions, self.sources = completions, sources   # the same completions as before, not new samples
         self._render()
 
     # ---- the widget -------------------------------------------------------------------
@@ -140,7 +161,7 @@ class CollectSession:
         self._prompt.value = f"<div style='white-space:pre-wrap'><b>Prompt</b><br>{html.escape(self.prompt)}</div>"
         boxes = []
         for i, text in enumerate(self.completions):
-            label = self.labels[i] if self.labels else str(i + 1)
+            label = self.labels[i] if self.labels else (chr(ord("A") + i) if self.sources else str(i + 1))
             button = w.Button(description=f"{label} is better")
             button.on_click(lambda _, i=i: self.choose(i))
             boxes.append(w.VBox([w.HTML(f"<div style='white-space:pre-wrap;border:1px solid #ccc;padding:6px;"
@@ -156,22 +177,50 @@ class CollectSession:
                 f"{len(self.prompts)}>")
 
 
+def _prompt_seed(seed: int, prompt: str) -> int:
+    """A per-prompt seed: a prompt shows the same samples (and order) after a restart."""
+    import zlib
+    return (seed * 1_000_003 + zlib.crc32(prompt.encode("utf-8"))) % (2 ** 31)
+
+
 def sampler(model, tokenizer, k: int, max_new_tokens: int, temperature: float, seed: int):
-    """k sampled completions of one prompt, from one model."""
+    """k sampled completions of one prompt, from one model (drawn from the run's seed, not the global RNG)."""
+    from ..engine.rng import seeded
+
+    def generate(prompt: str) -> list[str]:
+        with seeded(_prompt_seed(seed, prompt)):
+            return _generate_one(model, tokenizer, prompt, k, max_new_tokens, temperature)
+    return generate
+
+
+def _generate_one(model, tokenizer, prompt: str, k: int, max_new_tokens: int, temperature: float) -> list[str]:
     import torch
 
     from ..engine.device import eval_mode
     device = next(model.parameters()).device
-    counter = {"n": 0}
+    enc = tokenizer([prompt] * k, return_tensors="pt").to(device)
+    with torch.no_grad(), eval_mode(model):
+        out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
-    @torch.no_grad()
-    def generate(prompt: str) -> list[str]:
-        counter["n"] += 1
-        torch.manual_seed(seed + counter["n"])
-        enc = tokenizer([prompt] * k, return_tensors="pt").to(device)
-        with eval_mode(model):
-            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-        return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+def blind_sampler(writers: dict[str, Callable[[], object]], max_new_tokens: int, temperature: float, seed: int):
+    """One completion of a prompt from each writer (name → a context manager factory yielding
+    (model, tokenizer)), in an order shuffled per prompt from the seed: the same after a restart."""
+    import random
+
+    from ..engine.rng import seeded
+    names = list(writers)
+
+    def generate(prompt: str) -> list[tuple[str, str]]:
+        key = _prompt_seed(seed, prompt)
+        order = names[:]
+        random.Random(key).shuffle(order)
+        drawn = []
+        for name in order:
+            with writers[name]() as (model, tokenizer), seeded(key + names.index(name)):
+                drawn.append((_generate_one(model, tokenizer, prompt, 1, max_new_tokens, temperature)[0], name))
+        return drawn
     return generate

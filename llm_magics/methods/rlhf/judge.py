@@ -31,19 +31,50 @@ def run_eval(o: EvalOptions, ctx):
 def run_collect(o: CollectOptions, ctx):
     from pathlib import Path
 
-    from ...rlhf.collect import CollectSession, sampler
+    from ...rlhf.collect import CollectSession, blind_sampler, sampler
     from ...rlhf.policy import load_prompts
     prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
     path = Path(o.path).expanduser()
     if path.suffix.lower() != ".jsonl":
         raise UsageError(f"{o.path}: choices are written as JSON lines; name a .jsonl file")
-    loaded = load_model(resolve(o.model), "causal_lm", ctx.device(o.device), torch.float32)
-    tok = loaded.tokenizer
-    if tok.padding_side != "left":
-        tok = copy_tokenizer_left(tok)
-    session = CollectSession(path, prompts, sampler(loaded.model, tok, o.k, o.max_new_tokens, o.temperature,
-                                                    o.seed))
+    if o.models:
+        writers = dict(_writer(item, ctx, o.device) for item in o.models)
+        generate = blind_sampler(writers, o.max_new_tokens, o.temperature, o.seed)
+    else:
+        loaded = load_model(resolve(o.model), "causal_lm", ctx.device(o.device), torch.float32)
+        generate = sampler(loaded.model, copy_tokenizer_left(loaded.tokenizer), o.k, o.max_new_tokens,
+                           o.temperature, o.seed)
+    session = CollectSession(path, prompts, generate)
     if o.out:
         ctx.display(session)
     return session
 
+
+def _writer(item, ctx, device: str):
+    """(name, a factory of a context yielding (model, tokenizer)) for one `--models` entry: a loaded
+    adapter's name, a %rlhf Result (variable or run id), or a causal LM (alias, folder or hub id)."""
+    import contextlib
+
+    from ...adapters import hub
+    from ...data import lookup
+    from ...rlhf.evaluate import policy_of
+    obj = lookup(item, ctx.namespace)
+    name = item if isinstance(item, str) else (getattr(obj, "run_id", "") or type(obj).__name__)
+    adapter = obj if isinstance(obj, str) and obj in hub().names() else getattr(obj, "adapter", "")
+    if adapter:   # switched in for each generation: several adapters of one base take turns
+        adapter_set, _ = hub().find(adapter)
+        if not hasattr(adapter_set.model, "generate"):
+            raise UsageError(f"--models {name}: adapter {adapter!r} is a classifier's; collect compares causal LMs")
+
+        @contextlib.contextmanager
+        def using():
+            with adapter_set.using(adapter) as model:
+                yield model, copy_tokenizer_left(adapter_set.tokenizer)
+        return name, using
+    if not isinstance(obj, str) or ctx.store.get(obj):
+        model, _, tokenizer, _ = policy_of(obj, ctx.namespace, ctx.settings)
+    else:
+        loaded = load_model(resolve(obj), "causal_lm", ctx.device(device), torch.float32)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    tokenizer = copy_tokenizer_left(tokenizer)
+    return name, lambda: contextlib.nullcontext((model, tokenizer))

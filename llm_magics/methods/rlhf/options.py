@@ -212,6 +212,10 @@ class CollectOptions(RunOptions, _CollectFile):
     prompts: Any = option(None, "prompts to show: a variable, a file or a list of strings", metavar="DATA")
     prompt_column: str | None = option(None, "the prompt column (default: prompt, or the one text column)",
                                        metavar="COLUMN")
+    models: list[str] = option([], "compare these instead (comma-separated), one completion each, shown blind "
+                                   "and shuffled: loaded adapters, %rlhf Results (variables or run ids) or causal "
+                                   "LMs",
+                               metavar="WHO")
     k: int = option(2, "completions per prompt, side by side", check=positive)
     max_new_tokens: int = option(64, "tokens per completion", check=positive)
     temperature: float = option(1.0, "sampling temperature", check=positive)
@@ -219,6 +223,10 @@ class CollectOptions(RunOptions, _CollectFile):
     device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
 
     def validate(self) -> None:
+        if self.models and len({m if isinstance(m, str) else id(m) for m in self.models}) < 2:
+            raise UsageError("--models needs at least two different models to compare (or drop it and use --k)")
+        if self.models and self.model:
+            raise UsageError("give --model (k samples from one model) or --models (one from each), not both")
         if self.k < 2:
             raise UsageError("--k must be at least 2: a choice needs two completions")
 
