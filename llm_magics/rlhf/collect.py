@@ -5,8 +5,9 @@ adapters or tuned runs — `--models`) are shown side by side with a button each
 …), tie, skip and undo, and a counter. With several models the order is shuffled per prompt and
 the names hidden (a blind comparison: position and name bias out); each pair line records which
 model wrote which answer (`chosen_by`, `rejected_by`) and `session.tally()` counts the wins.
-Each click appends one line per resulting pair and fsyncs the file: a dead kernel loses nothing. Ties and skips are written as `{"prompt", "event"}` lines (so resuming knows
-the prompt was answered; the preference loader skips them). Undo truncates the file back to
+Each click appends one line per resulting pair and fsyncs the file: a dead kernel loses nothing.
+Ties and skips are written as `{"prompt", "event"}` lines (so resuming knows the prompt was
+answered; the preference loader skips them). Undo truncates the file back to
 before the last choice and shows that prompt again. Reopening the same file resumes after the
 last prompt answered.
 
