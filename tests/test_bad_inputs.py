@@ -195,6 +195,9 @@ LORA = [
     ("%lora --model $BERT --data df --target-r 0", "--target-r: must be > 0"),
     ("%lora --model $BERT --data df --block-size 0", "--block-size: must be > 0"),
     ("%lora --model $BERT --data df --virtual-tokens 0", "--virtual-tokens: must be > 0"),
+    ("%lora --model $BERT --data df --method prefix --virtual-tokens 99999999", "--virtual-tokens 99999999 is more "
+                                                                                "than half of the model's context"),
+    ("%lora --model '' --data df", "the model name is empty"),
     ("%lora --model $BERT --data df --encoder-hidden 0", "--encoder-hidden: must be > 0"),
     ("%lora --model $BERT --data df --bits 3", "--bits: is 4 or 8"),
     ("%lora --model $BERT --data df --name 'bad name'", "not a valid adapter name"),

@@ -57,9 +57,22 @@ def build_config(spec: AdapterSpec, model: nn.Module, task_type, total_steps: in
     kind = KINDS.get(spec.method)
     if kind is None:  # the option's choices keep this unreachable from a magic
         raise UsageError(f"unknown --method {spec.method}; known: {', '.join(KINDS)}")
+    if kind.prompt_learning:
+        _check_virtual_tokens(spec.virtual_tokens, model.config)
     modules = [] if kind.prompt_learning else targets(model, list(spec.target))
     geometry = _geometry(model.config) if kind.prompt_learning else {}
     return kind.build(spec, Where(task_type, modules, geometry, total_steps, tokenizer_path, modules_to_save))
+
+
+def _check_virtual_tokens(count: int, config) -> None:
+    """Virtual tokens sit in the model's context beside the text: as many as the context holds is a
+    mistake (and, at millions, an out-of-memory crash inside PEFT), so it is one line here."""
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    limit = (context // 2) if context else 4096
+    if count > limit:
+        where = f"half of the model's context of {context} positions" if context else "4096"
+        raise UsageError(f"--virtual-tokens {count} is more than {where}, leaving no room for the text; "
+                         "use a few to a few hundred (default 20)")
 
 
 @isolated()   # its dropout draws from no run's generator (engine/rng.py)

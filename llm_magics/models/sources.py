@@ -97,6 +97,9 @@ def folder_fingerprint(folder: Path) -> str:
 
 def resolve(name: str | None) -> ModelSource:
     """Name → ModelSource, or one UsageError saying what to install or pass."""
+    if name is not None and not str(name).strip():
+        raise UsageError("the model name is empty; give an alias (" + ", ".join(EMBEDDED) + "), a folder or a hub "
+                         "id, or leave the option out for the default model")
     name = (name or settings.current().default_model).strip()
     if name in EMBEDDED:
         entry = EMBEDDED[name]
