@@ -33,6 +33,10 @@ class IclRun:
 
     # ---- the run ------------------------------------------------------------------------------------
     def execute(self) -> IclResult:
+        context = getattr(self.backend, "context", None)   # an API backend's context is not known here
+        if not self.o.scoring and context and self.o.max_tokens >= context:
+            raise UsageError(f"--max-tokens {self.o.max_tokens} is not below {self.backend.name}'s context of "
+                             f"{context} tokens, which the prompt shares; ask for fewer (default 32)")
         self.progress = self.ctx.progress(f"icl · {self.backend.name}")
         self.progress.start(total=self.work(), unit="queries", model=self.backend.name, device=self.backend.device)
         started = time.perf_counter()
