@@ -19,12 +19,22 @@ features), and DDP's reducer is armed by `forward`. One all-reduce of the flat
 gradients per optimizer step computes what DDP computes (it is also what DDP does
 with `no_sync` under gradient accumulation), for any task.
 
-Strategies: `ddp` (a whole copy per rank, gradients averaged). FSDP and DeepSpeed
-are refused by the launcher until they are proven here (see launch/__init__.py).
+Strategies (`loop_for`): `ddp` (a whole copy per rank, gradients averaged here) and
+`fsdp` (`FSDPTrainLoop`: FSDP2's `fully_shard` on every transformer block, on a
+classifier's head, then on the root; each rank holds 1/N of every weight, of its
+gradient and of its optimizer state; FSDP reduce-scatters the gradients, so the
+averaging above is skipped). Under FSDP every checkpoint is written whole, in the
+one-process format (each tensor gathered first: engine/checkpoint.py), so `--resume`
+works across strategies; when training ends the whole weights are gathered onto
+rank 0 (`get_model_state_dict`, full state dict, CPU offload) and FSDP is taken off
+its model, which is then the plain model a one-process run ends with: the method
+scores it, saves it or its adapter, as ever. DeepSpeed goes through `accelerate
+launch` (launch/deepspeed.py).
 """
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 from pathlib import Path
@@ -34,6 +44,9 @@ import torch
 import torch.distributed as dist
 
 from .training import TrainLoop
+
+
+WRAP_FILE = "fsdp.json"   # in the run's launch folder: the classes FSDP wrapped
 
 
 class RankDone(Exception):
@@ -54,6 +67,13 @@ def init_process_group(timeout_s: float = 300.0) -> tuple[int, int, torch.device
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def broadcast_weights(model: torch.nn.Module) -> None:
+    """Every rank starts from rank 0's weights (a fresh head is seeded anyway; this makes sure)."""
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(tensor.data, 0)
+
+
 def rank_slice(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
     """This rank's rows of a global batch (strided, so sizes differ by at most one)."""
     return np.asarray(indices)[rank::world]
@@ -69,15 +89,13 @@ class DistributedTrainLoop(TrainLoop):
         self.run_folder = Path(folder)
         if self.rank != 0:   # the others' writes go to a scratch folder, removed when they end
             folder = Path(folder) / f".rank{self.rank}"
+        broadcast_weights(model)
+        self.wrap(model, device)   # before the optimizer is made: FSDP replaces the parameters
         super().__init__(model, task, config, progress, folder, device, **kwargs)
-        self._broadcast_weights()
         self.stop_file = self.run_folder / "launch" / "STOP"
 
-    def _broadcast_weights(self) -> None:
-        """Every rank starts from rank 0's weights (a fresh head is seeded anyway; this makes sure)."""
-        with torch.no_grad():
-            for tensor in list(self.model.parameters()) + list(self.model.buffers()):
-                dist.broadcast(tensor.data, 0)
+    def wrap(self, model, device) -> None:
+        """What the strategy does to the model before training (DDP: nothing)."""
 
     # -- the slice of every batch -----------------------------------------------------
     def _forward_backward(self, indices: np.ndarray) -> tuple[float, int]:
@@ -140,10 +158,206 @@ class DistributedTrainLoop(TrainLoop):
 
     def run(self):
         outcome = super().run()
+        self.finish_weights()
         outcome.notes.append(f"trained on {self.world} processes ({self.strategy}): each took its slice of every "
                              f"batch of {self.config.batch_size}")
+        if getattr(self, "wrap_note", None):
+            outcome.notes.append(self.wrap_note)
         dist.barrier()
         if self.rank != 0:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise RankDone()
         return outcome
+
+    def finish_weights(self) -> None:
+        """After training, before the ranks part: rank 0's model must be whole (DDP: it is)."""
+
+
+
+def loop_for(strategy: str) -> type[DistributedTrainLoop]:
+    """The training loop of a launched worker, by strategy."""
+    return FSDPTrainLoop if strategy == "fsdp" else DistributedTrainLoop
+
+
+# ---- FSDP ---------------------------------------------------------------------------------------
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's transformer blocks, FSDP's wrap unit: the classes transformers names as not to be
+    split (`_no_split_modules`) that sit in a ModuleList (BertLayer, not BertEmbeddings); without
+    such a name, the members of the longest ModuleList of modules with parameters."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    in_lists = [child for module in model.modules() if isinstance(module, torch.nn.ModuleList)
+                for child in module if any(True for _ in child.parameters())]
+    blocks = [m for m in in_lists if type(m).__name__ in names]
+    if blocks:
+        return blocks
+    lists = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList)
+             and len(module) > 1 and all(any(True for _ in c.parameters()) for c in module)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def shard(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """FSDP2 full shard in place: each transformer block a unit, a classifier's head a unit (the
+    head-only task calls it alone), the rest with the root. The units sharded, root last."""
+    from torch.distributed.fsdp import fully_shard
+    units = transformer_blocks(model)
+    head = getattr(model, "head", None)
+    if isinstance(head, torch.nn.Module) and any(True for _ in head.parameters()):
+        units.append(head)
+    # Every unit reshards after its forward, the root too (FSDP would keep the root, or the head when
+    # the head-only task calls it alone, whole until backward): between steps every registered
+    # parameter is then the shard the optimizer holds, as the checkpoints expect.
+    for unit in units:
+        fully_shard(unit, reshard_after_forward=True)
+    fully_shard(model, reshard_after_forward=True)
+    return units + [model]
+
+
+def gather_whole(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The sharded model's full state dict, gathered onto rank 0's CPU (empty on the other ranks).
+    Every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()   # the root stays unsharded after an evaluation's forward
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def unshard_in_place(model: torch.nn.Module, whole: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Take FSDP off `model` (every unit's class, hooks and state) and give it plain parameters
+    holding `whole` (from `gather_whole`) on `device`: the module a one-process run trains.
+    Tied weights stay tied (one new parameter per old one)."""
+    from torch.distributed._composable.contract import REGISTRY_KEY, STATE_KEY
+    from torch.distributed._composable_state import _module_state_mapping
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    made: dict[int, torch.nn.Parameter] = {}
+    with torch.no_grad():
+        for module in model.modules():
+            for key, param in list(module._parameters.items()):
+                if param is None:
+                    continue
+                if id(param) not in made:
+                    found = [whole[n] for n in names.get(id(param), []) if n in whole]
+                    if not found:
+                        raise RuntimeError(f"FSDP: no gathered weight for {names.get(id(param))}")
+                    made[id(param)] = torch.nn.Parameter(found[0].to(device), requires_grad=param.requires_grad)
+                module._parameters[key] = made[id(param)]
+    for module in list(model.modules()):
+        if not isinstance(module, FSDPModule):
+            continue
+        state = fully_shard.state(module)
+        handles = [getattr(state, "_pre_forward_hook_handle", None), getattr(state, "_post_forward_hook_handle", None)]
+        for group in getattr(state, "_fsdp_param_groups", []):   # state-dict hooks that would re-shard the module
+            handles += list(group._module_to_pre_save_state_dict_hook_handle.values())
+            handles += list(group._module_to_pre_load_state_dict_hook_handle.values())
+            handles += [getattr(p, "_post_load_hook_handle", None) for p in group.fsdp_params]
+        for handle in {id(h): h for h in handles if h is not None}.values():
+            handle.remove()
+        module.__class__ = type(module).__mro__[FSDPModule._orig_cls_mro_index]
+        for key in (STATE_KEY, REGISTRY_KEY):
+            module.__dict__.pop(key, None)
+        _module_state_mapping.pop(module, None)
+    for module in model.modules():
+        for flag in ("_is_fsdp_managed_module", "_fsdp_use_orig_params"):
+            module.__dict__.pop(flag, None)
+
+
+class _WholeParams:
+    """Stands for a sharded model while a checkpoint is loaded: its trainable parameters whole
+    (plain tensors of their global shape), to be scattered into the shards afterwards."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.params = {name: torch.nn.Parameter(torch.zeros(p.shape, dtype=p.dtype), requires_grad=True)
+                       for name, p in model.named_parameters() if p.requires_grad}
+
+    def named_parameters(self):
+        return iter(self.params.items())
+
+    def parameters(self):
+        return iter(self.params.values())
+
+
+class _WholeOptimizer:
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.param_groups = [{k: v for k, v in g.items() if k != "params"} | {"params": []}
+                             for g in optimizer.param_groups]
+        self.state: dict = {}
+
+
+class _StateDict(dict):
+    def __missing__(self, key):
+        self[key] = {}
+        return self[key]
+
+
+class FSDPTrainLoop(DistributedTrainLoop):
+    """`DistributedTrainLoop` with the model fully sharded (FSDP2): see the module docstring."""
+
+    strategy = "fsdp"
+
+    def wrap(self, model, device) -> None:
+        blocks = transformer_blocks(model)
+        names = sorted({type(b).__name__ for b in blocks})   # before FSDP renames their classes
+        self.units = shard(model)
+        self.whole = False   # rank 0's model gathered and unwrapped
+        self.wrap_classes = names
+        parts = [f"{len(blocks)} × {', '.join(names)}"] if blocks else []
+        if len(self.units) - len(blocks) > 1:
+            parts.append("the head")
+        self.wrap_note = "FSDP units: " + ", ".join(parts + ["the root (the rest)"])
+        launch = self.run_folder / "launch"
+        if self.rank == 0 and launch.is_dir():   # %llm export names the wrap class in accelerate.yaml
+            (launch / WRAP_FILE).write_text(json.dumps({"wrap": names, "blocks": len(blocks)}))
+
+    def _reduce_gradients(self) -> None:
+        pass   # FSDP reduce-scattered them (averaged over ranks) in backward
+
+    def save_checkpoint(self) -> None:
+        # Every rank: each tensor is gathered whole (a collective), then written; the ranks other
+        # than 0 write to their scratch folder, removed when they end.
+        TrainLoop.save_checkpoint(self)
+
+    def resume(self, folder: Path) -> None:
+        """Load the one-process format into whole stand-ins, then scatter them into the shards."""
+        from torch.distributed.tensor import distribute_tensor
+        model, optimizer = self.model, self.optimizer
+        whole, whole_optimizer = _WholeParams(model), _WholeOptimizer(optimizer)
+        whole_optimizer.state = _StateDict()
+        self.model, self.optimizer = whole, whole_optimizer
+        try:
+            super().resume(folder)
+        finally:
+            self.model, self.optimizer = model, optimizer
+        by_name = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in whole.params.items():
+                param = by_name[name]
+                shard_of = lambda t: distribute_tensor(t.to(param.device, param.dtype), param.device_mesh,  # noqa: E731
+                                                       param.placements)
+                param.to_local().copy_(shard_of(value.data).to_local())
+                saved = whole_optimizer.state.get(value)
+                if saved:
+                    optimizer.state[param] = {k: shard_of(v) if torch.is_tensor(v) and v.dim() > 0 else v
+                                              for k, v in saved.items()}
+        for group, saved in zip(optimizer.param_groups, whole_optimizer.param_groups):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+
+    def _restore_best(self) -> None:
+        self.finish_weights()
+        if self.rank == 0:
+            super()._restore_best()
+
+    def finish_weights(self) -> None:
+        """Gather the whole weights onto rank 0 and take FSDP off its model (every rank takes part
+        in the gathering; once)."""
+        if self.whole:
+            return
+        whole = gather_whole(self.model)
+        self.whole = True
+        if self.rank == 0:
+            unshard_in_place(self.model, whole, self.device)

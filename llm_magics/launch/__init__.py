@@ -10,7 +10,9 @@
 rank 0's progress events onto the run's live view (`events.py`), relays Stop, and
 builds the Result from what rank 0 wrote (`result.py`). The runner then records
 it as it records any run. `export.py` writes a recorded run out as a job for a
-shell or a cluster.
+shell or a cluster (with `accelerate.py`'s launcher config). `strategy.py`
+decides DDP or FSDP (the workers' loops: engine/distributed.py) before anything
+is written, and refuses DeepSpeed in one line.
 
 Everything the run writes lies in `<run folder>/launch/`: spec.json, the data
 files, events.jsonl, launcher.log, rank<R>.log, result.json and final/ weights.
@@ -22,29 +24,15 @@ ended as stuck).
 """
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import os
 import shutil
 
 from ..errors import UsageError
 from .options import LaunchOptions, check_launch, launched
+from .strategy import choose_strategy
 
 __all__ = ["LaunchOptions", "launched", "run_launched", "choose_strategy"]
-
-
-def choose_strategy(o) -> tuple[str, str]:
-    """(strategy, the one-line note saying which and why)."""
-    asked = getattr(o, "strategy", "auto")
-    if asked == "deepspeed":
-        if importlib.util.find_spec("deepspeed") is None:
-            raise UsageError("--strategy deepspeed needs DeepSpeed, which is not installed (pip install "
-                             "deepspeed); --strategy ddp needs nothing more")
-        raise UsageError("--strategy deepspeed is not wired to the engine yet; use --strategy ddp")
-    if asked == "fsdp":
-        raise UsageError("--strategy fsdp is not wired to the engine yet; use --strategy ddp "
-                         "(every worker holds a whole copy of the model)")
-    why = "asked for" if asked == "ddp" else "the default"
-    return "ddp", f"strategy ddp ({why}): every worker holds the model and a slice of each batch"
 
 
 def run_launched(method, o, ctx):
@@ -56,14 +44,17 @@ def run_launched(method, o, ctx):
     check_launch(o)
     if getattr(o, "bits", None):
         raise UsageError("--bits (QLoRA) runs in one process; drop --devices or --bits")
-    strategy, note = choose_strategy(o)
+    source = resolve(o.model)
+    strategy, note = choose_strategy(o, source)
     world = o.devices * o.nodes
     folder = ctx.run_dir / "launch"
     if folder.exists():
         shutil.rmtree(folder)
-    spec = make_spec(method.name, None, o, ctx.namespace, ctx.run_id, ctx.settings, folder)
+    # The workers run the strategy chosen here (auto resolved); the run record keeps what was asked.
+    spec = make_spec(method.name, None, dataclasses.replace(o, strategy=strategy), ctx.namespace, ctx.run_id,
+                     ctx.settings, folder)
     spec_path = spec.write(folder)
-    progress = ctx.progress(method.title(o, resolve(o.model)))
+    progress = ctx.progress(method.title(o, source))
     progress.log(f"{world} workers ({o.devices} on this machine"
                  + (f", node {o.node_rank} of {o.nodes}" if o.nodes > 1 else "") + f"); {note}")
     launcher = Launcher(folder, spec_path, o.devices, o.nodes, o.node_rank, o.master_addr,

@@ -1,9 +1,11 @@
 """`%llm export RUN_ID PATH`: a recorded training run as a job for a shell or a cluster.
 
 PATH receives `train.py` (the standalone script), `job.json` (the method and its
-options, seed included), the data as Parquet files (or copies of the data files
-the run read) and a `README.md` with the one command for one node and for several
-(torchrun). Run from a shell, the job records its Result in that machine's run
+options, seed included, and the strategy the run used), the data as Parquet files
+(or copies of the data files the run read), `accelerate.yaml` (accelerate's launcher
+config: processes, machines, and FSDP's wrap class when the run used FSDP) and a
+`README.md` with the one command for one node and for several (torchrun, or
+`accelerate launch --config_file accelerate.yaml`). Run from a shell, the job records its Result in that machine's run
 store, where `%llm compare` shows it beside the notebook's runs.
 
 The data comes from the run's launch folder when it ran with `--devices`, else
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..options import option
+from .accelerate import ACCELERATE_FILE, wrap_classes, write_accelerate_config
 from .job import JOB
 from .spec import DATA_FIELDS, write_data
 
@@ -60,6 +63,12 @@ torchrun --standalone --nproc-per-node {devices} train.py
 (one process per GPU; on a machine without one, CPU processes with the gloo backend). `python train.py` runs it in
 one process.
 
+With accelerate instead (`accelerate.yaml`: {processes} processes, strategy {strategy}{wrap_line}):
+
+```
+accelerate launch --config_file accelerate.yaml train.py
+```
+
 ## Several machines
 
 On each of the M machines, in this folder, with R its index (0 on the machine at HOST, which every machine reaches
@@ -67,6 +76,14 @@ on PORT):
 
 ```
 torchrun --nnodes M --node-rank R --master-addr HOST --master-port PORT --nproc-per-node {devices} train.py
+```
+
+or with accelerate (`num_machines`, `machine_rank`, `main_process_ip` and `main_process_port` in `accelerate.yaml`
+are the run's; on the command line they override the file, and `--num_processes` counts every machine's):
+
+```
+accelerate launch --config_file accelerate.yaml --num_machines M --machine_rank R --main_process_ip HOST \
+    --main_process_port PORT --num_processes $((M * {devices})) train.py
 ```
 
 The global batch is `--batch-size` {batch_size} whatever the number of processes: each process trains on its slice
@@ -108,11 +125,20 @@ def export(run_id: str, path: str | Path, namespace: dict | None = None) -> Path
         devices = max(int(options.get("devices") or 1), 1)
         (target / "train.py").write_text(TRAIN_PY.format(method=method, run_id=run_id, devices=devices))
         (target / "train.py").chmod(0o755)
+        strategy = options.get("strategy") if options.get("strategy") not in (None, "auto") else "ddp"
+        wrap = _wrap_classes(run_id, options) if strategy == "fsdp" else []
+        nodes = max(int(options.get("nodes") or 1), 1)
+        write_accelerate_config(target / ACCELERATE_FILE, strategy=strategy, devices=devices, nodes=nodes,
+                                node_rank=int(options.get("node_rank") or 0), master_addr=options.get("master_addr"),
+                                wrap=wrap, grad_accum=int(options.get("grad_accum") or 1),
+                                max_grad_norm=options.get("max_grad_norm"))
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in (record.get("metrics") or {}).items())
+        wrap_line = f", wrapping each {', '.join(wrap)}" if wrap else ""
         (target / "README.md").write_text(README.format(method=method, run_id=run_id, devices=devices,
                                                         batch_size=options.get("batch_size"), metrics=metrics,
-                                                        version=version))
+                                                        version=version, processes=devices * nodes,
+                                                        strategy=strategy, wrap_line=wrap_line))
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
@@ -126,6 +152,8 @@ def _data(run_id: str, options: dict, namespace: dict, target: Path) -> dict[str
     written: dict[str, str] = {}
     if spec_file.exists():   # a launched run wrote its data for its workers: the same files
         spec = json.loads(spec_file.read_text())
+        if spec["options"].get("strategy"):   # the strategy the workers ran (auto resolved in the kernel)
+            options["strategy"] = spec["options"]["strategy"]
         for key, file in spec.get("data_files", {}).items():
             shutil.copy2(file, target / Path(file).name)
             written[key] = Path(file).name
@@ -154,3 +182,18 @@ def _data(run_id: str, options: dict, namespace: dict, target: Path) -> dict[str
             shutil.copy2(file, target / file.name)
             written[key], options[key] = file.name, None
     return written
+
+
+def _wrap_classes(run_id: str, options: dict) -> list[str]:
+    """The classes FSDP wrapped in the run (its workers wrote them), else the model's block class."""
+    from ..engine.distributed import WRAP_FILE
+    from ..models import resolve
+    from ..settings import current
+    written = current().subdir("runs") / run_id / "launch" / WRAP_FILE
+    if written.exists():
+        return list(json.loads(written.read_text()).get("wrap") or [])
+    try:
+        source = resolve(options.get("model"))
+    except UsageError:
+        return []
+    return wrap_classes(source.path) if source.local else []

@@ -62,7 +62,8 @@ def main(folder: str | Path) -> int:
         rank, result, options, ctx, peak = run_rank(job["method"], None, values, run_id, None, sinks)
         if result is not None:
             world = int(os.environ["WORLD_SIZE"])
-            result.device = f"{result.device} ×{world} (ddp)"
+            strategy = getattr(options, "strategy", "ddp")
+            result.device = f"{result.device} ×{world} ({'ddp' if strategy == 'auto' else strategy})"
             result.artifacts["job"] = str(folder)
             finish(result, ctx, options, time.perf_counter() - started, peak)
             print(result)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..errors import UsageError
 from ..options import option, positive
 
-STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed", "deepspeed-zero2")
 
 
 def _node_rank(value) -> str | None:
@@ -23,8 +23,9 @@ def _node_rank(value) -> str | None:
 class LaunchOptions:
     devices: int = option(1, "processes on this machine (one per GPU; CPU processes without one); above 1 the run "
                              "goes to torchrun workers and streams back here", check=positive)
-    strategy: str = option("auto", "how the workers share the model: ddp (a copy each), fsdp (sharded, a transformer "
-                                   "block per unit) or deepspeed (ZeRO through accelerate; an extra); auto: ddp",
+    strategy: str = option("auto", "how the workers share the model: ddp (a copy each) or fsdp (sharded, a "
+                                   "transformer block per unit); auto: ddp, or fsdp when training would not fit one "
+                                   "GPU. deepspeed (ZeRO-3) and deepspeed-zero2 are not driven yet (refused)",
                            choices=STRATEGIES)
     nodes: int = option(1, "machines taking part (each runs the same cell with its own --node-rank)", check=positive)
     node_rank: int = option(0, "this machine's index among --nodes", check=_node_rank)

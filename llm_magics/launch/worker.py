@@ -77,7 +77,7 @@ def run_rank(method_name: str, command_word: str | None, values: dict, run_id: s
     from .. import options as opts
     from .. import settings
     from ..engine.device import MemoryMonitor
-    from ..engine.distributed import RankDone, init_process_group
+    from ..engine.distributed import RankDone, init_process_group, loop_for
     from ..registry import registry
     from .events import EventWriter
     rank, world, device = init_process_group(float(os.environ.get("LLM_MAGICS_COLLECTIVE_TIMEOUT", 300)))
@@ -88,6 +88,7 @@ def run_rank(method_name: str, command_word: str | None, values: dict, run_id: s
     writer = EventWriter(events if rank == 0 else None, run_id, method_name, sinks if rank == 0 else None)
     ctx = _context_class()(run_id, method_name, settings.current(), {}, "none",
                            rank=rank, world=world, rank_device=device, writer=writer)
+    ctx.train_loop = loop_for(getattr(options, "strategy", "ddp"))
     try:
         with MemoryMonitor(device) as memory:
             result = getattr(cls(), command.handler)(options, ctx)
