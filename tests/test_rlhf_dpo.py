@@ -1,6 +1,7 @@
 """`%rlhf dpo` through TRL's DPOTrainer: learns separable pairs, LoRA becomes a %lora adapter, Stop."""
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -92,3 +93,38 @@ def test_online_methods_check_their_group_size(tiny_llama):
     with pytest.raises(UsageError, match="multiple of --num-generations"):
         api.rlhf.grpo(policy=str(tiny_llama), reward=lambda p, c: [0.0] * len(c), prompts=["a"], batch_size=6,
                       num_generations=4)
+
+
+def test_a_dpo_lora_policy_is_a_normal_lora_adapter_afterwards(tiny_llama, separable, tmp_path):
+    """Issue 11, Deliver 5: `%lora adapters` lists the DPO-trained adapter; use, save, load and merge give the
+    same policy (its log-probs of a preferred answer, which training moved away from the base's)."""
+    from llm_magics.adapters import hub
+    from llm_magics.rlhf.trl_bridge import sequence_logprobs
+    _, pos, neg = separable
+    result = api.rlhf.dpo(policy=str(tiny_llama), data=word_pairs(pos, neg, n=40), method="lora", lr=5e-3, steps=6,
+                          batch_size=8, name="dpo_ad")
+    assert result.adapter == "dpo_ad" and "dpo_ad" in api.lora.adapters()["name"].tolist()
+    prompts, answers = ["Review:"] * 2, [" " + " ".join(pos[:4]), " " + " ".join(neg[:4])]
+
+    def logprobs(name):
+        adapter_set = hub().find(name)[0]
+        with adapter_set.lock:
+            model = adapter_set.activate(name)
+            return sequence_logprobs(model, adapter_set.tokenizer, prompts, answers, 64), model
+    tuned, model = logprobs("dpo_ad")
+    with model.disable_adapter():
+        base = sequence_logprobs(model, hub().find("dpo_ad")[0].tokenizer, prompts, answers, 64)
+    assert abs(tuned - base).max() > 1e-3                         # the adapter holds what DPO learned
+    assert isinstance(api.lora.use(name="dpo_ad").generate("Review:", max_new_tokens=3), str)
+    folder = api.lora.save(name="dpo_ad", path=str(tmp_path / "dpo_ad"))
+    assert (folder / "adapter_model.safetensors").exists()
+    merged = api.lora.merge(name="dpo_ad")
+    merged_model = merged._need_model()
+    assert not hasattr(merged_model, "peft_config")
+    np.testing.assert_allclose(sequence_logprobs(merged_model, merged._tokenizer, prompts, answers, 64), tuned,
+                               atol=1e-3)
+    api.lora.unload(name="dpo_ad")
+    assert "dpo_ad" not in api.lora.adapters()["name"].tolist()
+    api.lora.load(path=str(folder), name="dpo_again")
+    np.testing.assert_allclose(logprobs("dpo_again")[0], tuned, atol=1e-4)
+    api.lora.unload(name="dpo_again")

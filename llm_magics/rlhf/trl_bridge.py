@@ -111,17 +111,26 @@ def sequence_logprobs(model, tokenizer, prompts: list[str], answers: list[str], 
     return np.asarray(out)
 
 
-def implicit_rewards(policy, reference_ctx, tokenizer, frame, beta: float, max_length: int, prefix: str):
-    """DPO's implicit reward on held-out pairs: margin, accuracy, and the chosen/rejected log-prob shifts."""
+def pair_logprobs(model, tokenizer, frame, max_length: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """log p(chosen | prompt) and log p(rejected | prompt) per held-out pair, each answer ending in EOS
+    as TRL's DPOTrainer trains it (plain-text pairs get the EOS appended there too)."""
     if frame is None or not len(frame):
-        return {}
+        return None
+    eos = tokenizer.eos_token or ""
     prompts = frame["prompt"].fillna("").astype(str).tolist()
-    chosen, rejected = frame["chosen"].astype(str).tolist(), frame["rejected"].astype(str).tolist()
-    pc = sequence_logprobs(policy, tokenizer, prompts, chosen, max_length)
-    pr = sequence_logprobs(policy, tokenizer, prompts, rejected, max_length)
-    with reference_ctx() as reference:
-        rc = sequence_logprobs(reference, tokenizer, prompts, chosen, max_length)
-        rr = sequence_logprobs(reference, tokenizer, prompts, rejected, max_length)
+    chosen = [a if a.endswith(eos) else a + eos for a in frame["chosen"].astype(str)]
+    rejected = [a if a.endswith(eos) else a + eos for a in frame["rejected"].astype(str)]
+    return (sequence_logprobs(model, tokenizer, prompts, chosen, max_length),
+            sequence_logprobs(model, tokenizer, prompts, rejected, max_length))
+
+
+def implicit_rewards(policy: tuple | None, reference: tuple | None, beta: float, prefix: str) -> dict[str, float]:
+    """DPO's implicit reward β·(log-ratio chosen − log-ratio rejected) on held-out pairs, from the policy's
+    and the reference's log-probs (`pair_logprobs`): margin, accuracy (ties count as wrong), and the
+    chosen/rejected log-prob shifts."""
+    if policy is None or reference is None:
+        return {}
+    (pc, pr), (rc, rr) = policy, reference
     margin = beta * ((pc - rc) - (pr - rr))
     return {f"{prefix}_margin": float(margin.mean()), f"{prefix}_accuracy": float((margin > 0).mean()),
             f"{prefix}_chosen_shift": float((pc - rc).mean()), f"{prefix}_rejected_shift": float((pr - rr).mean())}
@@ -139,7 +148,11 @@ def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config
     values = {**common, "beta": o.beta, "max_length": o.max_length}
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
-        config = _config(DPOConfig, {**values, "truncation_mode": "keep_end", "precompute_ref_log_probs": False})
+        # The reference log-probs are computed once, before training, in batches of 16 (the policy with its
+        # adapter disabled, or the policy itself before it moves when training everything): no reference
+        # forward per step, and no second copy of the model with --method full.
+        config = _config(DPOConfig, {**values, "truncation_mode": "keep_end", "precompute_ref_log_probs": True,
+                                     "precompute_ref_batch_size": max(16, o.batch_size)})
         return DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=to_dataset(data.train),
                           processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
     if kind == "kto":

@@ -18,11 +18,11 @@ if TYPE_CHECKING:
 
 def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     """DPO, KTO or ORPO through TRL: the same data, devices, live view, Stop, adapters and metrics."""
-    import contextlib
     import copy
+    import time
 
     from ...engine.device import pick_dtype
-    from ...rlhf.trl_bridge import ProgressCallback, implicit_rewards, trl_common
+    from ...rlhf.trl_bridge import ProgressCallback, implicit_rewards, pair_logprobs, trl_common
     from ...rlhf.policy import PreferenceResult
     device = ctx.device(o.device)
     source = resolve(o.policy)
@@ -33,49 +33,63 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     if o.max_rows and len(data.train) > o.max_rows:
         data.train = data.train.sample(o.max_rows, random_state=o.seed).reset_index(drop=True)
         notes.append(f"training on {o.max_rows} of the pairs (--max-rows, seed {o.seed})")
+    steps_rows = (o.steps or 0) * o.batch_size * o.grad_accum
+    if kind == "dpo" and steps_rows and len(data.train) > steps_rows:
+        # The run sees only this many pairs: the reference log-probs are precomputed for those alone.
+        data.train = data.train.sample(steps_rows, random_state=o.seed).reset_index(drop=True)
     name = o.name or ctx.run_id
     if o.method != "full":
         from ...adapters import hub
         hub().check_free(name)
-    dtype = pick_dtype(device, o.dtype) if device.type == "cuda" else torch.float32
+    # fp32 on CPU unless --dtype asks otherwise (bf16 there is autocast, as TRL's bf16 flag does it)
+    dtype = pick_dtype(device, o.dtype) if device.type == "cuda" or o.dtype != "auto" else torch.float32
     progress = ctx.progress(f"rlhf {kind} · {source.short} · --method {o.method} · β={o.beta}")
     loaded = load_policy(kind, o, source, device)
     tokenizer = loaded.tokenizer
     model, reference, peft_config = loaded.model, None, None
-    if o.method == "full":   # DPO/KTO train against it; ORPO has none, but its metrics compare to it
+    if o.method != "full":
+        peft_config = policy_adapter_config(o, model, source, o.steps or 100)
+    elif kind == "kto":   # KTO trains against a frozen copy; DPO precomputes the reference's log-probs, ORPO has none
         reference = copy.deepcopy(model).eval()
         for param in reference.parameters():
             param.requires_grad = False
-    else:
-        peft_config = policy_adapter_config(o, model, source, o.steps or 100)
     test_frame = data.test if len(data.test) else data.validation
     from ...rlhf.trl_bridge import offline_trainer
     callback = ProgressCallback(progress)
+    started = time.perf_counter()
     # (keep_end is deprecated upstream, and what HH-style pairs need: its warning is silenced)
     trainer = build_trl_trainer(lambda: offline_trainer(kind, o, model, reference, data, tokenizer, peft_config,
                                                         callback, trl_common(o, device, ctx.run_dir / "trl", dtype)))
+    build_seconds = time.perf_counter() - started
     policy = trainer.model
-
-    @contextlib.contextmanager
-    def reference_ctx():
-        """The reference: the frozen copy, or (with a tuner) the policy with its adapter disabled."""
-        if reference is not None:
-            yield reference
-        else:
-            with policy.disable_adapter():
-                yield policy
     plan = trainable.report(policy, f"{o.method}" + (f" r={o.r}" if o.method != "full" else ""))
     describe_run(ctx, progress, plan)
-    before = implicit_rewards(policy, reference_ctx, tokenizer, test_frame, o.beta, o.max_length, "test")
+    # The held-out reference log-probs, once: the frozen copy, the policy with its adapter disabled, or the
+    # policy itself before training moves it.
+    if reference is not None:
+        ref_lp = pair_logprobs(reference, tokenizer, test_frame, o.max_length)
+    elif o.method != "full":
+        with policy.disable_adapter():
+            ref_lp = pair_logprobs(policy, tokenizer, test_frame, o.max_length)
+    else:
+        ref_lp = pair_logprobs(policy, tokenizer, test_frame, o.max_length)
+    before_lp = ref_lp if reference is None and o.method == "full" else \
+        pair_logprobs(policy, tokenizer, test_frame, o.max_length)
+    before = implicit_rewards(before_lp, ref_lp, o.beta, "test")
+    started = time.perf_counter()
     trainer.train()
+    train_seconds = build_seconds + time.perf_counter() - started
     status = "stopped" if callback.stopped else "ok"
     policy = trainer.model.eval()
     metrics = {f"{k}_before": v for k, v in before.items()}
-    metrics.update(implicit_rewards(policy, reference_ctx, tokenizer, test_frame, o.beta, o.max_length, "test"))
+    metrics.update(implicit_rewards(pair_logprobs(policy, tokenizer, test_frame, o.max_length), ref_lp, o.beta,
+                                    "test"))
     losses = [log["loss"] for log in callback.logs if "loss" in log]
     if losses:
         metrics["train_loss"] = float(losses[-1])
     metrics["steps"] = int(trainer.state.global_step)
+    # TRL's data preparation (tokenising, DPO's reference pass) and its training loop, loading excluded
+    metrics["train_seconds"] = train_seconds
     result = PreferenceResult.build(f"rlhf {kind}", o, source, loaded, policy, plan, status, metrics, callback.logs,
                                     data, ctx, device, notes, name)
     hold(result)
