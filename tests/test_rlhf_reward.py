@@ -1,5 +1,6 @@
 """`%rlhf reward`: Bradley–Terry on pairs, on our engine; scores after a restart; bad inputs."""
 import random
+import re
 
 import pandas as pd
 import pytest
@@ -8,6 +9,7 @@ import torch
 from llm_magics import api
 from llm_magics.errors import UsageError
 from llm_magics.rlhf.reward import bradley_terry, encode, load_reward, pair_metrics
+from transformers import AutoTokenizer
 
 
 def word_pairs(pos, neg, n=240, seed=0):
@@ -93,3 +95,36 @@ def test_the_magic_binds_the_reward_and_help_lists_the_commands(shell, tiny_bert
         assert f"%rlhf {word}" in text
     listing = shell.run_line_magic("rlhf", "")
     assert list(listing["run_id"]) == [rm.run_id]
+
+
+GREEK = ["Κριτική: η ταινία ήταν", "Κριτική: αυτή η ταινία είναι", "Κριτική: η ερμηνεία ήταν", "Κριτική: συνολικά"]
+
+
+def test_a_reward_model_that_cannot_read_the_policys_text_is_refused_a_callable_is_not_checked(
+        tiny_bert, tiny_llama, separable, store, tmp_path):
+    _, pos, neg = separable
+    rm = api.rlhf.reward(model=str(tiny_bert), data=word_pairs(pos, neg, 40), epochs=1)
+    # The tiny BERT's vocabulary is English words and Latin letters: Greek is [UNK] to it, while the
+    # policy's byte-level tokenizer reads (and writes) it.
+    policy_tok = AutoTokenizer.from_pretrained(tiny_llama)
+    assert policy_tok.unk_token_id not in policy_tok(GREEK[0], add_special_tokens=False)["input_ids"]
+    unk = rm.tokenizer(GREEK, add_special_tokens=False)["input_ids"]
+    assert sum(i == rm.tokenizer.unk_token_id for row in unk for i in row) / sum(map(len, unk)) > 0.5
+    rm.check_readable(["Review: the film was", "Review: the acting"], "rm")   # English reads: no error
+    with pytest.raises(UsageError) as error:
+        api.rlhf.ppo(policy=str(tiny_llama), reward=rm, prompts=GREEK, steps=1, batch_size=4, minibatch_size=4,
+                     max_new_tokens=4)
+    message = str(error.value)
+    assert "\n" not in message and re.search(r"its tokenizer reads (79|8\d|9\d|100)% of the prompts as unknown "
+                                              r"tokens; train the reward model on text like the policy's", message)
+    assert [row["method"] for row in store.list()] == ["rlhf reward"]   # no ppo run recorded
+
+    # A Python callable is scored as it is: never checked, it runs on the same Greek prompts.
+    seen = []
+
+    def reward(prompts, completions):
+        seen.extend(prompts)
+        return [float(len(c)) for c in completions]
+    result = api.rlhf.ppo(policy=str(tiny_llama), reward=reward, prompts=GREEK, steps=1, batch_size=4,
+                          minibatch_size=4, max_new_tokens=4)
+    assert result.metrics["steps"] == 1 and set(seen) <= set(GREEK) and seen
