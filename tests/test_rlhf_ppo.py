@@ -20,8 +20,12 @@ def rule(word, sign=1.0):
 
 
 def ppo(tiny_llama, reward=None, **kwargs):
+    # --stop-kl 0.03: without it the 4 update epochs over 8 rollouts at lr 1e-2 move the policy ~0.1 nats per
+    # token per minibatch (half the tokens clipped), mostly through the tied embedding rows of every sampled
+    # token, and the KL to the reference reached 6.7-17 nats (mean over 15 steps, seeds 0-11) with no reward
+    # behind it; with it 2.0-5.5 (seed 0: 4.1) for a reward gain of 0.29-0.67 (seed 11: none).
     args = dict(policy=str(tiny_llama), reward=reward, prompts=PROMPTS, steps=15, batch_size=8, minibatch_size=4,
-                max_new_tokens=24, lr=1e-2, kl=0.05, seed=0)
+                max_new_tokens=24, lr=1e-2, kl=0.05, stop_kl=0.03, seed=0)
     return api.rlhf.ppo(**{**args, **kwargs})
 
 
@@ -40,11 +44,17 @@ def test_ppo_learns_a_rule_reward_and_the_flipped_reward_unlearns_it(tiny_llama,
     # Every step's first minibatch replays the rollout exactly: ratio 1, KL to the rollout policy 0.
     assert up.metrics["first_ratio_max_dev"] == 0.0 and up.metrics["first_kl_to_rollout"] == 0.0
     assert len(up.tables["history"]) == 15 and up.rows_per_s > 0
-    assert up.metrics["kl_mean"] < 10   # measured 6.7 nats on this random tiny model (seed 0)
+    assert up.metrics["kl_mean"] < 5, up.tables["history"]["kl"].tolist()   # nats per completion (k1)
+    # The early stop acted: some steps made fewer than 4 epochs × 2 minibatches of updates.
+    assert up.tables["history"]["updates"].min() < 8
     assert store.get(up.run_id)["method"] == "rlhf ppo"
     down = ppo(tiny_llama, rule("ed", -1.0))
     presence_first, presence_last = -down.metrics["reward_first3"], -down.metrics["reward_last3"]
-    assert presence_last < presence_first and presence_last <= 0.05, down.tables["history"]["reward"].tolist()
+    assert presence_last < presence_first, down.tables["history"]["reward"].tolist()
+    # 8 rollouts a step are a noisy count of a word the base model writes 17 % of the time: 64 fresh samples
+    # from the flipped run's policy and from the reference say the same (measured 0.06 against 0.17).
+    check = api.rlhf.eval(run=down, reward=rule("ed"), prompts=PROMPTS * 16, max_new_tokens=24).metrics
+    assert check["policy_reward"] <= 0.5 * check["reference_reward"], check
     assert math.isfinite(down.metrics["kl_mean"])
     # The tuned policy generates.
     assert isinstance(up.generate("Review: the film was", max_new_tokens=5), str)
@@ -115,3 +125,71 @@ def test_a_stop_request_ends_ppo_after_the_current_step(tiny_llama):
                          on_step=lambda stats: stats.step == 2 and progress.request_stop())
     assert trainer.train() == "stopped" and len(trainer.history) == 2
     assert trainer.history[-1].first_ratio_max_dev == 0.0
+
+
+def test_the_early_stop_bounds_each_steps_move_from_the_rollout_policy(tiny_llama):
+    free = ppo(tiny_llama, rule("ed"), steps=4, stop_kl=None)
+    held = ppo(tiny_llama, rule("ed"), steps=4, stop_kl=0.005)
+    assert held.tables["history"]["updates"].tolist() != free.tables["history"]["updates"].tolist()
+    assert set(free.tables["history"]["updates"]) == {8}      # 4 epochs × 2 minibatches when nothing stops
+    assert held.tables["history"]["updates"].min() >= 1       # the first minibatch always updates
+
+
+def length_reward(prompts, completions):
+    return [len(c) / 40 for c in completions]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_ppo_run_draws_from_its_own_generator(tiny_llama, method):
+    """The global generator is the user's: a run neither reads nor moves it, and its seed alone decides the
+    rollouts (the value head's and the adapter's initialisation, and every sample)."""
+    def run(seed):
+        return ppo(tiny_llama, length_reward, steps=2, max_new_tokens=8, method=method, seed=seed)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    first = run(0)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(99)          # another global state: the same run all the same
+    again, other = run(0), run(1)
+    columns = ["reward", "kl", "policy_loss", "value_loss"]
+    assert first.tables["history"][columns].equals(again.tables["history"][columns])
+    assert first.tables["samples"]["completion"].tolist() == again.tables["samples"]["completion"].tolist()
+    assert first.tables["samples"]["completion"].tolist() != other.tables["samples"]["completion"].tolist()
+    assert first.tables["history"]["kl"].iloc[-1] != 0      # the policy did move: the comparison means something
+    torch.manual_seed(1234)
+    report = api.rlhf.eval(run=first, reward=length_reward, prompts=PROMPTS, max_new_tokens=8)
+    assert torch.equal(torch.get_rng_state(), before)
+    repeat = api.rlhf.eval(run=first, reward=length_reward, prompts=PROMPTS, max_new_tokens=8)
+    assert report.tables["sample pairs"].equals(repeat.tables["sample pairs"])
+    if method == "lora":
+        for result in (first, again, other):
+            api.lora.unload(name=result.run_id)
+
+
+@pytest.mark.parametrize("how", ["stop", "interrupt"])
+def test_stop_or_interrupt_ends_a_ppo_run_with_a_usable_result(tiny_llama, store, monkeypatch, how):
+    """The live view's Stop (the progress' stop flag) or a kernel interrupt, after step 2 of 10: the run ends
+    after that step, is recorded as stopped, and its Result holds the policy as it was then."""
+    import os
+    import signal
+    import time
+
+    from llm_magics.progress.events import Progress
+    advance = Progress.advance
+
+    def advance_then_stop(self, n=1, **metrics):
+        advance(self, n, **metrics)
+        if self.state.done == 2 and not self.should_stop:
+            if how == "interrupt":
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+            else:
+                self.request_stop()
+    monkeypatch.setattr(Progress, "advance", advance_then_stop)
+    result = ppo(tiny_llama, rule("o"), steps=10, max_new_tokens=8)
+    assert result.status == "stopped" and result.metrics["steps"] == 2
+    assert len(result.tables["history"]) == 2 and any("stopped after 2 of 10 steps" in n for n in result.notes)
+    assert isinstance(result.generate("Review: the film was", max_new_tokens=4), str)
+    assert store.get(result.run_id)["status"] == "stopped"
+    from pathlib import Path
+    assert (Path(result.artifacts["policy"]) / "value_head.safetensors").exists()

@@ -80,19 +80,22 @@ def _as_reference(policy: PolicyWithValue):
 
 def evaluate(model, reference, tokenizer, reward, reward_name: str, prompts: list[str], max_new_tokens: int,
              temperature: float, batch_size: int, seed: int, samples: int = 8) -> tuple[dict, pd.DataFrame]:
-    policy = PolicyWithValue(model, tokenizer, reference, temperature)
+    from ..engine.rng import RunRng, seeded
+    with seeded(seed):   # nn.Linear's initialisation of the (unused) value head draws
+        policy = PolicyWithValue(model, tokenizer, reference, temperature)
+    rng = RunRng(seed, policy.device)   # sampling draws from the run's generator, not the global one
     rows, kl1, kl3 = [], [], []
-    torch.manual_seed(seed)
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
-        roll = policy.rollout(batch, max_new_tokens)
+        with rng.active():
+            roll = policy.rollout(batch, max_new_tokens)
         with torch.no_grad():
             lp, _ = policy.logprobs_values(roll.input_ids, roll.attention_mask, roll.prompt_len)
             ref = policy.reference_logprobs(roll.input_ids, roll.attention_mask, roll.prompt_len)
         lp, ref = lp.cpu(), ref.cpu()
         kl1 += (core.kl_k1(lp, ref) * roll.mask).sum(1).tolist()
         kl3 += (core.kl_k3(lp, ref) * roll.mask).sum(1).tolist()
-        with _as_reference(policy) as as_ref:
+        with _as_reference(policy) as as_ref, rng.active():
             ref_roll = as_ref.rollout(batch, max_new_tokens)
         tuned = call_reward(reward, batch, roll.completions, reward_name).tolist()
         base = call_reward(reward, batch, ref_roll.completions, reward_name).tolist()

@@ -19,7 +19,14 @@ Choices, and where they come from:
 - dropout is off in every pass (the model stays in eval mode while it trains), and the first
   minibatch of every step replays the rollout's own chunking, so its ratio is exactly 1 and
   its KL to the rollout policy exactly 0 — checked in the tests;
-- scores can be normalised with running moments (TRL's `use_score_norm`).
+- scores can be normalised with running moments (TRL's `use_score_norm`);
+- the update epochs of a step stop early once a minibatch finds the policy more than
+  `stop_kl` nats per token (k3, mean over real tokens) away from the rollout policy (OpenAI's
+  baselines / Spinning Up PPO `target_kl`, old TRL's `early_stopping`): several epochs over
+  only 8 rollouts otherwise keep pushing every sampled token of the few rewarded completions,
+  and the KL to the reference grows with no reward behind it;
+- randomness (sampling) comes from the run's own generator (`engine.rng.RunRng`): a run leaves
+  the global generator alone, and two runs with one seed sample the same rollouts.
 
 The loop is ours rather than `TrainLoop`'s (PPO alternates sampling and updates; there is no
 fixed dataset of rows), but it uses the engine's optimizer set-up, the progress events and the
@@ -63,6 +70,7 @@ class PpoConfig:
     max_grad_norm: float | None = 1.0
     weight_decay: float = 0.0
     seed: int = 0
+    stop_kl: float | None = None   # end a step's update epochs past this KL to the rollout policy (per token)
 
 
 class ValueHead(nn.Module):
@@ -198,6 +206,7 @@ class StepStats:
     approx_kl: float
     first_ratio_max_dev: float      # |ρ − 1| on the first minibatch: exactly 0
     first_approx_kl: float          # KL to the rollout policy on the first minibatch: exactly 0
+    updates: int                    # minibatch updates made (fewer than epochs × minibatches after an early stop)
     response_len: float
     ended: float
     samples: list[tuple[str, str, float]]
@@ -205,8 +214,12 @@ class StepStats:
 
 class PpoTrainer:
     def __init__(self, policy: PolicyWithValue, reward: Callable, reward_name: str, prompts: list[str],
-                 config: PpoConfig, progress=None, on_step: Callable[[StepStats], None] | None = None):
+                 config: PpoConfig, progress=None, on_step: Callable[[StepStats], None] | None = None,
+                 run_rng=None):
+        from ..engine.rng import RunRng
         from ..engine.training import TrainConfig, make_optimizer
+        # The run's own generator: sampling draws from it, never from the user's global one.
+        self.run_rng = run_rng if run_rng is not None else RunRng(config.seed, policy.device)
         self.policy, self.reward, self.reward_name = policy, reward, reward_name
         self.prompts, self.config, self.progress, self.on_step = list(prompts), config, progress, on_step
         holder = nn.ModuleDict({"policy": policy.model, "value": policy.value_head})
@@ -236,7 +249,9 @@ class PpoTrainer:
     def step(self, number: int) -> StepStats:
         cfg, policy = self.config, self.policy
         started = time.perf_counter()
-        roll = policy.rollout(self._next_prompts(), cfg.max_new_tokens)
+        prompts = self._next_prompts()
+        with self.run_rng.active():
+            roll = policy.rollout(prompts, cfg.max_new_tokens)
         scores = call_reward(self.reward, roll.prompts, roll.completions, self.reward_name)
         raw_scores = scores.clone()
         if cfg.no_eos_penalty is not None:
@@ -264,7 +279,10 @@ class PpoTrainer:
         policy.model.eval()   # no dropout: the ratio compares like with like
         stats: list[dict[str, float]] = []
         first: dict[str, float] | None = None
+        early_stop = False
         for epoch in range(cfg.ppo_epochs):
+            if early_stop:
+                break
             order = rows if epoch == 0 else self.rng.permutation(rows)
             for chunk in self._chunks(order):
                 index = torch.as_tensor(chunk)
@@ -272,6 +290,9 @@ class PpoTrainer:
                 lp, values = lp.cpu(), values.cpu()
                 p_loss, p_stats = core.policy_loss(lp, old_logprobs[index], advantages[index], mask[index], cfg.clip)
                 v_loss, v_stats = core.value_loss(values, old_values[index], returns[index], mask[index], cfg.vf_clip)
+                if cfg.stop_kl is not None and first is not None and p_stats["approx_kl"] > cfg.stop_kl:
+                    early_stop = True   # this minibatch is already too far from the rollout policy: no update
+                    break
                 loss = p_loss + cfg.vf_coef * v_loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"PPO loss became {float(loss)} at step {number}")
@@ -298,7 +319,7 @@ class PpoTrainer:
             policy_loss=mean("policy_loss"), value_loss=mean("value_loss"), clipfrac=mean("clipfrac"),
             approx_kl=mean("approx_kl"),
             first_ratio_max_dev=max(abs(first["ratio_max"] - 1.0), abs(first["ratio_min"] - 1.0)),
-            first_approx_kl=first["approx_kl"], response_len=float(mask.sum(1).mean()),
+            first_approx_kl=first["approx_kl"], updates=len(stats), response_len=float(mask.sum(1).mean()),
             ended=float(roll.ended.float().mean()),
             samples=[(roll.prompts[i], roll.completions[i], float(raw_scores[i])) for i in picks])
         return result
@@ -318,6 +339,7 @@ class PpoTrainer:
                     progress.advance(1, reward=stats.reward, kl=stats.kl, policy_loss=stats.policy_loss,
                                      value_loss=stats.value_loss)
                     progress.set(reward_std=stats.reward_std, kl_coef=stats.kl_coef, clipfrac=stats.clipfrac,
+                                 updates=stats.updates,
                                  tokens_per_s=self.tokens / max(self.seconds, 1e-9))
                     if number == 1 or number % 5 == 0 or number == self.config.steps:
                         prompt, completion, score = stats.samples[0]

@@ -95,6 +95,8 @@ class PpoOptions(RunOptions):
     target_kl: float | None = option(None, "adaptive KL: move β towards this KL per sequence (nats)",
                                      check=positive)
     kl_horizon: int = option(10000, "adaptive KL's horizon (rollouts)", check=positive)
+    stop_kl: float | None = option(None, "end a step's update epochs once a minibatch is this far (nats per token) "
+                                         "from the policy that sampled the rollouts (default: never)", check=positive)
     gamma: float = option(1.0, "discount", check=opts.non_negative)
     lam: float = option(0.95, "GAE λ", check=opts.non_negative)
     clip: float = option(0.2, "policy ratio clip ε", check=positive)

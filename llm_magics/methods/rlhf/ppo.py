@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
+from ...engine.rng import RunRng, seeded
 from ...models import hold, resolve, trainable
 from ...training import describe_run
 from .common import load_policy, policy_adapter_config
@@ -25,30 +24,32 @@ def run_ppo(o: PpoOptions, ctx) -> "PpoResult":
     loaded = load_policy("ppo", o, source, device)
     if hasattr(reward, "check_readable"):
         reward.check_readable(prompts[:16], reward_name)
-    torch.manual_seed(o.seed)
     model, reference = loaded.model, None
-    if o.method == "full":
-        import copy
-        reference = copy.deepcopy(model).eval()
-        for param in reference.parameters():
-            param.requires_grad = False
-        plan = trainable.apply(model, "all")
-    else:
-        from peft import get_peft_model
-        for param in model.parameters():
-            param.requires_grad = False
-        config = policy_adapter_config(o, model, source, o.steps, dropout=0.0)
-        model = get_peft_model(model, config, adapter_name=ctx.run_id)
-        plan = trainable.report(model, f"{o.method} r={o.r}")
-    policy = PolicyWithValue(model, loaded.tokenizer, reference, o.temperature)
+    # The adapter's and the value head's initialisation draw from the run's seed, not the global generator.
+    with seeded(o.seed):
+        if o.method == "full":
+            import copy
+            reference = copy.deepcopy(model).eval()
+            for param in reference.parameters():
+                param.requires_grad = False
+            plan = trainable.apply(model, "all")
+        else:
+            from peft import get_peft_model
+            for param in model.parameters():
+                param.requires_grad = False
+            config = policy_adapter_config(o, model, source, o.steps, dropout=0.0)
+            model = get_peft_model(model, config, adapter_name=ctx.run_id)
+            plan = trainable.report(model, f"{o.method} r={o.r}")
+        policy = PolicyWithValue(model, loaded.tokenizer, reference, o.temperature)
     describe_run(ctx, progress, plan)
     config = PpoConfig(steps=o.steps, batch_size=o.batch_size, minibatch_size=o.minibatch_size,
                        ppo_epochs=o.ppo_epochs, lr=o.peak_lr(), max_new_tokens=o.max_new_tokens,
                        temperature=o.temperature, kl=o.kl, target_kl=o.target_kl, kl_horizon=o.kl_horizon,
                        gamma=o.gamma, lam=o.lam, clip=o.clip, vf_clip=o.vf_clip, vf_coef=o.vf_coef,
                        whiten=o.whiten, reward_norm=o.reward_norm, no_eos_penalty=o.no_eos_penalty,
-                       max_grad_norm=o.max_grad_norm or None, seed=o.seed)
-    trainer = PpoTrainer(policy, reward, reward_name, prompts, config, progress)
+                       max_grad_norm=o.max_grad_norm or None, seed=o.seed, stop_kl=o.stop_kl)
+    trainer = PpoTrainer(policy, reward, reward_name, prompts, config, progress,
+                         run_rng=RunRng(o.seed, device))
     progress.start(total=o.steps, unit="steps")
     status = trainer.train()
     result = PpoResult.from_trainer(trainer, status, o, source, loaded, plan, ctx, device)
