@@ -116,3 +116,15 @@ def test_export_writes_an_accelerate_config_beside_the_job(shell, tiny_bert, dem
     assert "accelerate launch --config_file accelerate.yaml train.py" in readme
     assert "--num_machines M --machine_rank R" in readme and "torchrun --standalone" in readme
     assert json.loads((tmp_path / "job" / "job.json").read_text())["options"]["strategy"] == "auto"
+
+
+def test_fsdp_refuses_a_method_that_edits_the_model_from_whole_gradients(tmp_path):
+    """AdaLoRA reallocates its ranks from the gradients after each step (`before_zero_grad`); under FSDP
+    each worker holds a shard of them (measured: PEFT's rank allocator fails on the DTensors). One line,
+    before any process group is touched."""
+    import torch
+    from llm_magics.engine.distributed import FSDPTrainLoop
+    with pytest.raises(UsageError, match="--strategy ddp") as caught:
+        FSDPTrainLoop(torch.nn.Linear(2, 2), None, None, None, tmp_path, torch.device("cpu"),
+                      before_zero_grad=lambda step: None)
+    assert "AdaLoRA" in str(caught.value) and "\n" not in str(caught.value)

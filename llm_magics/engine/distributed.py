@@ -300,6 +300,14 @@ class FSDPTrainLoop(DistributedTrainLoop):
 
     strategy = "fsdp"
 
+    def __init__(self, model, task, config, progress, folder, device, **kwargs):
+        if kwargs.get("before_zero_grad") is not None:
+            from ..errors import UsageError
+            raise UsageError("--strategy fsdp: this method changes the model from its whole gradients after every "
+                             "step (AdaLoRA's rank budget), and under FSDP each worker holds a shard of them; use "
+                             "--strategy ddp")
+        super().__init__(model, task, config, progress, folder, device, **kwargs)
+
     def wrap(self, model, device) -> None:
         blocks = transformer_blocks(model)
         names = sorted({type(b).__name__ for b in blocks})   # before FSDP renames their classes
