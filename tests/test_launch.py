@@ -51,6 +51,20 @@ def test_rank_zero_events_replay_onto_the_kernels_progress(tmp_path):
     assert kernel.state.status == "running"   # the launcher ends the view once the Result is back
 
 
+def test_a_resumed_workers_count_reaches_the_kernels_bar_and_chart(tmp_path):
+    """A resumed run starts at its checkpoint's step, which the loop sets without a call."""
+    path = tmp_path / "events.jsonl"
+    writer = EventWriter(path, "run-1", "finetune")
+    writer.start(total=30, unit="steps")
+    writer.state.done = 20            # what TrainLoop.run does after resuming
+    writer.advance(1, loss=0.5)
+    writer.eval(val_loss=0.4)
+    kernel = Progress([], "run-1", "finetune")
+    EventReader(path).relay(kernel)
+    assert kernel.state.done == 21 and kernel.state.total == 30
+    assert [step for step, _ in kernel.state.history] == [21, 21]
+
+
 def test_a_phase_replayed_late_keeps_the_workers_start_time(tmp_path):
     path = tmp_path / "events.jsonl"
     path.write_text(json.dumps({"call": "start", "time": time.time() - 10, "args": [], "kwargs": {"total": 100}})

@@ -114,10 +114,11 @@ def test_stop_and_resume_cross_between_one_process_and_fsdp(tiny_bert, separable
     first = handle.result(timeout=60)
     assert first.status == "stopped"
     handle = api.finetune(resume=first.run_id, devices=2, strategy="fsdp", bg=True, **args)
-    wait_for(handle, 3)   # the kernel's view counts the steps since the resumed one
+    wait_for(handle, first.metrics["steps"] + 2)   # the view counts from the checkpoint's step, as the worker
     handle.stop()
     second = handle.result(timeout=60)
     assert second.status == "stopped" and second.device == "cpu ×2 (fsdp)"
+    assert handle.progress.state.done == second.metrics["steps"]
     assert first.metrics["steps"] < second.metrics["steps"] < handle.progress.state.total
     assert run_processes() == []
     whole = api.finetune(**args)

@@ -1,8 +1,9 @@
 """Rank 0's progress as JSON lines, replayed in the kernel onto the run's own `Progress`.
 
 The worker's `EventWriter` is a `Progress` whose every call (start, phase, advance,
-set, eval, describe, log, end) is also written as one line `{"call": ..., "args":
-..., "kwargs": ...}` to `launch/events.jsonl` in the run's folder. The kernel
+set, eval, describe, log, end) is also written as one line `{"call": ..., "done":
+..., "args": ..., "kwargs": ...}` to `launch/events.jsonl` in the run's folder
+(`done`: the worker's count before the call, which a resumed run sets without one). The kernel
 tails that file and makes the same calls on the run's `Progress`, so its live view
 (bar, ETA, metrics, chart) is the one a one-process run draws. Only complete lines
 are read: a line the worker is still writing waits for the next poll.
@@ -48,8 +49,8 @@ class EventWriter(Progress):
     def _write(self, call: str, args: tuple, kwargs: dict) -> None:
         if self._file is None:
             return
-        line = json.dumps({"call": call, "time": time.time(), "args": [_plain(a) for a in args],
-                           "kwargs": {k: _plain(v) for k, v in kwargs.items()}})
+        line = json.dumps({"call": call, "time": time.time(), "done": self.state.done,
+                           "args": [_plain(a) for a in args], "kwargs": {k: _plain(v) for k, v in kwargs.items()}})
         self._file.write(line + "\n")
         self._file.flush()
 
@@ -113,6 +114,10 @@ class EventReader:
             if call == "end":   # ended by the launcher, after the Result is back
                 self.ended = event
                 continue
+            if call not in ("start", "phase") and isinstance(event.get("done"), int):
+                # Where the worker's count stood (a resumed run starts at its checkpoint's step, set
+                # without a call): the bar and the chart's steps are the worker's.
+                progress.state.done = event["done"]
             getattr(progress, call)(*event.get("args", []), **event.get("kwargs", {}))
             if call in ("start", "phase") and "time" in event:
                 # The phase began when the worker said so, not when this poll read it: rate and ETA
