@@ -28,8 +28,11 @@ one-process format (each tensor gathered first: engine/checkpoint.py), so `--res
 works across strategies; when training ends the whole weights are gathered onto
 rank 0 (`get_model_state_dict`, full state dict, CPU offload) and FSDP is taken off
 its model, which is then the plain model a one-process run ends with: the method
-scores it, saves it or its adapter, as ever. DeepSpeed goes through `accelerate
-launch` (launch/deepspeed.py).
+scores it, saves it or its adapter, as ever. Limits: each rank loads the whole
+model before sharding it (the method's loader), so FSDP saves the gradients' and
+the optimizer's memory, and the weights' only once training starts; a method that
+edits the model from whole gradients after each step (AdaLoRA) is refused.
+DeepSpeed is refused by the launcher (launch/strategy.py).
 """
 from __future__ import annotations
 
@@ -342,6 +345,8 @@ class FSDPTrainLoop(DistributedTrainLoop):
         finally:
             self.model, self.optimizer = model, optimizer
         by_name = dict(model.named_parameters())
+        # AdamW keeps its step counter on the CPU unless fused or capturable (as engine/checkpoint.py loads it)
+        steps_on_device = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
         with torch.no_grad():
             for name, value in whole.params.items():
                 param = by_name[name]
@@ -350,8 +355,9 @@ class FSDPTrainLoop(DistributedTrainLoop):
                 param.to_local().copy_(shard_of(value.data).to_local())
                 saved = whole_optimizer.state.get(value)
                 if saved:
-                    optimizer.state[param] = {k: shard_of(v) if torch.is_tensor(v) and v.dim() > 0 else v
-                                              for k, v in saved.items()}
+                    optimizer.state[param] = {
+                        k: (shard_of(v) if v.dim() > 0 else v.to(param.device) if steps_on_device else v)
+                        if torch.is_tensor(v) else v for k, v in saved.items()}
         for group, saved in zip(optimizer.param_groups, whole_optimizer.param_groups):
             group.update({k: v for k, v in saved.items() if k != "params"})
 
