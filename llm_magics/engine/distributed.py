@@ -329,9 +329,19 @@ class FSDPTrainLoop(DistributedTrainLoop):
         pass   # FSDP reduce-scattered them (averaged over ranks) in backward
 
     def save_checkpoint(self) -> None:
-        # Every rank: each tensor is gathered whole (a collective), then written; the ranks other
-        # than 0 write to their scratch folder, removed when they end.
-        TrainLoop.save_checkpoint(self)
+        """Rank 0 writes the checkpoint whole (engine/checkpoint.py gathers each shard); the others take
+        part in the same gatherings, in the same order, and write nothing."""
+        if self.rank == 0:
+            TrainLoop.save_checkpoint(self)
+            return
+        from .checkpoint import _whole
+        for _, param in self.model.named_parameters():   # checkpoint.trainable_state's order
+            if param.requires_grad:
+                _whole(param.detach())
+        for state in self.optimizer.state.values():     # checkpoint._optimizer_tensors' order
+            for value in state.values():
+                if torch.is_tensor(value):
+                    _whole(value.detach())
 
     def resume(self, folder: Path) -> None:
         """Load the one-process format into whole stand-ins, then scatter them into the shards."""
