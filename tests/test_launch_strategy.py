@@ -84,7 +84,8 @@ def test_fsdp_wraps_each_transformer_block_not_the_embeddings(tiny_bert, tiny_ll
 
 
 def test_accelerate_config_for_each_strategy(tmp_path):
-    fsdp = accelerate_config("fsdp", devices=4, nodes=2, node_rank=1, master_addr="10.0.0.1", wrap=["LlamaDecoderLayer"])
+    fsdp = accelerate_config("fsdp", devices=4, nodes=2, node_rank=1, master_addr="10.0.0.1",
+                             wrap=["LlamaDecoderLayer"])
     assert fsdp["distributed_type"] == "FSDP" and fsdp["num_processes"] == 8 and fsdp["num_machines"] == 2
     assert fsdp["machine_rank"] == 1 and fsdp["main_process_ip"] == "10.0.0.1" and fsdp["main_process_port"] == 29500
     assert fsdp["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"

@@ -5,8 +5,9 @@ options, seed included, and the strategy the run used), the data as Parquet file
 (or copies of the data files the run read), `accelerate.yaml` (accelerate's launcher
 config: processes, machines, and FSDP's wrap class when the run used FSDP) and a
 `README.md` with the one command for one node and for several (torchrun, or
-`accelerate launch --config_file accelerate.yaml`). Run from a shell, the job records its Result in that machine's run
-store, where `%llm compare` shows it beside the notebook's runs.
+`accelerate launch --config_file accelerate.yaml`). Run from a shell, the job
+records its Result in that machine's run store, where `%llm compare` shows it
+beside the notebook's runs.
 
 The data comes from the run's launch folder when it ran with `--devices`, else
 from what its options name: a file (copied), a dataset name (kept), or a notebook
