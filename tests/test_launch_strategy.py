@@ -49,6 +49,7 @@ def test_auto_reads_the_models_size_from_its_files_and_the_gpus_memory(tiny_bert
     asked = []
     assert choose_strategy(Opts(device="cpu"), Source(str(tiny_bert)), memory=lambda: asked.append(1) or big)[0] \
         == "ddp" and not asked                            # --device cpu: no GPU is asked about
+    assert choose_strategy(Opts(), lambda: Source(str(tiny_bert)), memory=lambda: big)[0] == "fsdp"   # resolved late
     assert choose_strategy(Opts(strategy="ddp"), Source(str(tiny_bert)), memory=lambda: big)[0] == "ddp"
     strategy, note = choose_strategy(Opts(strategy="fsdp"), None)
     assert strategy == "fsdp" and "asked for" in note

@@ -44,8 +44,8 @@ def run_launched(method, o, ctx):
     check_launch(o)
     if getattr(o, "bits", None):
         raise UsageError("--bits (QLoRA) runs in one process; drop --devices or --bits")
+    strategy, note = choose_strategy(o, lambda: resolve(o.model))   # refusals before anything is resolved
     source = resolve(o.model)
-    strategy, note = choose_strategy(o, source)
     world = o.devices * o.nodes
     folder = ctx.run_dir / "launch"
     if folder.exists():

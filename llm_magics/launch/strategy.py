@@ -91,7 +91,8 @@ def deepspeed_installed() -> bool:
 
 
 def choose_strategy(o, source=None, memory=cuda_memory) -> tuple[str, str]:
-    """(strategy, the one-line note saying which and why) for options `o`."""
+    """(strategy, the one-line note saying which and why) for options `o`. `source`: the model's
+    ModelSource, or a function returning it (resolved only when its size is needed)."""
     asked = getattr(o, "strategy", "auto")
     if asked in ZERO_STAGE:
         if not deepspeed_installed():
@@ -110,6 +111,7 @@ def choose_strategy(o, source=None, memory=cuda_memory) -> tuple[str, str]:
     device = getattr(o, "device", None)
     available = None if (device or "").startswith(("cpu", "mps")) else memory()
     params = None
-    if available is not None and source is not None and getattr(source, "local", False):
-        params = count_params(source.path)
+    if available is not None and source is not None:
+        source = source() if callable(source) else source
+        params = count_params(source.path) if getattr(source, "local", False) else None
     return decide(params, available, max(int(getattr(o, "devices", 1)), 1))
