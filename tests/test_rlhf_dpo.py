@@ -31,10 +31,12 @@ def test_dpo_with_lora_learns_and_the_adapter_joins_the_session(tiny_llama, sepa
     api.lora.unload(name="dpo_words")
 
 
-def test_dpo_full_fine_tune_moves_chosen_above_rejected(tiny_llama, separable):
+def test_dpo_full_fine_tune_moves_chosen_above_rejected(tiny_llama, separable, capfd):
     _, pos, neg = separable
     result = api.rlhf.dpo(policy=str(tiny_llama), data=word_pairs(pos, neg), lr=1e-3, steps=10, batch_size=8)
     assert result.metrics["test_margin"] > 0 and result.metrics["test_accuracy"] >= 0.8
+    assert result.metrics["test_margin_before"] == 0.0 and result.metrics["train_seconds"] > 0
+    assert "Computing reference log probs" not in capfd.readouterr().err   # our live view is the only bar
     assert "policy" in result.artifacts and isinstance(result.generate("Review:", max_new_tokens=3), str)
 
 

@@ -151,9 +151,14 @@ def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config
         # The reference log-probs are computed once, before training, in batches of 16 (the policy with its
         # adapter disabled, or the policy itself before it moves when training everything): no reference
         # forward per step, and no second copy of the model with --method full.
+        # The pairs are ordered by length for that pass (it reads them in order: little padding in its
+        # batches); training still draws them in a seeded random order.
         config = _config(DPOConfig, {**values, "truncation_mode": "keep_end", "precompute_ref_log_probs": True,
                                      "precompute_ref_batch_size": max(16, o.batch_size)})
-        return DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=to_dataset(data.train),
+        frame = data.train
+        longest = frame["prompt"].str.len() + np.maximum(frame["chosen"].str.len(), frame["rejected"].str.len())
+        frame = frame.iloc[np.argsort(longest.to_numpy(), kind="stable")]
+        return DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=to_dataset(frame),
                           processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
     if kind == "kto":
         import datasets

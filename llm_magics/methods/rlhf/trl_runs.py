@@ -154,12 +154,15 @@ def run_online(kind: str, o: OnlineOptions, ctx) -> "PreferenceResult":
 def build_trl_trainer(build):
     """A TRL trainer whose only progress display is our live view: datasets' bars off while TRL
     prepares the data, TRL's printer/tqdm callbacks removed, its deprecation chatter silenced."""
+    import os
     import warnings
 
     import datasets
     from transformers.trainer_callback import PrinterCallback, ProgressCallback as HfProgress
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    tqdm_off = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"          # DPO's reference pass reads it for its bar
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -167,6 +170,10 @@ def build_trl_trainer(build):
     finally:
         if bars:
             datasets.enable_progress_bars()
+        if tqdm_off is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_off
     for extra in (PrinterCallback, HfProgress):
         trainer.remove_callback(extra)
     return trainer
