@@ -1,9 +1,11 @@
 """%rlhf against the usual alternatives, each ratio measured in one run with the same model, data and dtype.
 
     python benchmarks/rlhf.py --part reward   # our reward model vs TRL RewardTrainer: pairs/s, held-out accuracy
-    python benchmarks/rlhf.py --part dpo      # %rlhf dpo (TRL, our settings) vs TRL DPOTrainer defaults: steps/s;
-                                              # LoRA vs full peak memory
-    python benchmarks/rlhf.py --part ppo      # PPO rollout tokens/s vs a plain model.generate loop
+    python benchmarks/rlhf.py --part dpo      # %rlhf dpo (TRL, our settings) vs TRL DPOTrainer with its defaults and
+                                              # without gradient checkpointing: steps/s; LoRA vs full peak memory
+                                              # (each variant in its own process)
+    python benchmarks/rlhf.py --part ppo      # PPO rollout tokens/s vs a plain model.generate loop; our PPO vs TRL
+                                              # RLOOTrainer: samples/s and peak memory (own processes)
     python benchmarks/rlhf.py                 # all three
 
 Sizes default to the CI-sized figures of issue 11 (--pairs 1000 --held-out 300 --max-length 256 for the reward
@@ -12,7 +14,6 @@ model); pass smaller ones on a busy machine. Needs ../shared/data/hh_rlhf_harmle
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import tempfile
@@ -83,28 +84,40 @@ def bench_reward(args) -> None:
           f"pairs/s ours/TRL {trl_s / ours_s:.2f}× (goal ≥ 1.3×)")
 
 
-def bench_dpo(args) -> None:
-    from llm_magics import api
-    from llm_magics.models import free
+DPO_VARIANTS = ("ours-lora", "ours-full", "trl-defaults", "trl-no-checkpointing")
+PPO_VARIANTS = ("ppo-ours", "rloo-trl")
+
+
+def child(variant: str, args) -> dict:
+    """Run one variant in its own process (`--child`) and return what it measured: RSS peaks are per process."""
+    import json
+    import subprocess
+    command = [sys.executable, __file__, "--child", variant, "--dpo-pairs", str(args.dpo_pairs), "--dpo-steps",
+               str(args.dpo_steps), "--dpo-dtype", args.dpo_dtype, "--new-tokens", str(args.new_tokens),
+               "--ppo-steps", str(args.ppo_steps)] + (["--threads", str(args.threads)] if args.threads else [])
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise SystemExit(f"{variant} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return json.loads(lines[-1][7:])
+
+
+def dpo_child(variant: str, args) -> dict:
+    """One DPO variant, same model, data, LoRA config (r 16, α 32, no dropout, all linear layers), batch 4,
+    128 tokens, dtype; seconds = data preparation (tokenising, any reference pass) + training, loading and
+    our held-out evaluation excluded."""
+    import torch
     pairs = hh_pairs(args.dpo_pairs + 16, seed=1)
     train, test = pairs.iloc[:args.dpo_pairs], pairs.iloc[args.dpo_pairs:]
-    rates, memory = {}, {}
-    for method in ("lora", "full"):
-        before = peak_rss()
-        result, seconds = timed(lambda: api.rlhf.dpo(policy="smollm2", data=train, test=test,
-                                                    validation=test.head(4), method=method, steps=args.dpo_steps,
-                                                    batch_size=4, max_length=128))
-        runtime = result.history["train_runtime"].dropna() if "train_runtime" in result.history else []
-        # Training time as TRL measures it (loading and the held-out evaluation excluded), as for TRL below.
-        rates[method] = args.dpo_steps / (float(runtime.iloc[-1]) if len(runtime) else seconds)
-        memory[method] = max(peak_rss(), before)
-        print(f"%rlhf dpo {method:4s}: {rates[method]:.3f} steps/s, held-out margin "
-              f"{result.metrics['test_margin']:+.4f}, chosen shift {result.metrics['test_chosen_shift']:+.3f}, "
-              f"rejected {result.metrics['test_rejected_shift']:+.3f}; peak RSS {memory[method] / 2**30:.2f} GiB")
-        del result
-        free()
-        gc.collect()
-    # TRL with its own defaults (gradient checkpointing on, bf16 on), same model, data, LoRA, batch.
+    bf16 = args.dpo_dtype == "bfloat16"
+    if variant.startswith("ours"):
+        from llm_magics import api
+        result = api.rlhf.dpo(policy="smollm2", data=train, test=test, validation=test.head(4),
+                              method=variant.split("-")[1], steps=args.dpo_steps, batch_size=4, max_length=128,
+                              dtype=args.dpo_dtype)
+        m = result.metrics
+        return {"seconds": m["train_seconds"], "margin": m["test_margin"], "chosen": m["test_chosen_shift"],
+                "rejected": m["test_rejected_shift"], "peak_rss": peak_rss(), "checkpointing": False, "bf16": bf16}
     import datasets
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
@@ -112,20 +125,88 @@ def bench_dpo(args) -> None:
 
     from llm_magics.models import load_tokenizer, resolve
     source = resolve("smollm2")
-    model = AutoModelForCausalLM.from_pretrained(source.path)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32)
     tok = load_tokenizer(source)
+    extra = {} if variant == "trl-defaults" else {"gradient_checkpointing": False}
     with tempfile.TemporaryDirectory() as tmp:
+        # TRL's defaults, but for the data (left truncation as ours: HH prompts are long), the learning rate
+        # (ours, for LoRA) and the dtype of this run (bf16 is TRL's default).
         config = DPOConfig(output_dir=tmp, per_device_train_batch_size=4, max_steps=args.dpo_steps, max_length=128,
-                           report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True, logging_steps=50)
+                           truncation_mode="keep_end", learning_rate=5e-4, bf16=bf16, report_to=[],
+                           save_strategy="no", disable_tqdm=True, use_cpu=True, logging_steps=50, **extra)
+        peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        start = time.perf_counter()
         trainer = DPOTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_pandas(train),
-                             processing_class=tok, peft_config=LoraConfig(r=16, lora_alpha=32,
-                                                                          target_modules="all-linear"))
+                             processing_class=tok, peft_config=peft)
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss": peak_rss(), "checkpointing": config.gradient_checkpointing,
+            "bf16": config.bf16}
+
+
+def bench_dpo(args) -> None:
+    got = {variant: child(variant, args) for variant in DPO_VARIANTS}
+    print(f"DPO on smollm2, {args.dpo_steps} steps × 4 hh_rlhf_harmless pairs, 128 tokens, LoRA r16 (all linear), "
+          f"dtype {args.dpo_dtype}; seconds = data preparation + training")
+    print(f"{'variant':22s} {'steps/s':>8s} {'seconds':>8s} {'peak RSS':>9s}  settings")
+    for variant, r in got.items():
+        extra = (f", held-out margin {r['margin']:+.4f} (chosen shift {r['chosen']:+.3f}, rejected "
+                 f"{r['rejected']:+.3f})") if "margin" in r else ""
+        print(f"{variant:22s} {args.dpo_steps / r['seconds']:8.3f} {r['seconds']:8.1f} {r['peak_rss'] / 2**30:7.2f}G  "
+              f"checkpointing {r['checkpointing']}, bf16 {r['bf16']}{extra}")
+    ours = got["ours-lora"]["seconds"]
+    print(f"dpo: steps/s ours/TRL defaults {got['trl-defaults']['seconds'] / ours:.2f}× (goal ≥ 1.3×); ours/TRL "
+          f"without checkpointing {got['trl-no-checkpointing']['seconds'] / ours:.2f}× (goal ≥ 1.0×); LoRA peak / "
+          f"full peak {got['ours-lora']['peak_rss'] / got['ours-full']['peak_rss']:.2f} (goal ≤ 0.8)")
+
+
+PPO_PROMPTS = ["Review: the film was", "Review: I thought this movie", "Review: the acting", "Review: overall"]
+
+
+def ppo_child(variant: str, args) -> dict:
+    """PPO (ours, LoRA r8, 4 epochs of 2 minibatches per rollout batch) or TRL's RLOOTrainer (LoRA r8, one
+    update per batch, 2 generations a prompt), 8 samples a step, the same generation length, fp32, a rule
+    reward; seconds = the training loop."""
+    import torch
+
+    from llm_magics.models import load_model, resolve
+
+    def reward(prompts, completions, **_):
+        return [float(" good" in c or " great" in c) for c in completions]
+    loaded = load_model(resolve("smollm2"), "causal_lm", torch.device("cpu"), torch.float32, fresh=True)
+    torch.manual_seed(0)
+    if variant == "ppo-ours":
+        from peft import LoraConfig, get_peft_model
+
+        from llm_magics.rlhf.ppo import PolicyWithValue, PpoConfig, PpoTrainer
+        for param in loaded.model.parameters():
+            param.requires_grad = False
+        model = get_peft_model(loaded.model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                        target_modules="all-linear", task_type="CAUSAL_LM"))
+        policy = PolicyWithValue(model, loaded.tokenizer)
+        trainer = PpoTrainer(policy, reward, "rule", PPO_PROMPTS * 2,
+                             PpoConfig(steps=args.ppo_steps, batch_size=8, minibatch_size=4, lr=1e-4,
+                                       max_new_tokens=args.new_tokens))
         _, seconds = timed(trainer.train)
-    trl_rate = args.dpo_steps / seconds
-    print(f"TRL DPOTrainer defaults (LoRA): {trl_rate:.3f} steps/s (checkpointing {config.gradient_checkpointing}, "
-          f"bf16 {config.bf16})")
-    print(f"dpo: steps/s ours/TRL {rates['lora'] / trl_rate:.2f}× (goal ≥ 1.3×); LoRA peak / full peak "
-          f"{memory['lora'] / memory['full']:.2f} (goal ≤ 0.8; RSS peaks are process-wide, run --part dpo alone)")
+        return {"seconds": seconds, "samples": 8 * args.ppo_steps, "peak_rss": peak_rss(),
+                "tokens": trainer.tokens, "settings": "ours, 4 PPO epochs × 2 minibatches, KV-cache rollouts"}
+    import datasets
+    from peft import LoraConfig
+    from trl import RLOOConfig, RLOOTrainer
+    tok = loaded.tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        config = RLOOConfig(output_dir=tmp, per_device_train_batch_size=8, num_generations=2, max_steps=args.ppo_steps,
+                            max_completion_length=args.new_tokens, learning_rate=1e-4, bf16=False, report_to=[],
+                            save_strategy="no", disable_tqdm=True, use_cpu=True, logging_steps=50)
+        trainer = RLOOTrainer(model=loaded.model, reward_funcs=reward, args=config,
+                              train_dataset=datasets.Dataset.from_dict({"prompt": PPO_PROMPTS * 8}),
+                              processing_class=tok,
+                              peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
+        _, seconds = timed(trainer.train)
+    return {"seconds": seconds, "samples": 8 * args.ppo_steps, "peak_rss": peak_rss(),
+            "settings": f"TRL RLOO defaults but fp32 (checkpointing {config.gradient_checkpointing})"}
 
 
 def bench_ppo(args) -> None:
@@ -134,8 +215,7 @@ def bench_ppo(args) -> None:
     from llm_magics.models import load_model, resolve
     from llm_magics.rlhf.ppo import PolicyWithValue
     loaded = load_model(resolve("smollm2"), "causal_lm", torch.device("cpu"), torch.float32)
-    prompts = ["Review: the film was", "Review: I thought this movie", "Review: the acting",
-               "Review: overall"] * 2
+    prompts = PPO_PROMPTS * 2
     policy = PolicyWithValue(loaded.model, loaded.tokenizer)
     policy.rollout(prompts, 4)   # warm up
     torch.manual_seed(0)
@@ -152,8 +232,13 @@ def bench_ppo(args) -> None:
     out, plain_s = timed(plain)
     plain_tokens = (out.shape[1] - enc["input_ids"].shape[1]) * len(prompts)
     print(f"ppo rollout: ours {ours_tokens / ours_s:.1f} new tokens/s, plain generate {plain_tokens / plain_s:.1f} "
-          f"(ratio {(ours_tokens / ours_s) / (plain_tokens / plain_s):.2f}×, goal ≥ 1.0×); peak RSS "
-          f"{peak_rss() / 2**30:.2f} GiB")
+          f"(ratio {(ours_tokens / ours_s) / (plain_tokens / plain_s):.2f}×, goal ≥ 1.0×)")
+    got = {variant: child(variant, args) for variant in PPO_VARIANTS}
+    print(f"PPO vs RLOO on smollm2 + LoRA r8, {args.ppo_steps} steps × 8 samples of {args.new_tokens} new tokens, fp32")
+    for variant, r in got.items():
+        print(f"{variant:10s} {r['samples'] / r['seconds']:6.2f} samples/s  {r['seconds']:7.1f} s  peak RSS "
+              f"{r['peak_rss'] / 2**30:.2f} GiB  ({r['settings']})")
+    print(f"ppo: samples/s ours/TRL RLOO {got['rloo-trl']['seconds'] / got['ppo-ours']['seconds']:.2f}×")
 
 
 def main() -> None:
@@ -165,11 +250,22 @@ def main() -> None:
     parser.add_argument("--reward-lr", type=float, default=5e-5)
     parser.add_argument("--dpo-pairs", type=int, default=96)
     parser.add_argument("--dpo-steps", type=int, default=12)
+    parser.add_argument("--dpo-dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="the dtype of both sides (bf16 autocast is TRL's default)")
     parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--ppo-steps", type=int, default=4)
+    parser.add_argument("--child", choices=DPO_VARIANTS + PPO_VARIANTS, help=argparse.SUPPRESS)
     add_threads_option(parser)
     args = parser.parse_args()
     set_threads(args.threads)
     os.environ.setdefault("LLM_MAGICS_PROGRESS", "none")
+    if args.child:
+        import json
+        import warnings
+        warnings.simplefilter("ignore")
+        measure = dpo_child if args.child in DPO_VARIANTS else ppo_child
+        print("RESULT " + json.dumps(measure(args.child, args)))
+        return
     started = time.perf_counter()
     for part, fn in (("reward", bench_reward), ("dpo", bench_dpo), ("ppo", bench_ppo)):
         if args.part in (part, "all"):
