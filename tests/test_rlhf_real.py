@@ -22,25 +22,65 @@ def sst2_pairs(n: int, seed: int = 0, min_words: int = 8) -> pd.DataFrame:
                          "rejected": [" " + x for x in neg]})
 
 
+def whole_sentence_pairs(n: int, seed: int = 0) -> pd.DataFrame:
+    """The positive review over the negative one, from SST-2's whole sentences only.
+
+    SST-2 train is phrase-level: besides each review sentence it holds its sub-phrases, each labelled on its
+    own ("to appeal to women looking for a howlingly trashy time": positive; "resurrecting performers who
+    rarely work in movies now ...": positive). Pairs of such fragments capped MiniLM at 0.89–0.905: about half
+    of the misranked held-out pairs had a fragment whose label the text does not decide. A whole sentence is
+    a phrase that is neither a prefix nor a suffix of another one (parse-tree constituents are), starting
+    with a word and ending with . ! or ? — 5,370 of SST-2 train's phrases of 8+ words."""
+    import bisect
+    root = need_sst2()
+    frame = pd.read_csv(root / "train.tsv", sep="\t", quoting=csv.QUOTE_NONE)
+    frame = frame.assign(sentence=frame.sentence.str.strip()).drop_duplicates("sentence")
+    text = sorted(frame.sentence)
+    backwards = sorted(t[::-1] for t in text)
+
+    def extended(ordered, phrase):   # another phrase starts with this one + a space
+        i = bisect.bisect_left(ordered, phrase + " ")
+        return i < len(ordered) and ordered[i].startswith(phrase + " ")
+    whole = {t for t in text if len(t.split()) >= 8 and t[0].isalnum() and t[-1] in ".!?"
+             and not extended(text, t) and not extended(backwards, t[::-1])}
+    frame = frame[frame.sentence.isin(whole)]
+    pos = frame[frame.label == 1].sample(n, random_state=seed).sentence.tolist()
+    neg = frame[frame.label == 0].sample(n, random_state=seed).sentence.tolist()
+    return pd.DataFrame({"prompt": ["Review:"] * n, "chosen": [" " + p for p in pos],
+                         "rejected": [" " + x for x in neg]})
+
+
 def test_minilm_reward_model_ranks_positive_reviews_first():
-    pairs = sst2_pairs(1000)
-    result = api.rlhf.reward(model="minilm", data=pairs.iloc[:800], test=pairs.iloc[800:], train="full", lr=2e-4,
-                             epochs=2, batch_size=16, max_length=64)
-    # Measured 0.905 (full, lr 2e-4, 2 epochs; LoRA lr 2e-3: 0.895); issue 11 asks 0.95, not reached with MiniLM.
-    assert result.metrics["test_accuracy"] >= 0.85, result.metrics
+    # Held-out pair accuracy measured with MiniLM (full, bf16 autocast, 300 held-out pairs, ±0.014 standard
+    # error), lr 1e-4 unless said: fragments (≥ 8 words) 720 pairs × 2 epochs at lr 2e-4 fp32 (the old test):
+    # 0.89–0.905; 1,800 × 1: 0.940; 2,700 × 1: 0.940 — a ceiling, not too few steps. Whole sentences: 900 × 2:
+    # 0.923; 2,025 × 1: 0.937 (this test; lr 2e-4: 0.927). Issue 11 asks ≥ 0.95: not reached with MiniLM at a
+    # CI size; the misranked whole-sentence pairs are mostly sarcasm and mixed reviews ("it must be the end of
+    # the world : the best film so far this year is a franchise sequel starring wesley snipes", positive).
+    pairs = whole_sentence_pairs(2550)
+    result = api.rlhf.reward(model="minilm", data=pairs.iloc[:2250], test=pairs.iloc[2250:], train="full", lr=1e-4,
+                             epochs=1, batch_size=16, max_length=64, dtype="bfloat16")
+    assert result.metrics["test_accuracy"] >= 0.92, result.metrics
     assert result.metrics["test_margin"] > 1.0
     good, bad = result.score(["Review:"] * 2, [" a warm, funny and moving film .", " a dull , lifeless mess ."])
     assert good > bad
 
 
 def test_dpo_lora_on_smollm2_prefers_the_positive_review():
-    # Issue 11's size is ~24 steps and 64 held-out pairs; halved here to fit this busy 2-core machine.
-    # Measured: held-out margin 0 → +0.106, chosen log-p shift −0.75 vs rejected −1.80; implicit-reward
-    # accuracy 0.53 (issue 11 asks ≥ 0.8 at its size, not reached at this one).
-    pairs = sst2_pairs(96, seed=1)
-    result = api.rlhf.dpo(policy="smollm2", data=pairs.iloc[:64], test=pairs.iloc[64:], validation=pairs.iloc[64:68],
-                          method="lora", steps=12, batch_size=4, max_length=96, lr=1e-3)
+    # Issue 11's size: 24 steps at batch 4 (96 training pairs, each seen once), ≤ 128 tokens, 64 held-out pairs.
+    # Held-out implicit-reward accuracy per step (lr 1e-3, prompt below), measured on this machine:
+    #   β 0.1: 12 steps 0.66, 24 steps 0.77 (a 36-step run: 0.58 / 0.69 / 0.75 / 0.80 / 0.77 / 0.77 at 6…36);
+    #          the policy drifts from the reference on every review (chosen −3.6, rejected −8.4 nats at 24
+    #          steps), and that drift's spread across pairs hides the sentiment signal although the mean
+    #          margin rises. With the bare "Review:" prompt it stayed near chance (0.53 at 12 steps).
+    #   β 0.5: 12 steps 0.69, 24 steps 0.84 — the policy stays near the reference (chosen +0.5, rejected −3.0).
+    # The prompt states the preference, as a preference set does: the LoRA amplifies an instruction the model
+    # already reads instead of learning sentiment from 96 unrelated pairs.
+    pairs = sst2_pairs(96 + 64, seed=1).assign(prompt="Write a positive movie review:")
+    result = api.rlhf.dpo(policy="smollm2", data=pairs.iloc[:96], test=pairs.iloc[96:], validation=pairs.iloc[96:100],
+                          method="lora", steps=24, batch_size=4, max_length=128, lr=1e-3, beta=0.5)
     m = result.metrics
-    assert m["test_margin_before"] == 0.0 and m["test_margin"] > 0, m
-    assert m["test_chosen_shift"] > m["test_rejected_shift"]
+    assert m["test_margin_before"] == 0.0 and m["test_accuracy_before"] == 0.0, m   # the policy starts as its reference
+    assert m["test_margin"] > 0 and m["test_chosen_shift"] > m["test_rejected_shift"], m
+    assert m["test_accuracy"] >= 0.8, m
     api.lora.unload(name=result.adapter)
