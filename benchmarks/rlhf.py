@@ -40,25 +40,16 @@ def hh_pairs(n: int, seed: int = 0):
     return frame.sample(n, random_state=seed).reset_index(drop=True)
 
 
-def bench_reward(args) -> None:
+def trl_reward(train, test, args, checkpointing: bool) -> dict:
+    """TRL RewardTrainer on the same pairs, pre-tokenized with our left truncation (it would drop long pairs,
+    and BERT has no EOS for it to append); same model, batch, epochs, learning rate and bf16 autocast."""
     import datasets
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from llm_magics import api
     from llm_magics.models import resolve
     from llm_magics.rlhf.reward import encode, pair_metrics, rewards
-    pairs = hh_pairs(args.pairs + args.held_out)
-    train, test = pairs.iloc[:args.pairs], pairs.iloc[args.pairs:]
-    ours, ours_s = timed(lambda: api.rlhf.reward(model="minilm", data=train, test=test, validation=test.head(50),
-                                                 train="full", lr=args.reward_lr, epochs=1, batch_size=8,
-                                                 max_length=args.max_length, dtype="bfloat16"))
-    # Same dtype on both sides: bf16 autocast (TRL's default, native on this CPU); TRL keeps its other
-    # defaults (gradient checkpointing on).
-    print(f"ours  : held-out pair accuracy {ours.metrics['test_accuracy']:.3f} "
-          f"(before {ours.metrics.get('val_accuracy_before', float('nan')):.3f} on validation), "
-          f"{args.pairs / ours_s:.1f} pairs/s end to end, {ours.rows_per_s / 1:.1f} pairs/s training")
     folder = resolve("minilm").path
     tok = AutoTokenizer.from_pretrained(folder)
     tok.eos_token = tok.sep_token          # RewardTrainer needs one; BERT has none
@@ -69,19 +60,41 @@ def bench_reward(args) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     with tempfile.TemporaryDirectory() as tmp:
-        config = RewardConfig(output_dir=tmp, per_device_train_batch_size=8, num_train_epochs=1,
-                              max_length=args.max_length, report_to=[], save_strategy="no", logging_steps=50,
-                              disable_tqdm=True, use_cpu=True, learning_rate=args.reward_lr)
+        config = RewardConfig(output_dir=tmp, per_device_train_batch_size=args.reward_batch,
+                              num_train_epochs=args.reward_epochs, max_length=args.max_length, report_to=[],
+                              save_strategy="no", logging_steps=1000, disable_tqdm=True, use_cpu=True,
+                              learning_rate=args.reward_lr, gradient_checkpointing=checkpointing, bf16=True)
         trainer = RewardTrainer(model=model, args=config, train_dataset=ds, processing_class=tok)
-        _, trl_s = timed(trainer.train)
+        out, seconds = timed(trainer.train)
     ids_c = encode(tok, (test.prompt + test.chosen).tolist(), args.max_length)
     ids_r = encode(tok, (test.prompt + test.rejected).tolist(), args.max_length)
-    scores = rewards(model, ids_c + ids_r, tok.pad_token_id, torch.device("cpu"))
-    trl = pair_metrics(scores[:len(ids_c)], scores[len(ids_c):], "test")
-    print(f"TRL   : held-out pair accuracy {trl['test_accuracy']:.3f}, {args.pairs / trl_s:.1f} pairs/s "
-          f"(defaults: gradient checkpointing {config.gradient_checkpointing}, bf16 {config.bf16})")
-    print(f"reward: accuracy ours − TRL {ours.metrics['test_accuracy'] - trl['test_accuracy']:+.3f}; "
-          f"pairs/s ours/TRL {trl_s / ours_s:.2f}× (goal ≥ 1.3×)")
+    scores = rewards(model.eval(), ids_c + ids_r, tok.pad_token_id, torch.device("cpu"))
+    return {"accuracy": pair_metrics(scores[:len(ids_c)], scores[len(ids_c):], "test")["test_accuracy"],
+            "train_pairs_s": len(train) * args.reward_epochs / out.metrics["train_runtime"], "seconds": seconds}
+
+
+def bench_reward(args) -> None:
+    """%rlhf reward (minilm, full, bf16 autocast) vs TRL RewardTrainer on hh_rlhf_harmless: training pairs/s
+    (training loop only on both sides; ours also end to end) and held-out pair accuracy, in one run."""
+    from llm_magics import api
+    pairs = hh_pairs(args.pairs + args.held_out + 50)
+    train, test = pairs.iloc[:args.pairs], pairs.iloc[args.pairs:args.pairs + args.held_out]
+    validation = pairs.iloc[args.pairs + args.held_out:]     # apart from the held-out pairs
+    ours, ours_s = timed(lambda: api.rlhf.reward(model="minilm", data=train, test=test, validation=validation,
+                                                 train="full", lr=args.reward_lr, epochs=args.reward_epochs,
+                                                 batch_size=args.reward_batch, max_length=args.max_length,
+                                                 dtype="bfloat16"))
+    print(f"reward ours : held-out pair accuracy {ours.metrics['test_accuracy']:.3f}, "
+          f"{ours.rows_per_s:.1f} pairs/s training, {len(train) * args.reward_epochs / ours_s:.1f} pairs/s end to "
+          f"end (loading, evaluation and saving included; {ours_s:.0f} s)")
+    for checkpointing in (True, False)[:1 if args.reward_trl_defaults_only else 2]:
+        trl = trl_reward(train, test, args, checkpointing)
+        print(f"reward TRL  : held-out pair accuracy {trl['accuracy']:.3f}, {trl['train_pairs_s']:.1f} pairs/s "
+              f"training ({trl['seconds']:.0f} s; gradient checkpointing {checkpointing}"
+              f"{' = its default' if checkpointing else ''}, bf16)")
+        print(f"reward      : ours/TRL{'' if checkpointing else ' (no checkpointing)'} "
+              f"{ours.rows_per_s / trl['train_pairs_s']:.2f}× training pairs/s (goal ≥ 1.3× vs defaults), "
+              f"accuracy ours − TRL {ours.metrics['test_accuracy'] - trl['accuracy']:+.3f}")
 
 
 DPO_VARIANTS = ("ours-lora", "ours-full", "trl-defaults", "trl-no-checkpointing")
@@ -248,6 +261,10 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=300)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--reward-lr", type=float, default=5e-5)
+    parser.add_argument("--reward-epochs", type=int, default=1)
+    parser.add_argument("--reward-batch", type=int, default=8)
+    parser.add_argument("--reward-trl-defaults-only", action="store_true",
+                        help="reward: skip TRL without gradient checkpointing")
     parser.add_argument("--dpo-pairs", type=int, default=96)
     parser.add_argument("--dpo-steps", type=int, default=12)
     parser.add_argument("--dpo-dtype", choices=("bfloat16", "float32"), default="bfloat16",
