@@ -54,9 +54,10 @@ def test_minilm_reward_model_ranks_positive_reviews_first():
     # Held-out pair accuracy measured with MiniLM (full, bf16 autocast, 300 held-out pairs, ±0.014 standard
     # error), lr 1e-4 unless said: fragments (≥ 8 words) 720 pairs × 2 epochs at lr 2e-4 fp32 (the old test):
     # 0.89–0.905; 1,800 × 1: 0.940; 2,700 × 1: 0.940 — a ceiling, not too few steps. Whole sentences: 900 × 2:
-    # 0.923; 2,025 × 1: 0.937 (this test; lr 2e-4: 0.927). Issue 11 asks ≥ 0.95: not reached with MiniLM at a
-    # CI size; the misranked whole-sentence pairs are mostly sarcasm and mixed reviews ("it must be the end of
-    # the world : the best film so far this year is a franchise sequel starring wesley snipes", positive).
+    # 0.923; 2,025 × 1 (this test): 0.937, 0.940 with eager attention; lr 2e-4: 0.927. Issue 11 asks ≥ 0.95:
+    # not reached with MiniLM at a CI size; the misranked whole-sentence pairs are mostly sarcasm and mixed
+    # reviews ("it must be the end of the world : the best film so far this year is a franchise sequel
+    # starring wesley snipes", positive).
     pairs = whole_sentence_pairs(2550)
     result = api.rlhf.reward(model="minilm", data=pairs.iloc[:2250], test=pairs.iloc[2250:], train="full", lr=1e-4,
                              epochs=1, batch_size=16, max_length=64, dtype="bfloat16")
