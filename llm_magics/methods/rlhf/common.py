@@ -1,10 +1,24 @@
-"""What the policy commands share: loading the causal LM and building its adapter config."""
+"""What the %rlhf commands share: preference data with --max-rows, the causal LM a policy command loads,
+its adapter config."""
 from __future__ import annotations
 
 import torch
 
 from ...errors import UsageError
 from ...models import load_model
+
+
+def preference_data(o, ctx):
+    """(the split preference pairs, notes) of --data/--validation/--test, --max-rows applied (seeded)."""
+    from ...rlhf.data import prepare_preferences
+    data = prepare_preferences(o.data, o.validation, o.test, seed=o.seed, val_size=o.val_size,
+                               test_size=o.test_size, namespace=ctx.namespace, prompt=o.prompt,
+                               chosen=o.chosen, rejected=o.rejected)
+    notes = list(data.notes)
+    if o.max_rows and len(data.train) > o.max_rows:
+        data.train = data.train.sample(o.max_rows, random_state=o.seed).reset_index(drop=True)
+        notes.append(f"training on {o.max_rows} of the pairs (--max-rows, seed {o.seed})")
+    return data, notes
 
 
 def copy_tokenizer_left(tokenizer):

@@ -13,22 +13,16 @@ from ...engine.rng import seeded
 from ...engine.training import TrainConfig, TrainLoop
 from ...models import hold, load_model, resolve, trainable
 from ...models.classifier import SequenceClassifier
-from ...rlhf.data import prepare_preferences
 from ...rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, save_folder
 from ...training import describe_run, plot_history
+from .common import preference_data
 from .options import RewardOptions
 
 
 def train_reward(o: RewardOptions, ctx) -> RewardResult:
     device = ctx.device(o.device)
     source = resolve(o.model)
-    data = prepare_preferences(o.data, o.validation, o.test, seed=o.seed, val_size=o.val_size,
-                               test_size=o.test_size, namespace=ctx.namespace, prompt=o.prompt,
-                               chosen=o.chosen, rejected=o.rejected)
-    notes = list(data.notes)
-    if o.max_rows and len(data.train) > o.max_rows:
-        data.train = data.train.sample(o.max_rows, random_state=o.seed).reset_index(drop=True)
-        notes.append(f"training on {o.max_rows} of the pairs (--max-rows, seed {o.seed})")
+    data, notes = preference_data(o, ctx)
     progress = ctx.progress(f"rlhf reward · {source.short} · --train {o.train}")
     loaded = load_model(source, "base", device, torch.float32, fresh=True, trust_remote_code=o.trust_remote_code)
     pooling = default_pooling(loaded.kind) if o.pooling == "auto" else o.pooling

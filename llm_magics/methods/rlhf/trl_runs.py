@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...models import hold, resolve, trainable
-from ...rlhf.data import prepare_preferences
 from ...training import describe_run
-from .common import load_policy, policy_adapter_config
+from .common import load_policy, policy_adapter_config, preference_data
 from .options import DpoOptions, OnlineOptions
 
 if TYPE_CHECKING:
@@ -26,13 +25,7 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     from ...rlhf.policy import PreferenceResult
     device = ctx.device(o.device)
     source = resolve(o.policy)
-    data = prepare_preferences(o.data, o.validation, o.test, seed=o.seed, val_size=o.val_size,
-                               test_size=o.test_size, namespace=ctx.namespace, prompt=o.prompt,
-                               chosen=o.chosen, rejected=o.rejected)
-    notes = list(data.notes)
-    if o.max_rows and len(data.train) > o.max_rows:
-        data.train = data.train.sample(o.max_rows, random_state=o.seed).reset_index(drop=True)
-        notes.append(f"training on {o.max_rows} of the pairs (--max-rows, seed {o.seed})")
+    data, notes = preference_data(o, ctx)
     steps_rows = (o.steps or 0) * o.batch_size * o.grad_accum
     if kind == "dpo" and steps_rows and len(data.train) > steps_rows:
         # The run sees only this many pairs: the reference log-probs are precomputed for those alone.
