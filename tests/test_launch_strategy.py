@@ -56,19 +56,11 @@ def test_auto_reads_the_models_size_from_its_files_and_the_gpus_memory(tiny_bert
 
 
 @pytest.mark.parametrize("strategy", ["deepspeed", "deepspeed-zero2"])
-def test_deepspeed_is_one_line_naming_the_extra_before_anything_is_written(tiny_bert, demo, home, strategy):
-    with pytest.raises(UsageError, match=r"pip install 'llm-magics\[deepspeed\]'") as caught:
+def test_deepspeed_is_one_line_naming_fsdp_before_anything_is_written(tiny_bert, demo, home, strategy):
+    with pytest.raises(UsageError, match=r"does not drive DeepSpeed yet; --strategy fsdp") as caught:
         api.finetune(model=str(tiny_bert), data=demo[0], devices=2, strategy=strategy)
     assert "\n" not in str(caught.value)
     assert not list((home.cache_dir / "runs").glob("*/launch"))
-
-
-def test_the_deepspeed_extra_is_declared():
-    import tomllib
-    from pathlib import Path
-    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
-    assert {r.split(">")[0].split("=")[0] for r in extras["deepspeed"]} == {"deepspeed", "accelerate"}
 
 
 def test_fsdp_wraps_each_transformer_block_not_the_embeddings(tiny_bert, tiny_llama):

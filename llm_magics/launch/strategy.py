@@ -1,9 +1,8 @@
 """Which strategy a launched run uses, decided in the kernel before anything is written.
 
 `--strategy ddp|fsdp` is taken as asked. `--strategy deepspeed|deepspeed-zero2` (ZeRO-3/2) is
-refused in one line before anything is written: without DeepSpeed, naming the extra
-(`pip install 'llm-magics[deepspeed]'`); with it, because the engine's loop does not drive a
-DeepSpeed engine yet (launch/accelerate.py writes the accelerate config it would launch with).
+refused in one line before anything is written: the engine's loop does not drive a DeepSpeed
+engine yet (launch/accelerate.py writes the accelerate config it would launch with).
 
 Without `--strategy` (auto): DDP, unless the model's training state would not fit one device —
 fp32 weights, their gradients and AdamW's two moments, about 16 bytes a parameter — then FSDP,
@@ -14,7 +13,6 @@ note says which was chosen and why.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import struct
@@ -24,7 +22,6 @@ from pathlib import Path
 from ..errors import UsageError
 
 BYTES_PER_PARAM = 16   # fp32 weight 4 + gradient 4 + AdamW's exp_avg 4 and exp_avg_sq 4
-DEEPSPEED_EXTRA = "pip install 'llm-magics[deepspeed]'"
 ZERO_STAGE = {"deepspeed": 3, "deepspeed-zero2": 2}
 
 
@@ -86,20 +83,14 @@ def count_params(folder: str | Path) -> int | None:
     return total
 
 
-def deepspeed_installed() -> bool:
-    return importlib.util.find_spec("deepspeed") is not None and importlib.util.find_spec("accelerate") is not None
-
-
 def choose_strategy(o, source=None, memory=cuda_memory) -> tuple[str, str]:
     """(strategy, the one-line note saying which and why) for options `o`. `source`: the model's
     ModelSource, or a function returning it (resolved only when its size is needed)."""
     asked = getattr(o, "strategy", "auto")
     if asked in ZERO_STAGE:
-        if not deepspeed_installed():
-            raise UsageError(f"--strategy {asked} needs DeepSpeed and accelerate, which are not installed: "
-                             f"{DEEPSPEED_EXTRA} (--strategy fsdp shards the model with torch alone)")
-        # Not yet: the engine's loop has no DeepSpeed engine behind it, and it cannot be run here to prove
-        # one (no DeepSpeed, no GPU). Refused rather than run as DDP under DeepSpeed's name.
+        # Not yet, installed or not: the engine's loop has no DeepSpeed engine behind it, and none could be
+        # run here to prove one (no DeepSpeed, no GPU). Refused rather than run as DDP under DeepSpeed's name,
+        # and no extra is offered that would only lead to this same line.
         raise UsageError(f"--strategy {asked}: the engine does not drive DeepSpeed yet; --strategy fsdp shards "
                          f"weights, gradients and optimizer state as ZeRO-3 does (and %llm export writes an "
                          f"accelerate.yaml)")
