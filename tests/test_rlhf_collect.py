@@ -140,3 +140,16 @@ def test_collect_in_a_real_kernel_survives_a_kill_and_resumes(tiny_llama, tmp_pa
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_collect_uses_a_held_result_without_loading_its_reference(tiny_llama, separable, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from llm_magics.rlhf import evaluate
+    _, pos, neg = separable
+    pairs = pd.DataFrame([{"prompt": "Review:", "chosen": f" {p}", "rejected": f" {n}"} for p, n in zip(pos, neg)] * 4)
+    tuned = api.rlhf.dpo(policy=str(tiny_llama), data=pairs, lr=1e-3, steps=2, batch_size=4)
+    monkeypatch.setattr(evaluate, "policy_of", lambda *a, **k: pytest.fail("a held Result was loaded again"))
+    session = api.rlhf.collect(path=str(tmp_path / "p.jsonl"), models=[tuned, str(tiny_llama)], prompts=PROMPTS,
+                               max_new_tokens=3)
+    assert sorted(session.sources) == sorted([tuned.run_id, str(tiny_llama)])

@@ -71,7 +71,12 @@ def _writer(item, ctx, device: str):
             with adapter_set.using(adapter) as model:
                 yield model, copy_tokenizer_left(adapter_set.tokenizer)
         return name, using
-    if not isinstance(obj, str) or ctx.store.get(obj):
+    held = getattr(obj, "_policy", None)
+    if held is not None:                                   # a PpoResult: its policy, as held
+        model, tokenizer = held.model, held.tokenizer
+    elif hasattr(getattr(obj, "_model", None), "generate"):  # a full-trained PreferenceResult, as held
+        model, tokenizer = obj._model, obj._tokenizer
+    elif not isinstance(obj, str) or ctx.store.get(obj):   # a run id (policy_of also loads its reference)
         model, _, tokenizer, _ = policy_of(obj, ctx.namespace, ctx.settings)
     else:
         loaded = load_model(resolve(obj), "causal_lm", ctx.device(device), torch.float32)
