@@ -36,6 +36,7 @@ class Command:
     handler: str          # name of the Method's function: handler(self, options, ctx)
     summary: str = ""
     records_run: bool = True   # training/evaluating commands are recorded; `list`, `save` are not
+    launchable: bool = False   # takes --devices/--nodes above 1 (torchrun workers: llm_magics.launch)
 
 
 class Method:
@@ -46,13 +47,15 @@ class Method:
     cell_option: ClassVar[str | None] = None
     # Subcommands by their first word; the main command runs when the first word isn't one.
     commands: ClassVar[dict[str, Command]] = {}
+    # The main command (`run`) takes --devices/--nodes above 1; a subcommand says so on its Command.
+    launchable: ClassVar[bool] = False
 
     def run(self, options, ctx) -> "Result":  # pragma: no cover - abstract
         raise NotImplementedError
 
     @classmethod
     def main_command(cls) -> Command:
-        return Command(cls.Options, "run", cls.summary)
+        return Command(cls.Options, "run", cls.summary, launchable=cls.launchable)
 
     @classmethod
     def command(cls, word: str | None) -> Command:

@@ -168,9 +168,9 @@ def execute(name: str, word: str | None, options, namespace: dict | None = None,
 def _run(handler, command, options, ctx: RunContext):
     device_pref = getattr(options, "device", None)
     # A launched run (--devices) measures its workers' memory; the kernel must not touch CUDA.
-    from .launch.options import launched, not_launchable
-    not_launchable(options, command.handler == "run" and getattr(handler.__self__, "launchable", False),
-                   f"%{ctx.method}" + ("" if command.handler == "run" else f" {command.handler}"))
+    from .launch.options import launched
+    if launched(options) and not command.launchable:
+        raise UsageError(one_process(type(handler.__self__), command))
     monitor_device = ctx.device(device_pref) if command.records_run and not launched(options) else None
     try:
         with MemoryMonitor(monitor_device) as memory:
@@ -184,6 +184,16 @@ def _run(handler, command, options, ctx: RunContext):
     if isinstance(result, Result) and command.records_run:
         finish(result, ctx, options, watch.elapsed, memory.peak_bytes)
     return result
+
+
+def one_process(cls: type[Method], command) -> str:
+    """The line refusing --devices/--nodes to a command that runs in one process: what does take them."""
+    word = next((w for w, c in cls.commands.items() if c is command), None)
+    what = f"%{cls.name}" + (f" {word}" if word else "")
+    takers = [f"%{cls.name} {w}" for w, c in cls.commands.items() if c.launchable]
+    takers += [t for t in ("%finetune", "%lora") if t != f"%{cls.name}"]
+    return (f"{what} runs in one process: drop --devices/--nodes (they take {', '.join(takers[:-1])} and "
+            f"{takers[-1]}" + ("" if len(takers) > 2 else ", and other training methods") + ")")
 
 
 def finish(result: Result, ctx: RunContext, options, wall_s: float, peak_bytes: int) -> None:

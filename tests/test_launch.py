@@ -253,10 +253,12 @@ def test_workers_that_ignore_stop_are_ended_after_the_grace_period(tmp_path):
 
 
 def test_commands_that_cannot_launch_refuse_devices_rather_than_ignore_them(shell, tmp_path):
-    with pytest.raises(UsageError, match="%rlhf reward runs in one process for now"):
-        shell.run_line_magic("rlhf", f"reward --data {tmp_path / 'pairs.jsonl'} --devices 2")
-    with pytest.raises(UsageError, match="%rlhf dpo runs in one process"):
-        shell.run_line_magic("rlhf", f"dpo --data {tmp_path / 'pairs.jsonl'} --nodes 2 --master-addr h")
+    # (%rlhf reward and dpo|kto|orpo take --devices: tests/test_rlhf_launch.py)
+    with pytest.raises(UsageError, match="%rlhf ppo runs in one process: drop --devices/--nodes .they take %rlhf "
+                                         "reward"):
+        shell.run_line_magic("rlhf", f"ppo --prompts {tmp_path / 'prompts.jsonl'} --devices 2")
+    with pytest.raises(UsageError, match="%rlhf grpo runs in one process"):
+        shell.run_line_magic("rlhf", f"grpo --prompts {tmp_path / 'prompts.jsonl'} --nodes 2 --master-addr h")
 
 
 @pytest.mark.parametrize("train", ["head", "last:1"])

@@ -35,8 +35,15 @@ from .strategy import choose_strategy
 __all__ = ["LaunchOptions", "launched", "run_launched", "choose_strategy"]
 
 
-def run_launched(method, o, ctx):
-    """Run `method` with options `o` as torchrun workers; the Result, as a one-process run returns it."""
+def run_launched(method, o, ctx, command: str | None = None, model: str | None = None, title: str | None = None,
+                 restore=None):
+    """Run `method` with options `o` as torchrun workers; the Result, as a one-process run returns it.
+
+    A training method's `run()` calls it with `o` alone. A subcommand that takes --devices (`%rlhf reward`,
+    `%rlhf dpo`) names itself (`command`, the word the workers run), its model option's value (`model`;
+    default `o.model`), the live view's `title` (default `method.title(o, source)`) and `restore(result)`,
+    which makes the kernel's Result usable from what the workers saved (default: the model rebuilt from
+    rank 0's weights on first use, as the method's `prepare()` builds it)."""
     from ..models import resolve
     from .launcher import Launcher
     from .result import read_result
@@ -44,17 +51,18 @@ def run_launched(method, o, ctx):
     check_launch(o)
     if getattr(o, "bits", None):
         raise UsageError("--bits (QLoRA) runs in one process; drop --devices or --bits")
-    strategy, note = choose_strategy(o, lambda: resolve(o.model))   # refusals before anything is resolved
-    source = resolve(o.model)
+    model = o.model if model is None and hasattr(o, "model") else model
+    strategy, note = choose_strategy(o, lambda: resolve(model))   # refusals before anything is resolved
+    source = resolve(model)
     world = o.devices * o.nodes
     folder = ctx.run_dir / "launch"
     if folder.exists():
         shutil.rmtree(folder)
     # The workers run the strategy chosen here (auto resolved); the run record keeps what was asked.
-    spec = make_spec(method.name, None, dataclasses.replace(o, strategy=strategy), ctx.namespace, ctx.run_id,
+    spec = make_spec(method.name, command, dataclasses.replace(o, strategy=strategy), ctx.namespace, ctx.run_id,
                      ctx.settings, folder)
     spec_path = spec.write(folder)
-    progress = ctx.progress(method.title(o, source))
+    progress = ctx.progress(title or method.title(o, source))
     progress.log(f"{world} workers ({o.devices} on this machine"
                  + (f", node {o.node_rank} of {o.nodes}" if o.nodes > 1 else "") + f"); {note}")
     launcher = Launcher(folder, spec_path, o.devices, o.nodes, o.node_rank, o.master_addr,
@@ -65,6 +73,8 @@ def run_launched(method, o, ctx):
     if rc != 0 or not (folder / "result.json").exists():
         raise launcher.failure(rc)
     result = read_result(method, o, folder, spec, ctx)
+    if restore is not None:
+        restore(result)
     result.device = f"{result.device} ×{world} ({strategy})"
     result.notes.append(note)
     result.artifacts["launch"] = str(folder)

@@ -45,6 +45,7 @@ class EventWriter(Progress):
         self.path = Path(path) if path else None
         self._file = open(self.path, "a", encoding="utf-8") if self.path else None
         self.agreed = False
+        self.stop_file: Path | None = None   # rank 0: the kernel's STOP file (launch/STOP), for sync_stop
 
     def _write(self, call: str, args: tuple, kwargs: dict) -> None:
         if self._file is None:
@@ -57,6 +58,24 @@ class EventWriter(Progress):
     def agree_stop(self) -> None:
         self.agreed = True
         self.stop_requested.set()
+
+    def sync_stop(self) -> bool:
+        """For a loop that is not the engine's (TRL's Trainer, through our callback), at every optimizer
+        step, on every rank: the ranks agree whether to stop (a stop asked on any rank, or the kernel's
+        STOP file, which rank 0 reads); True once they have. One all-reduce of one int."""
+        local = self.stop_requested.is_set() or bool(self.stop_file is not None and self.stop_file.exists())
+        try:
+            import torch
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                local = bool(int(flag))
+        except ImportError:   # pragma: no cover - torch is a dependency
+            pass
+        if local:
+            self.agree_stop()
+        return self.agreed
 
     @property
     def should_stop(self) -> bool:

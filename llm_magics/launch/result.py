@@ -23,7 +23,7 @@ import pandas as pd
 RESULT = "result.json"
 FINAL = "final"
 _SKIP = {"tables", "figures", "history"}
-_PRIVATE_KEPT = {"_max_length", "_adapter_folder"}
+_PRIVATE_KEPT = {"_max_length", "_adapter_folder", "_folder"}
 
 
 def _plain(value) -> bool:
@@ -63,9 +63,7 @@ def write_result(result, folder: Path) -> Path:
 def read_result(method, options, folder: Path, spec, ctx):
     """The kernel's Result, of `method.result_class`, from what rank 0 wrote."""
     payload = json.loads((folder / RESULT).read_text())
-    cls = getattr(method, "result_class", None)
-    if cls is None:
-        from ..method import Result as cls
+    cls = getattr(method, "result_class", None) or _result_class(payload.get("class", ""))
     names = {f.name for f in dataclasses.fields(cls)}
     fields = {k: v for k, v in payload["fields"].items() if k in names}
     if "history" in names and payload.get("history") is not None:
@@ -80,6 +78,20 @@ def read_result(method, options, folder: Path, spec, ctx):
     if getattr(result, "_adapter_folder", None):
         _load_adapter(result)
     return result
+
+
+def _result_class(path: str):
+    """The Result class rank 0 wrote (`module.Class`) for a method without one `result_class` (`%rlhf`:
+    a reward model or a policy); the plain Result when it does not import as one."""
+    import importlib
+
+    from ..method import Result
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return Result
+    return cls if isinstance(cls, type) and issubclass(cls, Result) else Result
 
 
 def _lazy_model(result, method, options, spec, ctx, weights: Path) -> None:

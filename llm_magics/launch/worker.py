@@ -86,6 +86,8 @@ def run_rank(method_name: str, command_word: str | None, values: dict, run_id: s
     command = cls.command(command_word)
     options = opts.from_kwargs(command.options, dict(values))
     writer = EventWriter(events if rank == 0 else None, run_id, method_name, sinks if rank == 0 else None)
+    if rank == 0 and events is not None:
+        writer.stop_file = Path(events).parent / "STOP"
     ctx = _context_class()(run_id, method_name, settings.current(), {}, "none",
                            rank=rank, world=world, rank_device=device, writer=writer)
     ctx.train_loop = loop_for(getattr(options, "strategy", "ddp"))

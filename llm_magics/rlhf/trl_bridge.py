@@ -49,7 +49,10 @@ class ProgressCallback(TrainerCallback):
         self.progress.request_stop()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.progress.advance(1)
+        self.progress.advance(1)   # a launched run's ranks other than 0 write nothing (launch/events.py)
+        sync = getattr(self.progress, "sync_stop", None)
+        if sync is not None:   # a launched worker: every rank stops at the same step, or none does
+            sync()
         if self.progress.should_stop and state.global_step < state.max_steps:
             self.stopped = True
             control.should_training_stop = True
@@ -69,9 +72,13 @@ class ProgressCallback(TrainerCallback):
             self._previous = None
 
 
-def trl_common(o, device: torch.device, output_dir, dtype: torch.dtype) -> dict[str, Any]:
-    """Arguments every TRL config gets from our options."""
-    return dict(output_dir=str(output_dir), learning_rate=o.peak_lr(), per_device_train_batch_size=o.batch_size,
+def trl_common(o, device: torch.device, output_dir, dtype: torch.dtype, world: int = 1) -> dict[str, Any]:
+    """Arguments every TRL config gets from our options. On `world` launched workers (--devices) --batch-size
+    stays the global batch: each worker takes its share, and gloo carries a CPU group (accelerate would
+    prefer MPI where it is installed)."""
+    extra = {"ddp_backend": "gloo"} if world > 1 and device.type == "cpu" else {}
+    return dict(output_dir=str(output_dir), learning_rate=o.peak_lr(),
+                per_device_train_batch_size=o.batch_size // world, **extra,
                 gradient_accumulation_steps=o.grad_accum, max_steps=o.steps or -1,
                 num_train_epochs=o.epochs, seed=o.seed, logging_steps=1, save_strategy="no", eval_strategy="no",
                 report_to=[], disable_tqdm=True, gradient_checkpointing=False,
@@ -143,9 +150,26 @@ def _config(config_cls, values: dict[str, Any]):
     return config_cls(**{k: v for k, v in values.items() if k in known})
 
 
-def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config, callback, common: dict):
-    """The TRL trainer for `kind` (dpo, kto, orpo) on our normalised pairs."""
+def shared_dataset(dataset, folder):
+    """The dataset as Arrow files in `folder`, which every launched worker reads (rank 0 writes them). TRL's
+    preparation caches beside a dataset's files, and DPO's precomputed reference log-probs are written there by
+    rank 0 alone: an in-memory dataset's cache would be a temporary file the other ranks never see."""
+    import datasets
+    import torch.distributed as dist
+    if dist.get_rank() == 0:
+        dataset.save_to_disk(str(folder))
+    dist.barrier()
+    return datasets.load_from_disk(str(folder))
+
+
+def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config, callback, common: dict,
+                    shared=None):
+    """The TRL trainer for `kind` (dpo, kto, orpo) on our normalised pairs. `shared`: on launched workers, the
+    folder every rank reads the training pairs from (`shared_dataset`)."""
     values = {**common, "beta": o.beta, "max_length": o.max_length}
+
+    def train_set(dataset):
+        return dataset if shared is None else shared_dataset(dataset, shared)
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
         # The reference log-probs are computed once, before training, in batches of 16 (the policy with its
@@ -158,7 +182,7 @@ def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config
         frame = data.train
         longest = frame["prompt"].str.len() + np.maximum(frame["chosen"].str.len(), frame["rejected"].str.len())
         frame = frame.iloc[np.argsort(longest.to_numpy(), kind="stable")]
-        return DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=to_dataset(frame),
+        return DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=train_set(to_dataset(frame)),
                           processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
     if kind == "kto":
         import datasets
@@ -169,13 +193,13 @@ def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config
                     "label": [True] * len(frame) + [False] * len(frame)}
         config = _config(KTOConfig, values)
         return KTOTrainer(model=model, ref_model=reference, args=config,
-                          train_dataset=datasets.Dataset.from_dict(unpaired), processing_class=tokenizer,
+                          train_dataset=train_set(datasets.Dataset.from_dict(unpaired)), processing_class=tokenizer,
                           peft_config=peft_config, callbacks=[callback])
     if kind == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
         config = _config(ORPOConfig, values)
-        return ORPOTrainer(model=model, args=config, train_dataset=to_dataset(data.train), processing_class=tokenizer,
-                           peft_config=peft_config, callbacks=[callback])
+        return ORPOTrainer(model=model, args=config, train_dataset=train_set(to_dataset(data.train)),
+                           processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
     raise ValueError(kind)
 
 

@@ -28,15 +28,18 @@ class RlhfMethod(Method):
     commands = {
         "collect": Command(CollectOptions, "collect", "a widget to rank completions; choices go to a JSONL file",
                            records_run=False),
-        "reward": Command(RewardOptions, "reward", "train a reward model on preference pairs"),
+        "reward": Command(RewardOptions, "reward", "train a reward model on preference pairs", launchable=True),
         "ppo": Command(PpoOptions, "ppo", "optimise a policy against a reward with PPO (ours, on the engine)"),
-        "dpo": Command(DpoOptions, "dpo", "direct preference optimisation through TRL's DPOTrainer"),
-        "kto": Command(DpoOptions, "kto", "KTO through TRL (each pair gives a desirable and an undesirable answer)"),
+        "dpo": Command(DpoOptions, "dpo", "direct preference optimisation through TRL's DPOTrainer",
+                       launchable=True),
+        "kto": Command(DpoOptions, "kto", "KTO through TRL (each pair gives a desirable and an undesirable answer)",
+                       launchable=True),
         "grpo": Command(OnlineOptions, "grpo", "GRPO through TRL, against our reward (a Result or a callable)"),
         "rloo": Command(OnlineOptions, "rloo", "RLOO through TRL, against our reward (a Result or a callable)"),
         "eval": Command(EvalOptions, "eval", "win rate of a tuned policy over its reference under a reward, and "
                                             "the KL between them, on held-out prompts"),
-        "orpo": Command(DpoOptions, "orpo", "ORPO through TRL (no reference model; --beta is its λ)"),
+        "orpo": Command(DpoOptions, "orpo", "ORPO through TRL (no reference model; --beta is its λ)",
+                        launchable=True),
     }
 
     def run(self, o: ListOptions, ctx) -> pd.DataFrame:

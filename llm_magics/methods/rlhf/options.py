@@ -26,6 +26,14 @@ def _reward_train(value) -> str | None:
 
 
 @dataclass
+class OneProcessOptions:
+    """--devices on a command that runs in one process: declared so that asking for more is refused in one
+    line naming the commands that take it (rather than read as a misspelt --device)."""
+    devices: int = option(1, "processes: this command runs in one (--devices above 1 is for %rlhf reward, dpo, "
+                             "kto and orpo)", check=positive)
+
+
+@dataclass
 class PreferenceOptions:
     data: Any = option(None, "preference pairs: a variable, a file (jsonl, json, csv, parquet, .jsonl.gz) or a "
                              "dataset name; prompt/chosen/rejected, chat lists, HH transcripts, ShareGPT or "
@@ -76,7 +84,7 @@ def _policy_method(value) -> str | None:
 
 
 @dataclass
-class PpoOptions(RunOptions):
+class PpoOptions(RunOptions, OneProcessOptions):
     policy: str | None = option(None, "the causal LM to tune: an alias (smollm2), a local folder or a hub id "
                                       "(default: the configured default model)")
     reward: Any = option(None, "a reward: a %rlhf reward Result variable, its run id or folder, or any Python "
@@ -189,7 +197,7 @@ class _EvalRun:
 
 
 @dataclass
-class EvalOptions(RunOptions, _EvalRun):
+class EvalOptions(RunOptions, OneProcessOptions, _EvalRun):
     reward: Any = option(None, "the judge: a %rlhf reward Result (variable, run id or folder) or a "
                                "callable(prompts, completions) -> floats", metavar="REWARD")
     prompts: Any = option(None, "held-out prompts: a variable, a file or a list of strings", metavar="DATA")
@@ -209,7 +217,7 @@ class _CollectFile:
 
 
 @dataclass
-class CollectOptions(RunOptions, _CollectFile):
+class CollectOptions(RunOptions, OneProcessOptions, _CollectFile):
     model: str | None = option(None, "the causal LM that writes the completions (alias, folder or hub id)")
     prompts: Any = option(None, "prompts to show: a variable, a file or a list of strings", metavar="DATA")
     prompt_column: str | None = option(None, "the prompt column (default: prompt, or the one text column)",

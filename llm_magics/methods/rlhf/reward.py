@@ -16,10 +16,15 @@ from ...models.classifier import SequenceClassifier
 from ...rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, save_folder
 from ...training import describe_run, plot_history
 from .common import preference_data
+from .launch import for_the_kernel
 from .options import RewardOptions
 
 
 def train_reward(o: RewardOptions, ctx) -> RewardResult:
+    from ...launch import launched
+    if launched(o):   # --devices/--nodes above 1: torchrun workers run this same function (launch.py)
+        from .launch import launch_reward
+        return launch_reward(o, ctx, f"rlhf reward · {resolve(o.model).short} · --train {o.train}")
     device = ctx.device(o.device)
     source = resolve(o.model)
     data, notes = preference_data(o, ctx)
@@ -57,7 +62,10 @@ def train_reward(o: RewardOptions, ctx) -> RewardResult:
                          scheduler=o.scheduler, eval_every=o.eval_every, patience=o.patience,
                          best_metric="val_accuracy", greater_is_better=True, seed=o.seed,
                          autocast=autocast)
-    loop = TrainLoop(peft or model, task, config, progress, ctx.run_dir, device)
+    # A launched worker's context names the engine's data-parallel loop (engine/distributed.py): ranks other
+    # than 0 end inside it (RankDone); rank 0 goes on to score the held-out pairs and save the model.
+    loop_class = getattr(ctx, "train_loop", TrainLoop)
+    loop = loop_class(peft or model, task, config, progress, ctx.run_dir, device)
     outcome = loop.run()
     if peft is not None:
         model = peft.merge_and_unload()
@@ -91,7 +99,7 @@ def train_reward(o: RewardOptions, ctx) -> RewardResult:
     result.tokens_per_s, result.rows_per_s = outcome.tokens_per_s, outcome.rows_per_s
     hold(result)
     progress.end(outcome.status, **{k: v for k, v in metrics.items() if k.startswith("test_")})
-    return result
+    return for_the_kernel(result, ctx)
 
 
 def _autocast(device, dtype: str):

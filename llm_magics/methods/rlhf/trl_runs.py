@@ -9,6 +9,7 @@ import torch
 from ...models import hold, resolve, trainable
 from ...training import describe_run
 from .common import load_policy, policy_adapter_config, preference_data
+from .launch import for_the_kernel
 from .options import DpoOptions, OnlineOptions
 
 if TYPE_CHECKING:
@@ -23,6 +24,12 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     from ...engine.device import pick_dtype
     from ...rlhf.trl_bridge import ProgressCallback, implicit_rewards, pair_logprobs, trl_common
     from ...rlhf.policy import PreferenceResult
+    from ...launch import launched
+    from .launch import rank, world
+    if launched(o):   # --devices/--nodes above 1: torchrun workers run this same function (launch.py)
+        from .launch import launch_trl
+        return launch_trl(kind, o, ctx,
+                          f"rlhf {kind} · {resolve(o.policy).short} · --method {o.method} · β={o.beta}")
     device = ctx.device(o.device)
     source = resolve(o.policy)
     data, notes = preference_data(o, ctx)
@@ -51,12 +58,18 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     callback = ProgressCallback(progress)
     started = time.perf_counter()
     # (keep_end is deprecated upstream, and what HH-style pairs need: its warning is silenced)
+    common = trl_common(o, device, ctx.run_dir / "trl", dtype, world(ctx))
+    shared = ctx.run_dir / "trl" / "pairs" if world(ctx) > 1 else None
     trainer = build_trl_trainer(lambda: offline_trainer(kind, o, model, reference, data, tokenizer, peft_config,
-                                                        callback, trl_common(o, device, ctx.run_dir / "trl", dtype)))
+                                                        callback, common, shared))
     build_seconds = time.perf_counter() - started
     policy = trainer.model
     plan = trainable.report(policy, f"{o.method}" + (f" r={o.r}" if o.method != "full" else ""))
     describe_run(ctx, progress, plan)
+    if rank(ctx) != 0:   # a launched worker other than rank 0: train, then end (rank 0 scores and saves)
+        trainer.train()
+        from ...engine.distributed import RankDone
+        raise RankDone()
     # The held-out reference log-probs, once: the frozen copy, the policy with its adapter disabled, or the
     # policy itself before training moves it.
     if reference is not None:
@@ -87,7 +100,7 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
                                     data, ctx, device, notes, name)
     hold(result)
     progress.end(status, **{k: v for k, v in metrics.items() if k.startswith("test_") and "before" not in k})
-    return result
+    return for_the_kernel(result, ctx)
 
 
 def run_online(kind: str, o: OnlineOptions, ctx) -> "PreferenceResult":
