@@ -95,6 +95,8 @@ def test_dpo_lora_on_two_processes_follows_one_and_the_adapter_joins_the_kernel(
     two = shell.user_ns["two"]
     assert two.status == "ok" and two.metrics["steps"] == one.metrics["steps"] == 6
     assert two.device == "cpu ×2 (ddp)" and two.method == "rlhf dpo"
+    # accelerate took the worker's gloo group as it is: TRL's trainer ran data-parallel, 4 of 8 pairs each
+    assert "trained on 2 processes: TRL's trainer as MULTI_CPU (gloo), each taking 4 of every 8 pairs" in two.notes
     assert len(losses(two)) == len(losses(one)) == 6   # measured: 1e-7 apart at most
     assert np.abs(losses(one) - losses(two)).max() < 1e-4, (losses(one), losses(two))
     for key in ("test_margin", "test_chosen_shift", "test_rejected_shift"):
@@ -116,6 +118,10 @@ def test_dpo_lora_on_two_processes_follows_one_and_the_adapter_joins_the_kernel(
     assert row["method"] == "rlhf dpo" and row["options"]["devices"] == 2
     assert row["metrics"]["test_margin"] == pytest.approx(two.metrics["test_margin"])
     assert "launch" in two.artifacts and "adapter" in two.artifacts
+    # Rank 0 alone streamed the live view: one advance per step, TRL's logged metrics with them.
+    events = [json.loads(line) for line in open(os.path.join(two.artifacts["launch"], "events.jsonl"))]
+    assert sum(e["call"] == "advance" for e in events) == 6
+    assert any(e["call"] == "set" and "margin" in e["kwargs"] for e in events)
 
 
 @pytest.mark.parametrize("train, strategy", [("full", "ddp"), ("lora", "fsdp")])

@@ -63,6 +63,10 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     trainer = build_trl_trainer(lambda: offline_trainer(kind, o, model, reference, data, tokenizer, peft_config,
                                                         callback, common, shared))
     build_seconds = time.perf_counter() - started
+    if world(ctx) > 1:   # what accelerate made of the worker's process group (MULTI_CPU on gloo, MULTI_GPU)
+        state = trainer.accelerator.state
+        notes.append(f"trained on {state.num_processes} processes: TRL's trainer as {state.distributed_type.value} "
+                     f"({state.backend}), each taking {o.batch_size // world(ctx)} of every {o.batch_size} pairs")
     policy = trainer.model
     plan = trainable.report(policy, f"{o.method}" + (f" r={o.r}" if o.method != "full" else ""))
     describe_run(ctx, progress, plan)
