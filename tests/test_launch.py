@@ -112,11 +112,12 @@ def test_a_data_file_is_named_by_its_absolute_path(tmp_path, demo, monkeypatch):
 
 @pytest.mark.parametrize("extra, message", [
     ({"strategy": "deepspeed"}, "DeepSpeed"),
-    ({"strategy": "deepspeed-zero2"}, r"does not drive DeepSpeed yet"),
+    ({"strategy": "deepspeed-zero2"}, r"needs DeepSpeed, which is not installed"),
     ({"nodes": 2}, "--master-addr"),
     ({"nodes": 2, "node_rank": 2, "master_addr": "10.0.0.1"}, "--node-rank 2"),
 ])
-def test_launch_mistakes_are_one_line_before_any_worker_starts(tiny_bert, demo, extra, message, home):
+def test_launch_mistakes_are_one_line_before_any_worker_starts(tiny_bert, demo, extra, message, home, monkeypatch):
+    monkeypatch.setattr("llm_magics.engine.deepspeed_loop.available", lambda: False)   # as without the extra
     with pytest.raises(UsageError, match=message):
         api.finetune(model=str(tiny_bert), data=demo[0], devices=2, **extra)
     assert not list((home.cache_dir / "runs").glob("*/launch"))   # nothing started, nothing left
@@ -192,6 +193,7 @@ def test_the_kernel_measures_no_device_memory_for_a_launched_run(tiny_bert, demo
     seen = []
     real = runner.MemoryMonitor
     monkeypatch.setattr(runner, "MemoryMonitor", lambda device=None: seen.append(device) or real(None))
+    monkeypatch.setattr("llm_magics.engine.deepspeed_loop.available", lambda: False)   # refused: no worker starts
     with pytest.raises(UsageError, match="DeepSpeed"):
         api.finetune(model=str(tiny_bert), data=demo[0], devices=2, strategy="deepspeed")
     api.finetune(model=str(tiny_bert), data=demo[0], train="head", epochs=1, dtype="float32")

@@ -56,11 +56,45 @@ def test_auto_reads_the_models_size_from_its_files_and_the_gpus_memory(tiny_bert
 
 
 @pytest.mark.parametrize("strategy", ["deepspeed", "deepspeed-zero2"])
-def test_deepspeed_is_one_line_naming_fsdp_before_anything_is_written(tiny_bert, demo, home, strategy):
-    with pytest.raises(UsageError, match=r"does not drive DeepSpeed yet; --strategy fsdp") as caught:
+def test_deepspeed_without_it_installed_is_one_line_naming_the_extra_before_anything_is_written(
+        tiny_bert, demo, home, strategy, monkeypatch):
+    from llm_magics.engine import deepspeed_loop
+    monkeypatch.setattr(deepspeed_loop, "available", lambda: False)
+    with pytest.raises(UsageError, match=r"needs DeepSpeed, which is not installed: pip install "
+                                         r"'llm-magics\[deepspeed\]'") as caught:
         api.finetune(model=str(tiny_bert), data=demo[0], devices=2, strategy=strategy)
-    assert "\n" not in str(caught.value)
+    assert "\n" not in str(caught.value) and "--strategy fsdp" in str(caught.value)
     assert not list((home.cache_dir / "runs").glob("*/launch"))
+
+
+def test_deepspeed_installed_is_taken_with_its_zero_stage_in_the_note(monkeypatch):
+    from llm_magics.engine import deepspeed_loop
+    from llm_magics.engine.distributed import loop_for
+    monkeypatch.setattr(deepspeed_loop, "available", lambda: True)
+    strategy, note = choose_strategy(Opts(strategy="deepspeed"), None)
+    assert strategy == "deepspeed" and "ZeRO stage 3 partitions weights, gradients" in note
+    strategy, note = choose_strategy(Opts(strategy="deepspeed-zero2"), None)
+    assert strategy == "deepspeed-zero2" and "ZeRO stage 2" in note and "whole weights" in note
+    assert loop_for("deepspeed").stage == 3 and loop_for("deepspeed-zero2").stage == 2
+    assert loop_for("fsdp").strategy == "fsdp" and loop_for("ddp").strategy == "ddp"
+    config = deepspeed_loop.zero_config(3, grad_accum=4, max_grad_norm=None, micro_batch=8)
+    # the loop accumulates (it marks DeepSpeed's boundary); no clipping asked: none
+    assert config["gradient_accumulation_steps"] == 1 and config["gradient_clipping"] == 0.0
+    assert config["zero_optimization"]["stage"] == 3
+
+
+def test_deepspeed_refuses_adalora_and_fp16_before_touching_a_process_group(tmp_path):
+    import torch
+    from llm_magics.engine.deepspeed_loop import DeepSpeedTrainLoop
+    from llm_magics.engine.training import TrainConfig
+    with pytest.raises(UsageError, match="--strategy ddp") as caught:
+        DeepSpeedTrainLoop(torch.nn.Linear(2, 2), None, TrainConfig(), None, tmp_path, torch.device("cpu"),
+                           before_zero_grad=lambda step: None)
+    assert "AdaLoRA" in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(UsageError, match="fp16") as caught:
+        DeepSpeedTrainLoop(torch.nn.Linear(2, 2), None, TrainConfig(autocast=torch.float16), None, tmp_path,
+                           torch.device("cpu"))
+    assert "\n" not in str(caught.value)
 
 
 def test_fsdp_wraps_each_transformer_block_not_the_embeddings(tiny_bert, tiny_llama):

@@ -52,6 +52,9 @@ def _whole(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    gathered = getattr(model, "whole_trainable_state", None)   # ZeRO-3's partitions (engine/deepspeed_loop.py)
+    if gathered is not None:
+        return gathered()
     return {name: _whole(p.detach()).to("cpu").contiguous() for name, p in model.named_parameters()
             if p.requires_grad}
 

@@ -32,7 +32,7 @@ scores it, saves it or its adapter, as ever. Limits: each rank loads the whole
 model before sharding it (the method's loader), so FSDP saves the gradients' and
 the optimizer's memory, and the weights' only once training starts; a method that
 edits the model from whole gradients after each step (AdaLoRA) is refused.
-DeepSpeed is refused by the launcher (launch/strategy.py).
+DeepSpeed ZeRO-2/3: engine/deepspeed_loop.py (`loop_for` picks it).
 """
 from __future__ import annotations
 
@@ -179,6 +179,9 @@ class DistributedTrainLoop(TrainLoop):
 
 def loop_for(strategy: str) -> type[DistributedTrainLoop]:
     """The training loop of a launched worker, by strategy."""
+    if strategy in ("deepspeed", "deepspeed-zero2"):
+        from .deepspeed_loop import DeepSpeedTrainLoop, DeepSpeedZero2TrainLoop
+        return DeepSpeedTrainLoop if strategy == "deepspeed" else DeepSpeedZero2TrainLoop
     return FSDPTrainLoop if strategy == "fsdp" else DistributedTrainLoop
 
 

@@ -5,7 +5,8 @@ accelerate rather than torchrun: the number of processes (all machines together,
 accelerate counts them), the multi-node fields, and for FSDP its `fsdp_config` (FSDP2,
 full shard, the transformer block class as the wrap unit, the full state dict); for
 DeepSpeed its `deepspeed_config` (ZeRO stage 2 or 3). The job's own engine does the
-sharding (engine/distributed.py); the file makes accelerate start it the same way.
+sharding (engine/distributed.py; DeepSpeed: engine/deepspeed_loop.py, which calls
+`deepspeed.initialize` itself, with the same stage); the file makes accelerate start it the same way.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ class LaunchOptions:
                              "goes to torchrun workers and streams back here", check=positive)
     strategy: str = option("auto", "how the workers share the model: ddp (a copy each) or fsdp (sharded, a "
                                    "transformer block per unit); auto: ddp, or fsdp when training would not fit one "
-                                   "GPU. deepspeed (ZeRO-3) and deepspeed-zero2 are not driven yet (refused)",
+                                   "GPU; deepspeed (ZeRO-3) and deepspeed-zero2 need DeepSpeed (the deepspeed extra)",
                            choices=STRATEGIES)
     nodes: int = option(1, "machines taking part (each runs the same cell with its own --node-rank)", check=positive)
     node_rank: int = option(0, "this machine's index among --nodes", check=_node_rank)

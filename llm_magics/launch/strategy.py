@@ -1,8 +1,8 @@
 """Which strategy a launched run uses, decided in the kernel before anything is written.
 
 `--strategy ddp|fsdp` is taken as asked. `--strategy deepspeed|deepspeed-zero2` (ZeRO-3/2) is
-refused in one line before anything is written: the engine's loop does not drive a DeepSpeed
-engine yet (launch/accelerate.py writes the accelerate config it would launch with).
+taken when DeepSpeed is installed (the `deepspeed` extra; engine/deepspeed_loop.py drives it inside
+the workers' loop) and refused in one line naming the extra, before anything is written, when not.
 
 Without `--strategy` (auto): DDP, unless the model's training state would not fit one device —
 fp32 weights, their gradients and AdamW's two moments, about 16 bytes a parameter — then FSDP,
@@ -88,12 +88,13 @@ def choose_strategy(o, source=None, memory=cuda_memory) -> tuple[str, str]:
     ModelSource, or a function returning it (resolved only when its size is needed)."""
     asked = getattr(o, "strategy", "auto")
     if asked in ZERO_STAGE:
-        # Not yet, installed or not: the engine's loop has no DeepSpeed engine behind it, and none could be
-        # run here to prove one (no DeepSpeed, no GPU). Refused rather than run as DDP under DeepSpeed's name,
-        # and no extra is offered that would only lead to this same line.
-        raise UsageError(f"--strategy {asked}: the engine does not drive DeepSpeed yet; --strategy fsdp shards "
-                         f"weights, gradients and optimizer state as ZeRO-3 does (and %llm export writes an "
-                         f"accelerate.yaml)")
+        from ..engine.deepspeed_loop import EXTRA, available
+        if not available():
+            raise UsageError(f"--strategy {asked} needs DeepSpeed, which is not installed: {EXTRA} (or --strategy "
+                             f"fsdp, which shards weights, gradients and optimizer state as ZeRO-3 does)")
+        what = ("weights, gradients and AdamW's moments" if ZERO_STAGE[asked] == 3
+                else "gradients and AdamW's moments (each worker holds the whole weights)")
+        return asked, f"strategy {asked} (asked for): DeepSpeed ZeRO stage {ZERO_STAGE[asked]} partitions {what}"
     if asked == "fsdp":
         return "fsdp", ("strategy fsdp (asked for): each worker holds 1/N of every weight, gradient and optimizer "
                         "state, a transformer block per unit")
