@@ -4,7 +4,10 @@ ZeRO-3/2 (engine/deepspeed_loop.py) over tiny models. Skipped when DeepSpeed is 
 
 Tolerance: the same as DDP's and FSDP's (tests/test_launch_multiprocess.py, 0.005): with the same
 global batch and seed a 2-process ZeRO run's validation loss stays within it of the 1-process run's at
-every evaluation. Measured on this machine: see each test.
+every evaluation. Measured on this machine (largest gap over the evaluations, DeepSpeed 0.19.8):
+tiny BERT trained whole, dropout off: ZeRO-3 4.4e-11 (DDP 4.4e-11, FSDP 6.0e-8), ZeRO-2 3.0e-8; its
+head alone under ZeRO-3 6.0e-8; LoRA on the tiny llama with --grad-accum 2: ZeRO-3 and ZeRO-2 4.9e-6;
+the tiny llama (tied embeddings) trained whole under ZeRO-3: 1.5e-6.
 """
 import json
 import os

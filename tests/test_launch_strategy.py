@@ -123,6 +123,8 @@ def test_accelerate_config_for_each_strategy(tmp_path):
     assert zero3["distributed_type"] == "DEEPSPEED" and zero3["deepspeed_config"]["zero_stage"] == 3
     assert zero3["deepspeed_config"]["zero3_save_16bit_model"] is True   # a ZeRO-3 save gathers the weights whole
     assert zero2["deepspeed_config"]["zero_stage"] == 2
+    assert zero3["deepspeed_config"]["gradient_clipping"] == 1.0   # the option's default
+    assert accelerate_config("deepspeed", 2, max_grad_norm=0)["deepspeed_config"]["gradient_clipping"] == 0.0
     from accelerate.commands.config.config_args import ClusterConfig
     from llm_magics.launch.accelerate import write_accelerate_config
     for strategy in ("fsdp", "ddp", "deepspeed"):   # accelerate itself reads the file

@@ -50,7 +50,7 @@ def accelerate_config(strategy: str, devices: int, nodes: int = 1, node_rank: in
         config["deepspeed_config"] = {
             "zero_stage": ZERO_STAGE[strategy],
             "gradient_accumulation_steps": int(grad_accum),
-            "gradient_clipping": float(max_grad_norm) if max_grad_norm else 1.0,
+            "gradient_clipping": 1.0 if max_grad_norm is None else float(max_grad_norm),   # 0: none, as the loop
             "offload_optimizer_device": "none",
             "offload_param_device": "none",
             "zero3_init_flag": False,
