@@ -64,7 +64,6 @@ def zero_config(stage: int, grad_accum: int, max_grad_norm: float | None, micro_
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
-        "_grad_accum": int(grad_accum),   # not DeepSpeed's: kept to say what the run used
     }
 
 
@@ -124,10 +123,9 @@ class DeepSpeedTrainLoop(DistributedTrainLoop):
         deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
         self.ds_config = zero_config(self.stage, config.grad_accum, config.max_grad_norm,
                                      config.batch_size // self.world)
-        ds_config = {k: v for k, v in self.ds_config.items() if not k.startswith("_")}
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = len(self.optimizer.param_groups)
-        self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=self.optimizer, config=ds_config,
+        self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=self.optimizer, config=self.ds_config,
                                                     model_parameters=params, dist_init_required=False)
         if len(self.optimizer.param_groups) != groups:   # the schedule steps these groups
             raise RuntimeError(f"DeepSpeed changed the optimizer's groups ({groups} -> "
