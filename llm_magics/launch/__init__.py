@@ -11,8 +11,9 @@ rank 0's progress events onto the run's live view (`events.py`), relays Stop, an
 builds the Result from what rank 0 wrote (`result.py`). The runner then records
 it as it records any run. `export.py` writes a recorded run out as a job for a
 shell or a cluster (with `accelerate.py`'s launcher config). `strategy.py`
-decides DDP or FSDP (the workers' loops: engine/distributed.py) before anything
-is written, and refuses DeepSpeed in one line.
+decides DDP, FSDP or DeepSpeed ZeRO-2/3 (the workers' loops: engine/distributed.py,
+engine/deepspeed_loop.py) before anything is written; DeepSpeed without its extra
+is refused in one line.
 
 Everything the run writes lies in `<run folder>/launch/`: spec.json, the data
 files, events.jsonl, launcher.log, rank<R>.log, result.json and final/ weights.

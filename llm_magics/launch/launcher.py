@@ -3,7 +3,8 @@
 Why torchrun and not `accelerate launch`: torchrun ships with torch (no config file,
 no extra), its agent starts one worker per device, ends every sibling when one of
 them fails (`--max-restarts 0`), and takes the rendezvous timeout and the multi-node
-addresses as plain flags. Accelerate is still the way to DeepSpeed (an extra).
+addresses as plain flags. DeepSpeed runs inside the same workers (the engine's loop
+calls `deepspeed.initialize`); `%llm export` writes an accelerate config for it.
 
 The agent runs in its own session (process group) so Stop, an error or a second
 interrupt can end it and its workers without touching the kernel. torchrun puts
