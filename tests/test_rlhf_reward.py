@@ -1,6 +1,7 @@
 """`%rlhf reward`: Bradley–Terry on pairs, on our engine; scores after a restart; bad inputs."""
 import random
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -62,7 +63,7 @@ def test_reward_model_learns_separable_pairs_and_scores_after_a_restart(tiny_ber
 def test_head_only_trains_the_scoring_layer_only(tiny_bert, separable):
     _, pos, neg = separable
     result = api.rlhf.reward(model=str(tiny_bert), data=word_pairs(pos, neg, 80), train="head", epochs=1)
-    assert result.trainable_params == 32 + 1
+    assert result.trainable_params == 32   # the weights; the bias is held at zero (fix_score_bias)
 
 
 def test_reward_bad_inputs_are_one_line_and_record_nothing(tiny_bert, store, tmp_path):
@@ -128,3 +129,35 @@ def test_a_reward_model_that_cannot_read_the_policys_text_is_refused_a_callable_
     result = api.rlhf.ppo(policy=str(tiny_llama), reward=reward, prompts=GREEK, steps=1, batch_size=4,
                           minibatch_size=4, max_new_tokens=4)
     assert result.metrics["steps"] == 1 and set(seen) <= set(GREEK) and seen
+
+
+@pytest.mark.parametrize("train, lr", [("full", 1e-3), ("lora", 1e-2)])
+def test_the_score_heads_bias_stays_zero_and_identical_runs_score_alike(tiny_bert, separable, monkeypatch,
+                                                                        train, lr):
+    """Bradley–Terry cannot see a constant offset: the head's bias gets float noise alone as its gradient,
+    which AdamW turned into full-size steps (two identical runs differed by a random constant in
+    .score()). It is held at zero, untrained; identical runs give the same scores."""
+    from llm_magics.engine import training
+    from llm_magics.models.classifier import HEAD_FILE
+    from safetensors.torch import load_file
+    _, pos, neg = separable
+    seen = []
+    real = training.TrainLoop.run
+
+    def watched(loop):   # the bias the optimizer sees: never asked to train, zero before and after
+        biases = [(n, p) for n, p in loop.model.named_parameters() if "head" in n and n.endswith("bias")]
+        seen.append([(n, p.requires_grad, float(p.detach().abs().sum())) for n, p in biases])
+        outcome = real(loop)
+        seen.append([(n, p.requires_grad, float(p.detach().abs().sum())) for n, p in biases])
+        return outcome
+    monkeypatch.setattr(training.TrainLoop, "run", watched)
+    args = dict(model=str(tiny_bert), data=word_pairs(pos, neg, 120), train=train, lr=lr, epochs=2,
+                batch_size=16, dtype="float32", seed=1)
+    one, two = api.rlhf.reward(**args), api.rlhf.reward(**args)
+    assert seen[0] and all(grad is False and size == 0.0 for run in seen for _, grad, size in run), seen
+    for result in (one, two):
+        head = load_file(str(Path(result.artifacts["reward_model"]) / HEAD_FILE))
+        assert float(head["bias"].abs().sum()) == 0.0 and float(head["weight"].abs().sum()) > 0
+        assert result.metrics["test_accuracy"] >= 0.9, result.metrics
+    texts = ["Review: " + " ".join(pos[:4]), "Review: " + " ".join(neg[:4]), "Review: a film"]
+    assert one.score(texts) == pytest.approx(two.score(texts), abs=1e-4)

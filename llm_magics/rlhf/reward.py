@@ -47,6 +47,30 @@ def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
         tokenizer.truncation_side = side
 
 
+def fix_score_bias(model: nn.Module) -> int:
+    """Hold the score head's bias at zero, untrained; returns how many biases it fixed.
+
+    The Bradley–Terry loss sees only r(chosen) − r(rejected), so a constant added to every score changes
+    nothing: the head's bias gets a gradient of float noise alone (the two halves of a pair cancel), and
+    AdamW, which divides by that gradient's own running size, turns the noise into full learning-rate steps
+    — two otherwise identical runs then differ by a random constant in `.score()`. We follow OpenRLHF, whose
+    reward model's `value_head` is `nn.Linear(hidden_size, 1, bias=False)`, and transformers' decoder
+    classifiers that TRL's RewardTrainer trains (`score = nn.Linear(..., bias=False)`); TRL keeps the bias of
+    an encoder's classifier and trains it, which is the drift above. Zero rather than a dropped bias keeps
+    the saved head's format (`SequenceClassifier`) as every classifier folder has it. Call it after
+    whatever sets `requires_grad` (`trainable.apply`, `get_peft_model`): a PEFT `modules_to_save` copy of
+    the head is a Linear of its own, fixed likewise."""
+    fixed = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == 1 and module.bias is not None and \
+                "head" in name.split("."):
+            with torch.no_grad():
+                module.bias.zero_()
+            module.bias.requires_grad_(False)
+            fixed += 1
+    return fixed
+
+
 def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     """−log σ(r_c − r_r), averaged over pairs."""
     return -nn.functional.logsigmoid(chosen.float() - rejected.float()).mean()

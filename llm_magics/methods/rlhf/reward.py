@@ -13,7 +13,7 @@ from ...engine.rng import seeded
 from ...engine.training import TrainConfig, TrainLoop
 from ...models import hold, load_model, resolve, trainable
 from ...models.classifier import SequenceClassifier
-from ...rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, save_folder
+from ...rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, fix_score_bias, save_folder
 from ...training import describe_run, plot_history
 from .common import preference_data
 from .launch import for_the_kernel
@@ -43,7 +43,10 @@ def train_reward(o: RewardOptions, ctx) -> RewardResult:
     task = PairTask(data, loaded.tokenizer, o.max_length, device)
     peft = None
     if o.train in ("full", "head"):
-        plan = trainable.apply(model, "all" if o.train == "full" else "head")
+        notes = trainable.apply(model, "all" if o.train == "full" else "head").notes
+        fix_score_bias(model)   # BT cannot see a constant offset: the head's bias stays zero (rlhf/reward.py)
+        plan = trainable.report(model, f"--train {'all' if o.train == 'full' else 'head'}")
+        plan.notes += notes
     else:
         from peft import get_peft_model
 
@@ -55,6 +58,7 @@ def train_reward(o: RewardOptions, ctx) -> RewardResult:
         config = build_config(spec, model, None, steps, source.path, modules_to_save=["head"])
         with seeded(o.seed):  # the adapter's initialisation, likewise
             peft = get_peft_model(model, config)
+        fix_score_bias(peft)   # the head's trained copy (modules_to_save) included
         plan = trainable.report(peft, f"{o.train} r={o.r}")
     describe_run(ctx, progress, plan)
     config = TrainConfig(epochs=o.epochs, lr=o.peak_lr(), batch_size=o.batch_size, grad_accum=o.grad_accum,
