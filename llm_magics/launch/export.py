@@ -13,6 +13,15 @@ The data comes from the run's launch folder when it ran with `--devices`, else
 from what its options name: a file (copied), a dataset name (kept), or a notebook
 variable that still exists (written as Parquet). A run that got its data as a
 Python object through the API has nothing to name it by, and is refused.
+
+`%rlhf` runs are recorded as "rlhf reward", "rlhf dpo", …: the job re-runs that
+subcommand. `reward` and `dpo|kto|orpo` carry their preference pairs (train,
+validation, test as the run was given them; the seed splits the rest alike) and
+launch like `%finetune`. `ppo|grpo|rloo` run in one process (`python train.py`,
+no launcher config) and are exported when their reward is a saved reward model,
+whose folder is copied into the job (`reward_model/`) with the prompts as Parquet;
+a Python callable reward cannot travel, and is refused in one line, as are `eval`
+(it trains nothing) and `collect` (it needs a person).
 """
 from __future__ import annotations
 
@@ -28,6 +37,21 @@ from .job import JOB
 from .spec import DATA_FIELDS, write_data
 
 DROPPED = ("out", "bg", "resume")
+# The %rlhf commands a job cannot re-run, and why (one line each). `reward` and `dpo|kto|orpo` train on
+# preference pairs, which a job carries as files; `ppo|grpo|rloo` go when their reward is a saved reward model
+# (its folder travels with the job), not when it is a Python callable (`_online`).
+REFUSED = {
+    "rlhf eval": "%rlhf eval runs score a policy and train nothing; export takes training runs (%finetune, "
+                 "%lora, %rlhf reward, dpo, kto, orpo, and ppo, grpo, rloo against a reward model)",
+    "rlhf collect": "%rlhf collect asks a person in a widget, which a shell job cannot; export takes training runs",
+}
+ONLINE = ("rlhf ppo", "rlhf grpo", "rlhf rloo")   # one process each: the job runs `python train.py`
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    """A run record's method ("finetune", "rlhf dpo") as (the registered method, its subcommand or None)."""
+    name, _, word = method.partition(" ")
+    return name, word or None
 
 
 @dataclass
@@ -100,6 +124,23 @@ Original metrics: {metrics}
 """
 
 
+README_ONE = """# {method} run {run_id}, exported
+
+Reproduces the recorded run (same options, prompts, reward model and seed: `job.json`; the prompts and the reward
+model's folder are in this folder). Needs `pip install llm-magics` (the version that recorded it: {version}).
+
+```
+python train.py
+```
+
+{method} runs in one process (rollouts and updates on one device): the job takes no multi-process launcher. The
+Result is recorded in this machine's run store (`$LLM_MAGICS_HOME/runs.sqlite`, by default
+`~/.cache/llm_magics/runs.sqlite`), where `%llm compare` shows it beside the notebook's runs.
+
+Original metrics: {metrics}
+"""
+
+
 def export(run_id: str, path: str | Path, namespace: dict | None = None) -> Path:
     from .. import __version__ as version
     from ..registry import registry
@@ -109,8 +150,16 @@ def export(run_id: str, path: str | Path, namespace: dict | None = None) -> Path
     if record is None:
         raise UsageError(f"%llm export: no recorded run {run_id!r} (%llm runs lists them)")
     method = record["method"]
-    cls = registry().load(method)
-    names = {f for f in getattr(cls.main_command().options, "__dataclass_fields__", {})}
+    name, word = split_method(method)
+    cls = registry().load(name)
+    command = cls.command(word)
+    if command is None:
+        raise UsageError(f"%llm export: run {run_id} was recorded by %{name} {word}, which this version of "
+                         f"llm-magics does not have")
+    refusal = REFUSED.get(method)
+    if refusal:
+        raise UsageError(f"%llm export: {refusal}")
+    names = {f for f in getattr(command.options, "__dataclass_fields__", {})}
     if "devices" not in names:
         raise UsageError(f"%llm export: {method} runs do not train (export takes %finetune, %lora and other "
                          "training runs)")
@@ -120,12 +169,22 @@ def export(run_id: str, path: str | Path, namespace: dict | None = None) -> Path
     target.mkdir(parents=True, exist_ok=True)
     try:
         options = {k: v for k, v in record["options"].items() if k in names and k not in DROPPED}
-        data_files = _data(run_id, options, namespace or {}, target)
+        if method in ONLINE:
+            data_files = _online(run_id, method, options, namespace or {}, target)
+        else:
+            data_files = _data(run_id, options, namespace or {}, target)
         (target / JOB).write_text(json.dumps({"method": method, "run_id": run_id, "options": options,
                                               "data_files": data_files}, indent=1))
         devices = max(int(options.get("devices") or 1), 1)
-        (target / "train.py").write_text(TRAIN_PY.format(method=method, run_id=run_id, devices=devices))
+        script = TRAIN_PY.format(method=method, run_id=run_id, devices=devices)
+        if not command.launchable:
+            script = "".join(line for line in script.splitlines(keepends=True) if "torchrun" not in line)
+        (target / "train.py").write_text(script)
         (target / "train.py").chmod(0o755)
+        if not command.launchable:   # one process: no launcher config, a README that says so
+            (target / "README.md").write_text(README_ONE.format(method=method, run_id=run_id, version=version,
+                                                                metrics=_metrics_line(record)))
+            return target
         strategy = options.get("strategy") if options.get("strategy") not in (None, "auto") else "ddp"
         wrap = _wrap_classes(run_id, options) if strategy == "fsdp" else []
         nodes = max(int(options.get("nodes") or 1), 1)
@@ -133,8 +192,7 @@ def export(run_id: str, path: str | Path, namespace: dict | None = None) -> Path
                                 node_rank=int(options.get("node_rank") or 0), master_addr=options.get("master_addr"),
                                 wrap=wrap, grad_accum=int(options.get("grad_accum") or 1),
                                 max_grad_norm=options.get("max_grad_norm"))
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in (record.get("metrics") or {}).items())
+        metrics = _metrics_line(record)
         wrap_line = f", wrapping each {', '.join(wrap)}" if wrap else ""
         (target / "README.md").write_text(README.format(method=method, run_id=run_id, devices=devices,
                                                         batch_size=options.get("batch_size"), metrics=metrics,
@@ -144,6 +202,56 @@ def export(run_id: str, path: str | Path, namespace: dict | None = None) -> Path
         shutil.rmtree(target, ignore_errors=True)
         raise
     return target
+
+
+def _metrics_line(record: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in (record.get("metrics") or {}).items())
+
+
+def _online(run_id: str, method: str, options: dict, namespace: dict, target: Path) -> dict[str, str]:
+    """`%rlhf ppo|grpo|rloo`: the reward model's folder copied into the job (`reward_model/`), the prompts as a
+    Parquet file or a copy of their file; a Python callable reward is refused (nothing can carry it)."""
+    from ..rlhf.reward import RewardResult, load_reward
+    word = method.split()[1]
+    value = options.get("reward")
+    obj = namespace.get(value) if isinstance(value, str) and value.isidentifier() else None
+    if isinstance(obj, RewardResult):   # callable too (its .score): asked first
+        folder = obj._folder or obj.artifacts.get("reward_model")
+    elif obj is not None or not isinstance(value, str) or value.startswith("<"):
+        raise UsageError(f"%llm export: run {run_id}'s --reward is a Python callable ({value}), which a job "
+                         f"cannot carry; export takes %rlhf {word} runs whose reward is a %rlhf reward model, "
+                         f"or run it from a script with llm_magics.api.rlhf.{word}(...)")
+    else:
+        try:
+            folder = load_reward(value)._folder   # a run id or a folder
+        except UsageError:
+            folder = None
+    if not folder or not Path(folder).is_dir():
+        raise UsageError(f"%llm export: run {run_id}'s --reward {value!r} is no longer a variable, reward-model "
+                         "run or folder here; export it from the session that ran it")
+    written = {"reward": "reward_model"}
+    shutil.copytree(folder, target / "reward_model")
+    options["reward"] = None
+    prompts = options.get("prompts")
+    if isinstance(prompts, str) and prompts.startswith("<") and prompts.endswith(">"):
+        raise UsageError(f"%llm export: run {run_id} got --prompts as a Python object ({prompts}), which was not "
+                         "kept; run it again with the prompts in a notebook variable or a file, then export")
+    if isinstance(prompts, str) and prompts.isidentifier() and prompts in namespace:
+        import pandas as pd
+
+        from ..rlhf.policy import load_prompts
+        frame = pd.DataFrame({"prompt": load_prompts(prompts, options.get("prompt_column"), namespace)})
+        frame.to_parquet(target / "prompts.parquet", index=False)
+        written["prompts"], options["prompts"], options["prompt_column"] = "prompts.parquet", None, None
+    elif isinstance(prompts, str) and Path(prompts).expanduser().is_file():
+        file = Path(prompts).expanduser()
+        shutil.copy2(file, target / file.name)
+        written["prompts"], options["prompts"] = file.name, None
+    elif isinstance(prompts, str) and prompts.isidentifier():   # a variable gone (a dataset name with / is kept)
+        raise UsageError(f"%llm export: run {run_id}'s --prompts {prompts!r} is no longer a variable or a file "
+                         "here; export it from the session that ran it")
+    return written
 
 
 def _data(run_id: str, options: dict, namespace: dict, target: Path) -> dict[str, str]:
@@ -194,7 +302,7 @@ def _wrap_classes(run_id: str, options: dict) -> list[str]:
     if written.exists():
         return list(json.loads(written.read_text()).get("wrap") or [])
     try:
-        source = resolve(options.get("model"))
+        source = resolve(options.get("model") or options.get("policy"))
     except UsageError:
         return []
     return wrap_classes(source.path) if source.local else []

@@ -1,12 +1,13 @@
 """An exported job's entry point (`train.py` of `%llm export` calls `main`).
 
+The job names the method as its run record does ("finetune", or "rlhf dpo": `%rlhf`'s subcommand `dpo`).
 `python train.py` runs the method in one process; `torchrun --nproc-per-node N
 train.py` (one node) or `torchrun --nnodes M --node-rank R --master-addr HOST
 --master-port PORT --nproc-per-node N train.py` (several) runs it on the engine's
 `DistributedTrainLoop`, exactly as `--devices` does from a notebook. Either way
 the Result is recorded in the run store of this machine's llm-magics home
 (LLM_MAGICS_HOME, or ~/.cache/llm_magics), where `%llm compare` shows it beside
-the notebook's runs.
+the notebook's runs. A command that runs in one process (`%rlhf ppo|grpo|rloo`) refuses torchrun in one line.
 """
 from __future__ import annotations
 
@@ -40,26 +41,50 @@ def main(folder: str | Path) -> int:
     folder = Path(folder).resolve()
     job, values = job_values(folder)
     from .. import settings
+    from .export import split_method
     settings.reset()
+    name, word = split_method(job["method"])   # "rlhf dpo": the method and its subcommand
+    from ..errors import UsageError
+    from ..registry import registry
+    cls = registry().load(name)
+    command = cls.command(word)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not command.launchable:
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"UsageError: {job['method']} runs in one process: run `python train.py` (README.md)",
+                  file=sys.stderr, flush=True)
+        return 3
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        from ..runner import build_options, execute
-        from ..registry import registry
-        values.update(devices=1, nodes=1)
-        options = build_options(registry().load(job["method"]), None, values)
-        result = execute(job["method"], None, options, progress_mode="text")
+        import types
+
+        from ..runner import RunContext, _run, build_options, new_run_id
+        fields = getattr(command.options, "__dataclass_fields__", {})
+        values.update({k: 1 for k in ("devices", "nodes") if k in fields})
+        handler = getattr(cls(), command.handler)
+
+        def marked(method, o, ctx):   # the record names the job folder, as a launched job's does
+            result = handler(o, ctx)
+            if getattr(result, "artifacts", None) is not None:
+                result.artifacts["job"] = str(folder)
+            return result
+        try:
+            options = build_options(cls, word, values)
+            ctx = RunContext(new_run_id(name), name, settings.current(), {}, "text")
+            result = _run(types.MethodType(marked, handler.__self__), command, options, ctx)
+        except UsageError as exc:
+            print(f"UsageError: {exc}", file=sys.stderr, flush=True)
+            return 3
         print(result)
         return 0
     os.environ["LLM_MAGICS_WORKER"] = "1"
-    from ..errors import UsageError
     from ..progress import make_progress
     from ..runner import finish
     from .worker import run_rank, shutdown
     started = time.perf_counter()
-    run_id = _run_id(job["method"])
+    run_id = _run_id(name)
     try:
         rank = int(os.environ.get("RANK", 0))
         sinks = make_progress(run_id, job["method"], "text").sinks if rank == 0 else None
-        rank, result, options, ctx, peak = run_rank(job["method"], None, values, run_id, None, sinks)
+        rank, result, options, ctx, peak = run_rank(name, word, values, run_id, None, sinks)
         if result is not None:
             world = int(os.environ["WORLD_SIZE"])
             strategy = getattr(options, "strategy", "ddp")
