@@ -1,6 +1,7 @@
 """%rlhf on the embedded models (CI-sized): reward model on synthetic SST-2 pairs, DPO with LoRA on smollm2."""
 import csv
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -22,46 +23,69 @@ def sst2_pairs(n: int, seed: int = 0, min_words: int = 8) -> pd.DataFrame:
                          "rejected": [" " + x for x in neg]})
 
 
-def whole_sentence_pairs(n: int, seed: int = 0) -> pd.DataFrame:
-    """The positive review over the negative one, from SST-2's whole sentences only.
+def clear_reviews(agreement: float = 0.8) -> pd.DataFrame:
+    """SST-2 train's whole review sentences whose own labelled sub-phrases agree with their label.
 
     SST-2 train is phrase-level: besides each review sentence it holds its sub-phrases, each labelled on its
-    own ("to appeal to women looking for a howlingly trashy time": positive; "resurrecting performers who
-    rarely work in movies now ...": positive). Pairs of such fragments capped MiniLM at 0.89–0.905: about half
-    of the misranked held-out pairs had a fragment whose label the text does not decide. A whole sentence is
-    a phrase that is neither a prefix nor a suffix of another one (parse-tree constituents are), starting
-    with a word and ending with . ! or ? — 5,370 of SST-2 train's phrases of 8+ words."""
+    own. A whole sentence is a phrase that is neither a prefix nor a suffix of another one (parse-tree
+    constituents are), starting with a word and ending with . ! or ?: 5,370 of the phrases of 8+ words. A clear
+    one is a whole sentence whose sub-phrases of 3+ words found in SST-2 (word-weighted) carry its own label at
+    least `agreement` of the time: at 0.8, 4,166 of the 5,370 (2,285 positive). What that drops are mostly mixed
+    and sarcastic reviews, whose sub-phrases say the opposite of the whole ("it must be the end of the world : the
+    best film so far this year is a franchise sequel starring wesley snipes", positive)."""
     import bisect
     root = need_sst2()
     frame = pd.read_csv(root / "train.tsv", sep="\t", quoting=csv.QUOTE_NONE)
     frame = frame.assign(sentence=frame.sentence.str.strip()).drop_duplicates("sentence")
-    text = sorted(frame.sentence)
+    label = dict(zip(frame.sentence, frame.label))
+    text = sorted(label)
     backwards = sorted(t[::-1] for t in text)
 
     def extended(ordered, phrase):   # another phrase starts with this one + a space
         i = bisect.bisect_left(ordered, phrase + " ")
         return i < len(ordered) and ordered[i].startswith(phrase + " ")
-    whole = {t for t in text if len(t.split()) >= 8 and t[0].isalnum() and t[-1] in ".!?"
-             and not extended(text, t) and not extended(backwards, t[::-1])}
-    frame = frame[frame.sentence.isin(whole)]
-    pos = frame[frame.label == 1].sample(n, random_state=seed).sentence.tolist()
-    neg = frame[frame.label == 0].sample(n, random_state=seed).sentence.tolist()
-    return pd.DataFrame({"prompt": ["Review:"] * n, "chosen": [" " + p for p in pos],
-                         "rejected": [" " + x for x in neg]})
+
+    def agrees(sentence):
+        words, same, total = sentence.split(), 0, 0
+        for i in range(len(words)):
+            for j in range(i + 3, len(words) + (i > 0)):   # every sub-phrase of 3+ words but the sentence
+                sub = label.get(" ".join(words[i:j]))
+                if sub is not None:
+                    total += j - i
+                    same += (j - i) * (sub == label[sentence])
+        return total == 0 or same >= agreement * total
+    whole = [t for t in text if len(t.split()) >= 8 and t[0].isalnum() and t[-1] in ".!?"
+             and not extended(text, t) and not extended(backwards, t[::-1])]
+    clear = [t for t in whole if agrees(t)]
+    return pd.DataFrame({"sentence": clear, "label": [label[t] for t in clear]})
+
+
+def review_pairs(reviews: pd.DataFrame, n_train: int, n_test: int, seed: int = 0):
+    """(train, held-out) pairs, the positive review over the negative one; no sentence is in both."""
+    rng = np.random.default_rng(seed)
+    pos = rng.permutation(reviews[reviews.label == 1].sentence.to_numpy())
+    neg = rng.permutation(reviews[reviews.label == 0].sentence.to_numpy())
+
+    def pairs(chosen, rejected):
+        return pd.DataFrame({"prompt": "Review:", "chosen": [" " + c for c in chosen],
+                             "rejected": [" " + r for r in rejected]})
+    train_pos, train_neg = pos[n_test:], neg[n_test:]   # reused across pairs when n_train is larger
+    train = pairs(train_pos[np.arange(n_train) % len(train_pos)], rng.choice(train_neg, n_train))
+    return train, pairs(pos[:n_test], neg[:n_test])
 
 
 def test_minilm_reward_model_ranks_positive_reviews_first():
-    # Held-out pair accuracy measured with MiniLM (full, bf16 autocast, 300 held-out pairs, ±0.014 standard
-    # error), lr 1e-4 unless said: fragments (≥ 8 words) 720 pairs × 2 epochs at lr 2e-4 fp32 (the old test):
-    # 0.89–0.905; 1,800 × 1: 0.940; 2,700 × 1: 0.940 — a ceiling, not too few steps. Whole sentences: 900 × 2:
-    # 0.923; 2,025 × 1 (this test): 0.937, 0.940 with eager attention; lr 2e-4: 0.927. Issue 11 asks ≥ 0.95:
-    # not reached with MiniLM at a CI size; the misranked whole-sentence pairs are mostly sarcasm and mixed
-    # reviews ("it must be the end of the world : the best film so far this year is a franchise sequel
-    # starring wesley snipes", positive).
-    pairs = whole_sentence_pairs(2550)
-    result = api.rlhf.reward(model="minilm", data=pairs.iloc[:2250], test=pairs.iloc[2250:], train="full", lr=1e-4,
-                             epochs=1, batch_size=16, max_length=64, dtype="bfloat16")
-    assert result.metrics["test_accuracy"] >= 0.92, result.metrics
+    # Issue 11: a clearly learnable synthetic preference set reaches ≥ 0.95 held-out pair accuracy. MiniLM (full,
+    # bf16 autocast, 1 epoch, lr 1e-4), 300 held-out pairs (±0.012 standard error), measured here:
+    #   fragments (≥ 8 words, SST-2's phrase-level labels) 1,800 pairs: 0.940; 2,700: 0.940 — a ceiling;
+    #   whole sentences 2,025 pairs: 0.937–0.940 — the misranked pairs mostly mixed or sarcastic reviews;
+    #   clear whole sentences (clear_reviews, agreement 0.8), per review_pairs seed 0 / 1 / 2:
+    #     1,800 pairs × 1 epoch: 0.933 / 0.970 / –;  × 2 epochs: 0.957;  (agreement 0.9: 0.940 / 0.950)
+    #     3,600 pairs × 1 epoch (this test, ~70 s): 0.960 / 0.970 / 0.957.
+    train, test = review_pairs(clear_reviews(0.8), n_train=3600, n_test=300)
+    result = api.rlhf.reward(model="minilm", data=train, test=test, train="full", lr=1e-4, epochs=1, batch_size=16,
+                             max_length=64, dtype="bfloat16")
+    assert result.metrics["test_accuracy"] >= 0.95, result.metrics
     assert result.metrics["test_margin"] > 1.0
     good, bad = result.score(["Review:"] * 2, [" a warm, funny and moving film .", " a dull , lifeless mess ."])
     assert good > bad
