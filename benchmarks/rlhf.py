@@ -6,6 +6,7 @@
                                               # (each variant in its own process)
     python benchmarks/rlhf.py --part ppo      # PPO rollout tokens/s vs a plain model.generate loop; our PPO vs TRL
                                               # RLOOTrainer: samples/s and peak memory (own processes)
+    python benchmarks/rlhf.py --part rollout  # the rollout comparison alone (interleaved rounds)
     python benchmarks/rlhf.py                 # all three
 
 Sizes default to the CI-sized figures of issue 11 (--pairs 1000 --held-out 300 --max-length 256 for the reward
@@ -222,7 +223,7 @@ def ppo_child(variant: str, args) -> dict:
             "settings": f"TRL RLOO defaults but fp32 (checkpointing {config.gradient_checkpointing})"}
 
 
-def bench_ppo(args) -> None:
+def bench_rollout(args) -> None:
     import numpy as np
     import torch
 
@@ -255,6 +256,10 @@ def bench_ppo(args) -> None:
     ours_rate, plain_rate = float(np.median(ours)), float(np.median(theirs))
     print(f"ppo rollout ({args.rounds} interleaved rounds, median): ours {ours_rate:.1f} new tokens/s, plain generate "
           f"{plain_rate:.1f} (ratio {ours_rate / plain_rate:.2f}×, goal ≥ 1.0×)")
+
+
+def bench_ppo(args) -> None:
+    bench_rollout(args)
     got = {variant: child(variant, args) for variant in PPO_VARIANTS}
     print(f"PPO vs RLOO on smollm2 + LoRA r8, {args.ppo_steps} steps × 8 samples of {args.new_tokens} new tokens, fp32")
     for variant, r in got.items():
@@ -265,7 +270,7 @@ def bench_ppo(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("reward", "dpo", "ppo", "all"), default="all")
+    parser.add_argument("--part", choices=("reward", "dpo", "ppo", "rollout", "all"), default="all")
     parser.add_argument("--pairs", type=int, default=1000)
     parser.add_argument("--held-out", type=int, default=300)
     parser.add_argument("--max-length", type=int, default=256)
@@ -294,8 +299,8 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(args.child, args)))
         return
     started = time.perf_counter()
-    for part, fn in (("reward", bench_reward), ("dpo", bench_dpo), ("ppo", bench_ppo)):
-        if args.part in (part, "all"):
+    for part, fn in (("reward", bench_reward), ("dpo", bench_dpo), ("ppo", bench_ppo), ("rollout", bench_rollout)):
+        if args.part == part or (args.part == "all" and part != "rollout"):
             fn(args)
     print(f"({time.perf_counter() - started:.0f} s)")
 

@@ -49,9 +49,3 @@ def launched(o) -> bool:
         return False
     return getattr(o, "devices", 1) > 1 or getattr(o, "nodes", 1) > 1
 
-
-def not_launchable(o, launchable: bool, what: str) -> None:
-    """Refuse --devices/--nodes where the command cannot take them (rather than run on one device)."""
-    if launched(o) and not launchable:
-        raise UsageError(f"{what} runs in one process for now: drop --devices/--nodes (they take %finetune, %lora "
-                         "and other training methods)")
