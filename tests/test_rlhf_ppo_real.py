@@ -13,8 +13,10 @@ pytestmark = pytest.mark.real_model
 
 # --stop-kl 0.1 bounds each step's move from the rollout policy; without it lr 1e-3 made the per-token KL to the
 # rollout policy reach hundreds of nats inside a step and the run swing (measured: step reward 0.86 then 0.66).
-SETTINGS = dict(method="lora", r=8, lr=1e-3, stop_kl=0.1, kl=0.05, max_new_tokens=16, batch_size=8, minibatch_size=4,
-                steps=12, seed=0)
+# 16 rollouts a step (2 minibatches of 8) and --kl 0.02: with 8 rollouts a step the step means swung by ±0.15 and
+# --kl 0.05 held the run near 0.7 (its penalty, 0.05 × ~4 nats, as large as what was left to gain).
+SETTINGS = dict(method="lora", r=8, lr=1.5e-3, stop_kl=0.1, kl=0.02, max_new_tokens=16, batch_size=16, minibatch_size=8,
+                steps=24, seed=0)
 
 
 def sst2(split: str) -> pd.DataFrame:
@@ -35,17 +37,15 @@ def test_ppo_with_lora_teaches_smollm2_to_continue_reviews_positively():
     openings = [" ".join(s.split()[:4]) for s in sst2("test").sentence.sample(64, random_state=0)]
     result = api.rlhf.ppo(policy="smollm2", reward=positive, prompts=openings, **SETTINGS)
     m, history = result.metrics, result.tables["history"]
-    assert m["steps"] == 12 and "nan_seen" not in m
+    assert m["steps"] == 24 and "nan_seen" not in m
     assert m["first_ratio_max_dev"] == 0.0 and m["first_kl_to_rollout"] == 0.0
     # KL to the reference (the base with the adapter disabled), stated and bounded.
-    assert 0 < m["kl_mean"] < 5 and m["kl_k3_mean"] >= 0, m
+    assert 0 < m["kl_mean"] < 10 and m["kl_k3_mean"] >= 0, m
     assert any(note.startswith("KL to the reference: mean") for note in result.notes)
-    # The positive probability of the sampled completions, first 3 steps against the last 3. Issue 11 asks a rise
-    # of 0.25; measured here (12 steps, ~110 s on the busy 2-core machine, OMP_NUM_THREADS=1): 0.542 -> 0.725
-    # (+0.183), KL mean 0.9 nats, last 1.55. On 32 held-out openings (%rlhf eval: one sample each from the policy and the reference) the gain does
-    # not show yet: 0.596 against the reference's 0.591 (another 32: 0.641 against 0.516). 16 steps at lr 1.5e-3:
-    # +0.211 in the run, none held out. 20 steps (~200 s, over this test's budget): the run plateaus near 0.7
-    # (last 3: 0.660), the held-out 32 reach 0.735 against 0.516 (+0.219) at KL 4.2 nats. So the assertion is
-    # what 12 steps reach, not the issue's 0.25.
-    assert m["reward_gain"] >= 0.15, history[["reward", "kl"]].round(3).to_dict("list")
+    # The positive probability of the sampled completions, first 3 steps against the last 3: issue 11 asks a rise
+    # of ≥ 0.25. Measured here (OMP_NUM_THREADS=1, five jobs sharing the 2 cores, ~470 s; seed 0 / 1):
+    #   these settings, 24 steps: 0.46 → 0.89 (+0.43, KL mean 7.9 nats) / 0.53 → 0.87 (+0.34, KL mean 4.9);
+    #   the same at 16 steps: +0.29 / +0.17; 12 steps at lr 2e-3: +0.27 / +0.16;
+    #   the old settings (8 rollouts a step, lr 1e-3, --kl 0.05, 12 steps): +0.18, a 3,000-row probe +0.08.
+    assert m["reward_gain"] >= 0.25, history[["reward", "kl"]].round(3).to_dict("list")
     api.lora.unload(name=result.run_id)
