@@ -130,3 +130,22 @@ def test_a_dpo_lora_policy_is_a_normal_lora_adapter_afterwards(tiny_llama, separ
     api.lora.load(path=str(folder), name="dpo_again")
     np.testing.assert_allclose(logprobs("dpo_again")[0], tuned, atol=1e-4)
     api.lora.unload(name="dpo_again")
+
+
+def test_dpo_sft_weight_adds_the_chosen_answers_likelihood(tiny_llama, separable, store):
+    """--sft-weight (RPO): DPO's loss plus the chosen answers' NLL; the chosen answers gain probability where
+    plain DPO, same pairs and seed, lets them drift. KTO/ORPO refuse it in one line, before anything runs."""
+    _, pos, neg = separable
+    pairs = word_pairs(pos, neg, n=48)
+    shift = {}
+    for weight in (0.0, 1.0):
+        result = api.rlhf.dpo(policy=str(tiny_llama), data=pairs, test=pairs.iloc[:16], method="lora", lr=5e-3,
+                              steps=6, batch_size=8, sft_weight=weight)
+        shift[weight] = result.metrics["test_chosen_shift"]
+        api.lora.unload(name=result.adapter)
+    assert shift[1.0] > shift[0.0] + 0.1, shift
+    runs = len(store.list())
+    for kind in ("kto", "orpo"):
+        with pytest.raises(UsageError, match=f"--sft-weight is a DPO option .RPO.; %rlhf {kind} has no such term"):
+            getattr(api.rlhf, kind)(policy=str(tiny_llama), data=pairs, sft_weight=1.0)
+    assert len(store.list()) == runs

@@ -178,7 +178,10 @@ def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config
         # The pairs are ordered by length for that pass (it reads them in order: little padding in its
         # batches); training still draws them in a seeded random order.
         config = _config(DPOConfig, {**values, "truncation_mode": "keep_end", "precompute_ref_log_probs": True,
-                                     "precompute_ref_batch_size": max(16, o.batch_size)})
+                                     "precompute_ref_batch_size": max(16, o.batch_size),
+                                     # RPO (Pang et al. 2024): DPO's loss plus the chosen answer's NLL
+                                     **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, o.sft_weight]}
+                                        if getattr(o, "sft_weight", 0) else {})})
         frame = data.train
         longest = frame["prompt"].str.len() + np.maximum(frame["chosen"].str.len(), frame["rejected"].str.len())
         frame = frame.iloc[np.argsort(longest.to_numpy(), kind="stable")]

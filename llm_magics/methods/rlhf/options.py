@@ -135,6 +135,9 @@ class DpoOptions(PreferenceOptions, RunOptions, TrainingOptions):
     method: str = option("full", "what trains: full, or a PEFT tuner (lora, dora, …): the reference is then the "
                                  "base with the adapter disabled", check=_policy_method, metavar="WHAT")
     beta: float = option(0.1, "DPO's β: how far the policy may move from the reference", check=positive)
+    sft_weight: float = option(0.0, "dpo: weight of a log-likelihood term on the chosen answers beside DPO's loss "
+                                    "(RPO; TRL's loss_type sigmoid + sft): keeps the chosen answers from losing "
+                                    "probability as DPO pushes the pair apart. 0: plain DPO", check=opts.non_negative)
     steps: int | None = option(None, "optimizer steps (default: --epochs over the pairs)", check=positive)
     epochs: int = option(1, "passes over the training pairs", check=positive)
     batch_size: int = option(4, "pairs per batch", check=positive)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ...errors import UsageError
 from ...models import hold, resolve, trainable
 from ...training import describe_run
 from .common import load_policy, policy_adapter_config, preference_data
@@ -26,6 +27,8 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     from ...rlhf.policy import PreferenceResult
     from ...launch import launched
     from .launch import rank, world
+    if kind != "dpo" and o.sft_weight:
+        raise UsageError(f"--sft-weight is a DPO option (RPO); %rlhf {kind} has no such term: drop it or use dpo")
     if launched(o):   # --devices/--nodes above 1: torchrun workers run this same function (launch.py)
         from .launch import launch_trl
         return launch_trl(kind, o, ctx,
