@@ -12,17 +12,6 @@ from conftest import need_sst2
 pytestmark = pytest.mark.real_model
 
 
-def sst2_pairs(n: int, seed: int = 0, min_words: int = 8) -> pd.DataFrame:
-    """The positive review over the negative one: a clearly learnable preference set."""
-    root = need_sst2()
-    frame = pd.read_csv(root / "train.tsv", sep="\t", quoting=csv.QUOTE_NONE)
-    frame = frame[frame.sentence.str.split().str.len() >= min_words]
-    pos = frame[frame.label == 1].sample(n, random_state=seed).sentence.tolist()
-    neg = frame[frame.label == 0].sample(n, random_state=seed).sentence.tolist()
-    return pd.DataFrame({"prompt": ["Review:"] * n, "chosen": [" " + p for p in pos],
-                         "rejected": [" " + x for x in neg]})
-
-
 def clear_reviews(agreement: float = 0.8) -> pd.DataFrame:
     """SST-2 train's whole review sentences whose own labelled sub-phrases agree with their label.
 
@@ -92,23 +81,28 @@ def test_minilm_reward_model_ranks_positive_reviews_first():
 
 
 def test_dpo_lora_on_smollm2_prefers_the_positive_review():
-    # Issue 11's size: 24 steps at batch 4 (96 training pairs, each seen once), ≤ 128 tokens, 64 held-out pairs.
-    # Held-out implicit-reward accuracy per step (lr 1e-3, prompt below), measured on this machine:
-    #   β 0.1: 12 steps 0.66, 24 steps 0.77 (a 36-step run: 0.58 / 0.69 / 0.75 / 0.80 / 0.77 / 0.77 at 6…36);
-    #          the policy drifts from the reference on every review (chosen −3.6, rejected −8.4 nats at 24
-    #          steps), and that drift's spread across pairs hides the sentiment signal although the mean
-    #          margin rises. With the bare "Review:" prompt it stayed near chance (0.53 at 12 steps).
-    #   β 0.5: 12 steps 0.69, 24 steps 0.84 — the policy stays nearer the reference (chosen +0.5, rejected −3.0).
-    #          This very call (pairs read in another order, answers scored with their EOS): 0.734, margin
-    #          +1.89, chosen shift +2.88 vs rejected −0.90 (1,495 s on the busy machine).
-    # The prompt states the preference, as a preference set does: the LoRA amplifies an instruction the model
-    # already reads instead of learning sentiment from 96 unrelated pairs. Issue 11 asks ≥ 0.8: reached in one
-    # order of the same 96 pairs, not in another — 96 pairs are too few for it to hold; asserted is what holds.
-    pairs = sst2_pairs(96 + 64, seed=1).assign(prompt="Write a positive movie review:")
+    # Issue 11's size: 24 steps at batch 4 (96 training pairs, each seen once), ≤ 128 tokens, 64 held-out pairs
+    # (±0.05 standard error on an accuracy near 0.8). Held-out implicit-reward accuracy, lr 1e-3, β 0.5, the
+    # prompt below, measured on this machine for three draws of the pairs (seed 1 / 2 / 3):
+    #   SST-2 fragments (≥ 8 words): 0.73, another order 0.84; clear whole sentences (clear_reviews): 0.70 / 0.83;
+    #   clear sentences of ≤ 16 words: 0.86 / 0.63 / 0.92 — mean 0.80, the spread from how far every answer
+    #     drifts (seed 2: chosen −5.4, rejected −9.3 nats; the pairs' sums of that drift swamp the sentiment);
+    #   the same with --sft-weight 1 (RPO: the chosen answers' NLL beside DPO's loss): 0.78 / 0.80 / 0.83;
+    #   --sft-weight 0.2 (this test): 0.81 / 0.78 / 0.91 — mean 0.83. Issue 11 asks ≥ 0.8: met on average and on
+    #     2 of 3 draws, not on every one at 64 held-out pairs; asserted is 0.75, below every draw measured.
+    # β 0.1 drifted further (chosen −3.6, rejected −8.4 nats at 24 steps); a bare "Review:" prompt stayed near
+    # chance. The prompt states the preference, as a preference set does.
+    reviews = clear_reviews(0.8)
+    short = reviews[reviews.sentence.str.split().str.len() <= 16]
+    pos = short[short.label == 1].sample(160, random_state=1).sentence
+    neg = short[short.label == 0].sample(160, random_state=1).sentence
+    pairs = pd.DataFrame({"prompt": "Write a positive movie review:", "chosen": [" " + p for p in pos],
+                          "rejected": [" " + n for n in neg]})
+    # validation: shown in the live view only (TRL's eval loss); nothing is selected on it
     result = api.rlhf.dpo(policy="smollm2", data=pairs.iloc[:96], test=pairs.iloc[96:], validation=pairs.iloc[96:100],
-                          method="lora", steps=24, batch_size=4, max_length=128, lr=1e-3, beta=0.5)
+                          method="lora", steps=24, batch_size=4, max_length=128, lr=1e-3, beta=0.5, sft_weight=0.2)
     m = result.metrics
     assert m["test_margin_before"] == 0.0 and m["test_accuracy_before"] == 0.0, m   # the policy starts as its reference
     assert m["test_margin"] > 0 and m["test_chosen_shift"] > m["test_rejected_shift"], m
-    assert m["test_accuracy"] >= 0.65, m    # chance is 0.5; before training 0 (every margin is exactly 0)
+    assert m["test_accuracy"] >= 0.75, m    # chance is 0.5; before training 0 (every margin is exactly 0)
     api.lora.unload(name=result.adapter)
