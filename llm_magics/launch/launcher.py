@@ -210,8 +210,7 @@ class Launcher:
     def failure(self, rc: int) -> BaseException:
         """The one error a failed run raises: the user's mistake as it was, or a crash with the
         failing rank's log tail."""
-        error_file = self.folder / "error.json"
-        error = json.loads(error_file.read_text()) if error_file.exists() else None
+        error = _read_error(self.folder / "error.json")
         if error and error.get("type") == "UsageError":
             return UsageError(error["message"])
         rank, why = _failed_rank(tail(self.log_path, 200))
@@ -269,3 +268,12 @@ def _failed_rank(log: str) -> tuple[int | None, str]:
         if code is not None and code < 0 and code != -signal.SIGTERM:
             return rank, why
     return (failures[0][0], failures[0][1]) if failures else (None, "")
+
+
+def _read_error(path: Path) -> dict | None:
+    """A worker's error.json, or None when there is none or it is not whole (a rank killed mid-write)."""
+    try:
+        error = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return error if isinstance(error, dict) and {"type", "message"} <= error.keys() else None

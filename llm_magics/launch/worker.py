@@ -144,9 +144,16 @@ def shutdown() -> None:
 
 
 def _write_error(folder: Path, rank: int, kind: str, message: str) -> None:
-    path = folder / ERROR
-    if not path.exists():
-        path.write_text(json.dumps({"rank": rank, "type": kind, "message": message}))
+    """The first failing rank's error, whole or not at all: the launcher may read it at any moment (it
+    was seen reading an empty file), and another rank may be writing its own."""
+    path, staged = folder / ERROR, folder / f"{ERROR}.rank{rank}"
+    staged.write_text(json.dumps({"rank": rank, "type": kind, "message": message}))
+    try:
+        os.link(staged, path)   # atomic, and fails if a rank got there first
+    except FileExistsError:
+        pass
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
