@@ -11,7 +11,6 @@ Tolerances, the exported job against the notebook run it reproduces (tiny models
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 
@@ -23,6 +22,8 @@ from llm_magics import api
 from llm_magics.adapters import hub
 from llm_magics.errors import UsageError
 
+from test_rlhf_launch import bert, llama  # noqa: F401  (the dropout-free tiny models, as fixtures)
+
 TOLERANCE = 1e-4
 
 
@@ -30,27 +31,6 @@ def word_pairs(pos, neg, n, seed=0, lengths=(3, 6)):
     rng = random.Random(seed)
     make = lambda words: " " + " ".join(rng.choice(words) for _ in range(rng.randint(*lengths)))  # noqa: E731
     return pd.DataFrame([{"prompt": "Review:", "chosen": make(pos), "rejected": make(neg)} for _ in range(n)])
-
-
-def without_dropout(folder, tmp_path_factory, name):
-    target = tmp_path_factory.mktemp(name) / "model"
-    shutil.copytree(folder, target)
-    config = json.loads((target / "config.json").read_text())
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout"):
-        if key in config:
-            config[key] = 0.0
-    (target / "config.json").write_text(json.dumps(config))
-    return target
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_llama, tmp_path_factory):
-    return without_dropout(tiny_llama, tmp_path_factory, "tiny-llama-no-dropout")
-
-
-@pytest.fixture(scope="module")
-def bert(tiny_bert, tmp_path_factory):
-    return without_dropout(tiny_bert, tmp_path_factory, "tiny-bert-no-dropout")
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UsageError
-from .distributed import DistributedTrainLoop, _StateDict, _WholeOptimizer
+from .distributed import DistributedTrainLoop, _StateDict, _WholeOptimizer, mean_over_ranks
 from .training import TrainLoop
 
 ZERO_STAGE = {"deepspeed": 3, "deepspeed-zero2": 2}
@@ -157,11 +157,7 @@ class DeepSpeedTrainLoop(DistributedTrainLoop):
                 loss, tokens = self.task.loss(self.model, batch)
             self.engine.backward(loss * weight / self.grad_accum, scale_wrt_gas=False)
         self._micro += 1
-        rows = len(mine) if weight else 0
-        stats = torch.tensor([float(loss.detach()) * rows, float(tokens if weight else 0), float(rows)],
-                             dtype=torch.float64)
-        dist.all_reduce(stats)
-        return float(stats[0] / max(stats[2], 1)), int(stats[1])
+        return mean_over_ranks(loss, tokens if weight else 0, len(mine) if weight else 0)
 
     def _optimizer_step(self) -> None:
         self._agree_on_stop()

@@ -77,6 +77,14 @@ def broadcast_weights(model: torch.nn.Module) -> None:
             dist.broadcast(tensor.data, 0)
 
 
+def mean_over_ranks(loss: torch.Tensor, tokens: int, rows: int) -> tuple[float, int]:
+    """(the loss averaged over every rank's rows, the tokens summed): one all-reduce. A rank with no rows
+    in this micro-batch passes rows 0."""
+    stats = torch.tensor([float(loss.detach()) * rows, float(tokens), float(rows)], dtype=torch.float64)
+    dist.all_reduce(stats)
+    return float(stats[0] / max(stats[2], 1)), int(stats[1])
+
+
 def rank_slice(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
     """This rank's rows of a global batch (strided, so sizes differ by at most one)."""
     return np.asarray(indices)[rank::world]
@@ -114,11 +122,7 @@ class DistributedTrainLoop(TrainLoop):
                 loss, tokens = self.task.loss(self.model, batch)
             scaled = loss * weight / self.grad_accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        rows = len(mine) if weight else 0
-        stats = torch.tensor([float(loss.detach()) * rows, float(tokens if weight else 0), float(rows)],
-                             dtype=torch.float64)
-        dist.all_reduce(stats)
-        return float(stats[0] / max(stats[2], 1)), int(stats[1])
+        return mean_over_ranks(loss, tokens if weight else 0, len(mine) if weight else 0)
 
     def _optimizer_step(self) -> None:
         self._reduce_gradients()
