@@ -16,7 +16,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -28,7 +27,8 @@ else:
     deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'llm-magics[deepspeed]')")
 
 from test_launch_multiprocess import (TOLERANCE, bert_without_dropout, no_leftovers, run_processes,  # noqa: E402,F401
-                                      val_losses, wait_for)
+                                      assert_adapter_holds_trained_weights, stopped_one_process_run, val_losses,
+                                      wait_for)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -75,8 +75,6 @@ def test_zero3_finetune_follows_one_process_and_exports_for_accelerate(bert_with
 def test_an_adapter_saved_under_zero3_holds_the_trained_weights(tiny_llama, sft_rows):
     """The known failure elsewhere: a LoRA adapter saved from a ZeRO-3 model comes out empty. Gradient
     accumulation too (DeepSpeed's boundary is the loop's)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
     args = dict(model=str(tiny_llama), data=sft_rows, task="sft", lr=1e-2, dropout=0.0, epochs=2, batch_size=8,
                 grad_accum=2, eval_every=2, dtype="float32", seed=0)
     one = api.lora(name="one", **args)
@@ -84,27 +82,7 @@ def test_an_adapter_saved_under_zero3_holds_the_trained_weights(tiny_llama, sft_
     assert three.device == "cpu ×2 (deepspeed)"
     assert np.abs(val_losses(one) - val_losses(three)).max() < TOLERANCE, (val_losses(one), val_losses(three))
     assert val_losses(three)[-1] < val_losses(three)[0] - 0.1
-    folder = three.artifacts["adapter"]
-    saved = load_file(f"{folder}/adapter_model.safetensors")
-    lora_b = {name: t for name, t in saved.items() if "lora_B" in name}
-    assert lora_b and all(t.abs().sum() > 0 for t in lora_b.values())   # trained, not LoRA's zeros
-    best = load_file(f"{three.artifacts['best_checkpoint']}/trainable.safetensors")
-    best = {name.replace(".three.", "."): t for name, t in best.items()}
-    assert set(saved) == set(best)
-    for name, tensor in saved.items():
-        assert torch.equal(tensor, best[name]), name
-    fresh = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama)), folder).eval()
-    ids = torch.tensor([list(range(5, 17)), list(range(40, 52))])
-    with torch.no_grad():
-        loaded = fresh(input_ids=ids).logits
-        with fresh.disable_adapter():
-            untrained = fresh(input_ids=ids).logits
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama)),
-                                          one.artifacts["adapter"]).eval()
-    with torch.no_grad():
-        expected = reference(input_ids=ids).logits
-    assert (loaded - untrained).abs().max() > 0.05                      # the adapter changes the model
-    assert torch.allclose(loaded, expected, atol=0.01), (loaded - expected).abs().max()
+    assert_adapter_holds_trained_weights(three, one, "three", tiny_llama)
 
 
 def test_zero2_finetune_follows_one_process(bert_without_dropout, separable):
@@ -129,11 +107,7 @@ def test_stop_and_resume_cross_between_one_process_and_zero3(tiny_bert, separabl
     frame, _, _ = separable
     args = dict(model=str(tiny_bert), data=frame.head(200), train="all", lr=1e-3, epochs=3, batch_size=16,
                 dtype="float32")
-    handle = api.finetune(bg=True, **args)
-    wait_for(handle, 3)
-    handle.stop()
-    first = handle.result(timeout=60)
-    assert first.status == "stopped"
+    first = stopped_one_process_run(args)
     handle = api.finetune(resume=first.run_id, devices=2, strategy="deepspeed", bg=True, **args)
     wait_for(handle, first.metrics["steps"] + 2)
     handle.stop()

@@ -14,14 +14,13 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
 
 from llm_magics import api
 
 from test_launch_multiprocess import (TOLERANCE, bert_without_dropout, no_leftovers, run_processes,  # noqa: F401
-                                      val_losses, wait_for)
+                                      assert_adapter_holds_trained_weights, stopped_one_process_run, val_losses,
+                                      wait_for)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -66,8 +65,6 @@ def test_fsdp_finetune_follows_one_process(bert_without_dropout, separable, stor
 
 def test_an_adapter_saved_under_fsdp_holds_the_trained_weights(tiny_llama, sft_rows):
     """The known failure elsewhere: a LoRA adapter saved from a sharded model comes out empty."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
     args = dict(model=str(tiny_llama), data=sft_rows, task="sft", lr=1e-2, dropout=0.0, epochs=2, batch_size=8,
                 eval_every=3, dtype="float32", seed=0)
     one = api.lora(name="one", **args)
@@ -75,31 +72,7 @@ def test_an_adapter_saved_under_fsdp_holds_the_trained_weights(tiny_llama, sft_r
     assert two.device == "cpu ×2 (fsdp)" and "trained on 2 processes (fsdp)" in " ".join(two.notes)
     assert np.abs(val_losses(one) - val_losses(two)).max() < TOLERANCE, (val_losses(one), val_losses(two))
     assert val_losses(two)[-1] < val_losses(two)[0] - 0.1
-    folder = two.artifacts["adapter"]
-    saved = load_file(f"{folder}/adapter_model.safetensors")
-    lora_b = {name: t for name, t in saved.items() if "lora_B" in name}
-    assert lora_b and all(t.abs().sum() > 0 for t in lora_b.values())   # trained, not LoRA's zeros
-    # the adapter holds exactly the best weights rank 0 gathered from the shards
-    best = load_file(f"{two.artifacts['best_checkpoint']}/trainable.safetensors")
-    best = {name.replace(".two.", "."): t for name, t in best.items()}   # the adapter's name goes from the keys
-    assert set(saved) == set(best)
-    for name, tensor in saved.items():
-        assert torch.equal(tensor, best[name]), name
-    # loaded into a fresh base, it gives the logits of the one-process run's own trained model
-    fresh = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama)), folder).eval()
-    ids = torch.tensor([list(range(5, 17)), list(range(40, 52))])
-    with torch.no_grad():
-        loaded = fresh(input_ids=ids).logits
-        with fresh.disable_adapter():
-            untrained = fresh(input_ids=ids).logits
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama)),
-                                          one.artifacts["adapter"]).eval()
-    with torch.no_grad():
-        expected = reference(input_ids=ids).logits
-    assert (loaded - untrained).abs().max() > 0.05                      # the adapter changes the model
-    # 0.0012 apart at most (measured): the causal-LM loss is a mean over response tokens, and ranks'
-    # slices are weighted by rows, not tokens (as under DDP); an empty adapter would be 0.05+ away
-    assert torch.allclose(loaded, expected, atol=0.01), (loaded - expected).abs().max()
+    assert_adapter_holds_trained_weights(two, one, "two", tiny_llama)
 
 
 def test_stop_and_resume_cross_between_one_process_and_fsdp(tiny_bert, separable):
@@ -108,11 +81,7 @@ def test_stop_and_resume_cross_between_one_process_and_fsdp(tiny_bert, separable
     frame, _, _ = separable
     args = dict(model=str(tiny_bert), data=frame.head(200), train="all", lr=1e-3, epochs=3, batch_size=16,
                 dtype="float32")
-    handle = api.finetune(bg=True, **args)
-    wait_for(handle, 3)
-    handle.stop()
-    first = handle.result(timeout=60)
-    assert first.status == "stopped"
+    first = stopped_one_process_run(args)
     handle = api.finetune(resume=first.run_id, devices=2, strategy="fsdp", bg=True, **args)
     wait_for(handle, first.metrics["steps"] + 2)   # the view counts from the checkpoint's step, as the worker
     handle.stop()
