@@ -181,7 +181,7 @@ def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config
                                      "precompute_ref_batch_size": max(16, o.batch_size),
                                      # RPO (Pang et al. 2024): DPO's loss plus the chosen answer's NLL
                                      **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, o.sft_weight]}
-                                        if getattr(o, "sft_weight", 0) else {})})
+                                        if o.sft_weight else {})})
         frame = data.train
         longest = frame["prompt"].str.len() + np.maximum(frame["chosen"].str.len(), frame["rejected"].str.len())
         frame = frame.iloc[np.argsort(longest.to_numpy(), kind="stable")]
