@@ -17,6 +17,7 @@ import torch
 
 from ..engine.batching import collate
 from ..engine.device import eval_mode
+from .shared_prompt import IGNORE, fit_pair, pair_token_logprobs, shares_prompts, split_pairs
 
 try:
     from transformers import TrainerCallback
@@ -118,17 +119,54 @@ def sequence_logprobs(model, tokenizer, prompts: list[str], answers: list[str], 
     return np.asarray(out)
 
 
-def pair_logprobs(model, tokenizer, frame, max_length: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """log p(chosen | prompt) and log p(rejected | prompt) per held-out pair, each answer ending in EOS
-    as TRL's DPOTrainer trains it (plain-text pairs get the EOS appended there too)."""
+def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, max_length: int | None):
+    """(prompt, chosen, rejected) ids as TRL's DPOTrainer makes them (each answer ends in EOS and starts where
+    the tokenized prompt and prompt+answer diverge), cut to `max_length` with one prompt for both answers."""
+    eos = tokenizer.eos_token or ""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    joined = [tokenizer(prompt + (a if a.endswith(eos) else a + eos))["input_ids"] for a in (chosen, rejected)]
+    start = min(_common_prefix(prompt_ids, ids) for ids in joined)
+    return fit_pair(prompt_ids[:start], joined[0][start:], joined[1][start:], max_length)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def pair_logprobs(model, tokenizer, frame, max_length: int, batch: int = 8) -> tuple[np.ndarray, np.ndarray] | None:
+    """log p(chosen | prompt) and log p(rejected | prompt) per held-out pair, tokenized and cut as DPO trains
+    them (`tokenize_pair`), each pair one packed row (shared_prompt.py)."""
     if frame is None or not len(frame):
         return None
-    eos = tokenizer.eos_token or ""
-    prompts = frame["prompt"].fillna("").astype(str).tolist()
-    chosen = [a if a.endswith(eos) else a + eos for a in frame["chosen"].astype(str)]
-    rejected = [a if a.endswith(eos) else a + eos for a in frame["rejected"].astype(str)]
-    return (sequence_logprobs(model, tokenizer, prompts, chosen, max_length),
-            sequence_logprobs(model, tokenizer, prompts, rejected, max_length))
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    rows = [dict(zip(("prompt_ids", "chosen_ids", "rejected_ids"), tokenize_pair(tokenizer, p, c, r, max_length)))
+            for p, c, r in zip(frame["prompt"].fillna("").astype(str), frame["chosen"].astype(str),
+                               frame["rejected"].astype(str))]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collate_pairs = DataCollatorForPreference(pad_token_id=pad)
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    with eval_mode(model):
+        for start in range(0, len(rows), batch):
+            inputs = {k: v.to(device) for k, v in collate_pairs(rows[start:start + batch]).items()}
+            labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, IGNORE)
+            pairs = split_pairs(inputs["input_ids"], inputs["attention_mask"], labels)
+            per_token = pair_token_logprobs(causal_lm, pairs) if pairs is not None and shares_prompts(causal_lm) \
+                else None
+            if per_token is None:   # a prompt cut away entirely, a rescaling head, another attention kernel
+                logits = causal_lm(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+                per_token = torch.log_softmax(logits[:, :-1].float(), -1).gather(
+                    -1, labels[:, 1:].clamp(min=0)[..., None])[..., 0] * (labels[:, 1:] != IGNORE)
+            sums = per_token.sum(1).cpu().numpy()
+            half = len(sums) // 2
+            chosen.extend(sums[:half])
+            rejected.extend(sums[half:])
+    return np.asarray(chosen), np.asarray(rejected)
 
 
 def implicit_rewards(policy: tuple | None, reference: tuple | None, beta: float, prefix: str) -> dict[str, float]:
@@ -162,6 +200,43 @@ def shared_dataset(dataset, folder):
     return datasets.load_from_disk(str(folder))
 
 
+def shared_prompt_dpo_trainer():
+    """TRL's DPOTrainer with each pair's prompt run once per forward (shared_prompt.py): the pairs are cut to
+    one prompt for both answers when tokenized, and the fused-head forward TRL installs is routed through the
+    shared prompt pass, for the reference pass and for training alike."""
+    from trl import DPOTrainer
+
+    class SharedPromptDPOTrainer(DPOTrainer):
+        prompts_shared: bool | None = None
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            return dataset.map(_fit_row, fn_kwargs={"max_length": args.max_length})
+
+        def _precompute_ref_logps(self, *args, **kwargs):
+            self.share_prompts()
+            return super()._precompute_ref_logps(*args, **kwargs)
+
+        def share_prompts(self) -> bool:
+            """Install the shared prompt pass on the causal LM TRL gave its fused head (once). Not for WPO
+            weighting or MoE auxiliary losses, which need fields the shared pass does not compute."""
+            if self.prompts_shared is None:
+                from peft import PeftModel
+
+                from . import shared_prompt
+                causal_lm = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+                self.prompts_shared = not self.use_weighting and not self.aux_loss_enabled and \
+                    shared_prompt.install(causal_lm)
+            return self.prompts_shared
+    return SharedPromptDPOTrainer
+
+
+def _fit_row(example, max_length):
+    prompt, chosen, rejected = fit_pair(example["prompt_ids"], example["chosen_ids"], example["rejected_ids"],
+                                        max_length)
+    return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
+
+
 def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config, callback, common: dict,
                     shared=None):
     """The TRL trainer for `kind` (dpo, kto, orpo) on our normalised pairs. `shared`: on launched workers, the
@@ -171,7 +246,7 @@ def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config
     def train_set(dataset):
         return dataset if shared is None else shared_dataset(dataset, shared)
     if kind == "dpo":
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOConfig
         # The reference log-probs are computed once, before training, in batches of 16 (the policy with its
         # adapter disabled, or the policy itself before it moves when training everything): no reference
         # forward per step, and no second copy of the model with --method full.
@@ -185,8 +260,11 @@ def offline_trainer(kind: str, o, model, reference, data, tokenizer, peft_config
         frame = data.train
         longest = frame["prompt"].str.len() + np.maximum(frame["chosen"].str.len(), frame["rejected"].str.len())
         frame = frame.iloc[np.argsort(longest.to_numpy(), kind="stable")]
-        return DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=train_set(to_dataset(frame)),
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
+        trainer = shared_prompt_dpo_trainer()(model=model, ref_model=reference, args=config,
+                                              train_dataset=train_set(to_dataset(frame)), processing_class=tokenizer,
+                                              peft_config=peft_config, callbacks=[callback])
+        trainer.share_prompts()
+        return trainer
     if kind == "kto":
         import datasets
         from trl import KTOConfig, KTOTrainer
