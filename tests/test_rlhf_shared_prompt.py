@@ -1,5 +1,6 @@
 """DPO's shared prompt pass (llm_magics/rlhf/shared_prompt.py): the same log-probs, gradients and training
 losses as TRL's two whole sequences per pair, its truncation, and its fallbacks."""
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -118,7 +119,7 @@ def test_dpo_trains_the_same_with_the_shared_prompt_pass_as_with_trls(tiny_llama
         assert shared.metrics[key] == pytest.approx(plain.metrics[key], abs=1e-4), key
 
 
-def test_held_out_log_probs_are_the_whole_sequences_log_probs(tiny_llama):
+def test_held_out_log_probs_are_the_whole_sequences_log_probs(tiny_llama, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     from llm_magics.models import load_tokenizer, resolve
@@ -138,3 +139,7 @@ def test_held_out_log_probs_are_the_whole_sequences_log_probs(tiny_llama):
                 logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
             expected = logp[len(prompt) - 1:].gather(1, ids[0, len(prompt):, None]).sum().item()
             assert got == pytest.approx(expected, abs=1e-4)
+    # a model the packed rows cannot score (here: said so) is scored as whole sequences, to the same values
+    monkeypatch.setattr(shared_prompt, "shares_prompts", lambda model: False)
+    whole = pair_logprobs(model, tokenizer, frame, max_length=12)
+    np.testing.assert_allclose(np.stack(whole), np.stack((chosen, rejected)), atol=1e-4)

@@ -259,7 +259,6 @@ class PpoTrainer:
         if cfg.reward_norm:
             self.moments.update(scores)
             scores = (scores - self.moments.mean) / self.moments.std
-        device = policy.device
         ids, attention, prompt_len = roll.input_ids, roll.attention_mask, roll.prompt_len
         mask = roll.mask
         rows = np.arange(ids.shape[0])

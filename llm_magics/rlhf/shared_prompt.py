@@ -167,29 +167,36 @@ def packed_answers(model, packed: Packed, mask: torch.Tensor, fields=("log_probs
 @torch.no_grad()
 def pair_token_logprobs(model, pairs: Pairs) -> torch.Tensor | None:
     """log p of each answer token, in TRL's (2B, L-1) layout, from the packed rows; for scoring (no gradient).
-    `model`: a causal LM (a PEFT model's base, whose adapter layers act as they are set). None when its attention
-    kernel takes no custom mask."""
+    `model`: a causal LM (a PEFT model's base, whose adapter layers act as they are set). None where the packed
+    rows would not score it as it is (`shares_prompts`)."""
+    if not shares_prompts(model):
+        return None
     packed = pack(pairs)
-    mask = attention_mask(packed, model.config._attn_implementation, torch.float32)
-    return None if mask is None else packed_answers(model, packed, mask)["log_probs"]
+    return packed_answers(model, packed, attention_mask(packed, model.config._attn_implementation, torch.float32))[
+        "log_probs"]
 
 
 def shares_prompts(model) -> bool:
-    """Whether the shared path computes this model's logits as its own head does."""
+    """Whether the packed rows score this model as its own forward does: a plain head (no logit rescaling), an
+    attention kernel that takes a custom mask, and TRL's public chunked log-prob kernel."""
     config = model.config.get_text_config()
-    return not any(getattr(config, name, None) not in (None, 1.0) for name in RESCALED)
+    if any(getattr(config, name, None) not in (None, 1.0) for name in RESCALED):
+        return False
+    if model.config._attn_implementation not in ("sdpa", "eager"):
+        return False
+    try:
+        from trl.kernels import ChunkedLogProbFunction  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def install(model) -> bool:
     """Route TRL's fused-head calls (`model(..., labels=, fused_lm_head=True)`) for pair batches through one
     packed row per pair; every other call, and any batch that is not pairs sharing their prompts, goes to the
-    forward TRL installed. `model` is the causal LM TRL patched (a PEFT model's base). False when the model's
-    head rescales its logits or its attention kernel takes no custom mask (nothing is changed then)."""
-    if not shares_prompts(model) or model.config._attn_implementation not in ("sdpa", "eager"):
-        return False
-    try:
-        from trl.kernels import ChunkedLogProbFunction  # noqa: F401
-    except ImportError:   # a TRL without its public chunked log-prob kernel
+    forward TRL installed. `model` is the causal LM TRL patched (a PEFT model's base). False, and nothing
+    changed, where the packed rows would not score the model as it is (`shares_prompts`)."""
+    if not shares_prompts(model):
         return False
     from trl.trainer.utils import FusedCausalLMOutput
     trl_forward = model.forward

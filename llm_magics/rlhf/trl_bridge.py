@@ -17,7 +17,7 @@ import torch
 
 from ..engine.batching import collate
 from ..engine.device import eval_mode
-from .shared_prompt import IGNORE, fit_pair, pair_token_logprobs, shares_prompts, split_pairs
+from .shared_prompt import IGNORE, fit_pair, pair_token_logprobs, split_pairs
 
 try:
     from transformers import TrainerCallback
@@ -156,8 +156,7 @@ def pair_logprobs(model, tokenizer, frame, max_length: int, batch: int = 8) -> t
             inputs = {k: v.to(device) for k, v in collate_pairs(rows[start:start + batch]).items()}
             labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, IGNORE)
             pairs = split_pairs(inputs["input_ids"], inputs["attention_mask"], labels)
-            per_token = pair_token_logprobs(causal_lm, pairs) if pairs is not None and shares_prompts(causal_lm) \
-                else None
+            per_token = None if pairs is None else pair_token_logprobs(causal_lm, pairs)
             if per_token is None:   # a prompt cut away entirely, a rescaling head, another attention kernel
                 logits = causal_lm(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
                 per_token = torch.log_softmax(logits[:, :-1].float(), -1).gather(
