@@ -1,4 +1,4 @@
-"""notebooks/rlhf.ipynb runs headless in a real kernel, small: reward model, PPO, eval, DPO."""
+"""notebooks/rlhf.ipynb runs headless in a real kernel, small: sentiment probe, PPO, eval, DPO."""
 from pathlib import Path
 
 import nbformat
@@ -26,4 +26,4 @@ def test_rlhf_notebook_runs_end_to_end(monkeypatch, tmp_path):
     from llm_magics.runs import RunStore
     from llm_magics.settings import current
     methods = set(RunStore(current().runs_path).frame()["method"])
-    assert {"finetune", "rlhf ppo", "rlhf dpo"} <= methods
+    assert {"probe", "rlhf ppo", "rlhf eval", "rlhf dpo"} <= methods

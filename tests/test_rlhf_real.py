@@ -80,27 +80,37 @@ def test_minilm_reward_model_ranks_positive_reviews_first():
     assert good > bad
 
 
+def length_matched(pos: np.ndarray, neg: np.ndarray, seed: int):
+    """Positive/negative pairs whose two reviews have (nearly) the same number of words, in a seeded order: a
+    summed log-prob shifts with an answer's length, so unmatched lengths add noise the sentiment must beat."""
+    rng = np.random.default_rng(seed)
+    by_length = [words[np.lexsort((rng.random(len(words)), [len(w.split()) for w in words]))] for words in (pos, neg)]
+    order = rng.permutation(len(pos))
+    return by_length[0][order], by_length[1][order]
+
+
 def test_dpo_lora_on_smollm2_prefers_the_positive_review():
     # Issue 11's size: 24 steps at batch 4 (96 training pairs, each seen once), ≤ 128 tokens, 64 held-out pairs
-    # (±0.05 standard error on an accuracy near 0.8). Held-out implicit-reward accuracy, lr 1e-3, β 0.5, the
-    # prompt below, measured on this machine for three draws of the pairs (seed 1 / 2 / 3):
-    #   SST-2 fragments (≥ 8 words): 0.73, another order 0.84; clear whole sentences (clear_reviews): 0.70 / 0.83;
-    #   clear sentences of ≤ 16 words: 0.86 / 0.63 / 0.92 — mean 0.80, the spread from how far every answer
-    #     drifts (seed 2: chosen −5.4, rejected −9.3 nats; the pairs' sums of that drift swamp the sentiment);
-    #   the same with --sft-weight 1 (RPO: the chosen answers' NLL beside DPO's loss): 0.78 / 0.80 / 0.83;
-    #   --sft-weight 0.2 (this test): 0.81 / 0.78 / 0.91 — mean 0.83. Issue 11 asks ≥ 0.8: met on average and on
-    #     2 of 3 draws, not on every one at 64 held-out pairs; asserted is 0.75, below every draw measured.
+    # (±0.045 standard error on an accuracy near 0.85). Held-out implicit-reward accuracy measured on this machine
+    # for draws of the pairs (sample seed 1 / 2 / 3 / 4 / 5), clear sentences of ≤ 16 words, the prompt below:
+    #   lr 1e-3, β 0.5, random pairing: 0.86 / 0.63 / 0.92 — the spread from how far every answer drifts (seed 2:
+    #     chosen −5.4, rejected −9.3 nats; the pairs' sums of that drift swamp the sentiment);
+    #     --sft-weight 1 (RPO: the chosen answers' NLL beside DPO's loss): 0.78 / 0.80 / 0.83;
+    #     --sft-weight 0.2: 0.81 / 0.78 / 0.91; with length-matched pairs: 0.83 / 0.81 / 0.875;
+    #   length-matched, --sft-weight 0.2, lr 1.5e-3 (this test): 0.81 / 0.875 / 0.875 / 0.86 / 0.80 — mean 0.84;
+    #     β 1: 0.86 / 0.83 / 0.89 / 0.86 / 0.77; --sft-weight 0.5 (lr 1e-3): 0.77 / 0.83 / 0.84.
+    # Issue 11 asks ≥ 0.8: met on average and on 4 of 5 draws; asserted is 0.75, below every draw measured.
     # β 0.1 drifted further (chosen −3.6, rejected −8.4 nats at 24 steps); a bare "Review:" prompt stayed near
     # chance. The prompt states the preference, as a preference set does.
     reviews = clear_reviews(0.8)
     short = reviews[reviews.sentence.str.split().str.len() <= 16]
-    pos = short[short.label == 1].sample(160, random_state=1).sentence
-    neg = short[short.label == 0].sample(160, random_state=1).sentence
+    pos, neg = length_matched(short[short.label == 1].sample(160, random_state=1).sentence.to_numpy(),
+                              short[short.label == 0].sample(160, random_state=1).sentence.to_numpy(), seed=1)
     pairs = pd.DataFrame({"prompt": "Write a positive movie review:", "chosen": [" " + p for p in pos],
                           "rejected": [" " + n for n in neg]})
     # validation: shown in the live view only (TRL's eval loss); nothing is selected on it
     result = api.rlhf.dpo(policy="smollm2", data=pairs.iloc[:96], test=pairs.iloc[96:], validation=pairs.iloc[96:100],
-                          method="lora", steps=24, batch_size=4, max_length=128, lr=1e-3, beta=0.5, sft_weight=0.2)
+                          method="lora", steps=24, batch_size=4, max_length=128, lr=1.5e-3, beta=0.5, sft_weight=0.2)
     m = result.metrics
     assert m["test_margin_before"] == 0.0 and m["test_accuracy_before"] == 0.0, m   # the policy starts as its reference
     assert m["test_margin"] > 0 and m["test_chosen_shift"] > m["test_rejected_shift"], m
