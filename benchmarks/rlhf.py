@@ -163,6 +163,8 @@ def bench_dpo(args) -> None:
     got = {variant: child(variant, args) for variant in DPO_VARIANTS}
     print(f"DPO on smollm2, {args.dpo_steps} steps × 4 hh_rlhf_harmless pairs, 128 tokens, LoRA r16 (all linear), "
           f"dtype {args.dpo_dtype}; seconds = data preparation + training")
+    print("ours: one packed row per pair (its prompt once), each prompt cut to fit the longer answer; TRL: prompt+chosen "
+          "and prompt+rejected, each cut from the left to 128 tokens on its own")
     print(f"{'variant':22s} {'steps/s':>8s} {'seconds':>8s} {'peak RSS':>9s}  settings")
     for variant, r in got.items():
         extra = (f", held-out margin {r['margin']:+.4f} (chosen shift {r['chosen']:+.3f}, rejected "
