@@ -26,12 +26,12 @@ def test_fit_pair_cuts_the_prompts_start_until_the_longer_answer_fits():
     assert fit_pair([1, 2], long, chosen, 20) == ([1, 2], long[:18], chosen)
 
 
-def _fused_llama(tiny_llama):
+def _fused_llama(tiny_llama, attention="sdpa"):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation=attention)
     # init_lora_weights=False: the adapter is not zero, so its gradients and effect are tested too
     model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0,
                                              init_lora_weights=False))
@@ -53,8 +53,10 @@ def _forward_and_grads(model, batch, labels):
     return out, [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
 
-def test_the_shared_prompt_pass_gives_trls_values_and_gradients(tiny_llama):
-    model = _fused_llama(tiny_llama)
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])   # a boolean mask for one, an additive one for the other
+def test_the_shared_prompt_pass_gives_trls_values_and_gradients(tiny_llama, attention):
+    model = _fused_llama(tiny_llama, attention)
+    assert model.config._attn_implementation == attention
     batch, labels = _batch(PAIRS)
     trl_out, trl_grads = _forward_and_grads(model, batch, labels)
     assert shared_prompt.install(model.get_base_model())
