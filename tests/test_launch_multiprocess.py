@@ -29,7 +29,7 @@ ARGS = dict(epochs=2, batch_size=16, eval_every=3, dtype="float32", seed=0)
 
 
 @pytest.fixture(autouse=True)
-def no_leftovers():
+def no_leftovers(home):   # after `home`: its teardown must not move the home the check looks under
     hub().release()
     yield
     hub().release()
@@ -50,12 +50,15 @@ def bert_without_dropout(tiny_bert, tmp_path_factory):
 
 
 def run_processes():
-    """Every process of a launched run still alive, anywhere (an orphan is reparented)."""
+    """Every process of a launched run of this test still alive (an orphan is reparented): its command line
+    names a spec under this test's home (other sessions on the machine may be running their own)."""
+    from llm_magics.settings import current
+    home = str(current().cache_dir)
     found = []
     for p in psutil.process_iter(["cmdline", "status"]):
         try:
             line = " ".join(p.info["cmdline"] or [])
-            if ("llm_magics.launch.worker" in line or "torch.distributed.run" in line) and \
+            if ("llm_magics.launch.worker" in line or "torch.distributed.run" in line) and home in line and \
                     p.info["status"] != psutil.STATUS_ZOMBIE and p.pid != os.getpid():
                 found.append((p.pid, line[:120]))
         except psutil.Error:

@@ -17,39 +17,15 @@ import time
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 from llm_magics import api
 from llm_magics.adapters import hub
 from llm_magics.errors import UsageError
 
+from test_launch_multiprocess import no_leftovers, run_processes  # noqa: F401  (the autouse fixture, its check)
+
 pytestmark = pytest.mark.multiprocess
-
-
-def run_processes():
-    """Every process of a launched run of this test still alive (an orphan is reparented): its command line
-    names a spec under this test's home (other sessions on the machine may be running their own)."""
-    from llm_magics.settings import current
-    home = str(current().cache_dir)
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        try:
-            line = " ".join(p.info["cmdline"] or [])
-            if ("llm_magics.launch.worker" in line or "torch.distributed.run" in line) and home in line and \
-                    p.info["status"] != psutil.STATUS_ZOMBIE and p.pid != os.getpid():
-                found.append((p.pid, line[:120]))
-        except psutil.Error:
-            pass
-    return found
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers(home):
-    hub().release()
-    yield
-    hub().release()
-    assert run_processes() == [], "a worker or launcher outlived its run"
 
 
 def without_dropout(folder, tmp_path_factory, name):
@@ -139,9 +115,8 @@ def test_reward_on_two_processes_follows_one_and_scores_in_the_kernel(bert, sepa
     assert two.metrics["test_margin"] == pytest.approx(one.metrics["test_margin"], abs=1e-3)
     assert two.metrics["val_loss"] == pytest.approx(one.metrics["val_loss"], abs=1e-3)
     assert two.metrics["test_accuracy"] >= 0.9, two.metrics
-    # .score() in the kernel loads the model the workers saved. Compared as a difference of two scores: the
-    # Bradley–Terry loss does not see a constant offset, so the head's bias only gets float noise as its
-    # gradient, which AdamW turns into full-size steps that differ between the two runs.
+    # .score() in the kernel loads the model the workers saved. Compared as a difference of two scores, as a
+    # reward is read: Bradley–Terry does not see a constant offset (the score head's bias is held at zero).
     texts = ["Review: " + " ".join(pos[:4]), "Review: " + " ".join(neg[:4])]
     good, bad = two.score(texts)
     assert good > bad
