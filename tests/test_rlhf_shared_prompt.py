@@ -54,7 +54,7 @@ def _forward_and_grads(model, batch, labels):
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])   # a boolean mask for one, an additive one for the other
-def test_the_shared_prompt_pass_gives_trls_values_and_gradients(tiny_llama, attention):
+def test_the_shared_prompt_pass_gives_trls_values_and_gradients(tiny_llama, attention, monkeypatch):
     model = _fused_llama(tiny_llama, attention)
     assert model.config._attn_implementation == attention
     batch, labels = _batch(PAIRS)
@@ -62,11 +62,8 @@ def test_the_shared_prompt_pass_gives_trls_values_and_gradients(tiny_llama, atte
     assert shared_prompt.install(model.get_base_model())
     calls = []
     original = shared_prompt.pack
-    shared_prompt.pack = lambda *a, **k: calls.append(1) or original(*a, **k)
-    try:
-        ours, grads = _forward_and_grads(model, batch, labels)
-    finally:
-        shared_prompt.pack = original
+    monkeypatch.setattr(shared_prompt, "pack", lambda *a, **k: calls.append(1) or original(*a, **k))
+    ours, grads = _forward_and_grads(model, batch, labels)
     assert calls, "the pair batch did not take the shared path"
     for field in FIELDS:
         torch.testing.assert_close(getattr(ours, field).float(), getattr(trl_out, field).float(), atol=1e-5, rtol=1e-5)
