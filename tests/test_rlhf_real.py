@@ -97,10 +97,11 @@ def test_dpo_lora_on_smollm2_prefers_the_positive_review():
     #     chosen −5.4, rejected −9.3 nats; the pairs' sums of that drift swamp the sentiment);
     #     --sft-weight 1 (RPO: the chosen answers' NLL beside DPO's loss): 0.78 / 0.80 / 0.83;
     #     --sft-weight 0.2: 0.81 / 0.78 / 0.91; with length-matched pairs: 0.83 / 0.81 / 0.875;
-    #   length-matched, --sft-weight 0.2, lr 1.5e-3 (this test): 0.81 / 0.875 / 0.875 / 0.86 / 0.80 — mean 0.84;
+    #   length-matched, --sft-weight 0.2, lr 1.5e-3 (this test): 0.81 / 0.875 / 0.875 / 0.86 / 0.797 — mean 0.84;
     #     β 1: 0.86 / 0.83 / 0.89 / 0.86 / 0.77; lr 2e-3: 0.77 / 0.86 / 0.86 / 0.86 / 0.77;
     #     --sft-weight 0.5 (lr 1e-3): 0.77 / 0.83 / 0.84.
-    # Issue 11 asks ≥ 0.8: met on average and on 4 of 5 draws; asserted is 0.75, below every draw measured.
+    # Issue 11 asks ≥ 0.8: met on average and on 4 of 5 draws; asserted is 0.75, below every draw of this test's
+    # settings (one pair of 64 is 0.016: a float difference on another CPU must not fail CI).
     # β 0.1 drifted further (chosen −3.6, rejected −8.4 nats at 24 steps); a bare "Review:" prompt stayed near
     # chance. The prompt states the preference, as a preference set does.
     reviews = clear_reviews(0.8)
