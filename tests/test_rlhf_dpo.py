@@ -101,21 +101,25 @@ def test_a_dpo_lora_policy_is_a_normal_lora_adapter_afterwards(tiny_llama, separ
     """Issue 11, Deliver 5: `%lora adapters` lists the DPO-trained adapter; use, save, load and merge give the
     same policy (its log-probs of a preferred answer, which training moved away from the base's)."""
     from llm_magics.adapters import hub
-    from llm_magics.rlhf.trl_bridge import sequence_logprobs
+    from llm_magics.rlhf.trl_bridge import pair_logprobs
     _, pos, neg = separable
     result = api.rlhf.dpo(policy=str(tiny_llama), data=word_pairs(pos, neg, n=40), method="lora", lr=5e-3, steps=6,
                           batch_size=8, name="dpo_ad")
     assert result.adapter == "dpo_ad" and "dpo_ad" in api.lora.adapters()["name"].tolist()
-    prompts, answers = ["Review:"] * 2, [" " + " ".join(pos[:4]), " " + " ".join(neg[:4])]
+    pair = pd.DataFrame({"prompt": ["Review:"], "chosen": [" " + " ".join(pos[:4])],
+                         "rejected": [" " + " ".join(neg[:4])]})
+
+    def scores(model, tokenizer):   # log p of the preferred answer and of the other
+        return np.concatenate(pair_logprobs(model, tokenizer, pair, 64))
 
     def logprobs(name):
         adapter_set = hub().find(name)[0]
         with adapter_set.lock:
             model = adapter_set.activate(name)
-            return sequence_logprobs(model, adapter_set.tokenizer, prompts, answers, 64), model
+            return scores(model, adapter_set.tokenizer), model
     tuned, model = logprobs("dpo_ad")
     with model.disable_adapter():
-        base = sequence_logprobs(model, hub().find("dpo_ad")[0].tokenizer, prompts, answers, 64)
+        base = scores(model, hub().find("dpo_ad")[0].tokenizer)
     assert abs(tuned - base).max() > 1e-3                         # the adapter holds what DPO learned
     assert isinstance(api.lora.use(name="dpo_ad").generate("Review:", max_new_tokens=3), str)
     folder = api.lora.save(name="dpo_ad", path=str(tmp_path / "dpo_ad"))
@@ -123,8 +127,7 @@ def test_a_dpo_lora_policy_is_a_normal_lora_adapter_afterwards(tiny_llama, separ
     merged = api.lora.merge(name="dpo_ad")
     merged_model = merged._need_model()
     assert not hasattr(merged_model, "peft_config")
-    np.testing.assert_allclose(sequence_logprobs(merged_model, merged._tokenizer, prompts, answers, 64), tuned,
-                               atol=1e-3)
+    np.testing.assert_allclose(scores(merged_model, merged._tokenizer), tuned, atol=1e-3)
     api.lora.unload(name="dpo_ad")
     assert "dpo_ad" not in api.lora.adapters()["name"].tolist()
     api.lora.load(path=str(folder), name="dpo_again")

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.batching import collate
 from ..engine.device import eval_mode
 from .shared_prompt import IGNORE, fit_pair, pair_token_logprobs, split_pairs
 
@@ -94,46 +93,15 @@ def to_dataset(frame):
                                         preserve_index=False)
 
 
-@torch.no_grad()
-def sequence_logprobs(model, tokenizer, prompts: list[str], answers: list[str], max_length: int,
-                      batch: int = 8) -> np.ndarray:
-    """Sum of log p(answer tokens | prompt) per pair, prompt kept whole up to max_length (left-cut)."""
-    out = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    rows = []
-    for prompt, answer in zip(prompts, answers):
-        p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        a = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        ids = (p + a)[-max_length:]
-        rows.append((ids, min(len(a), len(ids))))
-    with eval_mode(model):
-        for start in range(0, len(rows), batch):
-            chunk = rows[start:start + batch]
-            inputs = {k: v.to(device) for k, v in collate([r[0] for r in chunk], pad).items()}
-            logits = model(**inputs).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], -1).gather(-1, inputs["input_ids"][:, 1:, None])[..., 0]
-            for i, (ids, answer_len) in enumerate(chunk):
-                end = len(ids) - 1
-                out.append(float(logprobs[i, end - answer_len:end].sum()))
-    return np.asarray(out)
-
-
 def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, max_length: int | None):
     """(prompt, chosen, rejected) ids as TRL's DPOTrainer makes them (each answer ends in EOS and starts where
     the tokenized prompt and prompt+answer diverge), cut to `max_length` with one prompt for both answers."""
+    from trl.data_utils import common_prefix_length
     eos = tokenizer.eos_token or ""
     prompt_ids = tokenizer(prompt)["input_ids"]
     joined = [tokenizer(prompt + (a if a.endswith(eos) else a + eos))["input_ids"] for a in (chosen, rejected)]
-    start = min(_common_prefix(prompt_ids, ids) for ids in joined)
+    start = min(common_prefix_length(prompt_ids, ids) for ids in joined)
     return fit_pair(prompt_ids[:start], joined[0][start:], joined[1][start:], max_length)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 @torch.no_grad()
