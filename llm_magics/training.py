@@ -16,7 +16,7 @@ and overrides only what makes it itself:
 `run()` does the whole set-up: the data (the shared `--data/--validation/--test`
 options), the model (fp32, a fresh copy the run may change), which parameters
 train, `hold()` (so `%llm free` releases it), the live progress and its end,
-`--resume`, the engine (`engine.training.TrainLoop`), and the Result — a
+`--resume`, the engine (`engine.loop.TrainLoop`), and the Result — a
 `TrainedResult` that predicts or generates with the trained model.
 
 Hooks, each optional:
@@ -55,7 +55,7 @@ from .engine import checkpoint
 from .engine.device import dtype_name, pick_dtype
 from .engine.features import POOLINGS, default_pooling
 from .engine.rng import seeded
-from .engine.training import Outcome, TrainConfig, TrainLoop
+from .engine.loop import Outcome, TrainConfig, TrainLoop
 from .errors import UsageError
 from .launch import launched, run_launched
 from .method import Method, Result

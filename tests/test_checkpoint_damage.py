@@ -171,15 +171,15 @@ def test_best_weights_zeroed_are_refused(tmp_path):
 
 
 def test_a_damaged_best_checkpoint_at_the_end_of_a_run_is_said_not_used(tiny_bert, separable, monkeypatch):
-    from llm_magics.engine import training
+    from llm_magics.engine import loop
     frame, _, _ = separable
-    real = training.checkpoint.load_weights
+    real = loop.checkpoint.load_weights
 
     def damaged_first(model, folder, *args, **kwargs):
         zero_data(Path(folder) / checkpoint.WEIGHTS)
         return real(model, folder, *args, **kwargs)
 
-    monkeypatch.setattr(training.checkpoint, "load_weights", damaged_first)
+    monkeypatch.setattr(loop.checkpoint, "load_weights", damaged_first)
     result = api.finetune(model=str(tiny_bert), data=frame, train="all", epochs=1, lr=1e-3, dtype="float32")
     said = " ".join(result.notes)
     assert "damaged checkpoint" in said and "keeps the last weights" in said

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llm_magics import api
-from llm_magics.engine.training import TrainLoop
+from llm_magics.engine.loop import TrainLoop
 from llm_magics.errors import UsageError
 from llm_magics.models.classifier import SequenceClassifier
 
@@ -241,7 +241,7 @@ def test_grouped_batches_cover_every_row_once_and_replay_the_same_plan():
 
 def test_out_of_memory_mid_window_replays_the_window_without_losing_or_repeating_rows(tmp_path):
     """With accumulation, an OOM on the window's second batch replays the whole window in halves."""
-    from llm_magics.engine.training import TrainConfig
+    from llm_magics.engine.loop import TrainConfig
     from llm_magics.progress import NullSink, Progress
     seen = []
 
@@ -289,7 +289,7 @@ class _ScriptedTask:
 
 
 def _scripted_loop(tmp_path, script, epochs):
-    from llm_magics.engine.training import TrainConfig
+    from llm_magics.engine.loop import TrainConfig
     from llm_magics.progress import NullSink, Progress
     snapshots = []
     config = TrainConfig(epochs=epochs, lr=0.1, batch_size=16, best_metric="val_accuracy", greater_is_better=True,

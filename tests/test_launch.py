@@ -288,7 +288,7 @@ def test_the_kernel_rebuilds_a_workers_model_from_its_weights(tiny_bert, demo, t
 
 def test_a_training_method_runs_the_loop_its_context_names(tiny_bert, demo):
     """The seam a launched worker uses (its context's `train_loop`: engine/distributed.py)."""
-    from llm_magics.engine.training import TrainLoop
+    from llm_magics.engine.loop import TrainLoop
     from llm_magics.methods.finetune import FinetuneMethod, FinetuneOptions
     from llm_magics.runner import RunContext
     from llm_magics.settings import current

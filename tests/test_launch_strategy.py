@@ -86,7 +86,7 @@ def test_deepspeed_installed_is_taken_with_its_zero_stage_in_the_note(monkeypatc
 def test_deepspeed_refuses_adalora_and_fp16_before_touching_a_process_group(tmp_path):
     import torch
     from llm_magics.engine.deepspeed_loop import DeepSpeedTrainLoop
-    from llm_magics.engine.training import TrainConfig
+    from llm_magics.engine.loop import TrainConfig
     with pytest.raises(UsageError, match="--strategy ddp") as caught:
         DeepSpeedTrainLoop(torch.nn.Linear(2, 2), None, TrainConfig(), None, tmp_path, torch.device("cpu"),
                            before_zero_grad=lambda step: None)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from llm_magics import api
-from llm_magics.models import limits
+from llm_magics.engine import limits
 
 
 def long_rows(n: int = 24) -> pd.DataFrame:

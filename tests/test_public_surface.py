@@ -176,7 +176,7 @@ def test_help_names_the_method_file(shell):
 
 
 def test_param_groups_get_their_own_learning_rate():
-    from llm_magics.engine.training import TrainConfig, make_optimizer
+    from llm_magics.engine.loop import TrainConfig, make_optimizer
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
     config = TrainConfig(lr=1e-3, weight_decay=0.1,
                          param_groups=(("last", lambda name, p: name.startswith("2."), 5e-2),))

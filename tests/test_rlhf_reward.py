@@ -137,12 +137,12 @@ def test_the_score_heads_bias_stays_zero_and_identical_runs_score_alike(tiny_ber
     """Bradley–Terry cannot see a constant offset: the head's bias gets float noise alone as its gradient,
     which AdamW turned into full-size steps (two identical runs differed by a random constant in
     .score()). It is held at zero, untrained; identical runs give the same scores."""
-    from llm_magics.engine import training
+    from llm_magics.engine import loop
     from llm_magics.models.classifier import HEAD_FILE
     from safetensors.torch import load_file
     _, pos, neg = separable
     seen = []
-    real = training.TrainLoop.run
+    real = loop.TrainLoop.run
 
     def watched(loop):   # the bias the optimizer sees: never asked to train, zero before and after
         biases = [(n, p) for n, p in loop.model.named_parameters() if "head" in n and n.endswith("bias")]
@@ -150,7 +150,7 @@ def test_the_score_heads_bias_stays_zero_and_identical_runs_score_alike(tiny_ber
         outcome = real(loop)
         seen.append([(n, p.requires_grad, float(p.detach().abs().sum())) for n, p in biases])
         return outcome
-    monkeypatch.setattr(training.TrainLoop, "run", watched)
+    monkeypatch.setattr(loop.TrainLoop, "run", watched)
     args = dict(model=str(tiny_bert), data=word_pairs(pos, neg, 120), train=train, lr=lr, epochs=2,
                 batch_size=16, dtype="float32", seed=1)
     one, two = api.rlhf.reward(**args), api.rlhf.reward(**args)

@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from ..errors import UsageError
 from .distributed import DistributedTrainLoop, _StateDict, _WholeOptimizer, mean_over_ranks
-from .training import TrainLoop
+from .loop import TrainLoop
 
 ZERO_STAGE = {"deepspeed": 3, "deepspeed-zero2": 2}
 EXTRA = "pip install 'llm-magics[deepspeed]'"

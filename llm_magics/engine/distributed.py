@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .training import TrainLoop
+from .loop import TrainLoop
 
 
 WRAP_FILE = "fsdp.json"   # in the run's launch folder: the classes FSDP wrapped

@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 
 from .batching import collate, length_batches, tokenize, with_oom_backoff
 from .device import eval_mode
-from ..models.limits import fit_max_length
+from .limits import fit_max_length
 from .throughput import Throughput
 
 POOLINGS = ("cls", "mean", "last")

@@ -26,7 +26,7 @@ from ..adapters.methods import name_clash, smoke_rows
 from ..adapters.session import Adapter, LoraResult, load_adapter, merge_adapter, saved_name
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
 from ..engine.device import dtype_name, pick_dtype
-from ..engine.training import WeightsState, steps_per_epoch
+from ..engine.loop import WeightsState, steps_per_epoch
 from ..errors import UsageError
 from ..method import Command
 from ..models import trainable

@@ -217,7 +217,7 @@ class PpoTrainer:
                  config: PpoConfig, progress=None, on_step: Callable[[StepStats], None] | None = None,
                  run_rng=None):
         from ..engine.rng import RunRng
-        from ..engine.training import TrainConfig, make_optimizer
+        from ..engine.loop import TrainConfig, make_optimizer
         # The run's own generator: sampling draws from it, never from the user's global one.
         self.run_rng = run_rng if run_rng is not None else RunRng(config.seed, policy.device)
         self.policy, self.reward, self.reward_name = policy, reward, reward_name
@@ -325,7 +325,7 @@ class PpoTrainer:
 
     def train(self) -> str:
         """Run the steps; 'ok', or 'stopped' when the Stop button / an interrupt asked."""
-        from ..engine.training import _InterruptToStop
+        from ..engine.loop import _InterruptToStop
         progress = self.progress
         status = "ok"
         with _InterruptToStop(progress) if progress is not None else _Null():

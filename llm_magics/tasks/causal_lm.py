@@ -11,7 +11,7 @@ from ..data.sft import IGNORE, SftData, chat_prompt, distinct_pad_id, encode
 from ..errors import UsageError
 from ..engine.batching import length_batches
 from ..engine.device import eval_mode
-from ..models.limits import fit_max_length
+from ..engine.limits import fit_max_length
 
 
 def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from torch import nn
 from ..data import TaskData
 from ..engine.batching import collate, length_batches, tokenize
 from ..engine.device import eval_mode
-from ..models.limits import fit_max_length
+from ..engine.limits import fit_max_length
 
 
 def scores(logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:

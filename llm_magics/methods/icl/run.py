@@ -10,7 +10,7 @@ import pandas as pd
 
 from ...backends import GenerateSettings
 from ...data import fingerprint, load_frame
-from ...engine.training import _InterruptToStop
+from ...engine.loop import _InterruptToStop
 from ...errors import UsageError
 from .inputs import Inputs
 from .options import STREAM_ROWS, IclOptions, unescape

@@ -10,7 +10,7 @@ import torch
 from ...engine.device import dtype_name
 from ...engine.features import default_pooling
 from ...engine.rng import seeded
-from ...engine.training import TrainConfig, TrainLoop
+from ...engine.loop import TrainConfig, TrainLoop
 from ...models import hold, load_model, resolve, trainable
 from ...models.classifier import SequenceClassifier
 from ...rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, fix_score_bias, save_folder
