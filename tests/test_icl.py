@@ -430,7 +430,7 @@ def test_chat_puts_demonstrations_in_turns_and_scores_the_assistant_answer(tiny_
     calibrated = tiny_icl(tiny_llama, template=TEMPLATE, data=test.head(6), demos=train, shots=2, chat=True,
                           labels=["negative", "positive"])           # content-free queries in chat turns too
     assert calibrated.metrics["test_uncalibrated_accuracy"] == result.metrics["test_accuracy"]
-    assert calibrated.metrics["zero_shot_accuracy"] >= 0
+    assert 0 <= calibrated.metrics["zero_shot_accuracy"] <= 1 and "zero_shot_accuracy" in calibrated.metrics
     generated = tiny_icl(tiny_llama, template="Question: {question}\nAnswer: {label}", chat=True, max_tokens=3,
                          data=pd.DataFrame({"question": ["q one"], "label": ["a"]}), stream=False)
     assert generated.prompt == "<|im_start|>user\nQuestion: q one\nAnswer:<|im_end|>\n<|im_start|>assistant\n"

@@ -45,7 +45,7 @@ def test_no_limit_known_leaves_the_length_alone(tmp_path):
 def test_finetune_with_a_max_length_beyond_the_model_trains_and_says_so(tiny_bert, train):
     result = api.finetune(model=str(tiny_bert), data=long_rows(), epochs=1, dtype="float32", seed=0,
                           max_length=4096, train=train, batch_size=8)
-    assert result.metrics["test_accuracy"] >= 0
+    assert 0 <= result.metrics["test_accuracy"] <= 1 and result.metrics["steps"] > 0
     if train == "all":
         assert any("--max-length 4096 is beyond what the model reads (128 tokens)" in n for n in result.notes)
     assert result.predict(["good great fine " * 100])  # prediction cuts rows the same way
@@ -53,7 +53,7 @@ def test_finetune_with_a_max_length_beyond_the_model_trains_and_says_so(tiny_ber
 
 def test_probe_with_a_max_length_beyond_the_model_extracts(tiny_bert):
     result = api.probe(model=str(tiny_bert), data=long_rows(), dtype="float32", max_length=4096)
-    assert result.metrics["test_accuracy"] >= 0
+    assert result.metrics["test_accuracy"] >= 0.9   # the label is in the first words, inside the cut
 
 
 def test_sft_rows_are_cut_at_the_models_positions(tiny_llama):

@@ -84,11 +84,14 @@ def test_merge_gives_the_adapters_logits(tiny_bert, separable, tmp_path):
     frame, pos, neg = separable
     result = train(tiny_bert, frame, method="lora", lr=1e-2, name="m")
     texts = [" ".join(pos[:4]), " ".join(neg[:4])]
+    before = result.logits(texts)
     merged = api.lora.merge(name="m", save=str(tmp_path / "merged"))
-    torch.testing.assert_close(merged.logits(texts), result.logits(texts), atol=1e-4, rtol=0)
+    torch.testing.assert_close(merged.logits(texts), before, atol=1e-4, rtol=0)
     assert not any("lora_" in n for n, _ in merged._model.named_parameters())
     assert (tmp_path / "merged" / "model.safetensors").exists()
-    torch.testing.assert_close(result.logits(texts), result.logits(texts))  # the session's base is untouched
+    # merging wrote a copy: the session's adapter (and its base) still answer exactly as before
+    torch.testing.assert_close(result.logits(texts), before, atol=0, rtol=0)
+    assert merged._model is not result._need_model()
 
 
 def test_prompt_learning_classifier_saves_its_head_beside_the_adapter(tiny_bert, separable, tmp_path):

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -49,7 +50,9 @@ def test_probe_magic_with_a_namespace_variable_and_out(shell, capsys, tiny_bert,
     result, _, err = run(shell, f"%probe --model {tiny_bert} --data train_df --test test_df --out r1", capsys)
     assert result.success and result.result is None, err
     r1 = shell.user_ns["r1"]
-    assert r1.metrics["test_accuracy"] >= 0 and store.get(r1.run_id)["options"]["data"] == "train_df"
+    test_df = shell.user_ns["test_df"]   # the recorded accuracy is the Result's own predictions scored
+    own = (pd.Series(r1.predict(test_df.text.tolist())) == test_df.label).mean()
+    assert r1.metrics["test_accuracy"] == pytest.approx(own) and store.get(r1.run_id)["options"]["data"] == "train_df"
     result, _, _ = run(shell, f"%probe --model {tiny_bert} --data train_df --test test_df", capsys)
     assert result.result.method == "probe"  # without --out the Result is the cell's value
 

@@ -53,7 +53,10 @@ def test_second_identical_probe_hits_the_feature_cache(tiny_bert, demo):
     assert calls == []
     assert second.extract_stats.rows == 0 and second.extract_stats.cached_layers == 3  # train, val, test
     assert "no forward pass ran" in " ".join(second.notes)
-    assert first.metrics["test_accuracy"] >= 0 and second.run_id != first.run_id
+    assert second.run_id != first.run_id
+    # the first run's classifier again, on the cached features: exactly the first run's scores
+    again = api.probe(model=str(tiny_bert), data=train, test=test, classifier="logreg")
+    assert again.extract_stats.rows == 0 and again.metrics["test_accuracy"] == first.metrics["test_accuracy"]
 
 
 def test_no_cache_extracts_again(tiny_bert, demo):
