@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import options as opts
 from .progress.events import format_metric
+from .records import RECORD_KEYS
 
 if TYPE_CHECKING:  # pandas is imported by the runs, not by `%load_ext`
     import pandas as pd
@@ -74,12 +75,6 @@ class Method:
         return "\n".join(parts)
 
 
-# The fields of a Result the run store keeps, in its column order (runs/store.py reads this list).
-RECORD_KEYS = ("run_id", "method", "model", "status", "options", "data_fingerprint", "metrics",
-               "trainable_params", "total_params", "wall_s", "rows_per_s", "tokens_per_s",
-               "peak_mem_bytes", "device", "dtype", "artifacts", "sweep_id")
-
-
 @dataclass
 class Result:
     """One run's outcome; the run store holds the same fields (`RECORD_KEYS`).
@@ -108,6 +103,8 @@ class Result:
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
     notes: list[str] = field(default_factory=list)
     sweep_id: str | None = None             # set when a %llm sweep ran it
+    # one row per scored test item (runs/predictions.py); pairs runs in %llm compare --paired
+    predictions: "pd.DataFrame | None" = field(default=None, repr=False)
 
     def record(self) -> dict[str, Any]:
         """The row the run store keeps."""

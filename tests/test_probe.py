@@ -130,3 +130,20 @@ def test_unreadable_file_format(tmp_path, tiny_bert, store):
     with pytest.raises(UsageError, match="could not read .* as jsonl"):
         api.probe(model=str(tiny_bert), data=str(path))
     assert store.list() == []
+
+
+def test_per_item_predictions_are_kept_and_pair_across_a_reordered_test_frame(tiny_bert, demo):
+    from llm_magics.runs import predictions, stats
+    train, test = demo
+    first = api.probe(model=str(tiny_bert), data=train, test=test, dtype="float32")
+    frame = first.predictions
+    assert len(frame) == len(test) and list(frame.columns) == list(predictions.COLUMNS)
+    assert frame["correct"].mean() == pytest.approx(first.metrics["test_accuracy"])
+    assert ((frame["score"] >= 0.5) & (frame["score"] <= 1)).all()          # the predicted class's probability
+    assert frame["prediction"].tolist() == first.predict(test.text.tolist())
+    saved = predictions.load(first.artifacts["predictions"])
+    pd.testing.assert_frame_equal(saved, frame)
+    reordered = api.probe(model=str(tiny_bert), data=train, test=test.sample(frac=1.0, random_state=1),
+                          dtype="float32")
+    left, right = stats.pair_items(first.predictions, reordered.predictions)
+    assert len(left) == test.text.nunique() and (left == right).all()

@@ -21,6 +21,7 @@ from ..errors import UsageError
 from ..method import Method, Result
 from ..models import count_parameters, hold, load_model
 from ..options import option, positive
+from ..runs import predictions
 from ..runs.figures import new_figure, to_png
 
 C_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0)
@@ -147,12 +148,23 @@ class ProbeMethod(Method):
         result.tokens_per_s = stats.tokens_per_s
         if cache:
             result.artifacts["features"] = str(cache.root)
+        if splits.get("test") is not None and len(splits["test"]):
+            self._keep_predictions(result, fitted[layer], features["test"][layer], splits["test"], ctx)
         if len(layers) > 1:
             result.tables["accuracy by layer"] = table
             result.figures["accuracy by layer"] = plot_layers(table, loaded.source.short, pooling)
         progress.end("ok", **{k: metrics[k] for k in ("val_accuracy", "test_accuracy") if k in metrics})
         hold(result)
         return result
+
+    @staticmethod
+    def _keep_predictions(result: ProbeResult, clf, x: np.ndarray, test: pd.DataFrame, ctx) -> None:
+        """Per-item test predictions (with the predicted class's probability), kept in the run's folder."""
+        predicted = clf.predict(x)
+        score = clf.predict_proba(x).max(axis=1) if hasattr(clf, "predict_proba") else None
+        result.predictions = predictions.per_item(test["text"].tolist(), test["label"].tolist(), predicted, score,
+                                                  result.label_names)
+        result.artifacts["predictions"] = str(predictions.save(result.predictions, ctx.run_dir))
 
     @staticmethod
     def _layers(spec: str, total: int) -> list[int]:
