@@ -8,7 +8,7 @@ Everything a magic does is also plain Python: `llm_magics.api`.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 
 def load_ipython_extension(ipython) -> None:

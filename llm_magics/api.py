@@ -11,27 +11,16 @@ arguments, defaults, help and validation are the magic's.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 from . import options as opts
 from .engine.device import device_info
 from .models import EMBEDDED, free as _free_models
 from .registry import registry
-from .runner import build_options, execute
+from .runner import run_method as run
 from .runs import RunStore, compare as _compare
 from .settings import current as settings
 
 __all__ = ["run", "sweep", "compare", "runs", "free", "methods", "device", "models"]
-
-
-def run(method: str, command: str | None = None, /, **kwargs) -> Any:
-    """Run `method` (or its subcommand) with keyword options."""
-    cls = registry().load(method)
-    if command is not None and command not in cls.commands:
-        from .errors import UsageError, did_you_mean
-        raise UsageError(f"{method} has no command {command!r}" + did_you_mean(command, cls.commands))
-    options = build_options(cls, command, kwargs)
-    return execute(method, command, options, method_cls=cls)
 
 
 def _function(method: str, command: str | None = None):

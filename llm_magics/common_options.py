@@ -12,13 +12,38 @@ from dataclasses import dataclass
 from typing import Any
 
 from .options import fraction, non_negative, option, positive, seed
-from .launch.options import LaunchOptions
 
 
 def identifier(value) -> str | None:
     if value is not None and not str(value).isidentifier():
         return f"{value!r} is not a valid Python variable name"
     return None
+
+
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed", "deepspeed-zero2")   # engine/parallel.py: the loop of each
+
+
+def _node_rank(value) -> str | None:
+    if value is not None and not (isinstance(value, int) and value >= 0):
+        return f"is this machine's index among --nodes (0 … nodes-1), got {value!r}"
+    return None
+
+
+@dataclass
+class LaunchOptions:
+    """Past one device: `--devices N` above 1 (or `--nodes` above 1) sends the run to torchrun workers
+    (`llm_magics.launch`); with the defaults nothing changes."""
+    devices: int = option(1, "processes on this machine (one per GPU; CPU processes without one); above 1 the run "
+                             "goes to torchrun workers and streams back here", check=positive)
+    strategy: str = option("auto", "how the workers share the model: ddp (a copy each) or fsdp (sharded, a "
+                                   "transformer block per unit); auto: ddp, or fsdp when training would not fit one "
+                                   "GPU; deepspeed (ZeRO-3) and deepspeed-zero2 need DeepSpeed (the deepspeed extra)",
+                           choices=STRATEGIES)
+    nodes: int = option(1, "machines taking part (each runs the same cell with its own --node-rank)", check=positive)
+    node_rank: int = option(0, "this machine's index among --nodes", check=_node_rank)
+    master_addr: str | None = option(None, "address of node 0 when --nodes is above 1", metavar="HOST")
+    # No validate() here: a bundle's validate() would shadow the method's own in the MRO;
+    # launch.options.check_launch() runs when the launcher starts.
 
 
 @dataclass

@@ -103,8 +103,8 @@ class LLMMagics(Magics):
         if word in ("tune", "sweep"):
             from .tune.magic import sweep_magic, tune_magic
             return (tune_magic if word == "tune" else sweep_magic)(self.shell, rest)
-        if word == "export":   # llm_magics/launch/export.py
-            from .launch.export import ExportOptions, export
+        if word == "export":   # llm_magics/jobs/export.py
+            from .jobs.export import ExportOptions, export
             o = opts.parse_line(ExportOptions, rest, "llm export")
             folder = export(o.run_id, o.path, self.shell.user_ns if self.shell else {})
             print(f"exported run {o.run_id} to {folder}: see {folder / 'README.md'}")

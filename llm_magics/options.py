@@ -25,6 +25,7 @@ from dataclasses import MISSING, dataclass
 from typing import Any
 
 from .errors import UsageError, did_you_mean
+from .records import as_dict as as_dict   # options as a run record keeps them
 
 Check = Callable[[Any], "str | None"]
 
@@ -415,17 +416,3 @@ def signature(options_cls) -> inspect.Signature:
         default = inspect.Parameter.empty if s.required else s.default
         params.append(inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=default))
     return inspect.Signature(params)
-
-
-def as_dict(options) -> dict[str, Any]:
-    """Options as plain JSON-able values (objects such as DataFrames by description)."""
-    out = {}
-    for f in dataclasses.fields(options):
-        value = getattr(options, f.name)
-        if value is None or isinstance(value, (bool, int, float, str)):
-            out[f.name] = value
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
-            out[f.name] = list(value)
-        else:
-            out[f.name] = f"<{type(value).__name__}>"
-    return out

@@ -140,6 +140,16 @@ def build_options(cls: type[Method], word: str | None, values: dict[str, Any] | 
     return opts.from_kwargs(command.options, values)
 
 
+def run_method(method: str, command: str | None = None, /, **kwargs) -> Any:
+    """Run `method` (or its subcommand) with keyword options: `llm_magics.api.run`, and what a Result
+    that runs another command of its method (`IndexResult.query`) calls."""
+    cls = registry().load(method)
+    if command is not None and command not in cls.commands:
+        from .errors import did_you_mean
+        raise UsageError(f"{method} has no command {command!r}" + did_you_mean(command, cls.commands))
+    return execute(method, command, build_options(cls, command, kwargs), method_cls=cls)
+
+
 def execute(name: str, word: str | None, options, namespace: dict | None = None,
             progress_mode: str | None = None, background: bool | None = None,
             sweep_id: str | None = None, method_cls: type[Method] | None = None) -> Any:

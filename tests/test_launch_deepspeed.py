@@ -56,7 +56,7 @@ def test_zero3_finetune_follows_one_process_and_exports_for_accelerate(bert_with
     best = load_file(f"{three.artifacts['best_checkpoint']}/trainable.safetensors")
     assert best and all(t.numel() > 0 for t in best.values())
     # exported: the job runs ZeRO-3 again, and accelerate's config says DeepSpeed, stage 3
-    from llm_magics.launch.export import export
+    from llm_magics.jobs.export import export
     job = export(three.run_id, tmp_path / "job")
     assert json.loads((job / "job.json").read_text())["options"]["strategy"] == "deepspeed"
     config = yaml.safe_load((job / "accelerate.yaml").read_text())

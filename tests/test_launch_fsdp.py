@@ -45,7 +45,7 @@ def test_fsdp_finetune_follows_one_process(bert_without_dropout, separable, stor
     assert store.get(two.run_id)["metrics"]["val_loss"] == pytest.approx(two.metrics["val_loss"])
     assert "FSDP units: 2 × BertLayer, the head, the root (the rest)" in two.notes
     # exported, the job runs FSDP again, and accelerate's config names the block it wrapped
-    from llm_magics.launch.export import export
+    from llm_magics.jobs.export import export
     job = export(two.run_id, tmp_path / "job")
     assert json.loads((job / "job.json").read_text())["options"]["strategy"] == "fsdp"
     config = yaml.safe_load((job / "accelerate.yaml").read_text())

@@ -58,7 +58,7 @@ def run_processes():
     for p in psutil.process_iter(["cmdline", "status"]):
         try:
             line = " ".join(p.info["cmdline"] or [])
-            if ("llm_magics.launch.worker" in line or "torch.distributed.run" in line) and home in line and \
+            if ("llm_magics.jobs.worker" in line or "torch.distributed.run" in line) and home in line and \
                     p.info["status"] != psutil.STATUS_ZOMBIE and p.pid != os.getpid():
                 found.append((p.pid, line[:120]))
         except psutil.Error:

@@ -8,7 +8,7 @@ import yaml
 
 from llm_magics import api
 from llm_magics.errors import UsageError
-from llm_magics.launch.accelerate import accelerate_config, wrap_classes
+from llm_magics.jobs.accelerate import accelerate_config, wrap_classes
 from llm_magics.launch.strategy import BYTES_PER_PARAM, choose_strategy, count_params, decide
 
 GIB = 2**30
@@ -69,7 +69,7 @@ def test_deepspeed_without_it_installed_is_one_line_naming_the_extra_before_anyt
 
 def test_deepspeed_installed_is_taken_with_its_zero_stage_in_the_note(monkeypatch):
     from llm_magics.engine import deepspeed_loop
-    from llm_magics.engine.distributed import loop_for
+    from llm_magics.engine.parallel import loop_for
     monkeypatch.setattr(deepspeed_loop, "available", lambda: True)
     strategy, note = choose_strategy(Opts(strategy="deepspeed"), None)
     assert strategy == "deepspeed" and "ZeRO stage 3 partitions weights, gradients" in note
@@ -126,7 +126,7 @@ def test_accelerate_config_for_each_strategy(tmp_path):
     assert zero3["deepspeed_config"]["gradient_clipping"] == 1.0   # the option's default
     assert accelerate_config("deepspeed", 2, max_grad_norm=0)["deepspeed_config"]["gradient_clipping"] == 0.0
     from accelerate.commands.config.config_args import ClusterConfig
-    from llm_magics.launch.accelerate import write_accelerate_config
+    from llm_magics.jobs.accelerate import write_accelerate_config
     for strategy in ("fsdp", "ddp", "deepspeed"):   # accelerate itself reads the file
         path = write_accelerate_config(tmp_path / f"{strategy}.yaml", strategy=strategy, devices=2, wrap=["BertLayer"])
         read = ClusterConfig.from_yaml_file(str(path))

@@ -134,7 +134,7 @@ def test_what_cannot_be_exported_is_refused_in_one_line(shell, llama, store, tmp
             shell.run_line_magic("llm", f"export {run} {tmp_path / 'job'}")
         assert "\n" not in str(caught.value)
         assert not (tmp_path / "job").exists()
-    from llm_magics.launch.export import export   # from outside the session: the variable is not there
+    from llm_magics.jobs.export import export   # from outside the session: the variable is not there
     with pytest.raises(UsageError, match=r"--reward 'reward' is no longer a variable, reward-model run or folder"):
         export(p.run_id, tmp_path / "job")
     assert not (tmp_path / "job").exists()
@@ -168,7 +168,7 @@ def test_an_exported_ppo_run_against_a_reward_model_reproduces_it_in_one_process
     assert "python train.py" in readme and "torchrun" not in readme + script
 
     # under torchrun the job refuses in one line: PPO runs in one process
-    from llm_magics.launch.job import main
+    from llm_magics.jobs.job import main
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(job) == 3
     monkeypatch.delenv("WORLD_SIZE")

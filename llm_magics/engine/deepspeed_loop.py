@@ -5,7 +5,7 @@ Each launched worker (torchrun, `llm_magics.launch`) runs the same `TrainLoop` a
 the run's checkpoints, a stop agreed at the optimizer step). Here `deepspeed.initialize` is called
 directly inside that loop, on the process group torchrun set up, rather than the script being
 started by `accelerate launch`: the loop stays ours (its events, checkpoints, stop and results), and
-the `accelerate.yaml` that `%llm export` writes (launch/accelerate.py: `deepspeed_config`, the same
+the `accelerate.yaml` that `%llm export` writes (jobs/accelerate.py: `deepspeed_config`, the same
 ZeRO stage, accumulation and clipping) starts the exported job the same way.
 
 What DeepSpeed does: ZeRO stage 2 partitions the gradients and AdamW's moments over the ranks (each

@@ -19,8 +19,8 @@ features), and DDP's reducer is armed by `forward`. One all-reduce of the flat
 gradients per optimizer step computes what DDP computes (it is also what DDP does
 with `no_sync` under gradient accumulation), for any task.
 
-Strategies (`loop_for`): `ddp` (a whole copy per rank, gradients averaged here) and
-`fsdp` (`FSDPTrainLoop`: FSDP2's `fully_shard` on every transformer block, on a
+Strategies (engine/parallel.py's `loop_for` picks the loop): `ddp` (a whole copy per rank, gradients
+averaged here) and `fsdp` (`FSDPTrainLoop`: FSDP2's `fully_shard` on every transformer block, on a
 classifier's head, then on the root; each rank holds 1/N of every weight, of its
 gradient and of its optimizer state; FSDP reduce-scatters the gradients, so the
 averaging above is skipped). Under FSDP every checkpoint is written whole, in the
@@ -32,7 +32,7 @@ scores it, saves it or its adapter, as ever. Limits: each rank loads the whole
 model before sharding it (the method's loader), so FSDP saves the gradients' and
 the optimizer's memory, and the weights' only once training starts; a method that
 edits the model from whole gradients after each step (AdaLoRA) is refused.
-DeepSpeed ZeRO-2/3: engine/deepspeed_loop.py (`loop_for` picks it).
+DeepSpeed ZeRO-2/3: engine/deepspeed_loop.py.
 """
 from __future__ import annotations
 
@@ -179,14 +179,6 @@ class DistributedTrainLoop(TrainLoop):
     def finish_weights(self) -> None:
         """After training, before the ranks part: rank 0's model must be whole (DDP: it is)."""
 
-
-
-def loop_for(strategy: str) -> type[DistributedTrainLoop]:
-    """The training loop of a launched worker, by strategy."""
-    if strategy in ("deepspeed", "deepspeed-zero2"):
-        from .deepspeed_loop import DeepSpeedTrainLoop, DeepSpeedZero2TrainLoop
-        return DeepSpeedTrainLoop if strategy == "deepspeed" else DeepSpeedZero2TrainLoop
-    return FSDPTrainLoop if strategy == "fsdp" else DistributedTrainLoop
 
 
 # ---- FSDP ---------------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ from pathlib import Path
 from ..errors import UsageError
 from ..options import option
 from .accelerate import ACCELERATE_FILE, wrap_classes, write_accelerate_config
-from .job import JOB
-from .spec import DATA_FIELDS, write_data
+from ..launch.spec import DATA_FIELDS, write_data
+from .job import JOB, split_method
 
 DROPPED = ("out", "bg", "resume")
 # The %rlhf commands a job cannot re-run, and why (one line each). `reward` and `dpo|kto|orpo` train on
@@ -46,12 +46,6 @@ REFUSED = {
     "rlhf collect": "%rlhf collect asks a person in a widget, which a shell job cannot; export takes training runs",
 }
 ONLINE = ("rlhf ppo", "rlhf grpo", "rlhf rloo")   # one process each: the job runs `python train.py`
-
-
-def split_method(method: str) -> tuple[str, str | None]:
-    """A run record's method ("finetune", "rlhf dpo") as (the registered method, its subcommand or None)."""
-    name, _, word = method.partition(" ")
-    return name, word or None
 
 
 @dataclass
@@ -68,7 +62,7 @@ TRAIN_PY = '''#!/usr/bin/env python
 import sys
 from pathlib import Path
 
-from llm_magics.launch.job import main
+from llm_magics.jobs.job import main
 
 if __name__ == "__main__":
     sys.exit(main(Path(__file__).resolve().parent))
@@ -142,7 +136,7 @@ Original metrics: {metrics}
 
 
 def export(run_id: str, path: str | Path, namespace: dict | None = None) -> Path:
-    from .. import __version__ as version
+    from ..version import __version__ as version
     from ..registry import registry
     from ..runs import RunStore
     from ..settings import current

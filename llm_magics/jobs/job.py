@@ -21,6 +21,12 @@ from pathlib import Path
 JOB = "job.json"
 
 
+def split_method(method: str) -> tuple[str, str | None]:
+    """A run record's method ("finetune", "rlhf dpo") as (the registered method, its subcommand or None)."""
+    name, _, word = method.partition(" ")
+    return name, word or None
+
+
 def job_values(folder: Path) -> tuple[dict, dict]:
     """(the job's description, the method's option values with its data files made absolute)."""
     job = json.loads((folder / JOB).read_text())
@@ -41,7 +47,6 @@ def main(folder: str | Path) -> int:
     folder = Path(folder).resolve()
     job, values = job_values(folder)
     from .. import settings
-    from .export import split_method
     settings.reset()
     name, word = split_method(job["method"])   # "rlhf dpo": the method and its subcommand
     from ..errors import UsageError

@@ -1,4 +1,4 @@
-"""A launched run's worker: `python -m llm_magics.launch.worker SPEC` under torchrun.
+"""A launched run's worker: `python -m llm_magics.jobs.worker SPEC` under torchrun (launch/launcher.py starts it).
 
 Every rank: writes its output to `launch/rank<R>.log` and its pid to
 `launch/rank<R>.pid`, ends itself when its launcher (torchrun's agent) is gone (no
@@ -77,9 +77,10 @@ def run_rank(method_name: str, command_word: str | None, values: dict, run_id: s
     from .. import options as opts
     from .. import settings
     from ..engine.device import MemoryMonitor
-    from ..engine.distributed import RankDone, init_process_group, loop_for
+    from ..engine.distributed import RankDone, init_process_group
+    from ..engine.parallel import loop_for
     from ..registry import registry
-    from .events import EventWriter
+    from ..launch.events import EventWriter
     rank, world, device = init_process_group(float(os.environ.get("LLM_MAGICS_COLLECTIVE_TIMEOUT", 300)))
     print(f"rank {rank} of {world} on {device}", flush=True)
     cls = registry().load(method_name)
@@ -110,8 +111,8 @@ def main(spec_path: str) -> int:
     (folder / f"rank{rank}.pid").write_text(str(os.getpid()))
     _watch_parent()
     from ..errors import UsageError
-    from .result import write_result
-    from .spec import LaunchSpec, apply_settings
+    from ..launch.result import write_result
+    from ..launch.spec import LaunchSpec, apply_settings
     spec = LaunchSpec.read(spec_file)
     os.chdir(spec.cwd)
     apply_settings(spec.settings)

@@ -6,11 +6,11 @@
 `run_launched(method, options, ctx)` is what a training method's `run()` does when
 `--devices` (or `--nodes`) is above 1: it writes the run's spec and data
 (`spec.py`, Parquet), starts torchrun (`launcher.py`) whose workers
-(`worker.py`) run the same method on the engine's `DistributedTrainLoop`, replays
+(`llm_magics.jobs.worker`) run the same method on the engine's `DistributedTrainLoop`, replays
 rank 0's progress events onto the run's live view (`events.py`), relays Stop, and
 builds the Result from what rank 0 wrote (`result.py`). The runner then records
-it as it records any run. `export.py` writes a recorded run out as a job for a
-shell or a cluster (with `accelerate.py`'s launcher config). `strategy.py`
+it as it records any run. `llm_magics.jobs.export` writes a recorded run out as a
+job for a shell or a cluster. `strategy.py`
 decides DDP, FSDP or DeepSpeed ZeRO-2/3 (the workers' loops: engine/distributed.py,
 engine/deepspeed_loop.py) before anything is written; DeepSpeed without its extra
 is refused in one line.
@@ -30,10 +30,10 @@ import os
 import shutil
 
 from ..errors import UsageError
-from .options import LaunchOptions, check_launch, launched
+from .options import check_launch, launched
 from .strategy import choose_strategy
 
-__all__ = ["LaunchOptions", "launched", "run_launched", "choose_strategy"]
+__all__ = ["launched", "run_launched", "choose_strategy"]
 
 
 def run_launched(method, o, ctx, command: str | None = None, model: str | None = None, title: str | None = None,

@@ -89,7 +89,7 @@ class Launcher:
             cmd += [f"--nnodes={self.nodes}", f"--node-rank={self.node_rank}",
                     f"--master-addr={self.master_addr}", f"--master-port={self.master_port}",
                     f"--rdzv-conf=join_timeout={int(self.rendezvous_timeout)}"]
-        return cmd + ["-m", "llm_magics.launch.worker", str(self.spec_path)]
+        return cmd + ["-m", "llm_magics.jobs.worker", str(self.spec_path)]
 
     def start(self) -> None:
         env = dict(os.environ)

@@ -1,37 +1,14 @@
-"""The options every training method takes to run past one device, declared once here.
+"""What the launcher checks of a run's launch options before it starts anything.
 
-`--devices N` above 1 (or `--nodes` above 1) sends the run to `torchrun` workers
-(`llm_magics.launch`); with the defaults nothing changes.
+The options themselves (`--devices`, `--strategy`, `--nodes`, `--node-rank`, `--master-addr`) are declared
+once, in the contract layer: `llm_magics.common_options.LaunchOptions`. Here they are read as plain
+attributes, so the launcher needs nothing from above it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
 from ..errors import UsageError
-from ..options import option, positive
-
-STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed", "deepspeed-zero2")
-
-
-def _node_rank(value) -> str | None:
-    if value is not None and not (isinstance(value, int) and value >= 0):
-        return f"is this machine's index among --nodes (0 … nodes-1), got {value!r}"
-    return None
-
-
-@dataclass
-class LaunchOptions:
-    devices: int = option(1, "processes on this machine (one per GPU; CPU processes without one); above 1 the run "
-                             "goes to torchrun workers and streams back here", check=positive)
-    strategy: str = option("auto", "how the workers share the model: ddp (a copy each) or fsdp (sharded, a "
-                                   "transformer block per unit); auto: ddp, or fsdp when training would not fit one "
-                                   "GPU; deepspeed (ZeRO-3) and deepspeed-zero2 need DeepSpeed (the deepspeed extra)",
-                           choices=STRATEGIES)
-    nodes: int = option(1, "machines taking part (each runs the same cell with its own --node-rank)", check=positive)
-    node_rank: int = option(0, "this machine's index among --nodes", check=_node_rank)
-    master_addr: str | None = option(None, "address of node 0 when --nodes is above 1", metavar="HOST")
-    # No validate() here: a bundle's validate() would shadow the method's own in the MRO;
-    # check_launch() runs when the launcher starts.
 
 
 def check_launch(o) -> None:
@@ -44,8 +21,6 @@ def check_launch(o) -> None:
 
 def launched(o) -> bool:
     """True when these options ask for workers (and we are not one already)."""
-    import os
     if os.environ.get("LLM_MAGICS_WORKER"):
         return False
     return getattr(o, "devices", 1) > 1 or getattr(o, "nodes", 1) > 1
-

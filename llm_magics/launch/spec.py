@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import options as opts
 from ..data.load import load_frame, load_splits, lookup
 from ..errors import UsageError
+from ..records import as_dict
 
 DATA_FIELDS = ("data", "validation", "test")
 SPEC = "spec.json"
@@ -83,7 +83,7 @@ def write_data(options, namespace: dict, folder: Path) -> tuple[dict[str, Any], 
 
 def make_spec(method: str, command: str | None, options, namespace: dict, run_id: str, settings,
               folder: Path) -> LaunchSpec:
-    values = opts.as_dict(options)
+    values = as_dict(options)
     data_values, written = write_data(options, namespace, folder)
     values.update(data_values)
     for key in ("out", "bg"):

@@ -30,6 +30,7 @@ from ..retrieval import chunk_documents, check_sizes, load_documents, load_embed
 from ..retrieval import store
 from ..retrieval.store import MODES, Index, Manifest, name_problem
 from ..retrieval.vectors import KINDS, Params, resolve_kind, settle
+from ..runner import run_method
 
 
 def _name(help_text: str = "the index: a plain name (one folder under the cache)"):
@@ -121,8 +122,7 @@ class IndexResult(Result):
     info: dict = None
 
     def query(self, text, k: int = 5, **kwargs) -> pd.DataFrame:
-        from .. import api
-        return api.index.query(name=self.index, query=text, k=k, **kwargs)
+        return run_method("index", "query", name=self.index, query=text, k=k, **kwargs)
 
 
 class IndexMethod(Method):

@@ -45,7 +45,7 @@ COLUMNS = {
     "sweep_id": "TEXT",         # the %llm sweep that ran it, else NULL
 }
 JSON_COLUMNS = ("options", "metrics", "artifacts")
-from ..method import RECORD_KEYS  # noqa: E402 - the fields Result.record() gives: one list for both
+from ..records import RECORD_KEYS  # noqa: E402 - the fields Result.record() gives: one list for both
 assert list(COLUMNS) == ["run_id", "created", *RECORD_KEYS[1:]], "run store columns and Result.RECORD_KEYS differ"
 
 

@@ -1,0 +1,21 @@
+"""Which training loop a launched worker runs, by `--strategy`: the one table of strategies → loops.
+
+It sits above both loop modules so neither imports the other (DeepSpeed's loop builds on the data-parallel
+one). Importing `deepspeed_loop` does not import DeepSpeed: that happens when its loop starts.
+"""
+from __future__ import annotations
+
+from .deepspeed_loop import DeepSpeedTrainLoop, DeepSpeedZero2TrainLoop
+from .distributed import DistributedTrainLoop, FSDPTrainLoop
+
+LOOPS: dict[str, type[DistributedTrainLoop]] = {
+    "ddp": DistributedTrainLoop,
+    "fsdp": FSDPTrainLoop,
+    "deepspeed": DeepSpeedTrainLoop,
+    "deepspeed-zero2": DeepSpeedZero2TrainLoop,
+}
+
+
+def loop_for(strategy: str) -> type[DistributedTrainLoop]:
+    """The training loop of a launched worker, by strategy (one `launch.strategy.choose_strategy` resolved)."""
+    return LOOPS[strategy]
