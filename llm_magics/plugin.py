@@ -9,10 +9,11 @@ and a `run(options, ctx) -> Result`. Register it under the entry-point group
     [project.entry-points."llm_magics.methods"]
     echo = "my_package:EchoMethod"
 
-Every method gets, without declaring them: `--out NAME` (from `RunOptions`:
-bind the Result to a variable), `--bg` (from `TrainingOptions`: run in a
-thread, return a `RunHandle`) and `--device` (from `ModelOptions`: the
-runner measures memory on it; `ctx.device(options.device)` picks it). Declare
+A method has only the options its class declares. The runner acts on three
+when they are declared: `--out NAME` (from `RunOptions`: bind the Result to
+a variable), `--bg` (only from `TrainingOptions`: run in a thread, return a
+`RunHandle`) and `--device` (from `ModelOptions`: the runner measures memory
+on it; `ctx.device(options.device)` picks it). Declare
 the bundles you need and they come with them; `%name?` help, the Python API
 (`llm_magics.api.name(...)`), `%llm tune` forms and validation all come from
 the one declaration.

@@ -136,13 +136,19 @@ def test_the_import_check_catches_a_private_import(tmp_path):
 
 PLUGIN_TESTS = '''
 pytest_plugins = ["llm_magics.testing"]
+import pandas as pd
+
+
+def reviews(n):
+    return pd.DataFrame({"text": ["a warm , funny and moving film", "a dull , slow and empty film"] * (n // 2),
+                         "label": ["positive", "negative"] * (n // 2)})
 
 
 def test_bitfit_trains(llm_shell, tiny_bert):
-    from llm_magics.demo import sentiment_splits
-    llm_shell.user_ns["train"], llm_shell.user_ns["test"] = sentiment_splits(120, 40)
+    llm_shell.user_ns["train"], llm_shell.user_ns["test"] = reviews(120), reviews(40)
     r = llm_shell.run_line_magic("bitfit", f"--model {tiny_bert} --data train --test test --epochs 1")
-    assert r.status == "ok" and r.trainable_params < r.total_params
+    assert r.status == "ok" and 0 < r.trainable_params < r.total_params
+    assert {"train_loss", "test_accuracy"} <= set(r.metrics)
 
 
 def test_the_home_is_isolated(llm_home, tmp_path):
