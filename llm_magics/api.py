@@ -87,17 +87,28 @@ def sweep(method: str, grid: str, /, command: str | None = None, *, metric: str 
 
 
 def compare(metric: str | None = None, method: str | None = None, limit: int | None = None,
-            sweep: str | None = None):
+            sweep: str | None = None, runs: list[str] | None = None, diff: bool = False):
     """Recorded runs side by side: a table and a plot of the metric against trainable parameters.
-    `sweep` keeps the runs of one `%llm sweep` (its id)."""
-    frame = RunStore(settings().runs_path).frame(limit=None if sweep else limit, method=method)
+    `sweep` keeps the runs of one `%llm sweep` (its id) and shows its swept options as columns (ranked by
+    a validation metric unless `metric` says otherwise); `runs` keeps the named runs; `diff` adds a column
+    for each option that differs between the runs shown."""
+    from .errors import UsageError
+    from .runs.compare import COMPARED_METRICS, PREFERRED_METRICS
+    store = RunStore(settings().runs_path)
+    frame = store.frame(limit=None if sweep or runs else limit, method=method)
     if sweep:
         if "sweep_id" not in frame.columns or not (frame["sweep_id"] == sweep).any():
-            from .errors import UsageError
             raise UsageError(f"no recorded run belongs to sweep {sweep!r} (%llm runs lists recorded runs)")
         frame = frame[frame["sweep_id"] == sweep]
+    if runs:
+        missing = [r for r in runs if r not in set(frame["run_id"])]
+        if missing:
+            raise UsageError(f"no recorded run {missing[0]!r} (%llm runs lists recorded runs)")
+        frame = frame[frame["run_id"].isin(runs)]
+    if sweep or runs:
         frame = frame.head(limit) if limit else frame
-    return _compare(frame, metric)
+    options = {r: (store.get(r) or {}).get("options", {}) for r in frame["run_id"]} if sweep or diff else None
+    return _compare(frame, metric, options, PREFERRED_METRICS if sweep else COMPARED_METRICS)
 
 
 def runs(limit: int | None = 20, method: str | None = None):

@@ -23,7 +23,12 @@ class CompareOptions:
     metric: str | None = opts.option(None, "metric to compare (default: test_accuracy when recorded)")
     method: str | None = opts.option(None, "only runs of this method")
     limit: int | None = opts.option(None, "only the newest N runs", check=opts.positive)
-    sweep: str | None = opts.option(None, "only the runs of this sweep (its id, from %llm sweep)", metavar="ID")
+    sweep: str | None = opts.option(None, "only the runs of this sweep (its id, from %llm sweep), its swept options "
+                                          "as columns", metavar="ID")
+    run: str | None = opts.option(None, "only this run (and the next RUN_ID)", positional=True, metavar="RUN_ID")
+    other_run: str | None = opts.option(None, "a second run to set beside the first", positional=True,
+                                        metavar="RUN_ID")
+    diff: bool = opts.option(False, "a column for each option that differs between the runs shown")
 
 
 @dataclass
@@ -40,13 +45,16 @@ LLM_COMMANDS = {
     "models": "model aliases and where each resolves",
     "device": "the device, dtype and free memory runs will use",
     "runs": "recorded runs (--limit N, --method NAME; --repair mends a damaged store)",
-    "compare": "recorded runs side by side: table and plot (--metric, --method, --limit, --sweep ID)",
+    "compare": "recorded runs side by side: table and plot (--metric, --method, --limit, --sweep ID; "
+               "RUN_ID RUN_ID --diff: the options that differ)",
     "free": "drop cached models and release GPU memory",
     "export": "RUN_ID PATH: a recorded training run as a job (train.py, data, README) for a shell or a cluster",
     "reload": "discover methods again (after pip-installing a plugin)",
     "tune": "a panel to run any method from a form, sweep its options and rerun recorded runs ([METHOD])",
     "sweep": "METHOD <options> --grid \"lr=1e-4,5e-4 r=4,8\" [--metric M] [--random N]: runs with a leaderboard",
+    "help": "this list: every %llm command in one line",
 }
+NEXT_STEPS = ("tune", "sweep", "compare", "help")   # where the overview points a new user
 
 
 @magics_class
@@ -90,16 +98,17 @@ class LLMMagics(Magics):
 
     @line_magic
     def llm(self, line: str = ""):
-        """%llm [methods|models|device|runs|compare|tune|sweep|free|reload]: the umbrella of llm-magics."""
+        """%llm [methods|models|device|runs|compare|tune|sweep|export|free|reload|help]: the umbrella."""
         from . import api
-        from .overview import Overview
+        from .overview import Commands, Overview
         tokens = opts.split_line(line)
         word, rest = (tokens[0], tokens[1:]) if tokens else ("", [])
         if word not in LLM_COMMANDS:
             raise UsageError(f"%llm: unknown command {word!r}" + did_you_mean(word, [w for w in LLM_COMMANDS if w]))
         if word == "compare":
             o = opts.parse_line(CompareOptions, rest, "llm compare")
-            return api.compare(o.metric, o.method, o.limit, sweep=o.sweep)
+            ids = [r for r in (o.run, o.other_run) if r]
+            return api.compare(o.metric, o.method, o.limit, sweep=o.sweep, runs=ids or None, diff=o.diff)
         if word in ("tune", "sweep"):
             from .tune.magic import sweep_magic, tune_magic
             return (tune_magic if word == "tune" else sweep_magic)(self.shell, rest)
@@ -117,6 +126,8 @@ class LLMMagics(Magics):
             return Overview(runs=api.runs(o.limit, o.method), sections=("runs",))
         if rest:
             raise UsageError(f"%llm {word} takes no arguments, got {' '.join(rest)!r}")
+        if word == "help":
+            return Commands(LLM_COMMANDS)
         if word == "free":
             dropped = api.free()
             accelerator = api.device()["device"].split(":")[0]
@@ -130,7 +141,8 @@ class LLMMagics(Magics):
                     "models": ("models",), "device": ("device",)}[word]
         return Overview(methods=api.methods(), models=api.models() if "models" in sections else None,
                         device=api.device() if "device" in sections else None,
-                        runs=api.runs(10) if "runs" in sections else None, sections=sections)
+                        runs=api.runs(10) if "runs" in sections else None, sections=sections,
+                        next_steps={w: LLM_COMMANDS[w] for w in NEXT_STEPS} if word == "" else {})
 
 
 class MethodMagic:

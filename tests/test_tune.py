@@ -207,7 +207,7 @@ def test_sweep_marks_a_failed_point_and_goes_on(shell, tiny_bert, separable):
     assert cell.success
     sweep = shell.user_ns["s"]
     assert sweep.wait(120)
-    by_value = {row["text"]: row for row in sweep.rows}
+    by_value = {row["--text"]: row for row in sweep.rows}   # a swept option's column is its flag
     assert by_value["text"]["status"] == "ok"
     assert by_value["nope"]["status"] == "failed" and "nope" in by_value["nope"]["message"]
 

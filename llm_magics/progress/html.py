@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 
 from .events import Event, State, Throttle, format_metric, format_seconds
+from .theme import BORDER, FAINT, MUTED, WARN, status_colour
 
 CHART_W, CHART_H = 300, 130
 
@@ -48,14 +49,14 @@ def render(state: State) -> str:
         timing += f" · ETA {format_seconds(state.eta)}"
     if state.rate and state.rate >= 1:
         timing += f" · {state.rate:,.0f} {state.unit}/s"
-    colour = {"ok": "#2a7", "stopped": "#c80", "error": "#c33"}.get(state.status, "#37c")
+    colour = status_colour(state.status if state.status in ("ok", "stopped", "error") else "running")
     head = (f'<b>{html.escape(state.title)}</b> <span style="color:{colour}">{state.status}</span>'
-            f' <code style="color:#888">{html.escape(state.run_id)}</code>')
+            f' <code style="color:{FAINT}">{html.escape(state.run_id)}</code>')
     metrics = "".join(f"<td style='padding:0 8px'><b>{html.escape(k)}</b> {format_metric(v)}</td>"
                       for k, v in state.metrics.items())
-    messages = "".join(f"<div style='color:#a60'>{html.escape(m)}</div>" for m in list(dict.fromkeys(state.messages))[-3:])
-    summary = f"<div style='color:#555'>{html.escape(state.summary)}</div>" if state.summary else ""
-    hint = (f"<div style='color:#888;font-size:11px'>{html.escape(state.hint)}</div>"
+    messages = "".join(f"<div style='color:{WARN}'>{html.escape(m)}</div>" for m in list(dict.fromkeys(state.messages))[-3:])
+    summary = f"<div style='color:{MUTED}'>{html.escape(state.summary)}</div>" if state.summary else ""
+    hint = (f"<div style='color:{FAINT};font-size:11px'>{html.escape(state.hint)}</div>"
             if state.hint and state.status == "running" else "")
     return (f"<div class='llm-magics-progress' style='font-family:sans-serif;font-size:13px'>"
             f"<div>{head}</div>{summary}<div>{bar} {counts} · {timing}</div>"
@@ -99,19 +100,19 @@ def _panel(title: str, series: dict[str, list[tuple[int, float]]], max_step: int
         return top + inner_h * (1 - (value - low) / (high - low))
 
     parts = [f"<text x='{left}' y='11' font-size='11' font-weight='bold'>{html.escape(title)}</text>",
-             f"<line x1='{left}' y1='{top}' x2='{left}' y2='{top + inner_h}' stroke='#999'/>",
-             f"<line x1='{left}' y1='{top + inner_h}' x2='{left + inner_w}' y2='{top + inner_h}' stroke='#999'/>"]
+             f"<line x1='{left}' y1='{top}' x2='{left}' y2='{top + inner_h}' style='stroke:{FAINT}'/>",
+             f"<line x1='{left}' y1='{top + inner_h}' x2='{left + inner_w}' y2='{top + inner_h}' style='stroke:{FAINT}'/>"]
     ticks = [(low + high) / 2] if flat else [low, (low + high) / 2, high]
     for value in ticks:
         parts.append(f"<line x1='{left - 3}' y1='{y(value):.1f}' x2='{left + inner_w}' y2='{y(value):.1f}' "
-                     f"stroke='#eee'/><text x='{left - 5}' y='{y(value) + 3:.1f}' font-size='10' "
+                     f"style='stroke:{BORDER}'/><text x='{left - 5}' y='{y(value) + 3:.1f}' font-size='10' "
                      f"text-anchor='end'>{_tick(value)}</text>")
     for step in (0, max_step):
         parts.append(f"<text x='{x(step):.1f}' y='{top + inner_h + 12}' font-size='10' "
                      f"text-anchor='middle'>{step:,}</text>")
     label = unit[:-1] if unit.endswith("s") else unit
     parts.append(f"<text x='{left + inner_w / 2:.1f}' y='{CHART_H - 3}' font-size='10' "
-                 f"text-anchor='middle' fill='#555'>{html.escape(label)}</text>")
+                 f"text-anchor='middle' style='fill:{MUTED}'>{html.escape(label)}</text>")
     drawn: dict[tuple, str] = {}
     for name, points in sorted(series.items()):
         colour = colours[name]
@@ -122,7 +123,7 @@ def _panel(title: str, series: dict[str, list[tuple[int, float]]], max_step: int
         if len(points) <= 20:   # evaluations: few points, each marked
             parts += [f"<circle cx='{x(s):.1f}' cy='{y(v):.1f}' r='2.5' fill='{colour}'/>" for s, v in points]
         drawn.setdefault(key, name)
-    return f"<svg width='{CHART_W}' height='{CHART_H}' style='margin-right:8px'>" + "".join(parts) + "</svg>"
+    return f"<svg width='{CHART_W}' height='{CHART_H}' style='margin-right:8px;fill:currentColor'>" + "".join(parts) + "</svg>"
 
 
 def chart(history: list[tuple[int, dict[str, float]]], unit: str = "steps") -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..progress.theme import WARN, scroll_box
 from .figures import new_figure, png_html, to_png
 
 TABLE_COLUMNS = ["run_id", "method", "model", "status", "trainable_params", "total_params",
@@ -23,6 +24,7 @@ class Comparison:
     metric: str
     png: bytes | None = None
     notes: list[str] = field(default_factory=list)
+    options: list[str] = field(default_factory=list)   # the option columns (--lr, ...): options that differ
 
     def _repr_html_(self) -> str:
         if self.table.empty:
@@ -32,10 +34,10 @@ class Comparison:
         # One line per run: run ids and numbers never wrap.
         table = table.replace("<td>", "<td style='white-space:nowrap'>").replace(
             "<th>", "<th style='white-space:nowrap'>")
-        parts = [f"<b>Runs compared on {html.escape(self.metric)}</b>", table]
+        parts = [f"<b>Runs compared on {html.escape(self.metric)}</b>", scroll_box(table)]
         if self.png:
             parts.append(png_html(self.png, alt=f"{self.metric} against trainable parameters"))
-        parts += [f"<div style='color:#a60'>{html.escape(n)}</div>" for n in self.notes]
+        parts += [f"<div style='color:{WARN}'>{html.escape(n)}</div>" for n in self.notes]
         return "".join(parts)
 
     def __repr__(self) -> str:
@@ -73,22 +75,76 @@ def formatters(table: pd.DataFrame) -> dict:
     return out
 
 
-def pick_metric(frame: pd.DataFrame, requested: str | None) -> str:
+# Methods are compared on held-out test scores; settings (a sweep's points) are chosen on validation,
+# since choosing them on test would make the test score optimistic.
+COMPARED_METRICS = ("test_accuracy", "val_accuracy", "test_f1", "val_loss", "train_loss")
+PREFERRED_METRICS = ("val_accuracy", "val_f1", "val_loss", "test_accuracy", "test_f1", "test_exact_match",
+                     "train_loss")
+
+
+def pick_metric(frame: pd.DataFrame, requested: str | None, preferred: tuple = COMPARED_METRICS) -> str:
     if requested:
         return requested
-    for name in ("test_accuracy", "val_accuracy", "test_f1", "val_loss", "train_loss"):
+    for name in preferred:
         if name in frame.columns and frame[name].notna().any():
             return name
-    return "test_accuracy"
+    return preferred[0]
 
 
-def compare(frame: pd.DataFrame, metric: str | None = None) -> Comparison:
-    metric = pick_metric(frame, metric)
+def option_column(name: str) -> str:
+    """An option's column is its flag (--epochs): a metric of the same name (epochs) never shares it."""
+    return "--" + name.replace("_", "-")
+
+
+NOT_SHOWN_OPTIONS = {"out", "bg", "model", "method"}   # a variable name, how it ran, or a column already
+OPTION_TEXT_WIDTH = 24
+
+
+def differing_options(options: dict[str, dict], limit: int = 8) -> list[str]:
+    """The options (names) whose values differ between runs that have them: what a sweep swept,
+    or what sets two runs apart. `options` maps run id to the run's recorded options."""
+    seen: dict[str, set[str]] = {}
+    for values in options.values():
+        for name, value in (values or {}).items():
+            if name not in NOT_SHOWN_OPTIONS:
+                seen.setdefault(name, set()).add(option_text(value))
+    return [name for name, values in seen.items() if len(values) > 1][:limit]
+
+
+def option_text(value) -> str:
+    """A recorded option as a short cell: lists joined, long text (a cell body) cut."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    text = "" if value is None else str(value)
+    return text if len(text) <= OPTION_TEXT_WIDTH else text[:OPTION_TEXT_WIDTH - 1] + "…"
+
+
+def with_options(frame: pd.DataFrame, options: dict[str, dict]) -> tuple[pd.DataFrame, list[str]]:
+    """`frame` with a column per option that differs between its runs (after run_id), and those columns."""
+    names = differing_options({r: options.get(r, {}) for r in frame["run_id"]}) if len(frame) else []
+    frame = frame.copy()
+    for i, name in enumerate(names):
+        frame.insert(1 + i, option_column(name),
+                     [option_text((options.get(r) or {}).get(name)) if name in (options.get(r) or {}) else ""
+                      for r in frame["run_id"]])
+    return frame, [option_column(n) for n in names]
+
+
+def compare(frame: pd.DataFrame, metric: str | None = None, options: dict[str, dict] | None = None,
+            preferred: tuple = COMPARED_METRICS) -> Comparison:
+    """The runs of `frame` side by side. `options` (run id → recorded options) adds a column for each
+    option that differs between them: a sweep's settings, or a diff of two runs. Without `metric`, the
+    first of `preferred` the runs have."""
+    metric = pick_metric(frame, metric, preferred)
     if frame.empty:
         return Comparison(frame, metric)
+    shown = []
+    if options is not None:
+        frame, shown = with_options(frame, options)
     columns = [c for c in TABLE_COLUMNS if c in frame.columns]
+    columns[1:1] = shown
     if metric in frame.columns:
-        columns.insert(3, metric)
+        columns.insert(3 + len(shown), metric)
         frame = frame.sort_values(metric, ascending=metric.endswith("loss"), na_position="last")
     table = frame[columns].copy()
     if "peak_mem_bytes" in table:
@@ -103,8 +159,10 @@ def compare(frame: pd.DataFrame, metric: str | None = None) -> Comparison:
     if metric not in frame.columns or frame[metric].isna().all():
         notes.append(f"no recorded run has {metric!r}; pass --metric with one of: "
                      + ", ".join(c for c in frame.columns if "_" in c and c not in TABLE_COLUMNS))
-        return Comparison(table, metric, None, notes)
-    return Comparison(table, metric, plot(frame, metric), notes)
+        return Comparison(table, metric, None, notes, shown)
+    if options is not None and not shown and len(table) > 1:
+        notes.append("the runs' recorded options are the same")
+    return Comparison(table, metric, plot(frame, metric), notes, shown)
 
 
 def plot(frame: pd.DataFrame, metric: str) -> bytes:

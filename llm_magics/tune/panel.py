@@ -17,9 +17,12 @@ from typing import Any
 
 from .. import options as opts
 from ..errors import UsageError
+from ..progress.theme import BORDER, CODE_BACKGROUND, ERROR, FAINT, MUTED, OK, RUNNING, WARN, scroll_box, \
+    status_colour
+from ..runs.compare import PREFERRED_METRICS
 from . import form
 from . import sweep as sweep_mod
-from .view import SweepView, attach
+from .view import SweepView, attach, test_metric_note
 
 WIDE = "460px"
 SKIP_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -132,8 +135,8 @@ class TunePanel:
                                    placeholder="(empty: the whole grid)", continuous_update=True)
         self.sweep_seed = widgets.Text(value="0", description="sweep seed", style=style, continuous_update=True)
         self.metric = widgets.Combobox(description="metric", style=style, ensure_option=False,
-                                       options=["test_accuracy", "val_accuracy", "test_f1", "val_loss",
-                                                "train_loss"], placeholder="test_accuracy")
+                                       options=list(PREFERRED_METRICS), placeholder="val_accuracy")
+        self.metric_note = widgets.HTML()
         self.sweep_line_view = widgets.HTML()
         self.sweep_button = widgets.Button(description="Run sweep", button_style="success", icon="play")
         self.sweep_button.on_click(lambda _b: self.run_sweep())
@@ -142,9 +145,9 @@ class TunePanel:
         for w in (self.grid, self.random, self.sweep_seed, self.metric):
             w.observe(lambda _c: self.refresh_line(), "value")
         sweep_tab = widgets.VBox([
-            widgets.HTML("<div style='color:#555'>The Run tab's options are the base of every point; "
+            widgets.HTML(f"<div style='color:{MUTED}'>The Run tab's options are the base of every point; "
                          "the grid's values replace them point by point.</div>"),
-            self.grid, self.random, self.sweep_seed, self.metric, self.sweep_line_view, self.sweep_button,
+            self.grid, self.random, self.sweep_seed, self.metric, self.metric_note, self.sweep_line_view, self.sweep_button,
             self.sweep_error, self.sweep_area])
 
         # -- recent runs tab --
@@ -171,6 +174,7 @@ class TunePanel:
         self.widget = widgets.VBox([widgets.HTML("<b>llm-magics · tune</b>"), self.tabs])
         self.widget.add_class("llm-magics-tune")
         self._frame = None
+        self._options: dict[str, dict] = {}   # run id → its recorded options (the Recent runs tab's columns)
         self._filling = False
         self.method.observe(lambda _c: self._method_changed(), "value")
         self.command.observe(lambda _c: self._build_form(), "value")
@@ -195,7 +199,7 @@ class TunePanel:
         self.command.value = ""
         self.command.observe(lambda _c: self._build_form(), "value")
         self.command.layout.display = "" if len(commands) > 1 else "none"
-        self.summary.value = (f"<div style='color:#555;max-width:760px'>{html.escape(cls.summary)}</div>"
+        self.summary.value = (f"<div style='color:{MUTED};max-width:760px'>{html.escape(cls.summary)}</div>"
                               if cls is not None and cls.summary else "")
         self._build_form()
 
@@ -233,7 +237,7 @@ class TunePanel:
             shown, folded = groups[group]
             if not shown and not folded:
                 continue
-            parts = [w.HTML(f"<div style='margin-top:6px;border-bottom:1px solid #ddd'>"
+            parts = [w.HTML(f"<div style='margin-top:6px;border-bottom:1px solid {BORDER}'>"
                             f"<b>{form.GROUP_TITLES[group]}</b></div>")] + shown
             if folded:
                 more = w.Accordion(children=[w.VBox(folded)], titles=(f"more {group} options ({len(folded)})",),
@@ -339,14 +343,16 @@ class TunePanel:
 
     def refresh_line(self) -> None:
         line = self.magic_line()
-        self.line.value = ("<div style='color:#555;font-size:11px'>the magic this runs (copy it into a cell to "
-                           f"run it without the panel):</div><pre class='llm-magics-line' style='margin:2px 0;"
-                           f"padding:4px;background:#f6f6f6;white-space:pre-wrap'>{html.escape(line)}</pre>")
+        self.line.value = (f"<div style='color:{MUTED};font-size:11px'>the magic this runs (copy it into a cell "
+                           f"to run it without the panel):</div><pre class='llm-magics-line' style='margin:2px 0;"
+                           f"padding:4px;background:{CODE_BACKGROUND};white-space:pre-wrap'>{html.escape(line)}</pre>")
         if hasattr(self, "sweep_line_view"):
             self.sweep_line_text = self.sweep_line()
             self.sweep_line_view.value = (f"<pre class='llm-magics-sweep-line' style='margin:2px 0;padding:4px;"
-                                     f"background:#f6f6f6;white-space:pre-wrap'>{html.escape(self.sweep_line_text)}"
-                                     "</pre>")
+                                          f"background:{CODE_BACKGROUND};white-space:pre-wrap'>"
+                                          f"{html.escape(self.sweep_line_text)}</pre>")
+            note = test_metric_note(self.metric.value.strip())
+            self.metric_note.value = f"<div style='color:{WARN}'>{html.escape(note)}</div>" if note else ""
 
     def _out_changed(self, _change=None) -> None:
         problem = form.check(_OUT_SPEC, self.out.value) if self.out.value.strip() else None
@@ -377,7 +383,7 @@ class TunePanel:
         attach(handle.progress, self.live)
         self.run_button.disabled = True
         self.stop_button.disabled = False
-        self.status.value = f"<span style='color:#37c'>running <code>{html.escape(handle.run_id)}</code></span>"
+        self.status.value = f"<span style='color:{RUNNING}'>running <code>{html.escape(handle.run_id)}</code></span>"
         threading.Thread(target=self._watch, args=(handle, out), daemon=True,
                          name=f"llm-magics-tune-{handle.run_id}").start()
         return handle
@@ -388,16 +394,16 @@ class TunePanel:
             result = handle.result()
         except UsageError as exc:
             self.error.value = _error_html(str(exc))
-            self.status.value = "<span style='color:#c33'>failed</span>"
+            self.status.value = f"<span style='color:{ERROR}'>failed</span>"
         except Exception as exc:  # noqa: BLE001 - shown next to the panel; the run recorded nothing
             self.error.value = _error_html(f"{type(exc).__name__}: {exc}")
-            self.status.value = "<span style='color:#c33'>failed</span>"
+            self.status.value = f"<span style='color:{ERROR}'>failed</span>"
         else:
             if out:
                 self.namespace[out] = result
             status = getattr(result, "status", "ok")
             bound = f" · Result in <code>{html.escape(out)}</code>" if out else ""
-            self.status.value = (f"<span style='color:{'#2a7' if status == 'ok' else '#c80'}'>{status}</span> "
+            self.status.value = (f"<span style='color:{status_colour(status)}'>{status}</span> "
                                  f"<code>{html.escape(handle.run_id)}</code>{bound}")
         finally:
             self.run_button.disabled = False
@@ -444,7 +450,9 @@ class TunePanel:
         from ..runs import RunStore
         from ..settings import current
         if reload or self._frame is None:
-            self._frame = RunStore(current().runs_path).frame(limit=500)
+            store = RunStore(current().runs_path)
+            self._frame = store.frame(limit=500)
+            self._options = {r["run_id"]: r.get("options") or {} for r in store.list(limit=500)}
         frame = self._frame
         for widget, column in ((self.filter_method, "method"), (self.filter_model, "model"),
                                (self.filter_status, "status")):
@@ -475,8 +483,8 @@ class TunePanel:
                      f"{row.get('status', '')}{score_text} · {row.get('created', '')}")
             options.append((label, row["run_id"]))
         self.runs.options = options
-        self.runs_table.value = _runs_table(shown, metric)
-        self.recent_msg.value = f"<span style='color:#555'>{len(options)} of {len(frame)} recorded runs</span>"
+        self.runs_table.value = _runs_table(shown, metric, self._options)
+        self.recent_msg.value = f"<span style='color:{MUTED}'>{len(options)} of {len(frame)} recorded runs</span>"
 
     def fill(self, run_id: str) -> None:
         """Open a recorded run's method and options in the Run tab ("run again with changes")."""
@@ -502,7 +510,7 @@ class TunePanel:
             self.cell.value = values.pop(self.cls.cell_option)
         self.set_values(values)
         self.tabs.selected_index = 0
-        self.recent_msg.value = f"<span style='color:#2a7'>form filled from <code>{html.escape(run_id)}</code></span>"
+        self.recent_msg.value = f"<span style='color:{OK}'>form filled from <code>{html.escape(run_id)}</code></span>"
 
     # ---- display ------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs):
@@ -517,16 +525,21 @@ from ..common_options import RunOptions  # noqa: E402
 _OUT_SPEC = next(s for s in opts.specs(RunOptions) if s.name == "out")
 
 
-def _runs_table(frame, metric: str | None, limit: int = 30) -> str:
-    """The filtered runs as a compact table: one line per run, newest first."""
+def _runs_table(frame, metric: str | None, options: dict[str, dict] | None = None, limit: int = 30) -> str:
+    """The filtered runs as a compact table: one line per run, newest first; a column for each option
+    that differs between them (--lr, --epochs: a sweep's settings), apart from the metrics."""
     if frame is None or not len(frame):
         return ""
     from ..progress.events import format_metric
-    columns = ["run_id", "method", "model", "status"] + ([metric] if metric and metric in frame else []) \
+    from ..runs.compare import with_options
+    total = len(frame)
+    frame, option_columns = with_options(frame.head(limit), options or {})
+    columns = ["run_id"] + option_columns + ["method", "model", "status"] \
+        + ([metric] if metric and metric in frame else []) \
         + [c for c in ("wall_s", "sweep_id", "created") if c in frame]
     head = "".join(f"<th style='padding:1px 8px;text-align:left'>{html.escape(c)}</th>" for c in columns)
     rows = []
-    for _, row in frame.head(limit).iterrows():
+    for _, row in frame.iterrows():
         cells = []
         for column in columns:
             value = row.get(column)
@@ -536,14 +549,16 @@ def _runs_table(frame, metric: str | None, limit: int = 30) -> str:
                 text = f"{value:,.1f}"
             elif column == "model":
                 text = str(value)[-40:]
+            elif column in option_columns:
+                text = str(value)
             else:
                 text = format_metric(value)
             cells.append(f"<td style='padding:1px 8px;white-space:nowrap'>{html.escape(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    more = f"<div style='color:#888'>… and {len(frame) - limit} more</div>" if len(frame) > limit else ""
-    return (f"<div class='llm-magics-runs' style='overflow-x:auto;font-size:12px'><table><tr>{head}</tr>"
-            f"{''.join(rows)}</table>{more}</div>")
+    more = f"<div style='color:{FAINT}'>… and {total - limit} more</div>" if total > limit else ""
+    table = f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    return f"<div class='llm-magics-runs' style='font-size:12px'>{scroll_box(table)}{more}</div>"
 
 
 def _error_html(message: str) -> str:
-    return f"<span class='llm-magics-error' style='color:#c33'>{html.escape(message)}</span>"
+    return f"<span class='llm-magics-error' style='color:{ERROR}'>{html.escape(message)}</span>"

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from .. import options as opts
 from ..errors import UsageError, did_you_mean
+from ..runs.compare import PREFERRED_METRICS, option_column
 from . import form
 
 
@@ -29,8 +30,8 @@ class SweepOptions:
     grid: str = opts.option(positional=False, help="options to sweep: \"name=v1,v2 name2=a,b\" (a|b when values "
                                                    "hold commas; lo~hi draws from a range with --random)",
                             metavar="SPEC")
-    metric: str | None = opts.option(None, "the metric the leaderboard ranks by (default: test_accuracy, "
-                                           "else the first recorded)")
+    metric: str | None = opts.option(None, "the metric the leaderboard ranks by (default: a validation metric, "
+                                           "val_accuracy first; a test metric would tune on the test set)")
     random: int | None = opts.option(None, "a seeded random search of N points instead of the whole grid",
                                      check=opts.positive, metavar="N")
     sweep_seed: int = opts.option(0, "the random search's seed", check=opts.non_negative)
@@ -178,8 +179,9 @@ class Sweep:
         self.id = sweep_id or new_sweep_id()
         self.progress_mode = progress_mode
         self.rows: list[dict[str, Any]] = [
-            {"point": i + 1, **point, "status": "waiting", "run_id": "", "message": "",
-             "line": self.line_of(point)} for i, point in enumerate(grid_points)]
+            # Options under their flag (--epochs), so a metric of the same name (epochs) never overwrites one.
+            {"point": i + 1, **{option_column(n): v for n, v in point.items()}, "status": "waiting", "run_id": "",
+             "message": "", "line": self.line_of(point)} for i, point in enumerate(grid_points)]
         self.results: list[Any] = []
         self.current = None                 # the RunHandle of the point running now
         self.on_run: list[Callable] = []     # called with each point's RunHandle when it starts
@@ -310,11 +312,12 @@ class Sweep:
 
 
 def _pick_metric(row: dict) -> str | None:
-    for name in ("test_accuracy", "val_accuracy", "test_f1", "val_loss", "train_loss"):
+    for name in PREFERRED_METRICS:
         if name in row:
             return name
     skip = {"point", "wall_s"}
-    return next((k for k, v in row.items() if isinstance(v, float) and k not in skip), None)
+    return next((k for k, v in row.items() if isinstance(v, float) and k not in skip and not k.startswith("--")),
+                None)
 
 
 def from_line(line: str | list[str], namespace: dict | None = None, progress_mode: str | None = None,

@@ -7,8 +7,31 @@ from typing import Any
 
 from ..progress.events import Throttle, format_metric, format_seconds
 from ..progress.html import render
+from ..progress.theme import BEST_ROW, ERROR, WARN, scroll_box, status_colour
+from ..runs.compare import option_column
 
 NUMBERS_SKIPPED = {"point"}
+COUNTED = (("ok", "done"), ("stopped", "stopped"), ("skipped", "skipped"), ("failed", "failed"),
+           ("running", "running"), ("waiting", "waiting"))   # (row status, word in the title)
+
+
+def status_counts(sweep) -> str:
+    """'1 done · 1 stopped · 2 skipped of 4 points': what each point came to, not just how many ended."""
+    statuses = [str(row["status"]) for row in sweep.rows]
+    parts = [f"{statuses.count(status)} {word}" for status, word in COUNTED if status in statuses]
+    parts += [f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses) if s not in dict(COUNTED)]
+    return f"{' · '.join(parts)} of {len(statuses)} points"
+
+
+def test_metric_note(metric: str | None) -> str | None:
+    """One line when a sweep is ranked by a test metric: picking settings on the test set makes the test
+    score of the pick optimistic (the test set has become part of the tuning)."""
+    if not metric or not metric.startswith("test_"):
+        return None
+    validation = "val_" + metric[len("test_"):]
+    return (f"ranked by {metric}: choosing settings on the test set biases the score you report upward; rank by "
+            f"a validation metric ({validation}, with --validation or the split off --data) and read {metric} "
+            "once, for the chosen point")
 
 
 class WidgetHtmlSink(Throttle):
@@ -34,7 +57,8 @@ def attach(progress, widget) -> WidgetHtmlSink:
 
 
 def _columns(sweep) -> tuple[list[str], list[str]]:
-    swept = [a.name for a in sweep.axes]
+    """The swept options' columns (--lr, --epochs) and the metrics' (the ranking one first)."""
+    swept = [option_column(a.name) for a in sweep.axes]
     metrics = []
     for row in sweep.rows:
         for key, value in row.items():
@@ -64,27 +88,26 @@ def leaderboard_html(sweep, sort_by: str | None = None) -> str:
     rows = []
     for _, row in board.iterrows():
         is_best = best is not None and row.get("run_id") == best.get("run_id") and row.get("run_id")
-        style = "background:#e3f4e6;font-weight:bold" if is_best else ""
+        style = BEST_ROW if is_best else ""
         status = str(row.get("status", ""))
-        colour = {"ok": "#2a7", "failed": "#c33", "stopped": "#c80", "running": "#37c",
-                  "skipped": "#888"}.get(status, "#555")
-        status_cell = f"<span style='color:{colour}'>{html.escape(status)}</span>"
+        status_cell = f"<span style='color:{status_colour(status)}'>{html.escape(status)}</span>"
         if row.get("message"):
-            status_cell += f" <span style='color:#c33;font-size:11px'>{html.escape(str(row['message']))}</span>"
+            status_cell += f" <span style='color:{ERROR};font-size:11px'>{html.escape(str(row['message']))}</span>"
         values = [str(int(row["point"]))] + [html.escape(str(row.get(name, ""))) for name in swept]
         numbers = [format_metric(row[m]) if m in row and row[m] == row[m] else "" for m in metrics]
         wall = format_seconds(row["wall_s"]) if row.get("wall_s") == row.get("wall_s") \
             and row.get("wall_s") is not None else ""
         tds = values + [status_cell] + numbers + [wall, f"<code>{html.escape(str(row.get('run_id') or ''))}</code>"]
-        rows.append(f"<tr class='llm-sweep-row' style='{style}'>"
+        rows.append(f"<tr class='llm-sweep-row{' llm-sweep-best' if is_best else ''}' style='{style}'>"
                     + "".join(f"<td style='padding:2px 8px;white-space:nowrap'>{v}</td>" for v in tds) + "</tr>")
-    done = sum(r["status"] not in ("waiting", "running") for r in sweep.rows)
     title = (f"<b>sweep <code>{html.escape(sweep.id)}</code></b> of %{html.escape(sweep.method)} · "
-             f"{done}/{len(sweep.rows)} points · {html.escape(sweep.status)}"
+             f"{html.escape(status_counts(sweep))} · {html.escape(sweep.status)}"
              + (f" · ranked by {html.escape(sort_by or sweep.metric)}" if (sort_by or sweep.metric) else ""))
+    note = test_metric_note(sort_by or sweep.metric)
+    note_html = f"<div class='llm-magics-note' style='color:{WARN}'>{html.escape(note)}</div>" if note else ""
+    table = f"<table style='border-collapse:collapse'><tr>{cells}</tr>{''.join(rows)}</table>"
     return (f"<div class='llm-magics-leaderboard' style='font-family:sans-serif;font-size:13px'>{title}"
-            f"<div style='overflow-x:auto'><table style='border-collapse:collapse'><tr>{cells}</tr>"
-            f"{''.join(rows)}</table></div></div>")
+            f"{note_html}{scroll_box(table)}</div>")
 
 
 def leaderboard_text(sweep, sort_by: str | None = None) -> str:
@@ -100,15 +123,21 @@ class TextSweepView:
     def __init__(self, sweep, stream=None):
         self.sweep, self.stream = sweep, stream
         self._said: set[int] = set()
+        self._noted = False
         sweep.on_update.append(self.update)
 
     def update(self, sweep) -> None:
         out = self.stream or sys.stdout
+        note = test_metric_note(sweep.metric)
+        if note and not self._noted:
+            self._noted = True
+            print(f"[{sweep.id}] {note}", file=out, flush=True)
         for row in sweep.rows:
             if row["status"] in ("waiting", "running") or row["point"] in self._said:
                 continue
             self._said.add(row["point"])
-            values = " ".join(f"{a.name}={row[a.name]}" for a in sweep.axes if a.name in row)
+            values = " ".join(f"{a.name}={row[option_column(a.name)]}" for a in sweep.axes
+                              if option_column(a.name) in row)
             score = f" {sweep.metric}={format_metric(row[sweep.metric])}" if sweep.metric in row else ""
             extra = f" ({row['message']})" if row.get("message") else ""
             print(f"[{sweep.id}] {row['point']}/{len(sweep.rows)} {values}: {row['status']}{score}"
@@ -156,15 +185,80 @@ class SweepView:
         if sweep.finished:
             self.stop_button.disabled = True
             self.stop_button.description = "Sweep stopped" if sweep.stopping else "Sweep done"
-            self.plot.value = plot_html(sweep)
+        self.plot.value = plot_html(sweep, key)   # grows point by point
 
     def _repr_mimebundle_(self, **kwargs) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-def plot_html(sweep) -> str:
+def plot_html(sweep, metric: str | None = None) -> str:
+    """The sweep's plot as an <img>, or a line saying why there is none yet."""
     try:
-        comparison = sweep.compare()
+        png = sweep_plot(sweep, metric)
     except Exception as exc:  # noqa: BLE001 - the plot is a bonus, never the reason a sweep fails
-        return f"<div style='color:#a60'>no plot: {html.escape(str(exc))}</div>"
-    return (f"<div style='overflow-x:auto'>{comparison._repr_html_()}</div>") if comparison.png else ""
+        return f"<div style='color:{WARN}'>no plot: {html.escape(str(exc))}</div>"
+    if png is None:
+        return ""
+    from ..runs.figures import png_html
+    return scroll_box(png_html(png, alt=f"{metric or sweep.metric} against the swept options"))
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None
+
+
+def sweep_plot(sweep, metric: str | None = None) -> bytes | None:
+    """The metric against a swept option (the first numeric one that varies), one line per value of
+    the other swept options; a stopped point (partly trained) is drawn hollow. None until a point has
+    the metric."""
+    metric = metric or sweep.metric
+    rows = [r for r in sweep.rows if metric and _number(r.get(metric)) is not None]
+    if not rows:
+        return None
+    columns = [option_column(a.name) for a in sweep.axes]
+    varied = [c for c in columns if len({str(r.get(c)) for r in rows}) > 1] or columns[:1]
+    x_column = next((c for c in varied if all(_number(r.get(c)) is not None for r in rows)), varied[0])
+    numeric = all(_number(r.get(x_column)) is not None for r in rows)
+    others = [c for c in varied if c != x_column]
+    typed = [v for a in sweep.axes if option_column(a.name) == x_column for v in a.values]   # the grid's order
+    categories = typed + sorted({str(r.get(x_column)) for r in rows} - set(typed))
+
+    def x_of(row):
+        return _number(row[x_column]) if numeric else categories.index(str(row.get(x_column)))
+
+    from ..runs.figures import new_figure, to_png
+    fig = new_figure(6.0, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    lines: dict[str, list[dict]] = {}
+    for row in rows:
+        lines.setdefault(" ".join(f"{c} {row.get(c)}" for c in others), []).append(row)
+    for label, members in lines.items():
+        members = sorted(members, key=x_of)
+        xs, ys = [x_of(r) for r in members], [_number(r[metric]) for r in members]
+        (line,) = ax.plot(xs, ys, "-", marker="o", markersize=6, label=label or None)
+        stopped = [(x, y) for x, y, r in zip(xs, ys, members) if r.get("status") != "ok"]
+        if stopped:
+            ax.scatter(*zip(*stopped), s=60, facecolors="white", edgecolors=line.get_color(), zorder=3)
+    if numeric:
+        values = [x_of(r) for r in rows]
+        if min(values) > 0 and max(values) / min(values) >= 10:
+            ax.set_xscale("log")
+    else:
+        shown = sorted({x_of(r) for r in rows})
+        names = {x_of(r): str(r.get(x_column)) for r in rows}
+        ax.set_xticks(shown, [names[x] for x in shown])
+    ax.set_xlabel(x_column)
+    ax.set_ylabel(metric)
+    ax.margins(x=0.1, y=0.15)
+    ax.grid(alpha=0.3)
+    title = f"{metric} against {x_column}" + (f", one line per {' '.join(others)}" if others else "")
+    if any(r.get("status") != "ok" for r in rows):
+        title += " (hollow: stopped early)"
+    ax.set_title(title, fontsize=9)
+    if others:
+        ax.legend(fontsize=8)
+    return to_png(fig)

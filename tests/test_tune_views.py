@@ -1,0 +1,140 @@
+"""Tuning views a person can read: sweeps by their settings, theme-proof colours, the small items of issue 21."""
+import pytest
+
+from llm_magics.errors import UsageError
+from llm_magics.tune import sweep as sweep_mod
+from llm_magics.tune.view import leaderboard_html, sweep_plot
+
+
+def finished_sweep(grid: str, outcomes: list[dict], metric: str | None = None):
+    """A lora sweep over `grid` whose points ended as `outcomes` say (status and metrics), without training:
+    what the sweep's thread writes into its rows, written here."""
+    from llm_magics.methods.lora import LoraOptions
+    axes = sweep_mod.parse_grid(LoraOptions, grid)
+    sweep = sweep_mod.Sweep("lora", None, ["--data", "df"], axes, sweep_mod.points(axes), metric)
+    for row, outcome in zip(sweep.rows, outcomes):
+        row.update(outcome)
+        if outcome.get("status") in ("ok", "stopped"):
+            row["run_id"] = f"lora-{row['point']:012d}"
+            sweep.metric = sweep.metric or sweep_mod._pick_metric(row)
+    sweep.ended = 1.0
+    return sweep
+
+
+def test_a_metric_never_overwrites_the_swept_option_of_its_name():
+    sweep = finished_sweep("epochs=1,3 lr=1e-4", [
+        {"status": "stopped", "val_accuracy": 0.6, "epochs": 0.217},
+        {"status": "ok", "val_accuracy": 0.8, "epochs": 3.0}])
+    board = sweep.leaderboard()
+    assert list(board["--epochs"]) == ["3", "1"] and list(board["epochs"]) == [3.0, 0.217]
+    html = leaderboard_html(sweep)
+    header = html.split("</tr>", 1)[0]
+    assert ">--epochs<" in header and ">--lr<" in header and ">epochs<" in header
+    stopped = [row for row in html.split("llm-sweep-row")[1:] if ">stopped<" in row][0]
+    assert ">1<" in stopped and "0.217" in stopped       # the grid's value and the metric, side by side
+
+
+def test_the_title_counts_what_each_point_came_to():
+    sweep = finished_sweep("lr=1e-4,2e-4,3e-4,4e-4", [
+        {"status": "stopped", "val_accuracy": 0.5}, {"status": "skipped"}, {"status": "skipped"},
+        {"status": "failed", "message": "out of memory"}])
+    html = leaderboard_html(sweep)
+    assert "1 stopped · 2 skipped · 1 failed of 4 points" in html and "4/4" not in html
+
+
+def test_sweeps_rank_by_validation_and_a_test_metric_says_why_not():
+    row = {"point": 1, "--lr": "1e-4", "test_accuracy": 0.9, "val_accuracy": 0.8, "train_loss": 0.1}
+    assert sweep_mod._pick_metric(row) == "val_accuracy"
+    by_val = finished_sweep("lr=1e-4,2e-4", [{"status": "ok", "val_accuracy": 0.7, "test_accuracy": 0.9}] * 2)
+    assert by_val.metric == "val_accuracy" and "llm-magics-note" not in leaderboard_html(by_val)
+    by_test = finished_sweep("lr=1e-4,2e-4", [{"status": "ok", "test_accuracy": 0.9}] * 2, metric="test_accuracy")
+    note = leaderboard_html(by_test).split("llm-magics-note", 1)[1].split("</div>", 1)[0]
+    assert "test set biases" in note and "val_accuracy" in note
+
+
+def plotted(monkeypatch, sweep, metric=None):
+    """The axes sweep_plot drew, caught before they become a PNG."""
+    from llm_magics.runs import figures
+    caught = []
+    original = figures.to_png
+
+    def catch(fig):
+        caught.append(fig.axes[0])
+        return original(fig)
+    monkeypatch.setattr(figures, "to_png", catch)
+    png = sweep_plot(sweep, metric)
+    assert png and png.startswith(b"\x89PNG")
+    return caught[0]
+
+
+def test_the_sweep_plot_is_the_metric_against_the_swept_option(monkeypatch):
+    sweep = finished_sweep("lr=1e-4,1e-3,1e-2 epochs=1,2", [
+        {"status": "ok", "val_accuracy": v} for v in (0.5, 0.6, 0.7, 0.8, 0.65, 0.6)])
+    ax = plotted(monkeypatch, sweep)
+    assert ax.get_xlabel() == "--lr" and ax.get_ylabel() == "val_accuracy" and ax.get_xscale() == "log"
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["--epochs 1", "--epochs 2"]
+    assert len(ax.get_lines()) == 2 and sorted(ax.get_lines()[0].get_xdata()) == [1e-4, 1e-3, 1e-2]
+    categorical = finished_sweep("target=q|k,v", [{"status": "ok", "val_accuracy": 0.5},
+                                                  {"status": "stopped", "val_accuracy": 0.4}])
+    ax = plotted(monkeypatch, categorical)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["q", "k,v"] and "stopped early" in ax.get_title()
+    assert sweep_plot(finished_sweep("lr=1e-4", [{"status": "failed"}])) is None   # nothing to draw yet
+
+
+def test_compare_shows_the_options_that_differ_apart_from_metrics():
+    import pandas as pd
+
+    from llm_magics.runs.compare import compare
+    frame = pd.DataFrame([
+        dict(run_id="a", method="finetune", model="m", status="ok", trainable_params=10, wall_s=1.0,
+             val_accuracy=0.7, epochs=0.5),
+        dict(run_id="b", method="finetune", model="m", status="ok", trainable_params=10, wall_s=2.0,
+             val_accuracy=0.8, epochs=2.0)])
+    options = {"a": {"epochs": 1, "lr": 0.001, "seed": 0, "out": "x"},
+               "b": {"epochs": 2, "lr": 0.01, "seed": 0, "out": "y"}}
+    result = compare(frame, "val_accuracy", options)
+    assert result.options == ["--epochs", "--lr"]
+    assert list(result.table.columns[:3]) == ["run_id", "--epochs", "--lr"]
+    assert list(result.table["--epochs"]) == ["2", "1"]
+    assert "overflow-x:auto" in result._repr_html_()
+    assert compare(frame, "val_accuracy").options == []      # without recorded options, no option columns
+
+
+def record(store, run_id, options, **metrics):
+    store.record(dict(run_id=run_id, method="probe", model="minilm", status="ok", options=options,
+                      metrics=metrics, trainable_params=0, wall_s=1.0))
+
+
+def test_llm_compare_two_runs_with_diff(shell, store):
+    record(store, "probe-000000000001", {"C": 0.1, "pooling": "mean", "seed": 0}, test_accuracy=0.7)
+    record(store, "probe-000000000002", {"C": 1.0, "pooling": "mean", "seed": 0}, test_accuracy=0.8)
+    record(store, "probe-000000000003", {"C": 5.0, "pooling": "cls", "seed": 1}, test_accuracy=0.6)
+    result = shell.run_line_magic("llm", "compare probe-000000000001 probe-000000000002 --diff")
+    assert set(result.table["run_id"]) == {"probe-000000000001", "probe-000000000002"}
+    assert result.options == ["--C"] and list(result.table["--C"]) == ["1.0", "0.1"]
+    plain = shell.run_line_magic("llm", "compare probe-000000000001 probe-000000000003")
+    assert plain.options == [] and len(plain.table) == 2
+    with pytest.raises(UsageError, match="no recorded run 'probe-nope'"):
+        shell.run_line_magic("llm", "compare probe-000000000001 probe-nope --diff")
+
+
+def test_recent_runs_show_the_options_that_differ(shell, store):
+    from llm_magics.tune.panel import TunePanel
+    record(store, "probe-000000000001", {"C": 0.1, "epochs": 1, "out": "a"}, val_accuracy=0.7, epochs=0.4)
+    record(store, "probe-000000000002", {"C": 1.0, "epochs": 3, "out": "b"}, val_accuracy=0.8, epochs=3.0)
+    panel = TunePanel(shell.user_ns, "probe")
+    panel.refresh_runs()
+    header = panel.runs_table.value.split("</tr>", 1)[0]
+    assert ">--C<" in header and ">--epochs<" in header and ">--out<" not in header
+    assert "overflow-x:auto" in panel.runs_table.value
+
+
+def test_llm_ends_with_next_steps_and_help_lists_every_command(shell):
+    from llm_magics.magics import LLM_COMMANDS
+    overview = shell.run_line_magic("llm", "")
+    tail = repr(overview).split("next:", 1)[1]
+    assert all(f"%llm {word}" in tail for word in ("tune", "sweep", "compare", "help"))
+    assert "%llm help" in overview._repr_html_()
+    listing = repr(shell.run_line_magic("llm", "help")).splitlines()
+    assert len(listing) == 1 + len(LLM_COMMANDS)
+    assert any(line.split()[:2] == ["%llm", "sweep"] and "leaderboard" in line for line in listing)
