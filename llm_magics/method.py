@@ -137,6 +137,7 @@ class Result:
         return f"<{type(self).__name__} {self.summary_line()} | {metrics}>"
 
     def _repr_html_(self) -> str:
+        from .progress.theme import FAINT, WARN, scroll_box
         from .runs.figures import png_html
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{format_metric(v)}</td></tr>"
                        for k, v in self.metrics.items())
@@ -144,11 +145,11 @@ class Result:
                  f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"]
         for name, table in self.tables.items():
             parts.append(f"<div><i>{html.escape(name)}</i></div>"
-                         + table.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+                         + scroll_box(table.to_html(index=False, float_format=lambda v: f"{v:.4g}")))
         parts += [png_html(png, alt=name) for name, png in self.figures.items()]
-        parts += [f"<div style='color:#a60'>{html.escape(n)}</div>" for n in self.notes]
+        parts += [f"<div style='color:{WARN}'>{html.escape(n)}</div>" for n in self.notes]
         if self.artifacts:
-            parts.append("<div style='color:#888;font-size:11px'>"
+            parts.append(f"<div style='color:{FAINT};font-size:11px'>"
                          + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in self.artifacts.items())
                          + "</div>")
         return "".join(parts)

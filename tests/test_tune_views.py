@@ -138,3 +138,50 @@ def test_llm_ends_with_next_steps_and_help_lists_every_command(shell):
     listing = repr(shell.run_line_magic("llm", "help")).splitlines()
     assert len(listing) == 1 + len(LLM_COMMANDS)
     assert any(line.split()[:2] == ["%llm", "sweep"] and "leaderboard" in line for line in listing)
+
+
+def bare_colours(markup: str) -> list[str]:
+    """Colours in style rules that are not JupyterLab theme variables (with their fallback)."""
+    import re
+
+    from llm_magics.progress.theme import BEST_ROW
+    markup = re.sub(r"var\(--jp-[\w-]+, ?#[0-9a-fA-F]{3,6}\)", "var()", markup.replace(BEST_ROW, ""))
+    markup = re.sub(r"<span style='color:#[0-9a-fA-F]{3,6}'>■</span>", "", markup)   # a chart's swatch: its line's
+    return re.findall(r"(?:color|background|border|stroke)[\w-]*\s*:[^;'\"]*#[0-9a-fA-F]{3,6}", markup)
+
+
+def test_every_view_takes_its_colours_from_the_theme(shell, store):
+    import pandas as pd
+
+    from llm_magics.method import Result
+    from llm_magics.progress import Progress
+    from llm_magics.progress.html import render
+    from llm_magics.runs.compare import compare
+    from llm_magics.tune.panel import TunePanel
+    sweep = finished_sweep("lr=1e-4,2e-4,3e-4", [{"status": "ok", "val_accuracy": 0.7},
+                                                 {"status": "failed", "message": "bad"}, {"status": "stopped"}])
+    progress = Progress([], run_id="r1", title="train")
+    progress.start(total=10, unit="steps")
+    for i in range(10):
+        progress.advance(1, loss=1.0 / (i + 1))
+        progress.eval(val_accuracy=i / 10)
+    progress.log("out of memory: splitting batches")
+    panel = TunePanel(shell.user_ns, "probe")
+    panel.metric.value = "test_accuracy"
+    record(store, "probe-000000000001", {"C": 0.1}, test_accuracy=0.7)
+    panel.refresh_runs()
+    frame = pd.DataFrame([dict(run_id="a", method="probe", model="m", status="ok", trainable_params=10,
+                               wall_s=1.0, test_accuracy=0.7)])
+    result = Result("probe", {"test_accuracy": 0.7}, notes=["a note"], artifacts={"run_dir": "/tmp/x"},
+                    tables={"t": frame})
+    views = {"leaderboard": leaderboard_html(sweep), "live view": render(progress.state),
+             "magic line": panel.line.value, "sweep line": panel.sweep_line_view.value,
+             "metric note": panel.metric_note.value, "recent runs": panel.runs_table.value,
+             "compare": compare(frame)._repr_html_(), "overview": shell.run_line_magic("llm", "")._repr_html_(),
+             "result": result._repr_html_()}
+    assert "var(--jp-layout-color2, #f6f6f6)" in views["magic line"] and "test set" in views["metric note"]
+    assert "llm-sweep-best" in views["leaderboard"]
+    assert {name: bare_colours(markup) for name, markup in views.items() if bare_colours(markup)} == {}
+    assert "<svg" in views["live view"] and "fill:currentColor" in views["live view"]   # axis text follows the theme
+    for name in ("leaderboard", "recent runs", "compare", "overview", "result"):
+        assert "overflow-x:auto" in views[name], name

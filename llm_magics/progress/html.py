@@ -147,7 +147,7 @@ def chart(history: list[tuple[int, dict[str, float]]], unit: str = "steps") -> s
         note = f" (= {html.escape(same)}, dashed)" if same != name else ""
         span = (f"{format_metric(values[0])} (flat)" if min(values) == max(values)
                 else f"{format_metric(values[0])} → {format_metric(values[-1])}")
-        legend.append(f"<span style='color:{colours[name]};white-space:nowrap'>■ {html.escape(name)} "
-                      f"{span}{note}</span>")
+        legend.append(f"<span style='white-space:nowrap'><span style='color:{colours[name]}'>■</span> "
+                      f"{html.escape(name)} {span}{note}</span>")   # the swatch coloured, the words the theme's
     return ("<div class='llm-magics-chart'>" + "".join(charts) + "</div><div style='font-size:11px'>"
             + " &nbsp; ".join(legend) + "</div>")
