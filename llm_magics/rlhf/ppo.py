@@ -215,13 +215,14 @@ class StepStats:
 class PpoTrainer:
     def __init__(self, policy: PolicyWithValue, reward: Callable, reward_name: str, prompts: list[str],
                  config: PpoConfig, progress=None, on_step: Callable[[StepStats], None] | None = None,
-                 run_rng=None):
+                 run_rng=None, signal=None):
         from ..engine.rng import RunRng
         from ..engine.loop import TrainConfig, make_optimizer
         # The run's own generator: sampling draws from it, never from the user's global one.
         self.run_rng = run_rng if run_rng is not None else RunRng(config.seed, policy.device)
         self.policy, self.reward, self.reward_name = policy, reward, reward_name
         self.prompts, self.config, self.progress, self.on_step = list(prompts), config, progress, on_step
+        self.signal = signal   # a signal.RewardSignal: says when the reward stops varying, maybe ends the run
         holder = nn.ModuleDict({"policy": policy.model, "value": policy.value_head})
         self.optimizer = make_optimizer(holder, TrainConfig(lr=config.lr, weight_decay=config.weight_decay),
                                         policy.device)
@@ -254,6 +255,8 @@ class PpoTrainer:
             roll = policy.rollout(prompts, cfg.max_new_tokens)
         scores = call_reward(self.reward, roll.prompts, roll.completions, self.reward_name)
         raw_scores = scores.clone()
+        if self.signal is not None:
+            self.signal.observe(raw_scores.tolist())
         if cfg.no_eos_penalty is not None:
             scores = torch.where(roll.ended, scores, torch.full_like(scores, cfg.no_eos_penalty))
         if cfg.reward_norm:
@@ -346,6 +349,9 @@ class PpoTrainer:
                     if progress.should_stop and number < self.config.steps:
                         status = "stopped"
                         break
+                if self.signal is not None and self.signal.should_stop:   # --stop-no-signal
+                    status = "stopped"
+                    break
         return status
 
 

@@ -26,14 +26,15 @@ except ImportError:  # pragma: no cover - transformers is a dependency
 # TRL log keys → the names our live view shows.
 SHOWN = {"loss": "loss", "rewards/margins": "margin", "rewards/accuracies": "accuracy",
          "rewards/chosen": "chosen_reward", "rewards/rejected": "rejected_reward", "learning_rate": "lr",
-         "reward": "reward", "reward_std": "reward_std", "kl": "kl"}
+         "reward": "reward", "reward_std": "reward_std", "frac_reward_zero_std": "frac_reward_zero_std", "kl": "kl"}
 
 
 class ProgressCallback(TrainerCallback):
     """TRL's step/log events → our Progress; our stop request → TRL's clean stop."""
 
-    def __init__(self, progress):
+    def __init__(self, progress, reward_signal=None):
         self.progress = progress
+        self.reward_signal = reward_signal   # GRPO/RLOO: a signal.RewardSignal fed each step's rewards
         self.logs: list[dict[str, float]] = []
         self.stopped = False
         self._previous = None
@@ -54,6 +55,9 @@ class ProgressCallback(TrainerCallback):
         if sync is not None:   # a launched worker: every rank stops at the same step, or none does
             sync()
         if self.progress.should_stop and state.global_step < state.max_steps:
+            self.stopped = True
+            control.should_training_stop = True
+        if self.reward_signal is not None and self.reward_signal.end_step():   # --stop-no-signal
             self.stopped = True
             control.should_training_stop = True
         return control
@@ -259,6 +263,8 @@ def online_trainer(kind: str, o, model, reward_fn, prompts: list[str], tokenizer
               "max_completion_length": o.max_new_tokens, "temperature": o.temperature,
               "per_device_train_batch_size": o.batch_size}
     dataset = datasets.Dataset.from_dict({"prompt": prompts})
+    if callback.reward_signal is not None:   # the tracker sees each step's rewards as TRL gets them
+        reward_fn = callback.reward_signal.recording(reward_fn)
     if kind == "grpo":
         from trl import GRPOConfig as Config, GRPOTrainer as Trainer
     else:

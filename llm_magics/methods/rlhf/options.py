@@ -11,6 +11,7 @@ from ...common_options import ModelOptions, RunOptions, TrainingOptions
 from ...engine.features import POOLINGS
 from ...errors import UsageError
 from ...options import option, positive
+from ...rlhf.signal import NO_SIGNAL_STEPS
 
 REWARD_TRAIN = ("full", "head") + TUNERS
 DEFAULT_REWARD_LR = {"full": 5e-5, "head": 1e-3, "tuner": 1e-3}
@@ -84,7 +85,19 @@ def _policy_method(value) -> str | None:
 
 
 @dataclass
-class PpoOptions(RunOptions, OneProcessOptions):
+class RewardSignalOptions:
+    """What ppo, grpo and rloo share about the reward's signal (llm_magics/rlhf/signal.py)."""
+    stop_no_signal: int | None = option(None, "end the run (status stopped) after this many steps in a row in which "
+                                              "the reward gave no signal: one value for every rollout (grpo/rloo: "
+                                              "within every prompt's group). The live view and the Result say so "
+                                              f"after {NO_SIGNAL_STEPS} such steps either way (default: never stop)",
+                                        check=positive)
+    probe_reward: bool = option(False, "only look: score one batch of rollouts of the policy as loaded and return "
+                                       "them with their rewards as a table (no training)")
+
+
+@dataclass
+class PpoOptions(RunOptions, OneProcessOptions, RewardSignalOptions):
     policy: str | None = option(None, "the causal LM to tune: an alias (smollm2), a local folder or a hub id "
                                       "(default: the configured default model)")
     reward: Any = option(None, "a reward: a %rlhf reward Result variable, its run id or folder, or any Python "
@@ -157,7 +170,7 @@ class DpoOptions(PreferenceOptions, RunOptions, TrainingOptions):
 
 
 @dataclass
-class OnlineOptions(RunOptions, TrainingOptions):
+class OnlineOptions(RunOptions, TrainingOptions, RewardSignalOptions):
     policy: str | None = option(None, "the causal LM to tune: an alias (smollm2), a local folder or a hub id")
     reward: Any = option(None, "a %rlhf reward Result (variable, run id or folder) or a Python "
                                "callable(prompts, completions) -> floats", metavar="REWARD")

@@ -8,6 +8,7 @@ from ...models import hold, resolve, trainable
 from ...training import describe_run
 from .common import load_policy, policy_adapter_config
 from .options import PpoOptions
+from .reward_signal import probe_only, watch_reward
 
 if TYPE_CHECKING:
     from ...rlhf.policy import PpoResult
@@ -24,6 +25,9 @@ def run_ppo(o: PpoOptions, ctx) -> "PpoResult":
     loaded = load_policy("ppo", o, source, device)
     if hasattr(reward, "check_readable"):
         reward.check_readable(prompts[:16], reward_name)
+    signal = watch_reward("ppo", o, progress, loaded, reward, reward_name, prompts)
+    if o.probe_reward:
+        return probe_only("ppo", signal, source, device, progress)
     model, reference = loaded.model, None
     # The adapter's and the value head's initialisation draw from the run's seed, not the global generator.
     with seeded(o.seed):
@@ -49,10 +53,11 @@ def run_ppo(o: PpoOptions, ctx) -> "PpoResult":
                        whiten=o.whiten, reward_norm=o.reward_norm, no_eos_penalty=o.no_eos_penalty,
                        max_grad_norm=o.max_grad_norm or None, seed=o.seed, stop_kl=o.stop_kl)
     trainer = PpoTrainer(policy, reward, reward_name, prompts, config, progress,
-                         run_rng=RunRng(o.seed, device))
+                         run_rng=RunRng(o.seed, device), signal=signal)
     progress.start(total=o.steps, unit="steps")
     status = trainer.train()
     result = PpoResult.from_trainer(trainer, status, o, source, loaded, plan, ctx, device)
+    result.notes.extend(signal.notes)
     hold(result)
     progress.end(status, reward=result.metrics.get("reward_last3", float("nan")),
                  kl=result.metrics.get("kl_mean", float("nan")))

@@ -12,6 +12,7 @@ from ...training import describe_run
 from .common import load_policy, policy_adapter_config, preference_data
 from .launch import for_the_kernel
 from .options import DpoOptions, OnlineOptions
+from .reward_signal import probe_only, watch_reward
 
 if TYPE_CHECKING:
     from ...rlhf.policy import PreferenceResult
@@ -130,12 +131,15 @@ def run_online(kind: str, o: OnlineOptions, ctx) -> "PreferenceResult":
     loaded = load_policy(kind, o, source, device)
     if hasattr(reward, "check_readable"):
         reward.check_readable(prompts[:16], reward_name)
+    signal = watch_reward(kind, o, progress, loaded, reward, reward_name, prompts)
+    if o.probe_reward:
+        return probe_only(kind, signal, source, device, progress)
     peft_config = None if o.method == "full" else policy_adapter_config(o, loaded.model, source, o.steps)
 
     def reward_fn(prompts, completions, **_):
         return call_reward(reward, list(prompts), list(completions), reward_name).tolist()
     reward_fn.__name__ = "reward"
-    callback = ProgressCallback(progress)
+    callback = ProgressCallback(progress, signal)
     trainer = build_trl_trainer(lambda: online_trainer(kind, o, loaded.model, reward_fn, prompts, loaded.tokenizer,
                                                        peft_config, callback,
                                                        trl_common(o, device, ctx.run_dir / "trl", dtype)))
@@ -158,7 +162,7 @@ def run_online(kind: str, o: OnlineOptions, ctx) -> "PreferenceResult":
     from types import SimpleNamespace
     data = SimpleNamespace(fingerprint="")
     result = PreferenceResult.build(f"rlhf {kind}", o, source, loaded, policy, plan, status, metrics,
-                                    callback.logs, data, ctx, device, [], name)
+                                    callback.logs, data, ctx, device, signal.notes, name)
     hold(result)
     progress.end(status, **{k: v for k, v in metrics.items() if k.startswith("reward_")})
     return result
