@@ -185,3 +185,60 @@ def test_every_view_takes_its_colours_from_the_theme(shell, store):
     assert "<svg" in views["live view"] and "fill:currentColor" in views["live view"]   # axis text follows the theme
     for name in ("leaderboard", "recent runs", "compare", "overview", "result"):
         assert "overflow-x:auto" in views[name], name
+
+
+def test_icl_result_reads_row_by_row_and_predicts_plain_strings(tiny_llama, demo):
+    from llm_magics import api
+    train, test = demo
+    data = test.head(6).rename(columns={"text": "sentence"})
+    demos = train.rename(columns={"text": "sentence"})
+    result = api.icl(model=str(tiny_llama), dtype="float32", template="Review: {sentence}\nSentiment: {label}",
+                     data=data, demos=demos, shots=2, labels=["negative", "positive"], zero_shot=False)
+    html = result._repr_html_()
+    per_row = html.split("<i>per row</i>", 1)[1]
+    header = per_row.split("</thead>", 1)[0]
+    assert all(f"<th>{c}</th>" in header for c in ("sentence", "label", "prediction", "score"))
+    assert data["sentence"].iloc[0][:20] in per_row
+    one_class = result.predictions["prediction"].nunique() == 1
+    assert any(n.startswith("every prediction is") for n in result.notes) == one_class
+    expected = result.predict(data[["sentence"]].head(2))
+    assert result.predict(list(data["sentence"].head(2))) == expected          # plain strings fill {sentence}
+    assert result.predict(data["sentence"].iloc[0]) == expected[:1]
+    two_fields = api.icl(model=str(tiny_llama), dtype="float32", template="{sentence} / {sentence2}: {label}",
+                         data=data.assign(sentence2="x"), labels=["negative", "positive"], zero_shot=False)
+    with pytest.raises(UsageError, match=r"fills 2 fields \(\{sentence\}, \{sentence2\}\)"):
+        two_fields.predict(["a text"])
+
+
+def test_one_class_predictions_get_a_warning():
+    import pandas as pd
+
+    from llm_magics.methods.icl.result import IclResult
+    same = IclResult("icl", {"test_accuracy": 0.5}, label_names=["negative", "positive"],
+                     predictions=pd.DataFrame({"row": [0, 1, 2, 3], "text": list("abcd"),
+                                               "prediction": ["positive"] * 4,
+                                               "gold": ["positive", "negative"] * 2,
+                                               "logp_negative": [-2.0] * 4, "logp_positive": [-1.0] * 4}))
+    assert len(same.notes) == 1 and same.notes[0].startswith("every prediction is 'positive' (4 rows)")
+    assert "every prediction is" in same._repr_html_() and "0.731" in same._repr_html_()   # softmax score
+    mixed = IclResult("icl", label_names=["negative", "positive"],
+                      predictions=pd.DataFrame({"row": [0, 1], "prediction": ["positive", "negative"]}))
+    assert mixed.notes == []
+
+
+def test_a_stopped_run_says_which_step_its_weights_come_from(tmp_path):
+    from test_finetune import _scripted_loop   # evaluations follow a script: the best is step 1's 0.8
+    loop, _, snapshots = _scripted_loop(tmp_path, [0.1, 0.8, 0.3, 0.2, 0.2, 0.2], epochs=6)
+    real_evaluate = loop._evaluate
+
+    def evaluate_then_stop_after_the_third(initial=False):
+        stop = real_evaluate(initial)
+        if len(snapshots) == 4:
+            loop.progress.request_stop()
+        return stop
+    loop._evaluate = evaluate_then_stop_after_the_third
+    outcome = loop.run()
+    assert outcome.status == "stopped" and outcome.best["step"] < outcome.steps
+    assert outcome.notes[-1] == (f"its weights and metrics are the best checkpoint's, from step {outcome.best['step']} "
+                                 f"(epoch {outcome.best['epoch']}, val_accuracy 0.8), not step {outcome.steps} "
+                                 "where it stopped")

@@ -211,6 +211,8 @@ class TrainLoop:
             shutil.rmtree(self.last_dir, ignore_errors=True)  # optimizer state is 2× the weights
         if s["best"] is not None and checkpoint.has_weights(self.best_dir):
             self._restore_best()
+        if status == "stopped":
+            self.notes.append(self._weights_note())
         if self.resumed_from is not None and self.resumed_from != self.last_dir:
             # Continued once: its optimizer state goes, and resuming it again is refused.
             try:
@@ -222,6 +224,15 @@ class TrainLoop:
                        total_steps=self.total_steps, epochs_run=s["step"] / max(self.steps_per_epoch, 1),
                        trained=Throughput(rows=s["rows"], tokens=s["tokens"], seconds=s["seconds"]),
                        notes=self.notes, weights=self.weights_dir)
+
+    def _weights_note(self) -> str:
+        """Which step a stopped run's weights, and so its metrics, come from."""
+        best, step = self.state["best"], self.state["step"]
+        if self.weights_dir is None or best is None:
+            return f"its weights and metrics are those of step {step}, where it stopped"
+        metric = self.config.best_metric
+        return (f"its weights and metrics are the best checkpoint's, from step {best['step']} (epoch {best['epoch']}, "
+                f"{metric} {best[metric]:.4g}), not step {step} where it stopped")
 
     def _restore_best(self) -> None:
         try:

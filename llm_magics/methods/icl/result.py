@@ -8,9 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ...errors import UsageError
 from ...method import Result
+from ...progress.theme import FAINT, scroll_box
 from .prompts import normalise_answer
 
+ROWS_SHOWN = 10   # rows of the per-row table in the cell; result.predictions holds them all
 RANKED = ("rows", "accuracy", "f1", "uncalibrated_accuracy", "zero_shot_accuracy", "zero_shot_f1", "exact_match",
           "contains")
 
@@ -26,20 +29,77 @@ class IclResult(Result):
     prompt: str = ""
     _predictor: Any = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        note = one_class_note(self.predictions, self.label_names)
+        if note:
+            self.notes.append(note)
+
     def predict(self, rows) -> list[str]:
+        """Labels (or answers) for `rows`: a DataFrame, dicts, or plain strings (one text, or a list of
+        them), which fill the template's one field."""
         if self._predictor is None:
             raise RuntimeError("the model was released (%llm free); run %%icl again to predict")
-        return self._predictor(rows)
+        return self._predictor(self._as_rows(rows))
+
+    def _as_rows(self, rows):
+        if isinstance(rows, str):
+            rows = [rows]
+        if not (isinstance(rows, (list, tuple)) and rows and all(isinstance(r, str) for r in rows)):
+            return rows
+        fields = getattr(self._predictor, "query_fields", None) or []
+        if len(fields) != 1:
+            raise UsageError(f"predict() got plain strings, but the template fills {len(fields)} fields "
+                             f"({', '.join('{' + f + '}' for f in fields)}): pass dicts or a DataFrame with "
+                             "those columns")
+        return [{fields[0]: text} for text in rows]
 
     def release(self) -> None:
         self._predictor = None
 
     def _repr_html_(self) -> str:
         body = super()._repr_html_()
+        table = rows_table(self.predictions)
+        if table is not None and len(table):
+            more = len(table) - ROWS_SHOWN
+            body += ("<div><i>per row</i></div>"
+                     + scroll_box(table.head(ROWS_SHOWN).to_html(index=False, float_format=lambda v: f"{v:.3f}"))
+                     + (f"<div style='color:{FAINT};font-size:11px'>… {more} more rows in result.predictions"
+                        "</div>" if more > 0 else ""))
         if self.prompt:
             body += ("<details><summary>the prompt of the first row (best template)</summary>"
                      f"<pre style='white-space:pre-wrap'>{html.escape(self.prompt)}</pre></details>")
         return body
+
+
+def rows_table(predictions: pd.DataFrame | None) -> pd.DataFrame | None:
+    """What each row asked, its label, the prediction and its score (the predicted label's share of the
+    softmax over the label scores): the run read row by row."""
+    if predictions is None or not len(predictions):
+        return None
+    logp = [c for c in predictions.columns if c.startswith("logp_")]
+    answer = "prediction" if "prediction" in predictions else "output"
+    asked = [c for c in predictions.columns if c not in ("row", "gold", answer, *logp)]
+    table = predictions[asked].copy()
+    if "gold" in predictions:
+        table["label"] = predictions["gold"]
+    table[answer] = predictions[answer]
+    if logp:
+        scores = predictions[logp].to_numpy(dtype=float)
+        probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        table["score"] = probs.max(axis=1)
+    return table
+
+
+def one_class_note(predictions: pd.DataFrame | None, labels: list[str] | None) -> str | None:
+    """One line when every row got the same label: the accuracy is then that label's share, not skill."""
+    if predictions is None or "prediction" not in predictions or len(predictions) < 2 or len(labels or []) < 2:
+        return None
+    answers = predictions["prediction"].unique()
+    if len(answers) != 1:
+        return None
+    return (f"every prediction is {answers[0]!r} ({len(predictions)} rows): the accuracy is that label's share "
+            "of the data, not skill; try more --shots, another template or a larger model")
 
 
 def ranking(records: list[dict]) -> pd.DataFrame:

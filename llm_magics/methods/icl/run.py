@@ -262,6 +262,8 @@ class IclRun:
     def predictions(self, row: dict) -> pd.DataFrame:
         p = self.inputs
         frame = pd.DataFrame({"row": np.arange(len(p.rows))})
+        for name in dict.fromkeys(f for f in p.fields if f != p.slot):   # what each row asked
+            frame[name] = [r.get(name, "") for r in p.rows]
         if self.o.scoring:
             frame["prediction"] = [p.labels.words[i] for i in row["predicted"]]
             if p.gold is not None:
@@ -293,6 +295,7 @@ class IclRun:
                 return [(text or "").strip() for text in self.backend.generate(requests, self.settings())]
             logp, _, _ = self.classify(template, requests, opening, progress=False)
             return [p.labels.words[i] for i in logp.argmax(axis=1)]
+        predict.query_fields = [f for f in dict.fromkeys(template.fields) if f != p.slot]   # plain strings fill these
         return predict
 
 
