@@ -20,7 +20,8 @@ from .registry import registry, rediscover
 
 @dataclass
 class CompareOptions:
-    metric: str | None = opts.option(None, "metric to compare (default: test_accuracy when recorded)")
+    metric: str | None = opts.option(None, "metric to compare (default: test_accuracy when recorded; with --sweep, "
+                                           "val_accuracy: settings are chosen on validation)")
     method: str | None = opts.option(None, "only runs of this method")
     limit: int | None = opts.option(None, "only the newest N runs", check=opts.positive)
     sweep: str | None = opts.option(None, "only the runs of this sweep (its id, from %llm sweep), its swept options "

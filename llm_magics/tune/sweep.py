@@ -1,6 +1,6 @@
 """Sweeps: a grid or a seeded random search over a method's options, run one after another.
 
-    %llm sweep lora --model minilm --data train_df --test test_df --grid "lr=1e-4,5e-4 r=4,8" --metric test_accuracy
+    %llm sweep lora --model minilm --data train_df --test test_df --grid "lr=1e-4,5e-4 r=4,8" --metric val_accuracy
 
 Each point is the base line with the swept options appended (the last value of
 an option wins, as in the magic), parsed and run as its own background run
