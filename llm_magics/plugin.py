@@ -25,6 +25,7 @@ The guide: docs/plugins.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import options as _options
 from .common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
@@ -36,6 +37,9 @@ from .models import hold, load_model, resolve
 from .options import fraction, non_negative, option, positive
 from .progress import Progress
 from .runner import RunContext, RunHandle
+
+if TYPE_CHECKING:   # at run time `__getattr__` below imports them: the training base loads torch
+    from .training import ClassificationOptions, SftOptions, TaskOptions
 
 dropout_rate = _options.dropout_rate
 seed = _options.seed

@@ -2,8 +2,8 @@
 
     python scripts/layers.py        # prints both lists; exit status 1 when either is not empty
 
-Every import counts, a function's own included (import-linter sees those too). The layer table is
-the one `[tool.importlinter]` in pyproject.toml checks; keep the two in step.
+Every import counts, a function's own included (import-linter sees those too). The layers are read from
+the layers contract in pyproject.toml (`[tool.importlinter]`), the one `lint-imports` checks.
 """
 from __future__ import annotations
 
@@ -12,19 +12,24 @@ import collections
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "llm_magics"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "llm_magics"
 
-# Top to bottom: a module imports only from its own layer or lower ones.
-LAYERS = [
-    ("face", ["__init__", "magics", "api", "tune", "overview", "plugin", "testing", "demo", "jobs"]),
-    ("methods", ["methods"]),
-    ("training", ["training"]),
-    ("contract", ["runner", "registry", "method", "options", "common_options"]),
-    ("launch", ["launch"]),
-    ("libraries", ["adapters", "rlhf", "preference", "retrieval", "backends", "tasks"]),
-    ("core", ["models", "engine", "data"]),
-    ("ground", ["progress", "runs", "settings", "errors", "safe_io", "hf_hub", "version", "records"]),
-]
+
+def contract_layers(pyproject: Path = ROOT / "pyproject.toml") -> list[list[str]]:
+    """The rooms of each layer, top to bottom, as the import-linter layers contract declares them (`|` and
+    `:` siblings share a layer; `(room)` is a room that may be absent)."""
+    try:
+        import tomllib
+    except ImportError:   # Python 3.10
+        import tomli as tomllib
+    config = tomllib.loads(pyproject.read_text())["tool"]["importlinter"]
+    contract = next(c for c in config["contracts"] if c["id"] == "layers")
+    return [[name.strip().strip("()") for name in line.replace("|", ":").split(":")] for line in contract["layers"]]
+
+
+# Top to bottom: a module imports only from its own layer or lower ones. The package's own __init__ is the face.
+LAYERS = contract_layers()
 
 
 def modules(package: Path = PACKAGE) -> dict[str, Path]:
@@ -74,10 +79,9 @@ def room(mod: str) -> str:
 
 
 def layer(mod: str) -> int | None:
-    for i, (_, rooms) in enumerate(LAYERS):
-        if room(mod) in rooms:
-            return i
-    return None
+    if room(mod) == "__init__":
+        return 0
+    return next((i for i, rooms in enumerate(LAYERS) if room(mod) in rooms), None)
 
 
 def upward(graph: dict[str, set[str]]) -> list[tuple[str, str]]:

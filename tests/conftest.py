@@ -54,6 +54,19 @@ def tiny_llama(tmp_path_factory) -> Path:
     return build_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def bert_without_dropout(tiny_bert, tmp_path_factory) -> Path:
+    """The tiny BERT with dropout off: launched ranks draw dropout masks for their own slices."""
+    import json
+    import shutil
+    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout") / "model"
+    shutil.copytree(tiny_bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 @pytest.fixture
 def demo():
     from llm_magics.demo import sentiment_splits

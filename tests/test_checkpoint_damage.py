@@ -3,7 +3,6 @@
 Each damage is done the way a disk, a crash or a colleague would do it: bytes changed under a
 header that still parses, a file cut short, a JSON file that no longer parses, a file gone.
 """
-import json
 import struct
 from pathlib import Path
 

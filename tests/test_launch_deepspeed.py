@@ -26,7 +26,7 @@ if os.environ.get("CI") == "true":   # CI installs the extra (scripts/env.sh): a
 else:
     deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'llm-magics[deepspeed]')")
 
-from test_launch_multiprocess import (TOLERANCE, bert_without_dropout, no_leftovers, run_processes,  # noqa: E402,F401
+from test_launch_multiprocess import (TOLERANCE, no_leftovers, run_processes,  # noqa: E402,F401
                                       assert_adapter_holds_trained_weights, stopped_one_process_run, val_losses,
                                       wait_for)
 

@@ -18,7 +18,7 @@ import yaml
 
 from llm_magics import api
 
-from test_launch_multiprocess import (TOLERANCE, bert_without_dropout, no_leftovers, run_processes,  # noqa: F401
+from test_launch_multiprocess import (TOLERANCE, no_leftovers, run_processes,  # noqa: F401
                                       assert_adapter_holds_trained_weights, stopped_one_process_run, val_losses,
                                       wait_for)
 

@@ -36,19 +36,6 @@ def no_leftovers(home):   # after `home`: its teardown must not move the home th
     assert run_processes() == [], "a worker or launcher outlived its run"
 
 
-@pytest.fixture(scope="module")
-def bert_without_dropout(tiny_bert, tmp_path_factory):
-    """The tiny BERT with dropout off: ranks draw dropout masks for their own slices."""
-    import json
-    import shutil
-    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout") / "model"
-    shutil.copytree(tiny_bert, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
 def run_processes():
     """Every process of a launched run of this test still alive (an orphan is reparented): its command line
     names a spec under this test's home (other sessions on the machine may be running their own)."""

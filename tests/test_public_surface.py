@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from llm_magics import plugin, testing, training
-from llm_magics.errors import UsageError
 from llm_magics.method import RECORD_KEYS, Command, Method, Result
 from llm_magics.registry import Registry, _reason, install_hint
 

@@ -1,7 +1,6 @@
 """`%rlhf collect`: the JSONL holds exactly the choices made, survives a killed kernel, resumes."""
 import json
 import os
-import time
 
 import pytest
 

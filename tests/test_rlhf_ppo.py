@@ -1,7 +1,6 @@
 """`%rlhf ppo`: rollouts, exact first-minibatch ratio, learning on a tiny causal LM, bad inputs."""
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
