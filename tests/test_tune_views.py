@@ -242,3 +242,15 @@ def test_a_stopped_run_says_which_step_its_weights_come_from(tmp_path):
     assert outcome.notes[-1] == (f"its weights and metrics are the best checkpoint's, from step {outcome.best['step']} "
                                  f"(epoch {outcome.best['epoch']}, val_accuracy 0.8), not step {outcome.steps} "
                                  "where it stopped")
+
+
+def test_llm_compare_sweep_ranks_by_validation_and_warns_on_test(shell, store):
+    for i, (c, val, test) in enumerate([(0.1, 0.6, 0.9), (1.0, 0.8, 0.7)]):
+        store.record(dict(run_id=f"probe-00000000000{i}", method="probe", model="minilm", status="ok",
+                          options={"C": c}, metrics={"val_accuracy": val, "test_accuracy": test},
+                          trainable_params=0, wall_s=1.0, sweep_id="sweep-1"))
+    ranked = shell.run_line_magic("llm", "compare --sweep sweep-1")
+    assert ranked.metric == "val_accuracy" and list(ranked.table["--C"]) == ["1.0", "0.1"] and not ranked.notes
+    on_test = shell.run_line_magic("llm", "compare --sweep sweep-1 --metric test_accuracy")
+    assert len(on_test.notes) == 1 and "test set biases" in on_test.notes[0]
+    assert not shell.run_line_magic("llm", "compare --metric test_accuracy").notes   # comparing methods: test

@@ -91,6 +91,17 @@ def pick_metric(frame: pd.DataFrame, requested: str | None, preferred: tuple = C
     return preferred[0]
 
 
+def ranked_on_test_note(metric: str | None) -> str | None:
+    """One line when a sweep is ranked by a test metric: picking settings on the test set makes the test
+    score of the pick optimistic (the test set has become part of the tuning)."""
+    if not metric or not metric.startswith("test_"):
+        return None
+    validation = "val_" + metric[len("test_"):]
+    return (f"ranked by {metric}: choosing settings on the test set biases the score you report upward; rank by "
+            f"a validation metric ({validation}, with --validation or the split off --data) and read {metric} "
+            "once, for the chosen point")
+
+
 def option_column(name: str) -> str:
     """An option's column is its flag (--epochs): a metric of the same name (epochs) never shares it."""
     return "--" + name.replace("_", "-")
@@ -160,6 +171,9 @@ def compare(frame: pd.DataFrame, metric: str | None = None, options: dict[str, d
         notes.append(f"no recorded run has {metric!r}; pass --metric with one of: "
                      + ", ".join(c for c in frame.columns if "_" in c and c not in TABLE_COLUMNS))
         return Comparison(table, metric, None, notes, shown)
+    note = ranked_on_test_note(metric) if preferred == PREFERRED_METRICS else None   # choosing settings on test
+    if note:
+        notes.append(note)
     if options is not None and not shown and len(table) > 1:
         notes.append("the runs' recorded options are the same")
     return Comparison(table, metric, plot(frame, metric), notes, shown)

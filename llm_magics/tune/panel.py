@@ -19,10 +19,10 @@ from .. import options as opts
 from ..errors import UsageError
 from ..progress.theme import BORDER, CODE_BACKGROUND, ERROR, FAINT, MUTED, OK, RUNNING, WARN, scroll_box, \
     status_colour
-from ..runs.compare import PREFERRED_METRICS
+from ..runs.compare import PREFERRED_METRICS, ranked_on_test_note
 from . import form
 from . import sweep as sweep_mod
-from .view import SweepView, attach, test_metric_note
+from .view import SweepView, attach
 
 WIDE = "460px"
 SKIP_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -351,7 +351,7 @@ class TunePanel:
             self.sweep_line_view.value = (f"<pre class='llm-magics-sweep-line' style='margin:2px 0;padding:4px;"
                                           f"background:{CODE_BACKGROUND};white-space:pre-wrap'>"
                                           f"{html.escape(self.sweep_line_text)}</pre>")
-            note = test_metric_note(self.metric.value.strip())
+            note = ranked_on_test_note(self.metric.value.strip())
             self.metric_note.value = f"<div style='color:{WARN}'>{html.escape(note)}</div>" if note else ""
 
     def _out_changed(self, _change=None) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from ..progress.events import Throttle, format_metric, format_seconds
 from ..progress.html import render
 from ..progress.theme import BEST_ROW, ERROR, WARN, scroll_box, status_colour
-from ..runs.compare import option_column
+from ..runs.compare import option_column, ranked_on_test_note
 
 NUMBERS_SKIPPED = {"point"}
 COUNTED = (("ok", "done"), ("stopped", "stopped"), ("skipped", "skipped"), ("failed", "failed"),
@@ -21,17 +21,6 @@ def status_counts(sweep) -> str:
     parts = [f"{statuses.count(status)} {word}" for status, word in COUNTED if status in statuses]
     parts += [f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses) if s not in dict(COUNTED)]
     return f"{' · '.join(parts)} of {len(statuses)} points"
-
-
-def test_metric_note(metric: str | None) -> str | None:
-    """One line when a sweep is ranked by a test metric: picking settings on the test set makes the test
-    score of the pick optimistic (the test set has become part of the tuning)."""
-    if not metric or not metric.startswith("test_"):
-        return None
-    validation = "val_" + metric[len("test_"):]
-    return (f"ranked by {metric}: choosing settings on the test set biases the score you report upward; rank by "
-            f"a validation metric ({validation}, with --validation or the split off --data) and read {metric} "
-            "once, for the chosen point")
 
 
 class WidgetHtmlSink(Throttle):
@@ -103,7 +92,7 @@ def leaderboard_html(sweep, sort_by: str | None = None) -> str:
     title = (f"<b>sweep <code>{html.escape(sweep.id)}</code></b> of %{html.escape(sweep.method)} · "
              f"{html.escape(status_counts(sweep))} · {html.escape(sweep.status)}"
              + (f" · ranked by {html.escape(sort_by or sweep.metric)}" if (sort_by or sweep.metric) else ""))
-    note = test_metric_note(sort_by or sweep.metric)
+    note = ranked_on_test_note(sort_by or sweep.metric)
     note_html = f"<div class='llm-magics-note' style='color:{WARN}'>{html.escape(note)}</div>" if note else ""
     table = f"<table style='border-collapse:collapse'><tr>{cells}</tr>{''.join(rows)}</table>"
     return (f"<div class='llm-magics-leaderboard' style='font-family:sans-serif;font-size:13px'>{title}"
@@ -128,7 +117,7 @@ class TextSweepView:
 
     def update(self, sweep) -> None:
         out = self.stream or sys.stdout
-        note = test_metric_note(sweep.metric)
+        note = ranked_on_test_note(sweep.metric)
         if note and not self._noted:
             self._noted = True
             print(f"[{sweep.id}] {note}", file=out, flush=True)
