@@ -175,7 +175,7 @@ def test_tune_panel_in_jupyterlab(lab):
             button(panel, "Run sweep").click()
             board = panel.locator(".llm-magics-leaderboard")
             expect(board.locator("tr.llm-sweep-row")).to_have_count(2, timeout=120_000)
-            expect(board).to_contain_text("2/2 points", timeout=120_000)
+            expect(board).to_contain_text("2 done of 2 points", timeout=120_000)   # what each point came to
             expect(board).to_contain_text("done", timeout=60_000)
             page.wait_for_timeout(500)
             page.screenshot(path=str(OUTPUT / "4-leaderboard.png"), full_page=True)
