@@ -17,7 +17,8 @@ from .engine.device import device_info
 from .models import EMBEDDED, free as _free_models
 from .registry import registry
 from .runner import run_method as run
-from .runs import RunStore, compare as _compare
+from .runs import RunStore
+from .runs.compare import compare_recorded
 from .settings import current as settings
 
 __all__ = ["run", "sweep", "compare", "runs", "free", "methods", "device", "models"]
@@ -92,23 +93,7 @@ def compare(metric: str | None = None, method: str | None = None, limit: int | N
     `sweep` keeps the runs of one `%llm sweep` (its id) and shows its swept options as columns (ranked by
     a validation metric unless `metric` says otherwise); `runs` keeps the named runs; `diff` adds a column
     for each option that differs between the runs shown."""
-    from .errors import UsageError
-    from .runs.compare import COMPARED_METRICS, PREFERRED_METRICS
-    store = RunStore(settings().runs_path)
-    frame = store.frame(limit=None if sweep or runs else limit, method=method)
-    if sweep:
-        if "sweep_id" not in frame.columns or not (frame["sweep_id"] == sweep).any():
-            raise UsageError(f"no recorded run belongs to sweep {sweep!r} (%llm runs lists recorded runs)")
-        frame = frame[frame["sweep_id"] == sweep]
-    if runs:
-        missing = [r for r in runs if r not in set(frame["run_id"])]
-        if missing:
-            raise UsageError(f"no recorded run {missing[0]!r} (%llm runs lists recorded runs)")
-        frame = frame[frame["run_id"].isin(runs)]
-    if sweep or runs:
-        frame = frame.head(limit) if limit else frame
-    options = {r: (store.get(r) or {}).get("options", {}) for r in frame["run_id"]} if sweep or diff else None
-    return _compare(frame, metric, options, PREFERRED_METRICS if sweep else COMPARED_METRICS)
+    return compare_recorded(metric, method, limit, sweep, runs, diff)
 
 
 def runs(limit: int | None = 20, method: str | None = None):

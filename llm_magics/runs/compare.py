@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..errors import UsageError
 from ..progress.theme import WARN, scroll_box
+from ..settings import current
 from .figures import new_figure, png_html, to_png
+from .store import RunStore
 
 TABLE_COLUMNS = ["run_id", "method", "model", "status", "trainable_params", "total_params",
                  "wall_s", "rows_per_s", "tokens_per_s", "peak_mem_bytes", "device", "created"]
@@ -228,3 +231,26 @@ def _count(value: float) -> str:
         if value >= size:
             return f"{value / size:g}{suffix}"
     return f"{value:g}"
+
+
+def compare_recorded(metric: str | None = None, method: str | None = None, limit: int | None = None,
+                     sweep: str | None = None, runs: list[str] | None = None, diff: bool = False) -> Comparison:
+    """The recorded runs side by side (`%llm compare`, `api.compare`, a sweep's `.compare()`): a table and a
+    plot of the metric against trainable parameters. `sweep` keeps the runs of one `%llm sweep` (its id) and
+    shows its swept options as columns (ranked by a validation metric unless `metric` says otherwise); `runs`
+    keeps the named runs; `diff` adds a column for each option that differs between the runs shown."""
+    store = RunStore(current().runs_path)
+    frame = store.frame(limit=None if sweep or runs else limit, method=method)
+    if sweep:
+        if "sweep_id" not in frame.columns or not (frame["sweep_id"] == sweep).any():
+            raise UsageError(f"no recorded run belongs to sweep {sweep!r} (%llm runs lists recorded runs)")
+        frame = frame[frame["sweep_id"] == sweep]
+    if runs:
+        missing = [r for r in runs if r not in set(frame["run_id"])]
+        if missing:
+            raise UsageError(f"no recorded run {missing[0]!r} (%llm runs lists recorded runs)")
+        frame = frame[frame["run_id"].isin(runs)]
+    if sweep or runs:
+        frame = frame.head(limit) if limit else frame
+    options = {r: (store.get(r) or {}).get("options", {}) for r in frame["run_id"]} if sweep or diff else None
+    return compare(frame, metric, options, PREFERRED_METRICS if sweep else COMPARED_METRICS)

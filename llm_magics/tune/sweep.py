@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from .. import options as opts
 from ..errors import UsageError, did_you_mean
-from ..runs.compare import PREFERRED_METRICS, option_column
+from ..runs.compare import PREFERRED_METRICS, compare_recorded, option_column
 from . import form
 
 
@@ -299,8 +299,7 @@ class Sweep:
         return board.iloc[0].to_dict()
 
     def compare(self):
-        from .. import api
-        return api.compare(self.metric, sweep=self.id)
+        return compare_recorded(self.metric, sweep=self.id)
 
     def __repr__(self) -> str:
         from .view import leaderboard_text
