@@ -15,7 +15,7 @@ from traitlets import Enum, Unicode, observe
 from . import options as opts
 from . import settings as settings_mod
 from .errors import UsageError, did_you_mean
-from .registry import registry, rediscover
+from .registry import asks_help, parse_magic_line, registry, rediscover
 
 
 @dataclass
@@ -177,26 +177,11 @@ class MethodMagic:
 
 
 def run_magic(name: str, line: str, cell: str | None, shell):
-    cls = registry().load(name)
     tokens = opts.split_line(line)
-    if any(t in ("-h", "--help") for t in tokens):
-        print(cls.help())
+    if asks_help(tokens):
+        print(registry().load(name).help())
         return None
-    word = tokens[0] if tokens and tokens[0] in cls.commands else None
-    command = cls.command(word)
-    if word is None and cls.commands and tokens and not tokens[0].startswith("-") \
-            and not any(s.positional for s in opts.specs(command.options)):
-        # A bare first word the main command cannot take is a misspelt command, not a stray argument.
-        raise UsageError(f"%{name}: unknown command {tokens[0]!r}" + did_you_mean(tokens[0], list(cls.commands))
-                         + f" (commands: {', '.join(cls.commands)})")
-    rest = tokens[1:] if word else tokens
-    prog = f"{name} {word}" if word else name
-    extra = {}
-    if cell is not None:
-        if not cls.cell_option or word:
-            raise UsageError(f"%%{name} takes no cell body; use the line magic %{name}")
-        extra[cls.cell_option] = cell
-    options = opts.parse_line(command.options, rest, prog, extra=extra)
+    cls, word, options = parse_magic_line(name, tokens, cell)
     from .runner import execute  # the engine (torch) loads on first use, not at %load_ext
     result = execute(name, word, options, namespace=shell.user_ns if shell else {}, method_cls=cls)
     out = getattr(options, "out", None)

@@ -373,9 +373,10 @@ def parse_line(options_cls, line: str | list[str], prog: str, extra: dict[str, A
 
 
 def help_text(options_cls, prog: str, summary: str = "", usage: str | None = None) -> str:
-    """The `%name?` text: usage, summary, then one line per option (the class's own first, then its bundles')."""
+    """The `%name?` text: usage, summary, then one line per option: positionals in the order the parser
+    takes them (`%lora save NAME PATH`), then the class's own options, then its bundles'."""
     own = options_cls.__dict__.get("__annotations__", {})
-    all_specs = sorted(specs(options_cls), key=lambda s: s.name not in own)
+    all_specs = sorted(specs(options_cls), key=lambda s: (0,) if s.positional else (1, s.name not in own))
     positionals = " ".join(s.metavar or s.name.upper() for s in all_specs if s.positional)
     lines = [usage or f"%{prog} {positionals} [options]".replace("  ", " "), ""]
     if summary:

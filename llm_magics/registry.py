@@ -11,7 +11,9 @@ import dataclasses
 import importlib.metadata
 import traceback
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
+from . import options as opts
 from .errors import UsageError, did_you_mean
 from .method import Method
 
@@ -152,3 +154,47 @@ def rediscover() -> Registry:
     importlib.invalidate_caches()
     _registry = Registry().discover()
     return _registry
+
+
+# ---- the magic line -------------------------------------------------------------------
+
+class MagicLine(NamedTuple):
+    method: type[Method]
+    command: str | None     # the subcommand's word; None for the main command
+    options: Any
+
+
+def asks_help(tokens: list[str]) -> bool:
+    """`-h`/`--help` anywhere on the line: the magic shows the method's help instead of running it."""
+    return any(t in ("-h", "--help") for t in tokens)
+
+
+def command_word(cls: type[Method], tokens: list[str]) -> str | None:
+    """The subcommand a line's first word names, or None for the main command."""
+    if tokens and tokens[0] in cls.commands:
+        return tokens[0]
+    if cls.commands and tokens and not tokens[0].startswith("-") \
+            and not any(s.positional for s in opts.specs(cls.main_command().options)):
+        # A bare first word the main command cannot take is a misspelt command, not a stray argument.
+        raise UsageError(f"%{cls.name}: unknown command {tokens[0]!r}" + did_you_mean(tokens[0], list(cls.commands))
+                         + f" (commands: {', '.join(cls.commands)})")
+    return None
+
+
+def parse_magic_line(name: str, line: str | list[str], cell: str | None = None,
+                     reg: Registry | None = None) -> MagicLine:
+    """`%name line` (or `%%name line` with its cell body) → (method class, command word, options).
+
+    The one parser of a method's magic line: the magics, the tune form and sweeps all call it, so a
+    line means one run wherever it is typed. `-h`/`--help` is the magic's to show (`asks_help`)."""
+    cls = (reg or registry()).load(name)
+    tokens = opts.split_line(line) if isinstance(line, str) else list(line)
+    word = command_word(cls, tokens)
+    extra = {}
+    if cell is not None:
+        if not cls.cell_option or word:
+            raise UsageError(f"%%{name} takes no cell body; use the line magic %{name}")
+        extra[cls.cell_option] = cell
+    options = opts.parse_line(cls.command(word).options, tokens[1:] if word else tokens,
+                              f"{name} {word}" if word else name, extra=extra)
+    return MagicLine(cls, word, options)

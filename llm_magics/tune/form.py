@@ -19,7 +19,8 @@ from typing import Any
 
 from .. import common_options as common
 from .. import options as opts
-from ..errors import UsageError, did_you_mean
+from ..errors import UsageError
+from ..registry import parse_magic_line
 
 GROUPS = ("data", "model", "training", "method")
 GROUP_TITLES = {"data": "Data", "model": "Model", "training": "Training", "method": "Method options"}
@@ -169,12 +170,12 @@ def magic_line(method: str, word: str | None, options_cls, values: dict[str, Any
 
 
 def split_magic(text: str) -> tuple[str, str, str | None]:
-    """'%name rest' or '%%name rest\\nbody' → (name, rest, body or None)."""
-    text = text.strip("\n")
-    first, _, body = text.partition("\n")
+    """'%name rest' or '%%name rest\\nbody' → (name, rest, body or None). The body as IPython hands it to a
+    cell magic, ending in a newline: the panel's run and the same cell typed record one template."""
+    first, _, body = text.lstrip("\n").partition("\n")
     if first.startswith("%%"):
         name, _, rest = first[2:].partition(" ")
-        return name, rest, body
+        return name, rest, body if body.endswith("\n") else body + "\n"
     if first.startswith("%"):
         name, _, rest = first[1:].partition(" ")
         return name, rest, None
@@ -182,23 +183,9 @@ def split_magic(text: str) -> tuple[str, str, str | None]:
 
 
 def parse(line: str, registry=None):
-    """Parse a magic line exactly as the method's magic does: (name, command word, options)."""
-    from ..registry import registry as default_registry
+    """Parse a magic line with the magic's own parser: (name, command word, options)."""
     name, rest, cell = split_magic(line)
-    cls = (registry or default_registry()).load(name)
-    tokens = opts.split_line(rest)
-    word = tokens[0] if tokens and tokens[0] in cls.commands else None
-    if word is None and cls.commands and tokens and not tokens[0].startswith("-") \
-            and not any(s.positional for s in opts.specs(cls.Options)):
-        raise UsageError(f"%{name}: unknown command {tokens[0]!r}" + did_you_mean(tokens[0], list(cls.commands)))
-    command = cls.command(word)
-    extra = {}
-    if cell is not None:
-        if not cls.cell_option or word:
-            raise UsageError(f"%%{name} takes no cell body; use the line magic %{name}")
-        extra[cls.cell_option] = cell
-    options = opts.parse_line(command.options, tokens[1:] if word else tokens,
-                              f"{name} {word}" if word else name, extra=extra)
+    _, word, options = parse_magic_line(name, rest, cell, registry)
     return name, word, options
 
 

@@ -322,7 +322,7 @@ def _pick_metric(row: dict) -> str | None:
 def from_line(line: str | list[str], namespace: dict | None = None, progress_mode: str | None = None,
               cell: str | None = None) -> tuple[Sweep, SweepOptions]:
     """`%llm sweep METHOD [COMMAND] <method options> --grid ... [--metric M] [--random N]` → a Sweep (not started)."""
-    from ..registry import registry
+    from ..registry import command_word, parse_magic_line, registry
     tokens = opts.split_line(line) if isinstance(line, str) else list(line)
     if not tokens or tokens[0].startswith("-"):
         raise UsageError("%llm sweep: name the method first, e.g. %llm sweep lora --data df --grid \"lr=1e-4,5e-4\"")
@@ -330,16 +330,13 @@ def from_line(line: str | list[str], namespace: dict | None = None, progress_mod
     cls = registry().load(name)
     own, rest = split_sweep_line(tokens)
     sweep_options = opts.parse_line(SweepOptions, own, "llm sweep")
-    word = rest[0] if rest and rest[0] in cls.commands else None
-    if word:
-        rest = rest[1:]
-        if not cls.commands[word].records_run:
-            raise UsageError(f"%llm sweep: {name} {word} records no run; sweep a command that trains or evaluates")
-    command = cls.command(word)
-    axes = parse_grid(command.options, sweep_options.grid, sweep_options.random)
+    word = command_word(cls, rest)
+    if word and not cls.commands[word].records_run:
+        raise UsageError(f"%llm sweep: {name} {word} records no run; sweep a command that trains or evaluates")
+    # The base line is parsed now, as its magic parses it: a mistake in it is one UsageError before anything runs.
+    parse_magic_line(name, rest, cell)
+    axes = parse_grid(cls.command(word).options, sweep_options.grid, sweep_options.random)
     grid_points = points(axes, sweep_options.random, sweep_options.sweep_seed)
-    sweep = Sweep(name, word, rest, axes, grid_points, sweep_options.metric, namespace, cell=cell,
-                  progress_mode=progress_mode)
-    # The base line is parsed now: a mistake in it is one UsageError before anything runs.
-    form.parse(sweep.line_of({}))
+    sweep = Sweep(name, word, rest[1:] if word else rest, axes, grid_points, sweep_options.metric, namespace,
+                  cell=cell, progress_mode=progress_mode)
     return sweep, sweep_options
