@@ -135,7 +135,7 @@ class TextSweepView:
 
 class SweepView:
     """The widget of a sweep: the current run's live view, one Stop for the whole sweep,
-    the leaderboard (sortable by any metric) and, at the end, the `%llm compare` plot of its runs."""
+    the leaderboard (sortable by any metric) and the plot of that metric against the swept options."""
 
     def __init__(self, sweep):
         import ipywidgets as widgets
