@@ -254,3 +254,76 @@ def test_llm_compare_sweep_ranks_by_validation_and_warns_on_test(shell, store):
     on_test = shell.run_line_magic("llm", "compare --sweep sweep-1 --metric test_accuracy")
     assert len(on_test.notes) == 1 and "test set biases" in on_test.notes[0]
     assert not shell.run_line_magic("llm", "compare --metric test_accuracy").notes   # comparing methods: test
+
+
+class Displays:
+    """What IPython.display.display was given, and the display-id updates after it (as a notebook keeps them)."""
+
+    def __init__(self, monkeypatch):
+        import IPython.display
+        self.shown, self.updates = [], []
+        monkeypatch.setattr(IPython.display, "display", self.display)
+
+    def display(self, obj, display_id=False, **_kwargs):
+        self.shown.append(obj)
+        if display_id:
+            index = len(self.shown) - 1
+            outer = self
+
+            class Handle:
+                def update(self, new):
+                    outer.updates.append((index, new))
+                    outer.shown[index] = new
+            return Handle()
+        return None
+
+    def html(self) -> list[str]:
+        return [getattr(o, "data", "") for o in self.shown if type(o).__name__ == "HTML"]
+
+
+def test_widget_views_leave_a_snapshot_in_the_notebook(monkeypatch, shell):
+    """A sweep view and the panel leave their state as HTML beside the widget (a display id keeps it current),
+    so a reopened notebook shows a leaderboard, not "model not found"; beside a live view it is hidden."""
+    from llm_magics.progress.widget import LIVE_CLASS, SNAPSHOT_CLASS
+    from llm_magics.tune.panel import TunePanel
+    from llm_magics.tune.view import SweepView
+    shown = Displays(monkeypatch)
+    sweep = finished_sweep("lr=1e-4,2e-4", [{"status": "ok", "val_accuracy": 0.7}, {"status": "waiting"}])
+    sweep.ended = None
+    view = SweepView(sweep)
+    view._ipython_display_()
+    assert shown.shown[0] is view.widget and LIVE_CLASS in view.widget._dom_classes
+    assert SNAPSHOT_CLASS in shown.html()[0] and "0 done" not in shown.html()[0]
+    sweep.rows[1].update(status="ok", val_accuracy=0.9, run_id="lora-000000000002")
+    sweep.ended = 2.0
+    view.update(sweep)                                  # the sweep's last update is sent at once
+    snapshot = shown.html()[0]
+    assert "2 done of 2 points" in snapshot and "llm-sweep-best" in snapshot and "<img" in snapshot
+    assert f".jp-OutputArea:has(.{LIVE_CLASS}) .{SNAPSHOT_CLASS}{{display:none}}" in snapshot
+    assert "not(:has(*))" in snapshot                   # the widget's error line is hidden where a snapshot is
+
+    panel = TunePanel(shell.user_ns, "probe")
+    panel._ipython_display_()
+    assert "nothing run from this panel yet" in shown.html()[-1]
+    panel.ran_line, panel.handle = "%probe --data df --out result", object()
+    panel.status.value = "<span>stopped</span> <code>probe-1</code>"
+    panel.snapshot.refresh(now=True)
+    assert "%probe --data df --out result" in shown.html()[-1] and "probe-1" in shown.html()[-1]
+
+
+def test_a_bg_runs_stop_button_leaves_no_widget_behind(monkeypatch):
+    """The Stop button of a --bg run is replaced by empty HTML when the run ends: no closed widget stays in the
+    notebook to read "Error displaying widget" after a restart."""
+    from llm_magics.progress import Progress
+    from llm_magics.progress.widget import WidgetSink
+    shown = Displays(monkeypatch)
+    progress = Progress([], run_id="r1", title="train")
+    sink = WidgetSink(progress, interval=0)
+    progress.sinks.append(sink)
+    sink.open(progress.state)                           # as make_progress opens it
+    progress.start(total=2, unit="steps")
+    assert any(o is sink.button for o in shown.shown)
+    progress.advance(2)
+    progress.end("ok")
+    assert not any(type(o).__name__ == "Button" for o in shown.shown)
+    assert [getattr(o, "data", None) for o in shown.shown].count("") == 1

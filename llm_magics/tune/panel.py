@@ -22,6 +22,7 @@ from ..progress.theme import BORDER, CODE_BACKGROUND, ERROR, FAINT, MUTED, OK, R
 from ..runs.compare import PREFERRED_METRICS, ranked_on_test_note
 from . import form
 from . import sweep as sweep_mod
+from ..progress.widget import Snapshot
 from .view import SweepView, attach
 
 WIDE = "460px"
@@ -85,6 +86,7 @@ class TunePanel:
         self.registry = registry or default_registry()
         self.fields: dict[str, tuple[form.Field, Any, Any]] = {}
         self.handle = None
+        self.ran_line = self.ran_sweep_line = ""   # what the last run and sweep ran (the snapshot shows them)
         self.sweep = None
         self.sweep_view = None
         self.cls = None
@@ -176,6 +178,9 @@ class TunePanel:
         self._frame = None
         self._options: dict[str, dict] = {}   # run id → its recorded options (the Recent runs tab's columns)
         self._filling = False
+        self.snapshot = Snapshot(self.snapshot_html)
+        for shown in (self.live, self.status, self.error):   # the run view, as the saved notebook keeps it
+            shown.observe(lambda _c: self.snapshot.refresh(), "value")
         self.method.observe(lambda _c: self._method_changed(), "value")
         self.command.observe(lambda _c: self._build_form(), "value")
         self._method_changed()
@@ -380,6 +385,7 @@ class TunePanel:
             self.error.value = _error_html(str(exc))
             return None
         self.handle = handle
+        self.ran_line = line
         attach(handle.progress, self.live)
         self.run_button.disabled = True
         self.stop_button.disabled = False
@@ -408,6 +414,7 @@ class TunePanel:
         finally:
             self.run_button.disabled = False
             self.stop_button.disabled = True
+            self.snapshot.refresh(now=True)
 
     def stop(self) -> None:
         if self.handle is not None and not self.handle.done:
@@ -437,7 +444,9 @@ class TunePanel:
             self.sweep_error.value = _error_html(str(exc))
             return None
         self.sweep = sweep
+        self.ran_sweep_line = line
         self.sweep_view = SweepView(sweep)
+        sweep.on_update.append(lambda s: self.snapshot.refresh(now=s.finished))
         self.sweep_area.children = [self.sweep_view.widget]
         return sweep.start()
 
@@ -513,6 +522,24 @@ class TunePanel:
         self.recent_msg.value = f"<span style='color:{OK}'>form filled from <code>{html.escape(run_id)}</code></span>"
 
     # ---- display ------------------------------------------------------------------------------
+    def snapshot_html(self) -> str:
+        """What the saved notebook keeps of the panel: its last run (the line, status, live view) and sweep."""
+        parts = ["<b>llm-magics · tune</b>"]
+        if self.handle is not None:
+            parts.append(f"<pre style='margin:2px 0;padding:4px;background:{CODE_BACKGROUND};white-space:pre-wrap'>"
+                         f"{html.escape(self.ran_line)}</pre>{self.status.value}{self.error.value}{self.live.value}")
+        elif self.error.value:
+            parts.append(self.error.value)
+        if self.sweep_view is not None:
+            parts.append(f"<pre style='margin:2px 0;padding:4px;background:{CODE_BACKGROUND};white-space:pre-wrap'>"
+                         f"{html.escape(self.ran_sweep_line)}</pre>{self.sweep_view.snapshot_html()}")
+        if len(parts) == 1:
+            parts.append(f"<div style='color:{MUTED}'>nothing run from this panel yet</div>")
+        return "".join(parts)
+
+    def _ipython_display_(self) -> None:
+        self.snapshot.display(self.widget)
+
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
 

@@ -8,6 +8,7 @@ from typing import Any
 from ..progress.events import Throttle, format_metric, format_seconds
 from ..progress.html import render
 from ..progress.theme import BEST_ROW, ERROR, WARN, scroll_box, status_colour
+from ..progress.widget import Snapshot
 from ..runs.compare import option_column, ranked_on_test_note
 
 NUMBERS_SKIPPED = {"point"}
@@ -151,6 +152,7 @@ class SweepView:
         self.plot = widgets.HTML()
         self.widget = widgets.VBox([widgets.HBox([self.stop_button, self.sort]), self.live, self.board, self.plot])
         self.widget.add_class("llm-magics-sweep")
+        self.snapshot = Snapshot(self.snapshot_html)
         sweep.on_run.append(self.show_run)
         sweep.on_update.append(self.update)
 
@@ -175,6 +177,15 @@ class SweepView:
             self.stop_button.disabled = True
             self.stop_button.description = "Sweep stopped" if sweep.stopping else "Sweep done"
         self.plot.value = plot_html(sweep, key)   # grows point by point
+        self.snapshot.refresh(now=sweep.finished)
+
+    def snapshot_html(self) -> str:
+        """What the saved notebook keeps of this view: the run going on (while one is), leaderboard, plot."""
+        live = "" if self.sweep.finished else self.live.value
+        return live + self.board.value + self.plot.value
+
+    def _ipython_display_(self) -> None:
+        self.snapshot.display(self.widget)
 
     def _repr_mimebundle_(self, **kwargs) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
