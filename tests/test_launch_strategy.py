@@ -77,6 +77,7 @@ def test_deepspeed_installed_is_taken_with_its_zero_stage_in_the_note(monkeypatc
     assert strategy == "deepspeed-zero2" and "ZeRO stage 2" in note and "whole weights" in note
     assert loop_for("deepspeed").stage == 3 and loop_for("deepspeed-zero2").stage == 2
     assert loop_for("fsdp").strategy == "fsdp" and loop_for("ddp").strategy == "ddp"
+    assert loop_for("auto").strategy == "ddp"   # an exported job under torchrun: auto was never resolved
     config = deepspeed_loop.zero_config(3, grad_accum=4, max_grad_norm=None, micro_batch=8)
     # the loop accumulates (it marks DeepSpeed's boundary); no clipping asked: none
     assert config["gradient_accumulation_steps"] == 1 and config["gradient_clipping"] == 0.0

@@ -17,5 +17,6 @@ LOOPS: dict[str, type[DistributedTrainLoop]] = {
 
 
 def loop_for(strategy: str) -> type[DistributedTrainLoop]:
-    """The training loop of a launched worker, by strategy (one `launch.strategy.choose_strategy` resolved)."""
-    return LOOPS[strategy]
+    """The training loop of a launched worker, by the strategy the kernel resolved (`launch.strategy`). An
+    exported job started by torchrun itself keeps `auto` unresolved: it runs DDP, as its record says."""
+    return LOOPS["ddp" if strategy == "auto" else strategy]
