@@ -47,13 +47,24 @@ class LaunchOptions:
 
 
 @dataclass
-class ModelOptions:
-    model: str | None = option(None, "an alias (minilm, smollm2), a local folder or a hub id "
-                                     "(default: the configured default model)")
+class ComputeOptions:
+    """Where and in what a model runs; composed with the option that names the model."""
     device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "auto: bf16 where the hardware does it natively, else fp32 (fp16 on MPS)",
+    dtype: str = option("auto", "auto: bf16 where the hardware does it natively, else fp32 (fp16 on MPS); "
+                                "training autocasts to it on GPUs, on a CPU only when asked (bfloat16)",
                         choices=("auto", "float32", "bfloat16", "float16"))
     trust_remote_code: bool = option(False, "run the model repository's own code (only for authors you trust)")
+
+
+@dataclass
+class _ModelChoice:
+    model: str | None = option(None, "an alias (minilm, smollm2), a local folder or a hub id "
+                                     "(default: the configured default model)")
+
+
+@dataclass
+class ModelOptions(ComputeOptions, _ModelChoice):
+    """The model (`--model`), and where and in what it runs."""
 
 
 @dataclass
@@ -84,22 +95,47 @@ def warmup_share(value) -> str | None:
 
 
 @dataclass
-class TrainingOptions(LaunchOptions):
-    epochs: int = option(3, "passes over the training data", check=positive)
+class BackgroundOptions:
+    bg: bool = option(False, "run in the background and return a handle at once (its widget has a Stop button)")
+
+
+@dataclass
+class OptimizerOptions:
+    """The optimizer and its schedule: what our loop and TRL's trainers both read."""
     lr: float | None = option(None, "peak learning rate (default: chosen by what trains, see the method's help)",
                               check=positive)
-    batch_size: int = option(32, "rows per batch (halved on out-of-memory, with accumulation doubled)",
-                             check=positive)
     grad_accum: int = option(1, "batches per optimizer step", check=positive)
     max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", check=non_negative)
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and norms)", check=non_negative)
     warmup: float = option(0.06, "share of the steps spent warming the learning rate up", check=warmup_share)
     scheduler: str = option("linear", "learning-rate decay after warmup", choices=("linear", "cosine", "constant"))
+
+
+@dataclass
+class EvaluationOptions:
+    """Held-out evaluation during training, and early stopping on it (the engine's loop)."""
     eval_every: int | None = option(None, "evaluate every N optimizer steps (default: every epoch)",
                                     check=positive)
     patience: int | None = option(None, "early stopping: evaluations without improvement before stopping",
                                   check=positive)
-    max_length: int = option(256, "tokens per row (longer rows are truncated)", check=positive)
+
+
+@dataclass
+class ResumeOptions:
     resume: str | None = option(None, "continue a stopped or crashed run from its last checkpoint: "
                                       "its run id, or 'last'", metavar="RUN_ID")
-    bg: bool = option(False, "run in the background and return a handle at once (its widget has a Stop button)")
+
+
+@dataclass
+class BatchOptions:
+    """How much the run sees: passes, rows per batch, tokens per row."""
+    epochs: int = option(3, "passes over the training data", check=positive)
+    batch_size: int = option(32, "rows per batch (halved on out-of-memory, with accumulation doubled)",
+                             check=positive)
+    max_length: int = option(256, "tokens per row (longer rows are truncated)", check=positive)
+
+
+@dataclass
+class TrainingOptions(LaunchOptions, BackgroundOptions, ResumeOptions, EvaluationOptions, OptimizerOptions,
+                      BatchOptions):
+    """Everything the training base's loop reads, composed from the bundles above."""

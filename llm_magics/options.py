@@ -295,10 +295,17 @@ def build(options_cls, values: dict[str, Any]):
         raise UsageError(f"missing required option {', '.join(missing)}")
     opts = options_cls(**kwargs)
     # Defaults are checked too: a default can be invalid for this model or task.
-    validate = getattr(opts, "validate", None)
-    if validate:
-        validate()
+    validate_chain(opts)
     return opts
+
+
+def validate_chain(opts) -> None:
+    """Each class's own cross-option `validate()`, along the whole class chain (MRO order): a bundle's
+    checks run whether or not the options class composing it declares its own."""
+    for cls in type(opts).__mro__:
+        validate = cls.__dict__.get("validate")
+        if validate is not None:
+            validate(opts)
 
 
 def from_kwargs(options_cls, kwargs: dict[str, Any]):

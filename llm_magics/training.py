@@ -52,7 +52,7 @@ from .common_options import DataOptions, ModelOptions, RunOptions, TrainingOptio
 from .data import prepare_classification
 from .data.sft import prepare_sft
 from .engine import checkpoint
-from .engine.device import dtype_name, pick_dtype
+from .engine.device import compute_dtype, train_dtype
 from .engine.features import POOLINGS, default_pooling
 from .engine.rng import seeded
 from .engine.loop import Outcome, TrainConfig, TrainLoop
@@ -137,7 +137,7 @@ def train_config(o, device: torch.device, lr: float, task: str, group_by_length:
                        max_grad_norm=o.max_grad_norm or None, weight_decay=o.weight_decay, warmup=o.warmup,
                        scheduler=o.scheduler, eval_every=o.eval_every, patience=o.patience,
                        best_metric="val_accuracy" if classify else "val_loss", greater_is_better=classify,
-                       seed=o.seed, autocast=pick_dtype(device, o.dtype) if device.type == "cuda" else None,
+                       seed=o.seed, autocast=train_dtype(device, o.dtype),
                        group_by_length=group_by_length, param_groups=tuple(param_groups or ()))
 
 
@@ -357,12 +357,13 @@ def training_result(result_cls: type[TrainedResult], run: "TrainingRun", outcome
         artifacts["best_checkpoint"] = str(ctx.run_dir / "checkpoint-best")
     if checkpoint.exists(ctx.run_dir / "checkpoint-last"):
         artifacts["resume_checkpoint"] = str(ctx.run_dir / "checkpoint-last")
+    dtype, dtype_notes = compute_dtype(next(model.parameters()).dtype, train_dtype(run.device, o.dtype))
     fields = dict(method=ctx.method, model=run.source.short, metrics=metrics, data_fingerprint=run.data.fingerprint,
-                  device=str(run.device), dtype=dtype_name(next(model.parameters()).dtype), status=outcome.status,
+                  device=str(run.device), dtype=dtype, status=outcome.status,
                   label_names=getattr(run.data, "label_names", None), task=run.task, history=history,
                   trainable_params=plan.trainable, total_params=plan.total, tables=tables,
                   figures={"training curves": plot_history(history, outcome.losses)} if len(history) else {},
-                  artifacts=artifacts, notes=run.notes + outcome.notes + plan.notes,
+                  artifacts=artifacts, notes=run.notes + outcome.notes + plan.notes + dtype_notes,
                   tokens_per_s=outcome.tokens_per_s, rows_per_s=outcome.rows_per_s,
                   _model=model, _tokenizer=run.tokenizer, _max_length=o.max_length)
     fields.update(extra)
@@ -505,6 +506,7 @@ class TrainingMethod(Method):
             return run_launched(self, o, ctx)
         task = self.task_of(o)
         run = TrainingRun(o, ctx, task, ctx.device(o.device), resolve(o.model), None)
+        train_dtype(run.device, o.dtype)   # a dtype this device cannot train in is refused before anything loads
         run.resume_dir = find_checkpoint(o.resume, ctx) if o.resume else None
         run.data = prepare_data(o, ctx, task)
         run.notes = list(run.data.notes)

@@ -167,7 +167,7 @@ def test_stop_ends_both_dpo_workers_with_a_usable_result(llama, separable, store
 @pytest.mark.parametrize("line", [
     "ppo --policy p --reward r --prompts x --devices 2",
     "grpo --policy p --reward r --prompts x --devices 2",
-    "rloo --policy p --reward r --prompts x --nodes 2 --master-addr h",
+    "rloo --policy p --reward r --prompts x --devices 3",
     "eval run1 --reward r --prompts x --devices 2",
     "collect prefs.jsonl --model m --prompts x --devices 2",
 ])

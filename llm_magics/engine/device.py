@@ -85,6 +85,37 @@ def pick_dtype(device: torch.device, preference: str | None = None, training: bo
     return torch.float32
 
 
+def train_dtype(device: torch.device, option: str | None = None) -> torch.dtype | None:
+    """The dtype a training run computes in under autocast (None: fp32), one rule for every trainer.
+
+    CUDA: `pick_dtype`'s choice (bf16 where the card does it, else fp16; `--dtype float32`: none).
+    CPU and MPS: bf16 only when asked (`--dtype bfloat16`: native on CPUs with AVX512-BF16/AMX), fp32
+    otherwise (bf16 weights would lose small updates; autocast keeps the weights fp32). float16 needs
+    CUDA's loss scaling, so it is refused elsewhere."""
+    if device.type == "cuda":
+        dtype = pick_dtype(device, option, training=True)
+        return None if dtype == torch.float32 else dtype
+    asked = pick_dtype(device, option, training=True) if option not in (None, "auto") else None
+    if asked == torch.float16:
+        raise UsageError(f"--dtype {option} trains on CUDA only (it needs loss scaling); on {device.type} use "
+                         "--dtype bfloat16 or auto (fp32)")
+    return torch.bfloat16 if asked == torch.bfloat16 else None
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to a run's `train_dtype` around forward passes (no-op for None: fp32)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def compute_dtype(weights: torch.dtype, autocast: torch.dtype | None) -> tuple[str, list[str]]:
+    """What a training Result reports as its dtype: what the forward passes computed in, and a note
+    when that is autocast over weights kept in another dtype."""
+    if autocast is None or autocast == weights:
+        return dtype_name(weights), []
+    return dtype_name(autocast), [f"computed in {dtype_name(autocast)} (autocast); the trained weights stay "
+                                  f"{dtype_name(weights)}"]
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 

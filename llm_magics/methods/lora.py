@@ -25,7 +25,7 @@ from ..adapters.kinds import KINDS, AdapterSpec
 from ..adapters.methods import name_clash, smoke_rows
 from ..adapters.session import Adapter, LoraResult, load_adapter, merge_adapter, saved_name
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
-from ..engine.device import dtype_name, pick_dtype
+from ..engine.device import autocast_to, dtype_name, pick_dtype, train_dtype
 from ..engine.loop import WeightsState, steps_per_epoch
 from ..errors import UsageError
 from ..method import Command
@@ -69,7 +69,6 @@ class LoraOptions(ModelOptions, DataOptions, RunOptions, TrainingOptions, TaskOp
     name: str | None = option(None, "the adapter's name in the session (default: the run id)", check=adapter_name)
 
     def validate(self) -> None:
-        TaskOptions.validate(self)
         if self.init_text and self.method != "prompt":
             raise UsageError("--init-text initialises prompt tuning; use it with --method prompt")
         if self.bits and KINDS[self.method].prompt_learning:
@@ -154,7 +153,8 @@ class LoraMethod(TrainingMethod):
         total_steps = steps_per_epoch(len(task.lengths), o.batch_size, o.grad_accum) * o.epochs
         labels = len(getattr(run.data, "label_names", None) or [])
         model, peft = wrap_new(spec, loaded, labels, run.adapter, total_steps, run.source)
-        problem = smoke_test(model, task.batch(np.asarray(smoke_rows(task.lengths)), loaded.device))
+        with autocast_to(run.device, train_dtype(run.device, o.dtype)):   # as the run will train it
+            problem = smoke_test(model, task.batch(np.asarray(smoke_rows(task.lengths)), loaded.device))
         if problem:
             working = working_methods(loaded, spec, run.data, run.source, o.max_length)
             raise UsageError(f"--method {o.method} does not train {run.source.short} for --task {o.task} ({problem}); "

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from ..data import infer_text_column, load_frame, lookup
-from ..engine.device import dtype_name, eval_mode
+from ..engine.device import compute_dtype, dtype_name, eval_mode
 from ..errors import UsageError, closest
 from ..method import Result
 
@@ -87,9 +87,10 @@ class PpoResult(Result):
         from safetensors.torch import save_file
         save_file({k: v.detach().cpu().contiguous() for k, v in trainer.policy.value_head.state_dict().items()},
                   str(folder / "value_head.safetensors"))
+        dtype, dtype_notes = compute_dtype(next(model.parameters()).dtype, trainer.policy.autocast)
         result = cls(method="rlhf ppo", model=source.short, metrics=metrics, status=status,
                      trainable_params=plan.trainable, total_params=plan.total, device=str(device),
-                     dtype=dtype_name(next(model.parameters()).dtype),
+                     dtype=dtype, notes=dtype_notes,
                      artifacts={"run_dir": str(ctx.run_dir), "policy": str(folder)},
                      tables={"history": history, "samples": samples} if rows else {},
                      history=history, _policy=trainer.policy)
@@ -144,12 +145,13 @@ class PreferenceResult(Result):
 
     @classmethod
     def build(cls, method_name: str, o, source, loaded, policy, plan, status, metrics, logs, data, ctx, device,
-              notes, name) -> "PreferenceResult":
+              notes, name, autocast=None) -> "PreferenceResult":
         history = pd.DataFrame(logs)
+        dtype, dtype_notes = compute_dtype(next(policy.parameters()).dtype, autocast)
         result = cls(method=method_name, model=source.short, metrics=metrics, status=status,
                      data_fingerprint=data.fingerprint, trainable_params=plan.trainable, total_params=plan.total,
-                     device=str(device), dtype=dtype_name(next(policy.parameters()).dtype),
-                     artifacts={"run_dir": str(ctx.run_dir)}, notes=list(notes),
+                     device=str(device), dtype=dtype,
+                     artifacts={"run_dir": str(ctx.run_dir)}, notes=list(notes) + dtype_notes,
                      tables={"history": history} if len(history) else {}, history=history,
                      _model=policy, _tokenizer=loaded.tokenizer)
         if o.method == "full":

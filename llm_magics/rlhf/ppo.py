@@ -108,8 +108,10 @@ class Rollout:
 class PolicyWithValue:
     """The causal LM (maybe PEFT-wrapped), its value head and its frozen reference."""
 
-    def __init__(self, model, tokenizer, reference=None, temperature: float = 1.0):
+    def __init__(self, model, tokenizer, reference=None, temperature: float = 1.0,
+                 autocast: torch.dtype | None = None):
         self.model, self.tokenizer, self.temperature = model, tokenizer, temperature
+        self.autocast = autocast     # the forward passes' dtype (engine.device.train_dtype); None: fp32
         self.reference = reference   # None: the adapter disabled is the reference
         hidden = model.config.get_text_config().hidden_size if hasattr(model.config, "get_text_config") \
             else model.config.hidden_size
@@ -124,6 +126,11 @@ class PolicyWithValue:
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
 
+    def computing(self):
+        """Autocast to the run's dtype around a forward pass (the weights stay as they are)."""
+        from ..engine.device import autocast_to
+        return autocast_to(self.device, self.autocast)
+
     @torch.no_grad()
     def rollout(self, prompts: Sequence[str], max_new_tokens: int) -> Rollout:
         tok = self.tokenizer
@@ -134,9 +141,10 @@ class PolicyWithValue:
         finally:
             tok.padding_side = side
         self.model.eval()
-        out = self.model.generate(**enc, do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
-                                  min_new_tokens=1, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
-                                  eos_token_id=self.eos_id, use_cache=True, repetition_penalty=1.0)
+        with self.computing():
+            out = self.model.generate(**enc, do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
+                                      min_new_tokens=1, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
+                                      eos_token_id=self.eos_id, use_cache=True, repetition_penalty=1.0)
         prompt_len = enc["input_ids"].shape[1]
         response = out[:, prompt_len:]
         mask, ended = response_mask(response, self.eos_id)
@@ -147,8 +155,9 @@ class PolicyWithValue:
 
     def _logits_and_hidden(self, model, input_ids, attention_mask, prompt_len, hidden: bool):
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    output_hidden_states=hidden, use_cache=False)
+        with self.computing():
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        output_hidden_states=hidden, use_cache=False)
         # Position t predicts token t + 1: the response's tokens come from positions P−1 … end−1.
         logits = out.logits[:, prompt_len - 1:-1].float() / self.temperature
         states = out.hidden_states[-1][:, prompt_len - 1:-1] if hidden else None
@@ -158,7 +167,9 @@ class PolicyWithValue:
         logits, states = self._logits_and_hidden(self.model, input_ids, attention_mask, prompt_len, True)
         targets = input_ids[:, prompt_len:]
         logprobs = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return logprobs, self.value_head(states).float()
+        with self.computing():
+            values = self.value_head(states)
+        return logprobs, values.float()
 
     @torch.no_grad()
     def reference_logprobs(self, input_ids, attention_mask, prompt_len) -> torch.Tensor:

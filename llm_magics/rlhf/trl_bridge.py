@@ -76,7 +76,7 @@ class ProgressCallback(TrainerCallback):
             self._previous = None
 
 
-def trl_common(o, device: torch.device, output_dir, dtype: torch.dtype, world: int = 1) -> dict[str, Any]:
+def trl_common(o, device: torch.device, output_dir, dtype: torch.dtype | None, world: int = 1) -> dict[str, Any]:
     """Arguments every TRL config gets from our options. On `world` launched workers (--devices) --batch-size
     stays the global batch: each worker takes its share, and gloo carries a CPU group (accelerate would
     prefer MPI where it is installed)."""
@@ -84,7 +84,8 @@ def trl_common(o, device: torch.device, output_dir, dtype: torch.dtype, world: i
     return dict(output_dir=str(output_dir), learning_rate=o.peak_lr(),
                 per_device_train_batch_size=o.batch_size // world, **extra,
                 gradient_accumulation_steps=o.grad_accum, max_steps=o.steps or -1,
-                num_train_epochs=o.epochs, seed=o.seed, logging_steps=1, save_strategy="no", eval_strategy="no",
+                num_train_epochs=getattr(o, "epochs", 1),   # online runs have --steps alone
+                seed=o.seed, logging_steps=1, save_strategy="no", eval_strategy="no",
                 report_to=[], disable_tqdm=True, gradient_checkpointing=False,
                 bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device.type == "cpu",
                 max_grad_norm=o.max_grad_norm or 0.0, warmup_steps=o.warmup, lr_scheduler_type=o.scheduler,

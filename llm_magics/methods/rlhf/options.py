@@ -7,7 +7,8 @@ from typing import Any
 
 from ... import options as opts
 from ...adapters.methods import PROMPT_LEARNING, TUNERS
-from ...common_options import ModelOptions, RunOptions, TrainingOptions
+from ...common_options import (BackgroundOptions, BatchOptions, ComputeOptions, EvaluationOptions, LaunchOptions,
+                               ModelOptions, OptimizerOptions, RunOptions)
 from ...engine.features import POOLINGS
 from ...errors import UsageError
 from ...options import option, positive
@@ -53,7 +54,20 @@ class PreferenceOptions:
 
 
 @dataclass
-class RewardOptions(ModelOptions, PreferenceOptions, RunOptions, TrainingOptions):
+class _Policy:
+    policy: str | None = option(None, "the causal LM to tune: an alias (smollm2), a local folder or a hub id "
+                                      "(default: the configured default model)")
+
+
+@dataclass
+class PolicyOptions(ComputeOptions, _Policy):
+    """The causal LM a policy command tunes (`--policy`), and where and in what it runs."""
+
+
+@dataclass
+class RewardOptions(ModelOptions, PreferenceOptions, RunOptions, LaunchOptions, BackgroundOptions, EvaluationOptions,
+                    OptimizerOptions, BatchOptions):
+    """What `%rlhf reward` reads: the engine's loop without --resume (a reward run does not continue one)."""
     epochs: int = option(1, "passes over the training pairs", check=positive)
     batch_size: int = option(8, "pairs per batch (each pair is two rows)", check=positive)
     train: str = option("full", "what trains: full, head (the scoring layer only) or a PEFT tuner "
@@ -97,9 +111,7 @@ class RewardSignalOptions:
 
 
 @dataclass
-class PpoOptions(RunOptions, OneProcessOptions, RewardSignalOptions):
-    policy: str | None = option(None, "the causal LM to tune: an alias (smollm2), a local folder or a hub id "
-                                      "(default: the configured default model)")
+class PpoOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions, RewardSignalOptions):
     reward: Any = option(None, "a reward: a %rlhf reward Result variable, its run id or folder, or any Python "
                                "callable(prompts, completions) -> floats", metavar="REWARD")
     prompts: Any = option(None, "prompts to roll out from: a variable, a file or a list of strings", metavar="DATA")
@@ -134,17 +146,16 @@ class PpoOptions(RunOptions, OneProcessOptions, RewardSignalOptions):
     target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
     max_grad_norm: float = option(1.0, "clip the gradient norm (0: no clipping)", check=opts.non_negative)
     seed: int = option(0, "seed for sampling and initialisation")
-    device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
-    trust_remote_code: bool = option(False, "run the model repository's own code (only for authors you trust)")
-    bg: bool = option(False, "run in the background and return a handle at once (its widget has a Stop button)")
 
     def peak_lr(self) -> float:
         return self.lr or (1e-5 if self.method == "full" else 1e-4)
 
 
 @dataclass
-class DpoOptions(PreferenceOptions, RunOptions, TrainingOptions):
-    policy: str | None = option(None, "the causal LM to tune: an alias (smollm2), a local folder or a hub id")
+class DpoOptions(PolicyOptions, PreferenceOptions, RunOptions, LaunchOptions, BackgroundOptions, OptimizerOptions,
+                 BatchOptions):
+    """What `%rlhf dpo|kto|orpo` read: TRL's trainer takes the optimizer and batch options (no --resume,
+    --eval-every or --patience: it neither checkpoints nor evaluates during the run)."""
     method: str = option("full", "what trains: full, or a PEFT tuner (lora, dora, …): the reference is then the "
                                  "base with the adapter disabled", check=_policy_method, metavar="WHAT")
     beta: float = option(0.1, "DPO's β: how far the policy may move from the reference", check=positive)
@@ -160,18 +171,16 @@ class DpoOptions(PreferenceOptions, RunOptions, TrainingOptions):
     dropout: float = option(0.0, "tuner dropout", check=opts.non_negative)
     target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
     name: str | None = option(None, "with a tuner: the adapter's name in the session (default: the run id)")
-    device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "auto: bf16 on GPUs that do it, fp32 on CPU",
-                        choices=("auto", "float32", "bfloat16", "float16"))
-    trust_remote_code: bool = option(False, "run the model repository's own code (only for authors you trust)")
 
     def peak_lr(self) -> float:
         return self.lr or (5e-6 if self.method == "full" else 5e-4)
 
 
 @dataclass
-class OnlineOptions(RunOptions, TrainingOptions, RewardSignalOptions):
-    policy: str | None = option(None, "the causal LM to tune: an alias (smollm2), a local folder or a hub id")
+class OnlineOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions, OptimizerOptions,
+                    RewardSignalOptions):
+    """What `%rlhf grpo|rloo` read: TRL's trainer for --steps steps (no epochs, no --max-length: completions
+    are --max-new-tokens long)."""
     reward: Any = option(None, "a %rlhf reward Result (variable, run id or folder) or a Python "
                                "callable(prompts, completions) -> floats", metavar="REWARD")
     prompts: Any = option(None, "prompts to sample from: a variable, a file or a list of strings", metavar="DATA")
@@ -191,10 +200,6 @@ class OnlineOptions(RunOptions, TrainingOptions, RewardSignalOptions):
     target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
     name: str | None = option(None, "with a tuner: the adapter's name in the session (default: the run id)")
     seed: int = option(0, "seed for sampling and initialisation")
-    device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "auto: bf16 on GPUs that do it, fp32 on CPU",
-                        choices=("auto", "float32", "bfloat16", "float16"))
-    trust_remote_code: bool = option(False, "run the model repository's own code (only for authors you trust)")
 
     def validate(self) -> None:
         if self.batch_size % self.num_generations:

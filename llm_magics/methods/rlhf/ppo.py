@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...engine.device import train_dtype
 from ...engine.rng import RunRng, seeded
 from ...models import hold, resolve, trainable
 from ...training import describe_run
@@ -18,6 +19,7 @@ def run_ppo(o: PpoOptions, ctx) -> "PpoResult":
     from ...rlhf.ppo import PolicyWithValue, PpoConfig, PpoTrainer
     from ...rlhf.policy import PpoResult, load_prompts, resolve_reward
     device = ctx.device(o.device)
+    autocast = train_dtype(device, o.dtype)
     source = resolve(o.policy)
     reward, reward_name = resolve_reward(o.reward, ctx.namespace)
     prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
@@ -44,7 +46,7 @@ def run_ppo(o: PpoOptions, ctx) -> "PpoResult":
             config = policy_adapter_config(o, model, source, o.steps, dropout=0.0)
             model = get_peft_model(model, config, adapter_name=ctx.run_id)
             plan = trainable.report(model, f"{o.method} r={o.r}")
-        policy = PolicyWithValue(model, loaded.tokenizer, reference, o.temperature)
+        policy = PolicyWithValue(model, loaded.tokenizer, reference, o.temperature, autocast)
     describe_run(ctx, progress, plan)
     config = PpoConfig(steps=o.steps, batch_size=o.batch_size, minibatch_size=o.minibatch_size,
                        ppo_epochs=o.ppo_epochs, lr=o.peak_lr(), max_new_tokens=o.max_new_tokens,

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import torch
 
-from ...engine.device import dtype_name
+from ...engine.device import compute_dtype, train_dtype
 from ...engine.features import default_pooling
 from ...engine.rng import seeded
 from ...engine.loop import TrainConfig, TrainLoop
@@ -31,7 +31,7 @@ def train_reward(o: RewardOptions, ctx) -> RewardResult:
     progress = ctx.progress(f"rlhf reward · {source.short} · --train {o.train}")
     loaded = load_model(source, "base", device, torch.float32, fresh=True, trust_remote_code=o.trust_remote_code)
     pooling = default_pooling(loaded.kind) if o.pooling == "auto" else o.pooling
-    autocast = _autocast(device, o.dtype)
+    autocast = train_dtype(device, o.dtype)
     if device.type == "cpu" and autocast is not None and loaded.kind == "encoder":
         # PyTorch's CPU SDPA kernel under bf16 autocast with a padding mask: ~1.5× the CPU time of a training
         # step with eager attention (MiniLM, 16 × 140 tokens; 2.6 → 1.7 s of which attention was 14 of 19 s
@@ -90,27 +90,19 @@ def train_reward(o: RewardOptions, ctx) -> RewardResult:
     folder = save_folder(model, loaded.tokenizer, ctx.run_dir / REWARD_FOLDER, o.max_length,
                          {"model": source.name, "run_id": ctx.run_id})
     history = pd.DataFrame(outcome.history)
+    dtype, dtype_notes = compute_dtype(next(model.parameters()).dtype, autocast)
     result = RewardResult(
         method="rlhf reward", model=source.short, metrics=metrics, data_fingerprint=data.fingerprint,
         trainable_params=plan.trainable, total_params=plan.total, device=str(device),
-        dtype=dtype_name(next(model.parameters()).dtype), status=outcome.status,
+        dtype=dtype, status=outcome.status,
         artifacts={"run_dir": str(ctx.run_dir), "reward_model": str(folder)},
         tables={"trainable parameters": plan.groups, **({"history": history} if len(history) else {})},
         figures={"training curves": plot_history(history, steps)} if len(history) else {},
-        notes=notes + outcome.notes + plan.notes + [f"reload after a restart: load_reward({ctx.run_id!r})"],
+        notes=notes + outcome.notes + plan.notes + dtype_notes + [f"reload after a restart: load_reward({ctx.run_id!r})"],
         history=history, _model=model, _tokenizer=loaded.tokenizer, _max_length=o.max_length,
         _folder=str(folder))
     result.tokens_per_s, result.rows_per_s = outcome.tokens_per_s, outcome.rows_per_s
     hold(result)
     progress.end(outcome.status, **{k: v for k, v in metrics.items() if k.startswith("test_")})
     return for_the_kernel(result, ctx)
-
-
-def _autocast(device, dtype: str):
-    """Mixed precision for training: bf16/fp16 on GPUs (the engine's rule); on CPU only when asked
-    (--dtype bfloat16: native on CPUs with AVX512-BF16/AMX), fp32 otherwise."""
-    from ...engine.device import pick_dtype
-    if device.type == "cuda":
-        return pick_dtype(device, dtype)
-    return torch.bfloat16 if dtype == "bfloat16" else None
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 from ...errors import UsageError
 from ...models import hold, resolve, trainable
 from ...training import describe_run
@@ -23,7 +21,7 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     import copy
     import time
 
-    from ...engine.device import pick_dtype
+    from ...engine.device import train_dtype
     from ...rlhf.trl_bridge import ProgressCallback, implicit_rewards, pair_logprobs, trl_common
     from ...rlhf.policy import PreferenceResult
     from ...launch import launched
@@ -45,8 +43,7 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     if o.method != "full":
         from ...adapters import hub
         hub().check_free(name)
-    # fp32 on CPU unless --dtype asks otherwise (bf16 there is autocast, as TRL's bf16 flag does it)
-    dtype = pick_dtype(device, o.dtype) if device.type == "cuda" or o.dtype != "auto" else torch.float32
+    dtype = train_dtype(device, o.dtype)   # TRL's bf16/fp16 flag: autocast over fp32 weights
     progress = ctx.progress(f"rlhf {kind} · {source.short} · --method {o.method} · β={o.beta}")
     loaded = load_policy(kind, o, source, device)
     tokenizer = loaded.tokenizer
@@ -105,7 +102,7 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     # TRL's data preparation (tokenising, DPO's reference pass) and its training loop, loading excluded
     metrics["train_seconds"] = train_seconds
     result = PreferenceResult.build(f"rlhf {kind}", o, source, loaded, policy, plan, status, metrics, callback.logs,
-                                    data, ctx, device, notes, name)
+                                    data, ctx, device, notes, name, autocast=dtype)
     hold(result)
     progress.end(status, **{k: v for k, v in metrics.items() if k.startswith("test_") and "before" not in k})
     return for_the_kernel(result, ctx)
@@ -114,7 +111,7 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
 def run_online(kind: str, o: OnlineOptions, ctx) -> "PreferenceResult":
     import warnings
 
-    from ...engine.device import pick_dtype
+    from ...engine.device import train_dtype
     from ...rlhf.policy import PreferenceResult, load_prompts, resolve_reward
     from ...rlhf.ppo import call_reward
     from ...rlhf.trl_bridge import ProgressCallback, online_trainer, trl_common
@@ -126,7 +123,7 @@ def run_online(kind: str, o: OnlineOptions, ctx) -> "PreferenceResult":
     if o.method != "full":
         from ...adapters import hub
         hub().check_free(name)
-    dtype = pick_dtype(device, o.dtype) if device.type == "cuda" else torch.float32
+    dtype = train_dtype(device, o.dtype)
     progress = ctx.progress(f"rlhf {kind} · {source.short} · --method {o.method} · reward {reward_name}")
     loaded = load_policy(kind, o, source, device)
     if hasattr(reward, "check_readable"):
@@ -162,7 +159,7 @@ def run_online(kind: str, o: OnlineOptions, ctx) -> "PreferenceResult":
     from types import SimpleNamespace
     data = SimpleNamespace(fingerprint="")
     result = PreferenceResult.build(f"rlhf {kind}", o, source, loaded, policy, plan, status, metrics,
-                                    callback.logs, data, ctx, device, signal.notes, name)
+                                    callback.logs, data, ctx, device, signal.notes, name, autocast=dtype)
     hold(result)
     progress.end(status, **{k: v for k, v in metrics.items() if k.startswith("reward_")})
     return result
