@@ -360,7 +360,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     size = (dict(rows=24, lm_rows=8, pairs=8, new_tokens=16, tokens=256, budget=0.15, elements=2**24)
             if args.quick else
-            dict(rows=48, lm_rows=16, pairs=12, new_tokens=32, tokens=512, budget=0.4, elements=2**25))
+            dict(rows=32, lm_rows=12, pairs=8, new_tokens=32, tokens=512, budget=0.4, elements=2**25))
     described = machine()
     print(described, flush=True)
     with tempfile.TemporaryDirectory() as home:
