@@ -91,7 +91,7 @@ ICL = [
     ("%%icl --model $LLAMA --data df --score max" + ICL_BODY, "--score 'max' is not valid"),
     ("%%icl --model $LLAMA --data df --limit 0" + ICL_BODY, "--limit: must be > 0"),
     ("%%icl --model $LLAMA --data df --max-tokens 0" + ICL_BODY, "--max-tokens: must be > 0"),
-    ("%%icl --model $LLAMA --data df --max-tokens 99999999" + ICL_BODY, "--max-tokens 99999999 is not below"),
+    ("%%icl --model $LLAMA --data df --max-tokens 600" + ICL_BODY, "--max-tokens 600 is not below"),
     ("%%icl --model $LLAMA --data df --seed -5" + ICL_BODY, "--seed: is a seed"),
     ("%%icl --model $LLAMA --data df --seed 99999999999" + ICL_BODY, "--seed: is a seed"),
     ("%%icl --model $LLAMA --data df --top-k 0" + ICL_BODY, "--top-k: must be > 0"),

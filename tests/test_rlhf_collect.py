@@ -152,3 +152,74 @@ def test_collect_uses_a_held_result_without_loading_its_reference(tiny_llama, se
     session = api.rlhf.collect(path=str(tmp_path / "p.jsonl"), models=[tuned, str(tiny_llama)], prompts=PROMPTS,
                                max_new_tokens=3)
     assert sorted(session.sources) == sorted([tuned.run_id, str(tiny_llama)])
+
+
+# ---- a torn last line -------------------------------------------------------------------------------
+
+def test_a_torn_last_line_is_moved_aside_and_every_whole_line_kept(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    session = CollectSession(path, PROMPTS, fake)
+    session.choose(0)
+    session.tie()
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"prompt": "Review 2: the film was", "chosen": "was go')   # killed mid-write
+    again = CollectSession(path, PROMPTS, fake)
+    assert path.read_bytes() == whole and again.index == 2
+    assert (tmp_path / "prefs.jsonl.torn-1").read_bytes().endswith(b'"chosen": "was go')
+    assert again.notes == ["prefs.jsonl: its last line was cut off mid-write (a killed kernel); moved to "
+                           "prefs.jsonl.torn-1, the 2 whole lines kept"]
+    path.write_bytes(whole + b'{"prompt": "Review 2: the film was", "event": "skip"}')   # only the newline lost
+    assert CollectSession(path, PROMPTS, fake).index == 3 and path.read_bytes().endswith(b"skip\"}\n")
+    assert not (tmp_path / "prefs.jsonl.torn-2").exists()
+
+
+WRITER = """
+import sys
+from llm_magics.rlhf.collect import CollectSession
+big = "x" * 1_100_000   # two completions of 1.1 MB: a pair line of over 2 MB
+prompts = [f"prompt {i}" for i in range(100_000)]
+session = CollectSession(sys.argv[1], prompts, lambda p: [p + " good " + big, p + " bad " + big])
+while True:
+    session.choose(0)
+"""
+
+
+def ends_mid_line(path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
+def test_collect_files_killed_mid_write_stay_usable(tmp_path):
+    """20 kills of a process appending 2 MB lines through the real writer, aimed into a write (the file's end
+    mid-line): every file resumes and loads as preference data afterwards (before the repair a torn last line
+    blocked both)."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    rng, torn, unusable = random.Random(0), 0, []
+    for kill in range(20):
+        path = tmp_path / f"kill{kill}.jsonl"
+        child = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
+        try:
+            while not path.exists() or path.stat().st_size < 3 * 2_200_000:   # a few whole lines first
+                assert child.poll() is None, "the writer died"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.2))
+            caught = time.monotonic() + 2
+            while not ends_mid_line(path) and time.monotonic() < caught:   # aim the kill into a write
+                time.sleep(0.0005)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        torn += not path.read_bytes().endswith(b"\n")
+        try:
+            session = CollectSession(path, [f"prompt {i}" for i in range(100_000)], fake)
+            data = prepare_preferences(str(path), val_size=0.25, test_size=0.25)
+            assert session.index == len(lines(path)) == len(data.train) + len(data.validation) + len(data.test)
+        except Exception as error:   # noqa: BLE001 - counted, then reported
+            unusable.append(f"{path.name}: {error}")
+    assert unusable == [], unusable
+    assert torn >= 10, f"only {torn} of 20 kills landed mid-write: the test no longer tests the repair"
