@@ -147,7 +147,40 @@ def between(low: float, high: float, *, low_open: bool = False, high_open: bool 
               and (value > low if low_open else value >= low)
               and (value < high if high_open else value <= high))
         return None if ok else f"must be in {left}{low}, {high}{right}, got {_shown(value)}"
-    return check
+    return bounded(check, f"in {left}{low}, {high}{right}")
+
+
+def at_most(high: int, *, also: str | None = None) -> Check:
+    """A count from 1 to `high`: a ceiling a typo (1e9 tokens, 10**12 points) cannot pass. `also` names a
+    limit known only later (the model's context), checked where it is known. The bound shows in the
+    option's help, hence in the magic's help and the tuning form."""
+    def check(value) -> str | None:
+        if value is None:
+            return None
+        problem = positive(value)
+        if problem or value <= high:
+            return problem
+        return f"must be at most {high}, got {_shown(value)}"
+    return bounded(check, f"1 … {high}" + (f", and {also}" if also else ""))
+
+
+def bounded(check: Check, bound: str) -> Check:
+    """`check`, with the bound it enforces written out for the help (`at most the model's positions`)."""
+    def described(value) -> str | None:
+        return check(value)
+    described.bound = bound
+    return described
+
+
+# Tokens one generation may add: above the contexts of the models people tune here (a typo's 10**9 stops at
+# the parser); the model's own context is checked once it loads (engine/limits.py check_generation).
+MAX_NEW_TOKENS = 32768
+new_tokens = at_most(MAX_NEW_TOKENS, also="below the model's context")
+
+
+def _help(meta) -> str:
+    bound = getattr(meta.get("check"), "bound", None)
+    return meta.get("help", "") + (f" ({bound})" if bound else "")
 
 
 # ---- the declaration, read back --------------------------------------------------
@@ -205,7 +238,7 @@ def specs(options_cls) -> list[Spec]:
             default, required = None, True
         out.append(Spec(
             name=f.name, kind=_kind(hints[f.name]), default=default, required=required,
-            help=meta.get("help", ""), flag=meta.get("flag") or "--" + f.name.replace("_", "-"),
+            help=_help(meta), flag=meta.get("flag") or "--" + f.name.replace("_", "-"),
             short=meta.get("short"), choices=tuple(meta["choices"]) if meta.get("choices") else None,
             check=meta.get("check"), metavar=meta.get("metavar"),
             positional=meta.get("positional", False), finite=meta.get("finite", True),

@@ -19,6 +19,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import UsageError
+
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 _UNSET = 10 ** 9  # transformers' "no limit" for model_max_length is ~1e30
 
@@ -39,8 +41,22 @@ def _config_of(model):
     return None if config is None or isinstance(config, dict) else config
 
 
+def config_position_limit(config) -> int | None:
+    """The positions a model's config (an object or its JSON dict) declares, or None."""
+    return _config_limit(config)
+
+
+def folder_position_limit(folder: str | Path) -> int | None:
+    """The positions a model folder's config.json declares, read before any weight loads (None for a hub
+    id or a folder without one)."""
+    return _config_limit(_read_config(Path(str(folder))))
+
+
 def _folder_config(tokenizer) -> dict | None:
-    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    return _read_config(Path(str(getattr(tokenizer, "name_or_path", "") or "")))
+
+
+def _read_config(folder: Path) -> dict | None:
     try:
         return json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder.is_dir() else None
     except (OSError, ValueError):
@@ -73,3 +89,12 @@ def fit_max_length(max_length: int, tokenizer, model=None, *, notes: list[str] |
     if say is not None:
         say(note)
     return limit
+
+
+def check_generation(max_new_tokens: int, tokenizer, model=None, *, flag: str = "--max-new-tokens") -> None:
+    """Refuse (one line naming both numbers) a generation length the model's context cannot hold: the prompt
+    needs at least one position beside the new tokens. Nothing said when the model declares no limit."""
+    limit = position_limit(tokenizer, model)
+    if limit is not None and not max_new_tokens < limit:
+        raise UsageError(f"{flag} {max_new_tokens} is not below the model's context of {limit} tokens "
+                         f"(the prompt needs room too): use at most {limit - 1}, far fewer for long prompts")

@@ -7,7 +7,7 @@ from typing import Any
 from ...backends.openai import key_env_problem, url_problem
 from ...common_options import ModelOptions, RunOptions
 from ...errors import UsageError
-from ...options import non_negative, option, positive
+from ...options import new_tokens, non_negative, option, positive
 from ...retrieval.store import name_problem
 
 STREAM_ROWS = 20   # answers streamed into the cell; the rest are in result.predictions
@@ -52,7 +52,7 @@ class IclOptions(RunOptions, ModelOptions):
     separator: str = option("\\n\\n", "text between demonstrations (\\n and \\t are understood)")
     limit: int | None = option(None, "only the first N rows of --data", check=positive)
     seed: int = option(0, "seed for picking demonstrations and for sampling")
-    max_tokens: int = option(32, "generation: most tokens per answer", check=positive)
+    max_tokens: int = option(32, "generation: most tokens per answer", check=new_tokens)
     temperature: float = option(0.0, "generation: 0 is greedy, above 0 samples", check=non_negative)
     top_p: float = option(1.0, "generation: nucleus sampling mass", check=top_p_check)
     stop: list[str] | None = option(None, "generation: stop strings (default: a newline; 'none' for none)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...engine.limits import check_generation
 from ...errors import UsageError
 from ...models import load_model
 
@@ -34,6 +35,8 @@ def load_policy(kind: str, o, source, device):
     loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True, trust_remote_code=o.trust_remote_code)
     if architecture_kind(loaded.model.config) != "decoder":
         raise UsageError(f"--policy {source.short} is not a causal LM; {kind.upper()} needs a decoder (e.g. smollm2)")
+    if hasattr(o, "max_new_tokens"):   # the commands that sample from it (ppo, grpo, rloo)
+        check_generation(o.max_new_tokens, loaded.tokenizer, loaded.model)
     return loaded
 
 

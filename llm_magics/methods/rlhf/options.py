@@ -122,7 +122,7 @@ class PpoOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions
     minibatch_size: int = option(4, "rollouts per update", check=positive)
     ppo_epochs: int = option(4, "passes over each rollout batch", check=positive)
     lr: float | None = option(None, "peak learning rate (default: 1e-5 full, 1e-4 for a tuner)", check=positive)
-    max_new_tokens: int = option(24, "tokens sampled per completion", check=positive)
+    max_new_tokens: int = option(24, "tokens sampled per completion", check=opts.new_tokens)
     temperature: float = option(1.0, "sampling temperature (the log-probs use it too)", check=positive)
     kl: float = option(0.05, "KL penalty coefficient β (per token, against the reference)", check=_kl_coef)
     target_kl: float | None = option(None, "adaptive KL: move β towards this KL per sequence (nats)",
@@ -130,8 +130,8 @@ class PpoOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions
     kl_horizon: int = option(10000, "adaptive KL's horizon (rollouts)", check=positive)
     stop_kl: float | None = option(None, "end a step's update epochs once a minibatch is this far (nats per token) "
                                          "from the policy that sampled the rollouts (default: never)", check=positive)
-    gamma: float = option(1.0, "discount", check=opts.non_negative)
-    lam: float = option(0.95, "GAE λ", check=opts.non_negative)
+    gamma: float = option(1.0, "discount", check=opts.between(0, 1))
+    lam: float = option(0.95, "GAE λ", check=opts.between(0, 1))
     clip: float = option(0.2, "policy ratio clip ε", check=positive)
     vf_clip: float = option(0.2, "value clip", check=positive)
     vf_coef: float = option(0.1, "value loss weight", check=opts.non_negative)
@@ -146,6 +146,11 @@ class PpoOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions
     target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
     max_grad_norm: float = option(1.0, "clip the gradient norm (0: no clipping)", check=opts.non_negative)
     seed: int = option(0, "seed for sampling and initialisation")
+
+    def validate(self) -> None:
+        if self.minibatch_size > self.batch_size:
+            raise UsageError(f"--minibatch-size {self.minibatch_size} is above --batch-size {self.batch_size}: an "
+                             "update takes a share of one step's rollouts")
 
     def peak_lr(self) -> float:
         return self.lr or (1e-5 if self.method == "full" else 1e-4)
@@ -189,7 +194,7 @@ class OnlineOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOpti
     steps: int = option(20, "optimizer steps", check=positive)
     batch_size: int = option(8, "completions per step (prompts × --num-generations)", check=positive)
     num_generations: int = option(4, "completions per prompt (the group GRPO/RLOO compare within)", check=positive)
-    max_new_tokens: int = option(24, "tokens sampled per completion", check=positive)
+    max_new_tokens: int = option(24, "tokens sampled per completion", check=opts.new_tokens)
     temperature: float = option(1.0, "sampling temperature", check=positive)
     beta: float = option(0.0, "KL coefficient against the reference (0: none, TRL's default)", check=_kl_coef)
     method: str = option("full", "what trains: full, or a PEFT tuner (lora, dora, …)", check=_policy_method,
@@ -224,7 +229,7 @@ class EvalOptions(RunOptions, OneProcessOptions, _EvalRun):
     prompts: Any = option(None, "held-out prompts: a variable, a file or a list of strings", metavar="DATA")
     prompt_column: str | None = option(None, "the prompt column (default: prompt, or the one text column)",
                                        metavar="COLUMN")
-    max_new_tokens: int = option(24, "tokens sampled per completion", check=positive)
+    max_new_tokens: int = option(24, "tokens sampled per completion", check=opts.new_tokens)
     temperature: float = option(1.0, "sampling temperature", check=positive)
     batch_size: int = option(8, "prompts per generation batch", check=positive)
     samples: int = option(8, "sample pairs shown in the table", check=positive)
@@ -248,7 +253,7 @@ class CollectOptions(RunOptions, OneProcessOptions, _CollectFile):
                                    "LMs",
                                metavar="WHO")
     k: int = option(2, "completions per prompt, side by side", check=positive)
-    max_new_tokens: int = option(64, "tokens per completion", check=positive)
+    max_new_tokens: int = option(64, "tokens per completion", check=opts.new_tokens)
     temperature: float = option(1.0, "sampling temperature", check=positive)
     seed: int = option(0, "seed for sampling")
     device: str = option("auto", "auto (CUDA → MPS → CPU), cpu, cuda, cuda:N or mps")
