@@ -5,7 +5,8 @@ adapters or tuned runs — `--models`) are shown side by side with a button each
 …), tie, skip and undo, and a counter. With several models the order is shuffled per prompt and
 the names hidden (a blind comparison: position and name bias out); each pair line records which
 model wrote which answer (`chosen_by`, `rejected_by`) and `session.tally()` counts the wins.
-Each click appends one line per resulting pair and fsyncs the file: a dead kernel loses nothing.
+Each click appends its lines in one write and fsyncs the file: a dead kernel loses nothing but, at worst, a
+last line cut off mid-write, which the next open moves aside (`<file>.torn-<n>`, with a note).
 Ties and skips are written as `{"prompt", "event"}` lines (so resuming knows the prompt was
 answered; the preference loader skips them). Undo truncates the file back to
 before the last choice and shows that prompt again. Reopening the same file resumes after the
@@ -22,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..errors import UsageError
+
 EVENTS = ("tie", "skip")
 
 
@@ -29,14 +32,82 @@ def read_records(path: Path) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for number, line in enumerate(_text(path).splitlines()):
         if line.strip():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                from ..errors import UsageError
                 raise UsageError(f"{path}: line {number + 1} is not JSON; it is not a file %rlhf collect wrote") from None
     return records
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text, so not a file %rlhf collect wrote; name a new .jsonl file") from None
+
+
+def check_file(path: Path) -> None:
+    """What `%rlhf collect FILE` can append to: a new file, or a UTF-8 JSONL file (checked before a model loads)."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; name a .jsonl file for the choices")
+    if path.exists():
+        _text(path)
+
+
+def repair_torn_line(path: Path) -> str | None:
+    """A kill mid-write can leave the last line cut off: it is moved aside to `<file>.torn-<n>` and every whole
+    line kept, so resuming and `%rlhf reward --data` read the file. A note saying so, or None."""
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    tail = data[end:]
+    if not tail:
+        return None
+    if _whole_record(tail):   # cut off just before its newline: the record is whole
+        append_bytes(path, b"\n")
+        return None
+    aside = _free_name(path)
+    aside.write_bytes(tail)
+    with open(path, "r+b") as f:
+        f.truncate(end)
+        os.fsync(f.fileno())
+    whole = data.count(b"\n")
+    return f"{path.name}: its last line was cut off mid-write (a killed kernel); moved to {aside.name}, the {whole} " \
+           "whole lines kept"
+
+
+def _whole_record(tail: bytes) -> bool:
+    try:
+        return isinstance(json.loads(tail.decode("utf-8")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def _free_name(path: Path) -> Path:
+    n = 1
+    while path.with_name(f"{path.name}.torn-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}.torn-{n}")
+
+
+def append_lines(path: Path, records: list[dict]) -> None:
+    """The records as whole lines in one write, fsynced: a kill leaves at most one torn last line (repaired on
+    open), never a half-written line between whole ones."""
+    append_bytes(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8"))
+
+
+def append_bytes(path: Path, blob: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(blob)
+        while view:   # a regular file takes it whole; a signal may cut a write short
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class CollectSession:
@@ -46,6 +117,9 @@ class CollectSession:
         self.generate = generate
         self.labels = labels
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_file(self.path)
+        note = repair_torn_line(self.path)
+        self.notes = [note] if note else []
         answered = {r.get("prompt") for r in read_records(self.path)}
         last = max((i for i, p in enumerate(self.prompts) if p in answered), default=-1)
         self.index = last + 1
@@ -76,11 +150,7 @@ class CollectSession:
 
     def _append(self, records: list[dict]) -> None:
         size = self.path.stat().st_size if self.path.exists() else 0
-        with open(self.path, "a", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_lines(self.path, records)
         self.history.append((self.index, size, self.completions, self.sources))
         self.answered += 1
         self.index += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...engine.limits import check_generation
 from ...errors import UsageError
 from ...models import load_model, resolve
 from .common import copy_tokenizer_left
@@ -17,6 +18,7 @@ def run_eval(o: EvalOptions, ctx):
     reward, reward_name = resolve_reward(o.reward, ctx.namespace)
     prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
     model, reference, tokenizer, base = policy_of(o.run, ctx.namespace, ctx.settings)
+    check_generation(o.max_new_tokens, tokenizer, model)
     progress = ctx.progress(f"rlhf eval · {base} · reward {reward_name}")
     progress.start(total=len(prompts), unit="prompts")
     metrics, table = evaluate(model, reference, tokenizer, reward, reward_name, prompts, o.max_new_tokens,
@@ -31,26 +33,40 @@ def run_eval(o: EvalOptions, ctx):
 def run_collect(o: CollectOptions, ctx):
     from pathlib import Path
 
-    from ...rlhf.collect import CollectSession, blind_sampler, sampler
+    from ...rlhf.collect import CollectSession, blind_sampler, check_file, sampler
     from ...rlhf.policy import load_prompts
     prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
     path = Path(o.path).expanduser()
     if path.suffix.lower() != ".jsonl":
         raise UsageError(f"{o.path}: choices are written as JSON lines; name a .jsonl file")
+    check_file(path)
     if o.models:
-        writers = dict(_writer(item, ctx, o.device) for item in o.models)
+        writers = dict(_writer(item, ctx, o.device, o.max_new_tokens) for item in o.models)
         generate = blind_sampler(writers, o.max_new_tokens, o.temperature, o.seed)
     else:
-        loaded = load_model(resolve(o.model), "causal_lm", ctx.device(o.device), torch.float32)
+        loaded = _causal_lm(o.model, ctx, o.device, "--model")
+        check_generation(o.max_new_tokens, loaded.tokenizer, loaded.model)
         generate = sampler(loaded.model, copy_tokenizer_left(loaded.tokenizer), o.k, o.max_new_tokens,
                            o.temperature, o.seed)
     session = CollectSession(path, prompts, generate)
+    for note in session.notes:
+        ctx.write(note + "\n")
     if o.out:
         ctx.display(session)
     return session
 
 
-def _writer(item, ctx, device: str):
+def _causal_lm(name, ctx, device: str, flag: str):
+    """A causal LM that writes completions; an encoder (it would write random text) is one line."""
+    from ...models import architecture_kind
+    source = resolve(name)
+    loaded = load_model(source, "causal_lm", ctx.device(device), torch.float32)
+    if architecture_kind(loaded.model.config) != "decoder":
+        raise UsageError(f"{flag} {source.short} is not a causal LM; completions need a decoder (e.g. smollm2)")
+    return loaded
+
+
+def _writer(item, ctx, device: str, max_new_tokens: int):
     """(name, a factory of a context yielding (model, tokenizer)) for one `--models` entry: a loaded
     adapter's name, a %rlhf Result (variable or run id), or a causal LM (alias, folder or hub id)."""
     import contextlib
@@ -79,7 +95,8 @@ def _writer(item, ctx, device: str):
     elif not isinstance(obj, str) or ctx.store.get(obj):   # a run id (policy_of also loads its reference)
         model, _, tokenizer, _ = policy_of(obj, ctx.namespace, ctx.settings)
     else:
-        loaded = load_model(resolve(obj), "causal_lm", ctx.device(device), torch.float32)
+        loaded = _causal_lm(obj, ctx, device, "--models")
         model, tokenizer = loaded.model, loaded.tokenizer
+    check_generation(max_new_tokens, tokenizer, model)
     tokenizer = copy_tokenizer_left(tokenizer)
     return name, lambda: contextlib.nullcontext((model, tokenizer))
