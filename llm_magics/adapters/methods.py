@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..engine.limits import config_position_limit
 from ..engine.rng import isolated
 from ..errors import UsageError
 from ..models.trainable import find_blocks
@@ -58,16 +59,16 @@ def build_config(spec: AdapterSpec, model: nn.Module, task_type, total_steps: in
     if kind is None:  # the option's choices keep this unreachable from a magic
         raise UsageError(f"unknown --method {spec.method}; known: {', '.join(KINDS)}")
     if kind.prompt_learning:
-        _check_virtual_tokens(spec.virtual_tokens, model.config)
+        check_virtual_tokens(spec.virtual_tokens, config_position_limit(model.config))
     modules = [] if kind.prompt_learning else targets(model, list(spec.target))
     geometry = _geometry(model.config) if kind.prompt_learning else {}
     return kind.build(spec, Where(task_type, modules, geometry, total_steps, tokenizer_path, modules_to_save))
 
 
-def _check_virtual_tokens(count: int, config) -> None:
-    """Virtual tokens sit in the model's context beside the text: as many as the context holds is a
-    mistake (and, at millions, an out-of-memory crash inside PEFT), so it is one line here."""
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+def check_virtual_tokens(count: int, context: int | None) -> None:
+    """Virtual tokens sit in the model's context (`context` positions) beside the text: as many as the context
+    holds is a mistake (and, at millions, an out-of-memory crash inside PEFT), so it is one line. Checked from
+    the model folder's config before anything loads (LoraMethod.check), and again on the loaded config."""
     limit = (context // 2) if context else 4096
     if count > limit:
         where = f"half of the model's context of {context} positions" if context else "4096"

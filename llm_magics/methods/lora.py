@@ -22,10 +22,11 @@ from .. import options as opts
 from ..adapters import AdapterInfo, AdapterSet, hub, smoke_test
 from ..adapters.build import base_model, check_bits, working_methods, wrap_new
 from ..adapters.kinds import KINDS, AdapterSpec
-from ..adapters.methods import name_clash, smoke_rows
+from ..adapters.methods import check_virtual_tokens, name_clash, smoke_rows
 from ..adapters.session import Adapter, LoraResult, load_adapter, merge_adapter, saved_name
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
 from ..engine.device import autocast_to, dtype_name, pick_dtype, train_dtype
+from ..engine.limits import folder_position_limit
 from ..engine.loop import WeightsState, steps_per_epoch
 from ..errors import UsageError
 from ..method import Command
@@ -61,7 +62,8 @@ class LoraOptions(ModelOptions, DataOptions, RunOptions, TrainingOptions, TaskOp
                                                "or names such as q_proj,v_proj", metavar="NAMES")
     target_r: int | None = option(None, "adalora: the average rank it prunes to (default: r / 2)", check=positive)
     block_size: int = option(32, "oft: block size of the orthogonal matrices", check=positive)
-    virtual_tokens: int = option(20, "prefix, ptuning, prompt: number of virtual tokens", check=positive)
+    virtual_tokens: int = option(20, "prefix, ptuning, prompt: number of virtual tokens",
+                                 check=opts.bounded(positive, "at most half the model's positions"))
     encoder_hidden: int = option(128, "ptuning: hidden size of the prompt encoder", check=positive)
     init_text: str | None = option(None, "prompt: initialise the virtual tokens from this text", metavar="TEXT")
     bits: int | None = option(None, "QLoRA: load the frozen base in 4 or 8 bits (bitsandbytes, CUDA only)",
@@ -138,6 +140,9 @@ class LoraMethod(TrainingMethod):
     def check(self, run: TrainingRun) -> None:
         o = run.options
         check_bits(o.bits, run.device)
+        context = folder_position_limit(run.source.path) if KINDS[o.method].prompt_learning else None
+        if context:   # before the base loads (a hub id: once it has): millions of them would not fit in memory
+            check_virtual_tokens(o.virtual_tokens, context)
         run.adapter = o.name or (saved_name(run.resume_dir) if run.resume_dir else None) or run.ctx.run_id
         hub().check_free(run.adapter, resuming=run.resume_dir.parent.name if run.resume_dir else None)
         name_clash(run.adapter, o.method)
