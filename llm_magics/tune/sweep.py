@@ -25,6 +25,12 @@ from ..runs.compare import PREFERRED_METRICS, compare_recorded, option_column
 from . import form
 
 
+# Each point is a whole run, and the leaderboard holds a row per point: a grid past this is refused (counted,
+# not built) unless --max-points raises the limit, up to a ceiling that still fits the rows in memory.
+MAX_POINTS = 1000
+POINTS_CEILING = 100_000
+
+
 @dataclass
 class SweepOptions:
     grid: str = opts.option(positional=False, help="options to sweep: \"name=v1,v2 name2=a,b\" (a|b when values "
@@ -35,6 +41,9 @@ class SweepOptions:
     random: int | None = opts.option(None, "a seeded random search of N points instead of the whole grid",
                                      check=opts.positive, metavar="N")
     sweep_seed: int = opts.option(0, "the random search's seed", check=opts.non_negative)
+    max_points: int = opts.option(MAX_POINTS, "the most points (runs) the sweep may have: a larger grid or --random "
+                                              "is refused before anything is built", check=opts.at_most(POINTS_CEILING),
+                                  metavar="N")
     out: str | None = opts.option(None, "bind the sweep (leaderboard, results, stop) to this variable",
                                   metavar="NAME")
 
@@ -115,20 +124,41 @@ def parse_grid(options_cls, text: str, random_points: int | None = None) -> list
     return axes
 
 
+def count_points(axes: list[Axis], random_points: int | None = None) -> int:
+    """How many points the sweep has, without building them."""
+    return random_points or math.prod(len(a.values) for a in axes)
+
+
+def check_size(axes: list[Axis], options: SweepOptions) -> None:
+    count = count_points(axes, options.random)
+    if count > options.max_points:
+        what = f"--random {count:,}" if options.random else f"the grid's {count:,} points"
+        raise UsageError(f"%llm sweep: {what} is above the limit of {options.max_points:,} runs: sweep fewer values "
+                         f"(or --random N), or raise --max-points (at most {POINTS_CEILING:,})")
+
+
 def points(axes: list[Axis], random_points: int | None = None, seed: int = 0) -> list[dict[str, str]]:
     """The whole grid, or N points drawn with `seed` (without repeats while the grid has enough)."""
     if not random_points:
         return [dict(zip([a.name for a in axes], combo)) for combo in itertools.product(*(a.values for a in axes))]
     rng = random.Random(seed)
     finite = all(a.values for a in axes)
-    if finite:
-        grid = points(axes)
-        if random_points <= len(grid):
-            return rng.sample(grid, random_points)
+    size = count_points(axes) if finite else 0
+    if finite and random_points <= size:   # drawn as grid positions: the grid itself is never built
+        return [_grid_point(axes, i) for i in rng.sample(range(size), random_points)]
     out = []
     for _ in range(random_points):
         out.append({a.name: (rng.choice(a.values) if a.values else _draw(a, rng)) for a in axes})
     return out
+
+
+def _grid_point(axes: list[Axis], index: int) -> dict[str, str]:
+    """The grid's point at `index`, in itertools.product's order (the last axis changes fastest)."""
+    values = []
+    for axis in reversed(axes):
+        index, i = divmod(index, len(axis.values))
+        values.append(axis.values[i])
+    return dict(zip([a.name for a in axes], reversed(values)))
 
 
 def _draw(axis: Axis, rng: random.Random) -> str:
@@ -336,6 +366,7 @@ def from_line(line: str | list[str], namespace: dict | None = None, progress_mod
     # The base line is parsed now, as its magic parses it: a mistake in it is one UsageError before anything runs.
     parse_magic_line(name, rest, cell)
     axes = parse_grid(cls.command(word).options, sweep_options.grid, sweep_options.random)
+    check_size(axes, sweep_options)
     grid_points = points(axes, sweep_options.random, sweep_options.sweep_seed)
     sweep = Sweep(name, word, rest[1:] if word else rest, axes, grid_points, sweep_options.metric, namespace,
                   cell=cell, progress_mode=progress_mode)
