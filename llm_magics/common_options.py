@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import fraction, non_negative, option, positive, seed
+from .options import bounded, fraction, non_negative, option, positive, seed
 
 
 def identifier(value) -> str | None:
@@ -29,12 +29,25 @@ def _node_rank(value) -> str | None:
     return None
 
 
+def _within_devices(value) -> str | None:
+    """No more workers than this machine has devices: CUDA devices, or CPU cores without one."""
+    problem = positive(value)
+    if problem or value == 1:
+        return problem
+    from .engine.device import visible_devices
+    count, what = visible_devices()
+    return None if value <= count else f"{value} is more than the {count} {what} here: at most {count}"
+
+
+within_devices = bounded(_within_devices, "at most the visible devices: CUDA devices, or CPU cores")
+
+
 @dataclass
 class LaunchOptions:
     """Past one device: `--devices N` above 1 (or `--nodes` above 1) sends the run to torchrun workers
     (`llm_magics.launch`); with the defaults nothing changes."""
     devices: int = option(1, "processes on this machine (one per GPU; CPU processes without one); above 1 the run "
-                             "goes to torchrun workers and streams back here", check=positive)
+                             "goes to torchrun workers and streams back here", check=within_devices)
     strategy: str = option("auto", "how the workers share the model: ddp (a copy each) or fsdp (sharded, a "
                                    "transformer block per unit); auto: ddp, or fsdp when training would not fit one "
                                    "GPU; deepspeed (ZeRO-3) and deepspeed-zero2 need DeepSpeed (the deepspeed extra)",

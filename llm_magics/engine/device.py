@@ -51,6 +51,23 @@ def pick_device(preference: str | None = None) -> torch.device:
     return device
 
 
+def visible_devices() -> tuple[int, str]:
+    """How many worker processes `--devices` may start here, and what they are: one per visible CUDA device,
+    or on a CPU one per core this process may run on."""
+    if torch.cuda.is_available():
+        return torch.cuda.device_count(), "CUDA devices"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores, "CPU cores"
+
+
+def cores_note(devices: int) -> str | None:
+    """On a CPU, more workers than physical cores share cores (hyper-threads): slower per worker, said once."""
+    physical = None if torch.cuda.is_available() else psutil.cpu_count(logical=False)
+    if physical and devices > physical:
+        return f"--devices {devices} is above this machine's {physical} physical cores: the workers share them"
+    return None
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls run faster than fp32 instead of being emulated."""
     flags = set(_cpuinfo("flags").split())

@@ -29,6 +29,7 @@ import dataclasses
 import os
 import shutil
 
+from ..engine.device import cores_note
 from ..errors import UsageError
 from .options import check_launch, launched
 from .strategy import choose_strategy
@@ -77,7 +78,7 @@ def run_launched(method, o, ctx, command: str | None = None, model: str | None =
     if restore is not None:
         restore(result)
     result.device = f"{result.device} ×{world} ({strategy})"
-    result.notes.append(note)
+    result.notes += [note] + ([cores] if (cores := cores_note(o.devices)) else [])
     result.artifacts["launch"] = str(folder)
     ended = launcher.reader.ended or {}
     progress.end(result.status, **{k: v for k, v in (ended.get("kwargs") or {}).items() if k != "status"})
