@@ -64,6 +64,11 @@ def describe(ref: Any) -> str:
 def _folder(root: Path, shown: str, text: str | None, doc_id: str | None, notes: list[str]) -> pd.DataFrame:
     files = sorted(p for p in root.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    inside = [p for p in files if _inside(p, root)]
+    if len(inside) < len(files):
+        notes.append(f"{len(files) - len(inside)} file(s) skipped: symlinks to outside {shown} (only what the folder "
+                     "holds is indexed)")
+    files = inside
     usable = [p for p in files if p.suffix.lower() in DOCUMENT_SUFFIXES]
     if not usable:
         raise UsageError(f"--from {shown}: no readable files in the folder "
@@ -81,6 +86,11 @@ def _folder(root: Path, shown: str, text: str | None, doc_id: str | None, notes:
     if not frames:
         raise UsageError(f"--from {shown}: nothing readable in the folder (pip install pypdf for pdf files)")
     return pd.concat(frames, ignore_index=True)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether the file, symlinks followed, lies inside `root` (a link out could pull in any file the user can read)."""
+    return path.resolve().is_relative_to(root.resolve())
 
 
 def _file(path: Path, label: str, text: str | None, doc_id: str | None, notes: list[str]) -> pd.DataFrame:
