@@ -20,8 +20,10 @@ columns that were found.
 """
 from __future__ import annotations
 
+import gzip
 import math
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,9 +184,9 @@ def _ranked_pairs(prompt: Any, answers: Any, scores: Any, ranks: Any) -> list[tu
         order = list(range(len(texts)))        # best first
         key = [-i for i in order]
     elif not _missing(_as_list(scores)):
-        key = [float(s) for s in _as_list(scores)]
+        key = _numbers(scores, "scores")
     else:
-        key = [-float(r) for r in _as_list(ranks)]  # rank 1 is the best
+        key = [-r for r in _numbers(ranks, "ranks")]  # rank 1 is the best
     if len(key) != len(texts):
         raise RowError(f"{len(texts)} answers but {len(key)} scores/ranks")
     prompt_text, chat = _prompt_text(prompt)
@@ -204,6 +206,20 @@ def _ranked_pairs(prompt: Any, answers: Any, scores: Any, ranks: Any) -> list[tu
 
 
 # ---- a table -------------------------------------------------------------------------------
+
+def _numbers(values: Any, what: str) -> list[float]:
+    """A ranked list's scores or ranks: a list of finite numbers, one per answer."""
+    values = _as_list(values)
+    if not isinstance(values, (list, tuple)):
+        raise RowError(f"{what} is a single {type(values).__name__}; expected a list, one number per answer")
+    try:
+        numbers = [float(v) for v in values if not isinstance(v, bool)]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != len(values) or not all(math.isfinite(n) for n in numbers):
+        raise RowError(f"{what} {list(values)!r:.80} are not all numbers")
+    return numbers
+
 
 def _find(columns, names) -> str | None:
     lower = {str(c).lower(): c for c in columns}
@@ -261,6 +277,9 @@ def _gunzipped(ref: Any) -> Any:
             raise UsageError(f"file {ref} does not exist")
         try:
             return pd.read_json(path, lines=ref.endswith(".jsonl.gz"), compression="gzip")
+        except (gzip.BadGzipFile, EOFError, zlib.error):
+            raise UsageError(f"could not read {ref}: it is not a whole gzip file (a plain .jsonl named .gz, or cut "
+                             "off); rename or re-compress it") from None
         except ValueError as exc:
             raise UsageError(f"could not read {ref}: {str(exc).splitlines()[0]}") from None
     return ref
