@@ -9,6 +9,7 @@ import torch
 
 from ...engine.device import compute_dtype, train_dtype
 from ...engine.features import default_pooling
+from ...engine.limits import fit_max_length
 from ...engine.rng import seeded
 from ...engine.loop import TrainConfig, TrainLoop
 from ...models import hold, load_model, resolve, trainable
@@ -40,13 +41,14 @@ def train_reward(o: RewardOptions, ctx) -> RewardResult:
     with seeded(o.seed):  # the head's initialisation, drawn from this run's seed alone (engine/rng.py)
         model = SequenceClassifier(loaded.model, 1, pooling, dropout=0.0).to(device)
     model.head.float()
-    task = PairTask(data, loaded.tokenizer, o.max_length, device)
+    max_length = fit_max_length(o.max_length, loaded.tokenizer, loaded.model, notes=notes)   # finetune's rule
+    task = PairTask(data, loaded.tokenizer, max_length, device)
     peft = None
     if o.train in ("full", "head"):
-        notes = trainable.apply(model, "all" if o.train == "full" else "head").notes
+        applied = trainable.apply(model, "all" if o.train == "full" else "head").notes
         fix_score_bias(model)   # BT cannot see a constant offset: the head's bias stays zero (rlhf/reward.py)
         plan = trainable.report(model, f"--train {'all' if o.train == 'full' else 'head'}")
-        plan.notes += notes
+        plan.notes += applied
     else:
         from peft import get_peft_model
 
@@ -87,7 +89,7 @@ def train_reward(o: RewardOptions, ctx) -> RewardResult:
     if losses:
         metrics["train_loss"] = float(losses[-1])
     metrics["steps"] = outcome.steps
-    folder = save_folder(model, loaded.tokenizer, ctx.run_dir / REWARD_FOLDER, o.max_length,
+    folder = save_folder(model, loaded.tokenizer, ctx.run_dir / REWARD_FOLDER, max_length,
                          {"model": source.name, "run_id": ctx.run_id})
     history = pd.DataFrame(outcome.history)
     dtype, dtype_notes = compute_dtype(next(model.parameters()).dtype, autocast)
@@ -99,7 +101,7 @@ def train_reward(o: RewardOptions, ctx) -> RewardResult:
         tables={"trainable parameters": plan.groups, **({"history": history} if len(history) else {})},
         figures={"training curves": plot_history(history, steps)} if len(history) else {},
         notes=notes + outcome.notes + plan.notes + dtype_notes + [f"reload after a restart: load_reward({ctx.run_id!r})"],
-        history=history, _model=model, _tokenizer=loaded.tokenizer, _max_length=o.max_length,
+        history=history, _model=model, _tokenizer=loaded.tokenizer, _max_length=max_length,
         _folder=str(folder))
     result.tokens_per_s, result.rows_per_s = outcome.tokens_per_s, outcome.rows_per_s
     hold(result)
