@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .options import bounded, fraction, non_negative, option, positive, seed
+from .options import when   # (its own line: when an option applies)
 
 
 def identifier(value) -> str | None:
@@ -53,8 +54,9 @@ class LaunchOptions:
                                    "GPU; deepspeed (ZeRO-3) and deepspeed-zero2 need DeepSpeed (the deepspeed extra)",
                            choices=STRATEGIES)
     nodes: int = option(1, "machines taking part (each runs the same cell with its own --node-rank)", check=positive)
-    node_rank: int = option(0, "this machine's index among --nodes", check=_node_rank)
-    master_addr: str | None = option(None, "address of node 0 when --nodes is above 1", metavar="HOST")
+    node_rank: int = option(0, "this machine's index among --nodes", check=_node_rank, applies=when("nodes", above=1))
+    master_addr: str | None = option(None, "address of node 0 when --nodes is above 1", metavar="HOST",
+                                     applies=when("nodes", above=1))
     # No validate() here: a bundle's validate() would shadow the method's own in the MRO;
     # launch.options.check_launch() runs when the launcher starts.
 

@@ -41,6 +41,7 @@ def option(
     metavar: str | None = None,
     positional: bool = False,
     finite: bool = True,
+    applies: "Applies | None" = None,
 ) -> Any:
     """Declare one option: default, help text and how to check it.
 
@@ -49,10 +50,11 @@ def option(
     Every number is checked before `check` runs: a float must be finite (no
     NaN, no ±inf) unless `finite=False`, an integer must fit in 64 bits, and
     a name implies a range (`seed`: 0 … 2**32-1, `dropout`: [0, 1); see
-    `by_meaning`).
+    `by_meaning`). `applies` says when the option means something (`when("classifier", "mlp")`): the
+    `?` help says so and the tuning form hides it otherwise.
     """
     meta = dict(help=help, flag=flag, short=short, choices=choices, check=check,
-                metavar=metavar, positional=positional, finite=finite)
+                metavar=metavar, positional=positional, finite=finite, applies=applies)
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -183,6 +185,60 @@ def _help(meta) -> str:
     return meta.get("help", "") + (f" ({bound})" if bound else "")
 
 
+# ---- when an option applies --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Applies:
+    """An option means something only while another option (`option`) has one of `values`, or is above
+    `above`: `--hidden` only with `--classifier mlp`, `--node-rank` only with `--nodes` above 1."""
+    option: str
+    values: tuple = ()
+    above: float | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.option.replace("_", "-")
+
+    def holds(self, value: Any) -> bool:
+        """Whether it applies while the other option is `value` (as typed or as parsed)."""
+        if self.above is not None:
+            try:
+                return float(value) > self.above
+            except (TypeError, ValueError):
+                return False
+        return str(value) in {str(v) for v in self.values}
+
+    def describe(self) -> str:
+        """'only with --classifier mlp', 'only with --method prefix, ptuning or prompt', 'only with --nodes > 1'."""
+        if self.above is not None:
+            return f"only with {self.flag} > {self.above:g}"
+        names = [str(v) for v in self.values]
+        shown = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        return f"only with {self.flag} {shown}"
+
+
+def when(option: str, *values: Any, above: float | None = None) -> Applies:
+    """`option(..., applies=when("classifier", "mlp"))`, `when("nodes", above=1)`."""
+    if bool(values) == (above is not None):
+        raise ValueError("when(): give the values the option applies under, or above=N, not both")
+    return Applies(option, tuple(values), above)
+
+
+def applies(spec: "Spec", values: dict[str, Any], all_specs: list["Spec"]) -> bool:
+    """Whether `spec` applies, given the other options' `values` (a missing one: its default). An option
+    whose condition names an option this class does not have always applies."""
+    condition = spec.applies
+    if condition is None:
+        return True
+    other = next((s for s in all_specs if s.name == condition.option), None)
+    if other is None:
+        return True
+    value = values.get(other.name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        value = other.default
+    return condition.holds(value)
+
+
 # ---- the declaration, read back --------------------------------------------------
 
 @dataclass(frozen=True)
@@ -199,6 +255,7 @@ class Spec:
     metavar: str | None
     positional: bool
     finite: bool = True
+    applies: Applies | None = None
 
     def describe_default(self) -> str:
         if self.required:
@@ -242,6 +299,7 @@ def specs(options_cls) -> list[Spec]:
             short=meta.get("short"), choices=tuple(meta["choices"]) if meta.get("choices") else None,
             check=meta.get("check"), metavar=meta.get("metavar"),
             positional=meta.get("positional", False), finite=meta.get("finite", True),
+            applies=meta.get("applies"),
         ))
     return out
 
@@ -432,18 +490,25 @@ def help_text(options_cls, prog: str, summary: str = "", usage: str | None = Non
             left = f"{s.flag}/--no-{s.flag[2:]}"
         else:
             left = f"{s.flag} {s.metavar or _metavar(s)}"
-        right = s.help
-        if s.choices:
-            right += f" [{'|'.join(map(str, s.choices))}]"
-        default = s.describe_default()
-        if default:
-            right += f" (default: {default})"
-        rows.append((left, right))
+        rows.append((left, describe(s)))
     width = min(max(len(left) for left, _ in rows) + 2, 32)
     for left, right in rows:
         pad = " " * max(width - len(left), 2)
         lines.append(f"  {left}{pad}{right}")
     return "\n".join(lines)
+
+
+def describe(spec: Spec) -> str:
+    """One option's whole help, as `?` and the tuning form show it: help, choices, default, when it applies."""
+    text = spec.help
+    if spec.choices:
+        text += f" [{'|'.join(map(str, spec.choices))}]"
+    default = spec.describe_default()
+    if default:
+        text += f" (default: {default})"
+    if spec.applies:
+        text += f" ({spec.applies.describe()})"
+    return text
 
 
 def _metavar(spec: Spec) -> str:

@@ -86,16 +86,20 @@ TRAINING_RESUME_KEYS = ("model", "task", "pooling", "epochs", "lr", "batch_size"
 @dataclass
 class ClassificationOptions:
     pooling: str = option("auto", "classify: how token states become one vector (auto: mean for encoders, "
-                                  "last token for decoders)", choices=("auto",) + POOLINGS)
-    head_dropout: float = option(0.1, "classify: dropout before the classification head", check=opts.dropout_rate)
+                                  "last token for decoders)", choices=("auto",) + POOLINGS,
+                          applies=opts.when("task", "classify"))
+    head_dropout: float = option(0.1, "classify: dropout before the classification head", check=opts.dropout_rate,
+                                 applies=opts.when("task", "classify"))
 
 
 @dataclass
 class SftOptions:
-    prompt: str | None = option(None, "sft: the prompt column (default: inferred)", metavar="COLUMN")
-    response: str | None = option(None, "sft: the response column (default: inferred)", metavar="COLUMN")
+    prompt: str | None = option(None, "sft: the prompt column (default: inferred)", metavar="COLUMN",
+                                applies=opts.when("task", "sft"))
+    response: str | None = option(None, "sft: the response column (default: inferred)", metavar="COLUMN",
+                                  applies=opts.when("task", "sft"))
     messages: str | None = option(None, "sft: a column of chat messages [{role, content}] instead of "
-                                        "prompt/response", metavar="COLUMN")
+                                        "prompt/response", metavar="COLUMN", applies=opts.when("task", "sft"))
 
 
 @dataclass

@@ -62,7 +62,7 @@ def test_panel_line_follows_the_form_and_parses_as_the_magic(shell, demo):
     _set(panel, test="test_df", text="text", C="0.5", standardize=False, classifier="mlp", hidden="64,8")
     panel.out.value = "r"
     line = panel.magic_line()
-    assert line == ("%probe --data train_df --test test_df --text text --classifier mlp --C 0.5 "
+    assert line == ("%probe --data train_df --test test_df --text text --classifier mlp "   # --C: logreg only
                     "--hidden 64,8 --no-standardize --out r")
     assert panel.fields["hidden"][1].tooltip.startswith("mlp hidden layer sizes")   # help as the tooltip
     assert line in panel.line.value
@@ -86,7 +86,7 @@ def test_subcommands_and_cell_bodies_are_in_the_form(shell):
     panel.command.value = "build"
     _set(panel, name="wiki", source="docs", chunk="64")
     assert "docs" in panel.fields["source"][1].options
-    assert panel.magic_line() == "%index build wiki --from docs --chunk 64 --out result"
+    assert panel.magic_line() == "%index build wiki --from docs --chunk 64 --out r_index"
     assert form.parse(panel.magic_line())[1] == "build"
     panel.method.value = "icl"                      # a cell magic: its body has its own box
     assert panel.cell.layout.display == "" and "template" not in panel.fields
@@ -256,7 +256,7 @@ panel.fields['data'][1].value = 'df'
 panel.fields['shout'][1].value = True
 print('LINE', panel.magic_line())
 panel.run(); panel.wait(60)
-print('RESULT', sh.user_ns['result'].metrics, sh.user_ns['result'].notes)
+print("RESULT", sh.user_ns["r_echo"].metrics, sh.user_ns["r_echo"].notes)
 """
 
 
@@ -271,7 +271,7 @@ def test_a_pip_installed_plugin_is_in_the_dropdown_and_runs(tmp_path):
     assert "'echo'" in out.split("OPTIONS", 1)[1].splitlines()[0], done.stderr
     assert "LABEL ['echo (llm-magics-echo)']" in out
     assert "FIELDS ['data', 'shout']" in out
-    assert "LINE %echo --data df --shout --out result" in out
+    assert "LINE %echo --data df --shout --out r_echo" in out
     assert "RESULT {'rows': 2, 'words': 5} ['HELLO THERE WORLD']" in out, done.stderr
 
 
@@ -287,3 +287,101 @@ def test_api_sweep_takes_objects_and_options_as_keywords(tiny_bert, separable, s
         == {("cls", False, "data")}
     with pytest.raises(UsageError, match="unknown argument 'polling'"):
         api.sweep("probe", "C=1", polling="cls")
+
+
+def shown(panel) -> set[str]:
+    return {name for name, row in panel.rows.items() if row.layout.display != "none"}
+
+
+def test_options_that_apply_are_declared_once_for_the_help_and_the_form(shell):
+    """One `applies` declaration: the magic's `?` help names the condition, the form hides the field otherwise,
+    and the line never carries a hidden field's value."""
+    from llm_magics import options as opts
+    from llm_magics.methods.finetune import FinetuneOptions
+    from llm_magics.methods.lora import LoraOptions
+    from llm_magics.methods.probe import ProbeOptions
+    help_lines = {line.split()[0]: line for line in opts.help_text(ProbeOptions, "probe").splitlines()
+                  if line.startswith("  --")}
+    assert help_lines["--hidden"].endswith("(only with --classifier mlp)")
+    assert help_lines["--trees"].endswith("(only with --classifier forest)")
+    assert "--init-text TEXT" in opts.help_text(LoraOptions, "lora") and "(only with --method prompt)" in \
+        opts.help_text(LoraOptions, "lora")
+
+    probe = _panel(shell, "probe")
+    assert {"C", "max_iter"} <= shown(probe) and not {"hidden", "alpha", "trees", "max_depth"} & shown(probe)
+    _set(probe, alpha="0.5")                             # typed while hidden: not in the line
+    _set(probe, classifier="mlp")
+    assert {"hidden", "alpha"} <= shown(probe) and "C" not in shown(probe) and "--alpha 0.5" in probe.magic_line()
+    _set(probe, classifier="forest")
+    assert "--alpha" not in probe.magic_line() and {"trees", "max_depth"} <= shown(probe)
+
+    lora = _panel(shell, "lora")
+    prompt_fields = {"virtual_tokens", "encoder_hidden", "init_text"}
+    assert not prompt_fields & shown(lora) and not {"node_rank", "master_addr"} & shown(lora)
+    _set(lora, method="ptuning")
+    assert {"virtual_tokens", "encoder_hidden"} <= shown(lora) and "init_text" not in shown(lora)
+    _set(lora, nodes="2")
+    assert {"node_rank", "master_addr"} <= shown(lora)
+    finetune = _panel(shell, "finetune")
+    assert "pooling" in shown(finetune) and not {"prompt", "response", "messages"} & shown(finetune)
+    _set(finetune, task="sft")
+    assert {"prompt", "response", "messages"} <= shown(finetune) and "pooling" not in shown(finetune)
+    assert {f.name for f in form.fields(FinetuneOptions)} >= {"prompt", "pooling"}   # declared, only hidden
+
+
+def test_every_field_shows_its_help_and_the_whole_of_it_on_hover(shell):
+    panel = _panel(shell, "probe")
+    for name, row in panel.rows.items():
+        help_html = row.children[1].value
+        assert "llm-magics-help" in help_html and "title='" in help_html, name
+    C = panel.rows["C"].children[1].value
+    assert ">logreg inverse regularisation (default: picked on the validation split from 0.0001…10)<" in C
+    assert "(only with --classifier logreg)" in C.split("title='")[1]   # the hover says when it applies
+    layer = panel.rows["layer"].children[1].value
+    assert layer.split("title='")[1].startswith("hidden layer to probe: an index (0 = embeddings")
+
+
+def test_a_fixed_value_clears_its_error(shell, demo):
+    shell.user_ns["df"] = demo
+    panel = _panel(shell, "probe")
+    _set(panel, data="df", C="-1")
+    assert panel.run() is None and "--C" in panel.error.value
+    _set(panel, C="0.5")
+    assert panel.error.value == ""
+    _set(panel, C="-2")                                  # a new mistake shows in the field, the Run error stays gone
+    assert panel.error.value == "" and "--C" in panel.fields["C"][2].value
+
+
+def test_result_name_follows_the_method_and_never_rebinds_a_result(shell):
+    from llm_magics.method import Result
+    panel = _panel(shell, "probe")
+    assert panel.out.value == "r_probe" and panel.magic_line().endswith("--out r_probe")
+    panel.method.value = "lora"
+    assert panel.out.value == "r_lora"
+    shell.user_ns["r_lora"] = Result("lora", {})
+    panel.method.value = "probe"
+    panel.method.value = "lora"
+    assert panel.out.value == "r_lora_2"                 # r_lora holds a Result: numbered, not rebound
+    panel.out.value = "mine"
+    shell.user_ns["mine"] = Result("lora", {})
+    panel._keep_results()                                # what Run does first
+    assert panel.out.value == "mine_2" and "mine holds an earlier Result" in panel.out_msg.value
+    assert panel.magic_line().endswith("--out mine_2")
+    shell.user_ns["plain"] = 3                           # not a Result: the user's name is kept
+    panel.out.value = "plain"
+    panel._keep_results()
+    assert panel.out.value == "plain"
+
+
+def test_data_preview_under_the_data_field(shell):
+    import pandas as pd
+    shell.user_ns["reviews"] = pd.DataFrame({"text": [f"review {i}" for i in range(10)],
+                                             "label": ["pos"] * 7 + ["neg"] * 3})
+    panel = _panel(shell, "probe")
+    _set(panel, data="reviews")
+    preview = panel.preview.value
+    assert "10 rows · 2 columns" in preview and ">review 0<" in preview and ">review 3<" not in preview
+    assert "label: pos 7 · neg 3" in preview
+    assert panel.preview in panel.rows["data"].children
+    _set(panel, data="")
+    assert panel.preview.value == ""

@@ -60,12 +60,17 @@ class LoraOptions(ModelOptions, DataOptions, RunOptions, TrainingOptions, TaskOp
     dropout: float = option(0.05, "dropout on the adapter's input", check=opts.dropout_rate)
     target: list[str] = option(["all-linear"], "layers to adapt: all-linear (every linear layer in the blocks) "
                                                "or names such as q_proj,v_proj", metavar="NAMES")
-    target_r: int | None = option(None, "adalora: the average rank it prunes to (default: r / 2)", check=positive)
-    block_size: int = option(32, "oft: block size of the orthogonal matrices", check=positive)
+    target_r: int | None = option(None, "adalora: the average rank it prunes to (default: r / 2)", check=positive,
+                                  applies=opts.when("method", "adalora"))
+    block_size: int = option(32, "oft: block size of the orthogonal matrices", check=positive,
+                             applies=opts.when("method", "oft"))
     virtual_tokens: int = option(20, "prefix, ptuning, prompt: number of virtual tokens",
+                                 applies=opts.when("method", "prefix", "ptuning", "prompt"),
                                  check=opts.bounded(positive, "at most half the model's positions"))
-    encoder_hidden: int = option(128, "ptuning: hidden size of the prompt encoder", check=positive)
-    init_text: str | None = option(None, "prompt: initialise the virtual tokens from this text", metavar="TEXT")
+    encoder_hidden: int = option(128, "ptuning: hidden size of the prompt encoder", check=positive,
+                                 applies=opts.when("method", "ptuning"))
+    init_text: str | None = option(None, "prompt: initialise the virtual tokens from this text", metavar="TEXT",
+                                   applies=opts.when("method", "prompt"))
     bits: int | None = option(None, "QLoRA: load the frozen base in 4 or 8 bits (bitsandbytes, CUDA only)",
                               check=_bits)
     name: str | None = option(None, "the adapter's name in the session (default: the run id)", check=adapter_name)

@@ -20,7 +20,7 @@ from ..engine.features import (POOLINGS, ExtractStats, FeatureCache, absolute_la
 from ..errors import UsageError
 from ..method import Method, Result
 from ..models import count_parameters, hold, load_model
-from ..options import option, positive
+from ..options import option, positive, when
 from ..runs import predictions
 from ..runs.figures import new_figure, to_png
 
@@ -51,12 +51,15 @@ class ProbeOptions(ModelOptions, DataOptions, RunOptions):
                                   "last token for decoders)", choices=("auto",) + POOLINGS)
     classifier: str = option("logreg", "the scikit-learn classifier", choices=("logreg", "mlp", "forest"))
     C: float | None = option(None, "logreg inverse regularisation (default: picked on the validation split "
-                                   "from 0.0001…10)", flag="--C", check=positive)
-    hidden: list[str] = option(["256"], "mlp hidden layer sizes", check=hidden_sizes, metavar="N,N")
-    alpha: float = option(1e-4, "mlp L2 penalty", check=positive)
-    trees: int = option(300, "forest: number of trees", check=positive)
-    max_depth: int | None = option(None, "forest: maximum tree depth (default: unlimited)", check=positive)
-    max_iter: int = option(2000, "logreg/mlp: maximum iterations", check=positive)
+                                   "from 0.0001…10)", flag="--C", check=positive, applies=when("classifier", "logreg"))
+    hidden: list[str] = option(["256"], "mlp hidden layer sizes", check=hidden_sizes, metavar="N,N",
+                               applies=when("classifier", "mlp"))
+    alpha: float = option(1e-4, "mlp L2 penalty", check=positive, applies=when("classifier", "mlp"))
+    trees: int = option(300, "forest: number of trees", check=positive, applies=when("classifier", "forest"))
+    max_depth: int | None = option(None, "forest: maximum tree depth (default: unlimited)", check=positive,
+                                   applies=when("classifier", "forest"))
+    max_iter: int = option(2000, "logreg/mlp: maximum iterations", check=positive,
+                           applies=when("classifier", "logreg", "mlp"))
     standardize: bool = option(True, "scale features to zero mean and unit variance before the classifier")
     max_length: int = option(256, "tokens per text (longer texts are truncated)", check=positive)
     batch_tokens: int | None = option(None, "padded tokens per forward batch (default: 1024 on CPU, "

@@ -113,6 +113,24 @@ def fields(options_cls) -> list[Field]:
     return out
 
 
+SHORT_HELP = 90   # characters of help shown under a field; the whole help is on hover
+
+
+def short_help(spec: opts.Spec) -> str:
+    """The help's first clause, short enough for a line under the field (its first sentence or up to ';')."""
+    text = spec.help.split("; ")[0].split(". ")[0].strip()
+    if len(text) <= SHORT_HELP:
+        return text
+    cut = text[:SHORT_HELP].rsplit(" ", 1)[0]
+    return cut.rstrip(",:(") + " …"
+
+
+def applying(options_cls, values: dict[str, Any]) -> set[str]:
+    """The options that apply to these form values (the others' conditions, declared with `applies`, fail)."""
+    all_specs = opts.specs(options_cls)
+    return {s.name for s in all_specs if opts.applies(s, values, all_specs)}
+
+
 def check(spec: opts.Spec, text: Any) -> str | None:
     """The option's own check of one value as typed: the UsageError's message, or None."""
     if isinstance(text, str):

@@ -105,8 +105,11 @@ class TunePanel:
         self.form_box = widgets.VBox()
         self.cell = widgets.Textarea(description="cell body", style=style, placeholder="the cell's body",
                                      layout=widgets.Layout(width="640px", height="90px"))
-        self.out = widgets.Text(value="result", description="Result →", style=style,
+        self.out = widgets.Text(value="", description="Result →", style=style,
                                 tooltip="bind the Result to this variable when the run ends")
+        self._out_auto, self._setting_out = True, False   # the name follows the method until the user types one
+        self.preview = widgets.HTML()
+        self.rows: dict[str, Any] = {}
         self.line = widgets.HTML()
         self.run_button = widgets.Button(description="Run", button_style="success", icon="play",
                                          tooltip="run the line above in the background")
@@ -222,6 +225,8 @@ class TunePanel:
                    if field.role in ("data", "column", "model") and widget.value
                    and widget.value != field.default_text}   # what the user chose, not a default
         self.fields = {}
+        self.rows = {}
+        self.preview.value = ""
         cls = self.cls
         if cls is None:
             self.form_box.children = []
@@ -235,7 +240,12 @@ class TunePanel:
             msg = w.HTML(layout=w.Layout(margin="0 0 0 8px"))
             self.fields[field.name] = (field, widget, msg)
             widget.observe(lambda change, f=field: self._changed(f), "value")
-            row = w.HBox([widget, msg])
+            parts = [w.HBox([widget, msg]), w.HTML(help_html(field.spec))]
+            if field.role == "data" and field.name == "data":
+                parts.append(self.preview)
+            row = w.VBox(parts)
+            row.add_class("llm-magics-field")
+            self.rows[field.name] = row
             groups[field.group][1 if field.folded else 0].append(row)
         sections = []
         for group in form.GROUPS:
@@ -253,6 +263,8 @@ class TunePanel:
         self.cell.layout.display = "" if cls.cell_option and not self.word else "none"
         self.out.layout.display = "" if self._has_out() else "none"
         self.set_values({k: v for k, v in carried.items() if k in self.fields})   # data and model carry over
+        self._show_applying()
+        self._name_result()
         self.refresh_line()
 
     def _has_out(self) -> bool:
@@ -261,7 +273,7 @@ class TunePanel:
     def _widget(self, field: form.Field):
         w, spec = self.w, field.spec
         common = dict(description=spec.metavar if spec.positional else spec.flag, style=self.style,
-                      tooltip=spec.help, layout=w.Layout(width=WIDE))
+                      tooltip=opts.describe(spec), layout=w.Layout(width=WIDE))
         default = field.default_text
         if field.role == "bool":
             return w.Checkbox(value=bool(spec.default), indent=True, **common)
@@ -289,7 +301,52 @@ class TunePanel:
         msg.value = _error_html(problem) if problem else ""
         if field.role == "data":
             self._refresh_columns()
+            if field.name == "data":
+                self._refresh_preview()
+        if field.role == "column":
+            self._refresh_preview()
+        self._show_applying()
         self.refresh_line()
+        self._recheck_error()
+
+    def _show_applying(self) -> None:
+        """Show the fields that apply to the form's values, hide the rest (their `applies` declaration)."""
+        if self.options_cls is None:
+            return
+        values = {name: widget.value for name, (_, widget, _) in self.fields.items()}
+        shown = form.applying(self.options_cls, values)
+        for name, row in self.rows.items():
+            row.layout.display = "" if name in shown else "none"
+
+    def _recheck_error(self) -> None:
+        """A Run error goes once the line it was about is fixed (the line parses as the magic parses it)."""
+        if not self.error.value or (self.handle is not None and not self.handle.done):
+            return
+        try:
+            form.parse(self.magic_line(), self.registry)
+        except UsageError as exc:
+            self.error.value = _error_html(str(exc))
+        else:
+            self.error.value = ""
+
+    def _refresh_preview(self) -> None:
+        if "data" not in self.fields:
+            return
+        label = self.fields["label"][1].value if "label" in self.fields else ""
+        self.preview.value = data_preview(str(self.fields["data"][1].value or "").strip(), self.namespace,
+                                          str(label or "").strip() or None)
+
+    # ---- the Result's name -------------------------------------------------------------------
+    def _name_result(self) -> None:
+        """Result → follows the method (r_lora), numbered past a name that holds a Result (r_lora_2), until the
+        user types a name of their own."""
+        if self.cls is None or not self._out_auto:
+            return
+        self._setting_out = True
+        try:
+            self.out.value = free_result_name(f"r_{self.cls.name}", self.namespace)
+        finally:
+            self._setting_out = False
 
     def refresh_variables(self) -> None:
         """The data fields list the notebook's tables as they are now (and their columns)."""
@@ -311,7 +368,9 @@ class TunePanel:
                 widget.options = columns
 
     def values(self) -> dict[str, Any]:
-        out = {name: widget.value for name, (_, widget, _) in self.fields.items()}
+        """The form's values: the fields shown (an option that does not apply is left out of the line)."""
+        out = {name: widget.value for name, (_, widget, _) in self.fields.items()
+               if self.rows.get(name) is None or self.rows[name].layout.display != "none"}
         if self._has_out():
             out["out"] = self.out.value.strip()
         return out
@@ -360,6 +419,8 @@ class TunePanel:
             self.metric_note.value = f"<div style='color:{WARN}'>{html.escape(note)}</div>" if note else ""
 
     def _out_changed(self, _change=None) -> None:
+        if not self._setting_out:
+            self._out_auto = not self.out.value.strip()
         problem = form.check(_OUT_SPEC, self.out.value) if self.out.value.strip() else None
         self.out_msg.value = _error_html(problem) if problem else ""
         self.refresh_line()
@@ -372,6 +433,7 @@ class TunePanel:
         if self.handle is not None and not self.handle.done:
             self.error.value = _error_html("a run is going on: stop it or wait for it to end")
             return None
+        self._keep_results()
         line = self.magic_line()
         try:
             name, word, options = form.parse(line, self.registry)
@@ -394,6 +456,20 @@ class TunePanel:
                          name=f"llm-magics-tune-{handle.run_id}").start()
         return handle
 
+    def _keep_results(self) -> None:
+        """A Result already bound to the chosen name is never silently replaced: the next free number is taken
+        (r_lora → r_lora_2), and the line shown says so."""
+        name = self.out.value.strip()
+        if self.out.layout.display == "none" or not name or not holds_result(self.namespace.get(name)):
+            return
+        self._setting_out = True
+        try:
+            self.out.value = free_result_name(name, self.namespace)
+        finally:
+            self._setting_out = False
+        self.out_msg.value = (f"<span style='color:{MUTED}'>{html.escape(name)} holds an earlier Result: this one "
+                              f"goes to {html.escape(self.out.value)}</span>")
+
     def _watch(self, handle, out: str) -> None:
         handle.wait()
         try:
@@ -407,6 +483,8 @@ class TunePanel:
         else:
             if out:
                 self.namespace[out] = result
+                if self._out_auto:
+                    self._name_result()   # the next run gets the next number
             status = getattr(result, "status", "ok")
             bound = f" · Result in <code>{html.escape(out)}</code>" if out else ""
             self.status.value = (f"<span style='color:{status_colour(status)}'>{status}</span> "
@@ -585,6 +663,79 @@ def _runs_table(frame, metric: str | None, options: dict[str, dict] | None = Non
     more = f"<div style='color:{FAINT}'>… and {total - limit} more</div>" if total > limit else ""
     table = f"<table><tr>{head}</tr>{''.join(rows)}</table>"
     return f"<div class='llm-magics-runs' style='font-size:12px'>{scroll_box(table)}{more}</div>"
+
+
+def help_html(spec: opts.Spec) -> str:
+    """The line under a field: its help's first clause, the whole help (and when it applies) on hover."""
+    return (f"<div class='llm-magics-help' title='{html.escape(opts.describe(spec), quote=True)}' "
+            f"style='margin:-2px 0 4px 136px;font-size:11px;line-height:1.3;color:{MUTED};max-width:560px'>"
+            f"{html.escape(form.short_help(spec))}</div>")
+
+
+def holds_result(value) -> bool:
+    from ..method import Result
+    return isinstance(value, Result)
+
+
+def free_result_name(name: str, namespace: dict) -> str:
+    """`name` if it holds no Result, else the first of name_2, name_3, … that holds none."""
+    if not holds_result(namespace.get(name)):
+        return name
+    stem = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() and "_" in name else name
+    number = 2
+    while holds_result(namespace.get(f"{stem}_{number}")):
+        number += 1
+    return f"{stem}_{number}"
+
+
+PREVIEW_ROWS = 3
+
+
+def data_preview(ref: str, namespace: dict, label: str | None = None) -> str:
+    """Under the data field: how many rows, the first few, and the label counts (the --label column, or a
+    column named label)."""
+    frame = _frame_of(ref, namespace)
+    if frame is None or not len(frame.columns):
+        return ""
+    label = label if label in frame.columns else ("label" if "label" in frame.columns else None)
+    head = frame.head(PREVIEW_ROWS).astype(str).apply(lambda c: c.str.slice(0, 60))
+    cells = "".join(f"<th style='padding:0 6px;text-align:left'>{html.escape(str(c))}</th>" for c in head.columns)
+    rows = "".join("<tr>" + "".join(f"<td style='padding:0 6px;white-space:nowrap'>{html.escape(v)}</td>"
+                                    for v in row) + "</tr>" for row in head.itertuples(index=False))
+    counts = ""
+    if label:
+        shown = frame[label].astype(str).value_counts().head(8)
+        counts = (f"<div>{html.escape(label)}: " + " · ".join(f"{html.escape(k)} {v:,}" for k, v in shown.items())
+                  + (" · …" if frame[label].nunique() > len(shown) else "") + "</div>")
+    return (f"<div class='llm-magics-preview' style='margin:0 0 6px 136px;font-size:11px;color:{MUTED}'>"
+            f"<div>{len(frame):,} rows · {len(frame.columns)} columns</div>"
+            f"{scroll_box(f'<table><tr>{cells}</tr>{rows}</table>', 'max-width:600px')}{counts}</div>")
+
+
+def _frame_of(ref: str, namespace: dict):
+    """A DataFrame of a data reference, when it is one cheaply: a variable, or a small local file."""
+    if not ref:
+        return None
+    import pandas as pd
+    value = namespace.get(ref) if ref.isidentifier() else None
+    try:
+        if isinstance(value, pd.DataFrame):
+            return value
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            return pd.DataFrame(value[:1000])
+        if value is not None and hasattr(value, "to_pandas") and hasattr(value, "column_names") \
+                and not isinstance(value.column_names, dict):
+            return value.select(range(min(len(value), 1000))).to_pandas()
+        if value is None:
+            from pathlib import Path
+            path = Path(ref).expanduser()
+            if path.is_file() and path.suffix in (".csv", ".tsv", ".jsonl", ".parquet") \
+                    and path.stat().st_size < 50_000_000:
+                from ..data import load_frame
+                return load_frame(str(path), namespace)
+    except Exception:  # noqa: BLE001 - a preview is a convenience, never an error
+        return None
+    return None
 
 
 def _error_html(message: str) -> str:
