@@ -44,7 +44,7 @@ LOOP_KEYS = ("epoch", "position", "step", "plan", "history", "best", "since_best
              "batch_size", "grad_accum")
 
 
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
+def whole_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor as one process holds it: an FSDP shard (a DTensor) is gathered from every rank first
     (every rank must be saving: engine/distributed.py)."""
     full = getattr(tensor, "full_tensor", None)
@@ -55,7 +55,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     gathered = getattr(model, "whole_trainable_state", None)   # ZeRO-3's partitions (engine/deepspeed_loop.py)
     if gathered is not None:
         return gathered()
-    return {name: _whole(p.detach()).to("cpu").contiguous() for name, p in model.named_parameters()
+    return {name: whole_tensor(p.detach()).to("cpu").contiguous() for name, p in model.named_parameters()
             if p.requires_grad}
 
 
@@ -98,7 +98,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) 
         name = names[id(param)]
         for key, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"{name}::{key}"] = _whole(value.detach()).to("cpu").contiguous()
+                tensors[f"{name}::{key}"] = whole_tensor(value.detach()).to("cpu").contiguous()
             else:
                 scalars[f"{name}::{key}"] = value
     return tensors, scalars

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UsageError
-from .distributed import DistributedTrainLoop, _StateDict, _WholeOptimizer, mean_over_ranks
+from .distributed import DistributedTrainLoop, WholeOptimizer, mean_over_ranks
 from .loop import TrainLoop
 
 ZERO_STAGE = {"deepspeed": 3, "deepspeed-zero2": 2}
@@ -225,9 +225,7 @@ class DeepSpeedTrainLoop(DistributedTrainLoop):
         model = _WholeParams(self._named)
         for name, value in self.whole_trainable().items():
             model.params[name].data = value
-        optimizer = _WholeOptimizer(self.optimizer)
-        optimizer.param_groups = [{k: v for k, v in g.items() if k != "params"} | {"params": []}
-                                  for g in self.optimizer.param_groups]
+        optimizer = WholeOptimizer(self.optimizer)
         for name, moments in self._whole_moments().items():
             if moments:
                 optimizer.state[model.params[name]] = moments
@@ -255,8 +253,7 @@ class DeepSpeedTrainLoop(DistributedTrainLoop):
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
         import deepspeed
         engine_optimizer = self.optimizer
-        whole, whole_optimizer = _WholeParams(self._named), _WholeOptimizer(self.optimizer)
-        whole_optimizer.state = _StateDict()
+        whole, whole_optimizer = _WholeParams(self._named), WholeOptimizer(self.optimizer)
         model, self.model, self.optimizer = self.model, whole, whole_optimizer
         try:
             TrainLoop.resume(self, folder)

@@ -284,17 +284,20 @@ class _WholeParams:
         return iter(self.params.values())
 
 
-class _WholeOptimizer:
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self.param_groups = [{k: v for k, v in g.items() if k != "params"} | {"params": []}
-                             for g in optimizer.param_groups]
-        self.state: dict = {}
-
-
 class _StateDict(dict):
     def __missing__(self, key):
         self[key] = {}
         return self[key]
+
+
+class WholeOptimizer:
+    """An optimizer's stand-in in the one-process checkpoint's form: its groups' settings without their
+    parameters, and a state that makes each parameter's entry as a resume reads it in."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.param_groups = [{k: v for k, v in g.items() if k != "params"} | {"params": []}
+                             for g in optimizer.param_groups]
+        self.state: dict = _StateDict()
 
 
 class FSDPTrainLoop(DistributedTrainLoop):
@@ -333,21 +336,20 @@ class FSDPTrainLoop(DistributedTrainLoop):
         if self.rank == 0:
             TrainLoop.save_checkpoint(self)
             return
-        from .checkpoint import _whole
+        from .checkpoint import whole_tensor
         for _, param in self.model.named_parameters():   # checkpoint.trainable_state's order
             if param.requires_grad:
-                _whole(param.detach())
+                whole_tensor(param.detach())
         for state in self.optimizer.state.values():     # checkpoint._optimizer_tensors' order
             for value in state.values():
                 if torch.is_tensor(value):
-                    _whole(value.detach())
+                    whole_tensor(value.detach())
 
     def resume(self, folder: Path) -> None:
         """Load the one-process format into whole stand-ins, then scatter them into the shards."""
         from torch.distributed.tensor import distribute_tensor
         model, optimizer = self.model, self.optimizer
-        whole, whole_optimizer = _WholeParams(model), _WholeOptimizer(optimizer)
-        whole_optimizer.state = _StateDict()
+        whole, whole_optimizer = _WholeParams(model), WholeOptimizer(optimizer)
         self.model, self.optimizer = whole, whole_optimizer
         try:
             super().resume(folder)
