@@ -288,7 +288,8 @@ class _ScriptedTask:
         return {"val_accuracy": value}
 
 
-def _scripted_loop(tmp_path, script, epochs):
+def scripted_loop(tmp_path, script, epochs):
+    """A TrainLoop on a linear model whose evaluations follow `script` (also used by test_tune_views)."""
     from llm_magics.engine.loop import TrainConfig
     from llm_magics.progress import NullSink, Progress
     snapshots = []
@@ -302,7 +303,7 @@ def _scripted_loop(tmp_path, script, epochs):
 
 def test_an_ended_run_whose_best_evaluation_is_not_the_last_returns_the_best_weights(tmp_path):
     # The initial evaluation, then one per epoch: the best is epoch 2's (0.9), not the last (0.4).
-    loop, model, snapshots = _scripted_loop(tmp_path, [0.1, 0.5, 0.9, 0.6, 0.4], epochs=4)
+    loop, model, snapshots = scripted_loop(tmp_path, [0.1, 0.5, 0.9, 0.6, 0.4], epochs=4)
     outcome = loop.run()
     assert outcome.status == "ok" and outcome.best["val_accuracy"] == 0.9
     assert not torch.equal(snapshots[-1], snapshots[2])  # training moved the weights after the best epoch
@@ -310,7 +311,7 @@ def test_an_ended_run_whose_best_evaluation_is_not_the_last_returns_the_best_wei
 
 
 def test_a_stopped_run_returns_the_best_weights_not_the_last(tmp_path):
-    loop, model, snapshots = _scripted_loop(tmp_path, [0.1, 0.8, 0.3, 0.2, 0.2, 0.2], epochs=6)
+    loop, model, snapshots = scripted_loop(tmp_path, [0.1, 0.8, 0.3, 0.2, 0.2, 0.2], epochs=6)
     real_evaluate = loop._evaluate
 
     def evaluate_then_stop_after_the_third(initial=False):

@@ -227,8 +227,8 @@ def test_one_class_predictions_get_a_warning():
 
 
 def test_a_stopped_run_says_which_step_its_weights_come_from(tmp_path):
-    from test_finetune import _scripted_loop   # evaluations follow a script: the best is step 1's 0.8
-    loop, _, snapshots = _scripted_loop(tmp_path, [0.1, 0.8, 0.3, 0.2, 0.2, 0.2], epochs=6)
+    from test_finetune import scripted_loop   # evaluations follow a script: the best is step 1's 0.8
+    loop, _, snapshots = scripted_loop(tmp_path, [0.1, 0.8, 0.3, 0.2, 0.2, 0.2], epochs=6)
     real_evaluate = loop._evaluate
 
     def evaluate_then_stop_after_the_third(initial=False):
