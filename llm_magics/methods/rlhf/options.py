@@ -148,7 +148,7 @@ class PpoOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions
     seed: int = option(0, "seed for sampling and initialisation")
 
     def validate(self) -> None:
-        if self.minibatch_size > self.batch_size:
+        if None not in (self.minibatch_size, self.batch_size) and self.minibatch_size > self.batch_size:
             raise UsageError(f"--minibatch-size {self.minibatch_size} is above --batch-size {self.batch_size}: an "
                              "update takes a share of one step's rollouts")
 
