@@ -516,7 +516,11 @@ def against_best(rung: RungSummary, best: RungSummary) -> AgainstBest:
         if len(left) >= 2:
             test = stats.paired_difference(left, right)
             d = test.difference
-            return AgainstBest(d.mean, d.low, d.high, test.mcnemar_p, True, d.high < 0)
+            # 0/1 correctness (one seed): the exact McNemar test decides, as the percentile bootstrap is too
+            # eager with a handful of discordant rows; seed-averaged fractions: the paired interval decides.
+            below = d.mean < 0 and (test.mcnemar_p < 1 - stats.CONFIDENCE if test.mcnemar_p is not None
+                                    else d.high < 0)
+            return AgainstBest(d.mean, d.low, d.high, test.mcnemar_p, True, below)
     mine, theirs = rung.rows or rung.score, best.rows or best.score
     difference = rung.mean - best.mean
     return AgainstBest(difference, float("nan"), float("nan"), None, False, mine.high < theirs.low)
