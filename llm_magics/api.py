@@ -21,7 +21,7 @@ from .runs import RunStore
 from .runs.compare import compare_recorded
 from .settings import current as settings
 
-__all__ = ["run", "sweep", "compare", "runs", "free", "methods", "device", "models"]
+__all__ = ["run", "sweep", "ladder", "compare", "runs", "free", "methods", "device", "models"]
 
 
 def _function(method: str, command: str | None = None):
@@ -88,12 +88,37 @@ def sweep(method: str, grid: str, /, command: str | None = None, *, metric: str 
 
 
 def compare(metric: str | None = None, method: str | None = None, limit: int | None = None,
-            sweep: str | None = None, runs: list[str] | None = None, diff: bool = False):
+            sweep: str | None = None, runs: list[str] | None = None, diff: bool = False, ladder: str | None = None):
     """Recorded runs side by side: a table and a plot of the metric against trainable parameters.
     `sweep` keeps the runs of one `%llm sweep` (its id) and shows its swept options as columns (ranked by
     a validation metric unless `metric` says otherwise); `runs` keeps the named runs; `diff` adds a column
-    for each option that differs between the runs shown."""
+    for each option that differs between the runs shown. `ladder`: a recorded `%llm ladder` (its id) redrawn."""
+    if ladder:
+        from .tune.ladder import load_ladder
+        return load_ladder(ladder)
     return compare_recorded(metric, method, limit, sweep, runs, diff)
+
+
+def ladder(data, test, *, wait: bool = True, **kwargs):
+    """`%llm ladder` from Python: every rung of adaptation on `data`, scored on `test` (DataFrames, files or dataset
+    names), with the magic's options as keyword arguments (budget="20m", seeds=3, rungs="probe; lora --r 4", …).
+    Returns the Ladder, started (`wait=True`: ended); `.result()` is its table, frontier and recommendation."""
+    from .errors import UsageError, did_you_mean
+    from .tune import form
+    from .tune.ladder import LadderOptions, from_line
+    by_name = {s.name: s for s in opts.specs(LadderOptions)}
+    tokens, namespace = [], {}
+    for name, value in {"data": data, "test": test, **kwargs}.items():
+        if name not in by_name or name == "out":
+            raise UsageError(f"unknown argument {name!r}" + did_you_mean(name, by_name))
+        if by_name[name].kind is object and not isinstance(value, str):   # a DataFrame: by a name
+            namespace[f"ladder_{name}"] = value
+            value = f"ladder_{name}"
+        tokens += form.flag_tokens(by_name[name], value)
+    run_ladder = from_line(tokens, namespace).start()
+    if wait:
+        run_ladder.wait()
+    return run_ladder
 
 
 def runs(limit: int | None = 20, method: str | None = None):

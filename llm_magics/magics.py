@@ -26,6 +26,8 @@ class CompareOptions:
     limit: int | None = opts.option(None, "only the newest N runs", check=opts.positive)
     sweep: str | None = opts.option(None, "only the runs of this sweep (its id, from %llm sweep), its swept options "
                                           "as columns", metavar="ID")
+    ladder: str | None = opts.option(None, "redraw a recorded %llm ladder (its id): table, frontier, recommendation",
+                                     metavar="ID")
     run: str | None = opts.option(None, "only this run (and the next RUN_ID)", positional=True, metavar="RUN_ID")
     other_run: str | None = opts.option(None, "a second run to set beside the first", positional=True,
                                         metavar="RUN_ID")
@@ -53,6 +55,8 @@ LLM_COMMANDS = {
     "reload": "discover methods again (after pip-installing a plugin)",
     "tune": "a panel to run any method from a form, sweep its options and rerun recorded runs ([METHOD])",
     "sweep": "METHOD <options> --grid \"lr=1e-4,5e-4 r=4,8\" [--metric M] [--random N]: runs with a leaderboard",
+    "ladder": "--data D --test T [--budget 20m] [--seeds 3] [--rungs \"probe; lora --r 4\"]: every rung of "
+              "adaptation on your data with intervals, cost, a Pareto frontier and a recommendation",
     "help": "this list: every %llm command in one line",
 }
 NEXT_STEPS = ("tune", "sweep", "compare", "help")   # where the overview points a new user
@@ -108,8 +112,13 @@ class LLMMagics(Magics):
             raise UsageError(f"%llm: unknown command {word!r}" + did_you_mean(word, [w for w in LLM_COMMANDS if w]))
         if word == "compare":
             o = opts.parse_line(CompareOptions, rest, "llm compare")
+            if o.ladder:
+                return api.compare(ladder=o.ladder)
             ids = [r for r in (o.run, o.other_run) if r]
             return api.compare(o.metric, o.method, o.limit, sweep=o.sweep, runs=ids or None, diff=o.diff)
+        if word == "ladder":
+            from .tune.ladder import ladder_magic
+            return ladder_magic(self.shell, rest)
         if word in ("tune", "sweep"):
             from .tune.magic import sweep_magic, tune_magic
             return (tune_magic if word == "tune" else sweep_magic)(self.shell, rest)
