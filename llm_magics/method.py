@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import options as opts
 from .progress.events import format_metric
-from .records import RECORD_KEYS
+from .records import RECORD_KEYS, run_title
 
 if TYPE_CHECKING:  # pandas is imported by the runs, not by `%load_ext`
     import pandas as pd
@@ -38,6 +38,12 @@ class Command:
     summary: str = ""
     records_run: bool = True   # training/evaluating commands are recorded; `list`, `save` are not
     launchable: bool = False   # takes --devices/--nodes above 1 (torchrun workers: llm_magics.launch)
+
+    @property
+    def launcher(self) -> str:
+        """The Method's function the runner calls instead of `handler` when --devices/--nodes ask for workers:
+        `launch_<handler>(self, options, ctx)`, which sends the same command to torchrun workers."""
+        return f"launch_{self.handler}"
 
 
 class Method:
@@ -103,12 +109,18 @@ class Result:
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
     notes: list[str] = field(default_factory=list)
     sweep_id: str | None = None             # set when a %llm sweep ran it
+    command: str | None = None              # the subcommand that ran ("dpo" of %rlhf dpo), set by the runner
     # one row per scored test item (runs/predictions.py); pairs runs in %llm compare --paired
     predictions: "pd.DataFrame | None" = field(default=None, repr=False)
 
     def record(self) -> dict[str, Any]:
         """The row the run store keeps."""
         return {k: getattr(self, k) for k in RECORD_KEYS}
+
+    @property
+    def title(self) -> str:
+        """The method as the user typed it: "probe", "rlhf dpo"."""
+        return run_title(self.method, self.command)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -117,7 +129,7 @@ class Result:
             cls.__repr__ = Result.__repr__
 
     def summary_line(self) -> str:
-        bits = [f"{self.method} · run {self.run_id}", self.model, f"{self.device} {self.dtype}".strip(),
+        bits = [f"{self.title} · run {self.run_id}", self.model, f"{self.device} {self.dtype}".strip(),
                 f"{self.wall_s:.1f} s"]
         if self.rows_per_s:
             bits.append(f"{self.rows_per_s:,.0f} rows/s")

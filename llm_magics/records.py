@@ -10,9 +10,15 @@ import dataclasses
 from typing import Any
 
 # The fields of a Result the run store keeps, in its column order.
-RECORD_KEYS = ("run_id", "method", "model", "status", "options", "data_fingerprint", "metrics",
+RECORD_KEYS = ("run_id", "method", "command", "model", "status", "options", "data_fingerprint", "metrics",
                "trainable_params", "total_params", "wall_s", "rows_per_s", "tokens_per_s",
                "peak_mem_bytes", "device", "dtype", "artifacts", "sweep_id")
+
+
+def run_title(method: str, command: str | None) -> str:
+    """A run's method as the user typed it and sees it in tables: "probe", "rlhf dpo" (method and
+    subcommand are kept apart in the record; this is the one place they are joined)."""
+    return f"{method} {command}" if command else method
 
 
 def as_dict(options) -> dict[str, Any]:

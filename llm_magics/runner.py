@@ -77,6 +77,7 @@ class RunContext:
 
     background: bool = False
     sweep_id: str | None = None     # the %llm sweep this run belongs to
+    command: str | None = None      # the subcommand that runs ("dpo" of %rlhf dpo); None: the main one
     _devices: dict = field(default_factory=dict, repr=False)
 
     def progress(self, title: str | None = None) -> Progress:
@@ -165,7 +166,7 @@ def execute(name: str, word: str | None, options, namespace: dict | None = None,
     command = cls.command(word)
     settings = settings_mod.current()
     ctx = RunContext(new_run_id(name), name, settings, namespace or {}, progress_mode, background=background,
-                     sweep_id=sweep_id)
+                     sweep_id=sweep_id, command=word)
     handler = getattr(cls(), command.handler)
     if not background:
         return _run(handler, command, options, ctx)
@@ -179,8 +180,10 @@ def _run(handler, command, options, ctx: RunContext):
     device_pref = getattr(options, "device", None)
     # A launched run (--devices) measures its workers' memory; the kernel must not touch CUDA.
     from .launch.options import launched
-    if launched(options) and not command.launchable:
-        raise UsageError(one_process(type(handler.__self__), command))
+    if launched(options):   # the one place that decides where a run executes: here, or on torchrun workers
+        if not command.launchable:
+            raise UsageError(one_process(type(handler.__self__), command))
+        handler = getattr(handler.__self__, command.launcher)
     monitor_device = ctx.device(device_pref) if command.records_run and not launched(options) else None
     try:
         with MemoryMonitor(monitor_device) as memory:
@@ -208,7 +211,7 @@ def one_process(cls: type[Method], command) -> str:
 
 def finish(result: Result, ctx: RunContext, options, wall_s: float, peak_bytes: int) -> None:
     result.run_id = ctx.run_id
-    result.method = result.method or ctx.method
+    result.method, result.command = ctx.method, ctx.command   # recorded apart; `result.title` joins them
     result.options = opts.as_dict(options)
     result.wall_s = result.wall_s or wall_s
     result.peak_mem_bytes = result.peak_mem_bytes or peak_bytes

@@ -27,7 +27,7 @@ def test_dpo_with_lora_learns_and_the_adapter_joins_the_session(tiny_llama, sepa
     adapters = api.lora.adapters()
     assert "dpo_words" in adapters["name"].tolist()
     assert isinstance(api.lora.use(name="dpo_words").generate("Review:", max_new_tokens=3), str)
-    assert store.get(result.run_id)["method"] == "rlhf dpo"
+    assert (store.get(result.run_id)["method"], store.get(result.run_id)["command"]) == ("rlhf", "dpo")
     api.lora.unload(name="dpo_words")
 
 
@@ -72,7 +72,7 @@ def test_kto_and_orpo_through_trl_move_chosen_above_rejected(tiny_llama, separab
     _, pos, neg = separable
     result = getattr(api.rlhf, kind)(policy=str(tiny_llama), data=word_pairs(pos, neg), method="lora", lr=lr,
                                      steps=20, batch_size=8)
-    assert result.method == f"rlhf {kind}" and result.metrics["steps"] == 20
+    assert result.title == f"rlhf {kind}" and result.metrics["steps"] == 20
     assert result.metrics["test_chosen_shift"] > result.metrics["test_rejected_shift"], result.metrics
     api.lora.unload(name=result.adapter)
 

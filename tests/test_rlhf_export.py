@@ -71,7 +71,8 @@ def test_an_exported_reward_run_reproduces_the_notebook_run_from_a_shell(shell, 
     job = tmp_path / "job"
     shell.run_line_magic("llm", f"export {rm.run_id} {job}")
     spec = json.loads((job / "job.json").read_text())
-    assert spec["method"] == "rlhf reward" and spec["options"]["seed"] == 3 and spec["options"]["data"] is None
+    assert (spec["method"], spec["command"]) == ("rlhf", "reward")
+    assert spec["options"]["seed"] == 3 and spec["options"]["data"] is None
     assert spec["data_files"] == {"data": "data-data.parquet"}   # the pairs as Parquet, nothing pickled
     assert pd.read_parquet(job / "data-data.parquet").equals(shell.user_ns["pairs"])
     assert not list(job.glob("*.pkl")) and "torchrun --standalone" in (job / "README.md").read_text()
@@ -79,7 +80,7 @@ def test_an_exported_reward_run_reproduces_the_notebook_run_from_a_shell(shell, 
     done, left = run_job(job)
     assert left == []
     row = job_record(store, job)
-    assert row["method"] == "rlhf reward" and row["run_id"] != rm.run_id
+    assert (row["method"], row["command"]) == ("rlhf", "reward") and row["run_id"] != rm.run_id
     assert row["data_fingerprint"] == rm.data_fingerprint   # the same train/validation/test pairs
     for key in ("val_loss", "val_accuracy", "test_loss", "test_accuracy", "test_margin", "train_loss"):
         assert row["metrics"][key] == pytest.approx(rm.metrics[key], abs=TOLERANCE), key
@@ -104,14 +105,14 @@ def test_an_exported_dpo_lora_run_reproduces_the_notebook_run_on_two_processes(s
     job = tmp_path / "job"
     shell.run_line_magic("llm", f"export {d.run_id} {job}")
     spec = json.loads((job / "job.json").read_text())
-    assert spec["method"] == "rlhf dpo" and spec["options"]["method"] == "lora"
+    assert (spec["method"], spec["command"]) == ("rlhf", "dpo") and spec["options"]["method"] == "lora"
     assert spec["data_files"] == {"data": "data-data.parquet", "test": "data-test.parquet"}
     assert pd.read_parquet(job / "data-test.parquet").equals(shell.user_ns["held_out"])
 
     done, left = run_job(job, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
     assert left == []
     row = job_record(store, job)
-    assert row["method"] == "rlhf dpo" and row["device"].endswith("×2 (ddp)")
+    assert (row["method"], row["command"]) == ("rlhf", "dpo") and row["device"].endswith("×2 (ddp)")
     assert row["data_fingerprint"] == d.data_fingerprint
     for key in ("test_margin", "test_chosen_shift", "test_rejected_shift", "train_loss"):
         assert row["metrics"][key] == pytest.approx(d.metrics[key], abs=TOLERANCE), key
@@ -139,7 +140,7 @@ def test_what_cannot_be_exported_is_refused_in_one_line(shell, llama, store, tmp
         export(p.run_id, tmp_path / "job")
     assert not (tmp_path / "job").exists()
     # collect records no run; a record that says so anyway is refused by name
-    store.record({**store.get(p.run_id), "run_id": "rlhf-collect0001", "method": "rlhf collect"})
+    store.record({**store.get(p.run_id), "run_id": "rlhf-collect0001", "command": "collect"})
     with pytest.raises(UsageError, match="%rlhf collect asks a person in a widget"):
         shell.run_line_magic("llm", f"export rlhf-collect0001 {tmp_path / 'job'}")
     assert not (tmp_path / "job").exists()
@@ -160,7 +161,7 @@ def test_an_exported_ppo_run_against_a_reward_model_reproduces_it_in_one_process
     job = tmp_path / "job"
     shell.run_line_magic("llm", f"export {p.run_id} {job}")
     spec = json.loads((job / "job.json").read_text())
-    assert spec["method"] == "rlhf ppo" and spec["options"]["seed"] == 5
+    assert (spec["method"], spec["command"]) == ("rlhf", "ppo") and spec["options"]["seed"] == 5
     assert spec["data_files"] == {"reward": "reward_model", "prompts": "prompts.parquet"}
     assert (job / "reward_model").is_dir() and not (job / "accelerate.yaml").exists()
     assert pd.read_parquet(job / "prompts.parquet")["prompt"].tolist() == shell.user_ns["openings"]["prompt"].tolist()
@@ -176,7 +177,7 @@ def test_an_exported_ppo_run_against_a_reward_model_reproduces_it_in_one_process
     done, left = run_job(job)
     assert left == []
     row = job_record(store, job)
-    assert row["method"] == "rlhf ppo" and row["metrics"]["steps"] == p.metrics["steps"] == 2
+    assert (row["method"], row["command"]) == ("rlhf", "ppo") and row["metrics"]["steps"] == p.metrics["steps"] == 2
     compared = [key for key, value in p.metrics.items() if isinstance(value, float) and key in row["metrics"]]
     assert {"reward_first3", "reward_last3", "kl_mean"} <= set(compared), compared
     for key in compared:
@@ -200,6 +201,6 @@ def test_an_exported_grpo_run_whose_reward_is_a_run_id_reproduces_it(shell, bert
     done, left = run_job(job)
     assert left == []
     row = job_record(store, job)
-    assert row["method"] == "rlhf grpo" and row["metrics"]["steps"] == 2
+    assert (row["method"], row["command"]) == ("rlhf", "grpo") and row["metrics"]["steps"] == 2
     for key in ("reward_first3", "reward_last3"):   # measured: equal
         assert row["metrics"][key] == pytest.approx(g.metrics[key], abs=TOLERANCE), key

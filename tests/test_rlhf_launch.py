@@ -70,7 +70,7 @@ def test_dpo_lora_on_two_processes_follows_one_and_the_adapter_joins_the_kernel(
                                  "--batch-size 8 --name dpo_two --devices 2 --out two")
     two = shell.user_ns["two"]
     assert two.status == "ok" and two.metrics["steps"] == one.metrics["steps"] == 6
-    assert two.device == "cpu ×2 (ddp)" and two.method == "rlhf dpo"
+    assert two.device == "cpu ×2 (ddp)" and two.title == "rlhf dpo"
     # accelerate took the worker's gloo group as it is: TRL's trainer ran data-parallel, 4 of 8 pairs each
     assert "trained on 2 processes: TRL's trainer as MULTI_CPU (gloo), each taking 4 of every 8 pairs" in two.notes
     assert len(losses(two)) == len(losses(one)) == 6   # measured: 1e-7 apart at most
@@ -91,7 +91,7 @@ def test_dpo_lora_on_two_processes_follows_one_and_the_adapter_joins_the_kernel(
             base = pair_logprobs(model, adapter_set.tokenizer, test, 128)
     assert implicit_rewards(tuned, base, 0.1, "t")["t_margin"] > 0
     row = store.get(two.run_id)
-    assert row["method"] == "rlhf dpo" and row["options"]["devices"] == 2
+    assert (row["method"], row["command"]) == ("rlhf", "dpo") and row["options"]["devices"] == 2
     assert row["metrics"]["test_margin"] == pytest.approx(two.metrics["test_margin"])
     assert "launch" in two.artifacts and "adapter" in two.artifacts
     # Rank 0 alone streamed the live view: one advance per step, TRL's logged metrics with them.
@@ -123,7 +123,7 @@ def test_reward_on_two_processes_follows_one_and_scores_in_the_kernel(bert, sepa
     one_good, one_bad = one.score(texts)
     assert good - bad == pytest.approx(one_good - one_bad, abs=2e-3)
     row = store.get(two.run_id)
-    assert row["method"] == "rlhf reward" and row["options"]["devices"] == 2
+    assert (row["method"], row["command"]) == ("rlhf", "reward") and row["options"]["devices"] == 2
     assert row["metrics"]["test_accuracy"] == two.metrics["test_accuracy"]
 
 
@@ -133,7 +133,7 @@ def test_kto_and_orpo_on_two_processes_follow_one(llama, separable, kind, method
     args = dict(policy=str(llama), data=word_pairs(pos, neg, 48), method=method, lr=5e-3, steps=3, batch_size=8)
     one = getattr(api.rlhf, kind)(**args)
     two = getattr(api.rlhf, kind)(devices=2, **args)
-    assert two.method == f"rlhf {kind}" and two.status == "ok" and two.metrics["steps"] == 3
+    assert two.title == f"rlhf {kind}" and two.status == "ok" and two.metrics["steps"] == 3
     for key in ("test_chosen_shift", "test_rejected_shift"):
         assert two.metrics[key] == pytest.approx(one.metrics[key], abs=0.01), key
     assert two.metrics["test_chosen_shift"] != 0.0   # it trained

@@ -46,7 +46,7 @@ def test_ppo_learns_a_rule_reward_and_the_flipped_reward_unlearns_it(tiny_llama,
     assert up.metrics["kl_mean"] < 5, up.tables["history"]["kl"].tolist()   # nats per completion (k1)
     # The early stop acted: some steps made fewer than 4 epochs × 2 minibatches of updates.
     assert up.tables["history"]["updates"].min() < 8
-    assert store.get(up.run_id)["method"] == "rlhf ppo"
+    assert (store.get(up.run_id)["method"], store.get(up.run_id)["command"]) == ("rlhf", "ppo")
     down = ppo(tiny_llama, rule("ed", -1.0))
     presence_first, presence_last = -down.metrics["reward_first3"], -down.metrics["reward_last3"]
     assert presence_last < presence_first, down.tables["history"]["reward"].tolist()

@@ -49,7 +49,8 @@ def test_reward_model_learns_separable_pairs_and_scores_after_a_restart(tiny_ber
     good, bad = result.score(["Review:", "Review:"], [" " + " ".join(pos[:4]), " " + " ".join(neg[:4])])
     assert good > bad
     row = store.get(result.run_id)
-    assert row["method"] == "rlhf reward" and row["metrics"]["test_accuracy"] == result.metrics["test_accuracy"]
+    assert (row["method"], row["command"]) == ("rlhf", "reward")
+    assert row["metrics"]["test_accuracy"] == result.metrics["test_accuracy"]
     if train == "lora":
         assert result.trainable_params < result.total_params
     # A new session: only the run id (or the folder) is left.
@@ -118,7 +119,7 @@ def test_a_reward_model_that_cannot_read_the_policys_text_is_refused_a_callable_
     message = str(error.value)
     assert "\n" not in message and re.search(r"its tokenizer reads (79|8\d|9\d|100)% of the prompts as unknown "
                                               r"tokens; train the reward model on text like the policy's", message)
-    assert [row["method"] for row in store.list()] == ["rlhf reward"]   # no ppo run recorded
+    assert [(row["method"], row["command"]) for row in store.list()] == [("rlhf", "reward")]   # no ppo run recorded
 
     # A Python callable is scored as it is: never checked, it runs on the same Greek prompts.
     seen = []

@@ -14,7 +14,7 @@ from what its options name: a file (copied), a dataset name (kept), or a noteboo
 variable that still exists (written as Parquet). A run that got its data as a
 Python object through the API has nothing to name it by, and is refused.
 
-`%rlhf` runs are recorded as "rlhf reward", "rlhf dpo", …: the job re-runs that
+`%rlhf` runs are recorded as method "rlhf" with their command ("reward", "dpo", …): the job re-runs that
 subcommand. `reward` and `dpo|kto|orpo` carry their preference pairs (train,
 validation, test as the run was given them; the seed splits the rest alike) and
 launch like `%finetune`. `ppo|grpo|rloo` run in one process (`python train.py`,
@@ -34,7 +34,8 @@ from ..errors import UsageError
 from ..options import option
 from .accelerate import ACCELERATE_FILE, wrap_classes, write_accelerate_config
 from ..launch.spec import DATA_FIELDS, write_data
-from .job import JOB, split_method
+from ..records import run_title
+from .job import JOB
 
 DROPPED = ("out", "bg", "resume")
 # The %rlhf commands a job cannot re-run, and why (one line each). `reward` and `dpo|kto|orpo` train on
@@ -143,8 +144,8 @@ def export(run_id: str, path: str | Path, namespace: dict | None = None) -> Path
     record = RunStore(current().runs_path).get(run_id)
     if record is None:
         raise UsageError(f"%llm export: no recorded run {run_id!r} (%llm runs lists them)")
-    method = record["method"]
-    name, word = split_method(method)
+    name, word = record["method"], record.get("command")
+    method = run_title(name, word)   # "rlhf dpo": the keys of REFUSED and ONLINE, and what the job's texts say
     cls = registry().load(name)
     command = cls.command(word)
     if command is None:
@@ -164,11 +165,11 @@ def export(run_id: str, path: str | Path, namespace: dict | None = None) -> Path
     try:
         options = {k: v for k, v in record["options"].items() if k in names and k not in DROPPED}
         if method in ONLINE:
-            data_files = _online(run_id, method, options, namespace or {}, target)
+            data_files = _online(run_id, word, options, namespace or {}, target)
         else:
             data_files = _data(run_id, options, namespace or {}, target)
-        (target / JOB).write_text(json.dumps({"method": method, "run_id": run_id, "options": options,
-                                              "data_files": data_files}, indent=1))
+        (target / JOB).write_text(json.dumps({"method": name, "command": word, "run_id": run_id,
+                                              "options": options, "data_files": data_files}, indent=1))
         devices = max(int(options.get("devices") or 1), 1)
         script = TRAIN_PY.format(method=method, run_id=run_id, devices=devices)
         if not command.launchable:
@@ -203,11 +204,10 @@ def _metrics_line(record: dict) -> str:
                      for k, v in (record.get("metrics") or {}).items())
 
 
-def _online(run_id: str, method: str, options: dict, namespace: dict, target: Path) -> dict[str, str]:
+def _online(run_id: str, word: str, options: dict, namespace: dict, target: Path) -> dict[str, str]:
     """`%rlhf ppo|grpo|rloo`: the reward model's folder copied into the job (`reward_model/`), the prompts as a
     Parquet file or a copy of their file; a Python callable reward is refused (nothing can carry it)."""
     from ..rlhf.reward import RewardResult, load_reward
-    word = method.split()[1]
     value = options.get("reward")
     obj = namespace.get(value) if isinstance(value, str) and value.isidentifier() else None
     if isinstance(obj, RewardResult):   # callable too (its .score): asked first

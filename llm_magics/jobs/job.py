@@ -1,6 +1,7 @@
 """An exported job's entry point (`train.py` of `%llm export` calls `main`).
 
-The job names the method as its run record does ("finetune", or "rlhf dpo": `%rlhf`'s subcommand `dpo`).
+The job names the method and its subcommand as its run record does (`method` "rlhf", `command` "dpo"; a job
+exported before the record kept them apart joined them: "rlhf dpo").
 `python train.py` runs the method in one process; `torchrun --nproc-per-node N
 train.py` (one node) or `torchrun --nnodes M --node-rank R --master-addr HOST
 --master-port PORT --nproc-per-node N train.py` (several) runs it on the engine's
@@ -18,13 +19,18 @@ import sys
 import time
 from pathlib import Path
 
+from ..records import run_title
+
 JOB = "job.json"
 
 
-def split_method(method: str) -> tuple[str, str | None]:
-    """A run record's method ("finetune", "rlhf dpo") as (the registered method, its subcommand or None)."""
-    name, _, word = method.partition(" ")
-    return name, word or None
+def job_method(job: dict) -> tuple[str, str | None]:
+    """(the registered method, its subcommand or None) of a job description, an older one's joined name
+    read as the run store reads an older record."""
+    if "command" in job:
+        return job["method"], job["command"]
+    from ..runs.store import legacy_split
+    return legacy_split(job["method"])
 
 
 def job_values(folder: Path) -> tuple[dict, dict]:
@@ -48,14 +54,15 @@ def main(folder: str | Path) -> int:
     job, values = job_values(folder)
     from .. import settings
     settings.reset()
-    name, word = split_method(job["method"])   # "rlhf dpo": the method and its subcommand
+    name, word = job_method(job)
+    title = run_title(name, word)
     from ..errors import UsageError
     from ..registry import registry
     cls = registry().load(name)
     command = cls.command(word)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not command.launchable:
         if int(os.environ.get("RANK", 0)) == 0:
-            print(f"UsageError: {job['method']} runs in one process: run `python train.py` (README.md)",
+            print(f"UsageError: {title} runs in one process: run `python train.py` (README.md)",
                   file=sys.stderr, flush=True)
         return 3
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -73,7 +80,7 @@ def main(folder: str | Path) -> int:
             return result
         try:
             options = build_options(cls, word, values)
-            ctx = RunContext(new_run_id(name), name, settings.current(), {}, "text")
+            ctx = RunContext(new_run_id(name), name, settings.current(), {}, "text", command=word)
             result = _run(types.MethodType(marked, handler.__self__), command, options, ctx)
         except UsageError as exc:
             print(f"UsageError: {exc}", file=sys.stderr, flush=True)
@@ -88,8 +95,9 @@ def main(folder: str | Path) -> int:
     run_id = _run_id(name)
     try:
         rank = int(os.environ.get("RANK", 0))
-        sinks = make_progress(run_id, job["method"], "text").sinks if rank == 0 else None
+        sinks = make_progress(run_id, title, "text").sinks if rank == 0 else None
         rank, result, options, ctx, peak = run_rank(name, word, values, run_id, None, sinks)
+        ctx.command = word
         if result is not None:
             world = int(os.environ["WORLD_SIZE"])
             strategy = getattr(options, "strategy", "ddp")

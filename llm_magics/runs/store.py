@@ -27,7 +27,8 @@ import pandas as pd
 COLUMNS = {
     "run_id": "TEXT PRIMARY KEY",
     "created": "REAL",
-    "method": "TEXT",
+    "method": "TEXT",           # the registered method: "rlhf"
+    "command": "TEXT",          # its subcommand, NULL for the main one: "dpo"
     "model": "TEXT",
     "status": "TEXT",
     "options": "TEXT",          # JSON
@@ -45,7 +46,7 @@ COLUMNS = {
     "sweep_id": "TEXT",         # the %llm sweep that ran it, else NULL
 }
 JSON_COLUMNS = ("options", "metrics", "artifacts")
-from ..records import RECORD_KEYS  # noqa: E402 - the fields Result.record() gives: one list for both
+from ..records import RECORD_KEYS, run_title  # noqa: E402 - the fields Result.record() gives: one list for both
 assert list(COLUMNS) == ["run_id", "created", *RECORD_KEYS[1:]], "run store columns and Result.RECORD_KEYS differ"
 
 
@@ -76,6 +77,8 @@ class RunStore:
             for name, kind in COLUMNS.items():
                 if name not in have:
                     conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind.replace(' PRIMARY KEY', '')}")
+            if "command" not in have:
+                _split_commands(conn)
         except BaseException:
             conn.close()
             raise
@@ -84,6 +87,7 @@ class RunStore:
     # ---- writing ---------------------------------------------------------------------------
     @staticmethod
     def _row(row: dict[str, Any]) -> dict[str, Any]:
+        row = _with_command(row)   # a side-file record of an older version joined the command to the method
         row = {k: row.get(k) for k in COLUMNS}
         row["created"] = row["created"] or time.time()
         for key in JSON_COLUMNS:
@@ -279,9 +283,9 @@ class RunStore:
             warn(f"the run store {self.path} is damaged ({problem}); showing the {len(rows)} run(s) that could "
                  "be read" + (f" and {len(pending)} kept aside" if pending else "")
                  + ": `%llm runs --repair` rebuilds it")
-        rows = [_decode(r) for r in rows + pending]
-        if method:
-            rows = [r for r in rows if r.get("method") == method]
+        rows = [_decode(_with_command(r)) for r in rows + pending]
+        if method:   # the method ("rlhf") or the method with its command ("rlhf dpo")
+            rows = [r for r in rows if method in (r.get("method"), run_title(r.get("method"), r.get("command")))]
         rows.sort(key=lambda r: r.get("created") or 0, reverse=True)
         return rows[:int(limit)] if limit else rows
 
@@ -297,12 +301,35 @@ class RunStore:
         flat = []
         for row in rows:
             item = {k: v for k, v in row.items() if k not in JSON_COLUMNS}
+            item["method"] = run_title(row.get("method"), row.get("command"))   # as the user typed it
             item.update(row["metrics"])
             flat.append(item)
         frame = pd.DataFrame(flat)
         created = pd.to_numeric(frame["created"], errors="coerce")
         frame["created"] = pd.to_datetime(created, unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
         return frame
+
+
+def legacy_split(joined: str) -> tuple[str, str | None]:
+    """(method, command) of a name recorded before the record kept them apart: "rlhf dpo" → ("rlhf", "dpo")."""
+    method, _, command = str(joined or "").partition(" ")
+    return method, command or None
+
+
+def _with_command(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of an older store or side file with its method and command apart; a row that has its
+    `command` field is returned as it is."""
+    if "command" in row or row.get("method") is None:
+        return row
+    method, command = legacy_split(row["method"])
+    return {**row, "method": method, "command": command}
+
+
+def _split_commands(conn: sqlite3.Connection) -> None:
+    """Once, when the `command` column is added to an older store: split its joined names in place."""
+    for rowid, joined in conn.execute("SELECT rowid, method FROM runs WHERE instr(method, ' ') > 0").fetchall():
+        conn.execute("UPDATE runs SET method = ?, command = ? WHERE rowid = ?", (*legacy_split(joined), rowid))
+    conn.commit()   # with the column: a failing write after this must not roll the split back
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
