@@ -3,6 +3,11 @@ record that keeps a method and its command apart."""
 import json
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
 
 from llm_magics.runs import RunStore
 
@@ -81,3 +86,42 @@ def test_a_job_folder_names_method_and_command_and_an_older_one_still_reads():
     assert job_method({"method": "rlhf", "command": "dpo"}) == ("rlhf", "dpo")
     assert job_method({"method": "finetune", "command": None}) == ("finetune", None)
     assert job_method({"method": "rlhf reward"}) == ("rlhf", "reward")       # exported before the split
+
+
+# ---- per-item predictions of %%icl ---------------------------------------------------------------
+def tiny_icl(model, **kwargs):
+    from llm_magics import api
+    return api.icl(model=str(model), dtype="float32", **kwargs)
+
+
+def test_icl_keeps_per_item_predictions_in_the_shared_format(tiny_llama, demo):
+    from llm_magics.runs import predictions, stats
+    train, test = demo
+    data = test.head(12).copy()
+    data["label"] = data["label"].astype(object)
+    data.loc[[3], "label"] = None                                     # a row without gold is not scored
+    result = tiny_icl(tiny_llama, template="Review: {text}\nSentiment: {label}", data=data, demos=train, shots=2,
+                      labels=["negative", "positive"], zero_shot=False)
+    frame = result.predictions
+    assert {*predictions.COLUMNS, "row", "gold", "logp_negative", "logp_positive"} <= set(frame.columns)
+    assert frame["item_id"].tolist() == [stats.item_id(t) for t in data["text"]]   # the row's text field
+    assert frame["correct"].isna().tolist() == [i == 3 for i in range(12)]
+    assert frame["correct"].mean() == pytest.approx(result.metrics["test_accuracy"])   # NaN rows left out
+    # the score is the chosen label's probability after calibration: the larger of the two
+    logp = frame[["logp_negative", "logp_positive"]].to_numpy()
+    probs = np.exp(logp) / np.exp(logp).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(frame["score"], probs.max(axis=1), rtol=1e-6)
+    assert (frame["score"] >= 0.5).all()
+    saved = predictions.load(result.artifacts["predictions"])
+    pd.testing.assert_frame_equal(saved, frame)
+
+
+def test_icl_generation_keeps_exact_match_per_item(tiny_llama):
+    data = pd.DataFrame({"question": [f"q {i}" for i in range(4)], "label": ["a", "b", "", "d"]})
+    result = tiny_icl(tiny_llama, template="Question: {question}\nAnswer: {label}", data=data, max_tokens=2,
+                      stream=False)
+    frame = result.predictions
+    assert frame["prediction"].tolist() == frame["output"].tolist() and frame["score"].isna().all()
+    assert frame["correct"].isna().tolist() == [False, False, True, False]
+    assert frame["correct"].mean() == pytest.approx(result.metrics["test_exact_match"])
+    assert Path(result.artifacts["predictions"]).exists()

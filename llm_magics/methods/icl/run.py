@@ -12,10 +12,13 @@ from ...backends import GenerateSettings
 from ...data import fingerprint, load_frame
 from ...engine.loop import _InterruptToStop
 from ...errors import UsageError
+from ...runs import predictions as per_item
+from ...runs.stats import item_id
 from .inputs import Inputs
 from .options import STREAM_ROWS, IclOptions, unescape
 from .prompts import CONTENT_FREE, PromptFormat, Template, check_fields, row_values
 from .result import IclResult, classification_metrics, demonstrations_table, generation_metrics, ranking
+from .prompts import normalise_answer
 
 
 class IclRun:
@@ -257,6 +260,8 @@ class IclRun:
             result.tables["demonstrations"] = demonstrations_table(p.demo_rows, p.fixed, p.slot, p.fields,
                                                                  [d[p.slot] for d in self._fixed_demos()])
         result._predictor = self.predictor(self.templates[int(row["template"]) - 1])
+        if p.gold is not None or p.answers is not None:   # a scored test set: kept so that runs pair up
+            result.artifacts[per_item.FILE_KEY] = str(per_item.save(result.predictions, self.ctx.run_dir))
         return result
 
     def predictions(self, row: dict) -> pd.DataFrame:
@@ -274,7 +279,35 @@ class IclRun:
             frame["output"] = row["outputs"]
             if p.answers is not None:
                 frame["gold"] = [" | ".join(a) for a in p.answers]
+        standard = self.per_item_columns(row)
+        for i, name in enumerate(standard.columns):   # first; a column the frame has (prediction) stays
+            if name not in frame:
+                frame.insert(i, name, standard[name])
         return frame[row["done"]].reset_index(drop=True)
+
+    def per_item_columns(self, row: dict) -> pd.DataFrame:
+        """The columns every method's per-item predictions share (runs/predictions.py). An item is the text
+        of the data fields the templates fill (one field: its text, so a %probe on that column pairs up);
+        the score is the chosen label's probability after calibration; rows without gold are not scored."""
+        p = self.inputs
+        asked = [f for f in dict.fromkeys(p.fields) if f != p.slot]
+        texts = ["\n".join(r.get(f, "") for f in asked) for r in p.rows]
+        if self.o.scoring:
+            logp = row["logp"]
+            chosen = np.exp(logp - _logsumexp(logp))[np.arange(len(logp)), row["predicted"]]
+            gold = p.gold if p.gold is not None else np.full(len(p.rows), -1)
+            labels = [p.labels.words[i] if i >= 0 else None for i in gold]
+            guesses = [p.labels.words[i] for i in row["predicted"]]
+            correct = [float(g == a) if g is not None else np.nan for g, a in zip(labels, guesses)]
+        else:
+            chosen = np.full(len(p.rows), np.nan)
+            answers = p.answers if p.answers is not None else [[] for _ in p.rows]
+            labels = [" | ".join(a) if a else None for a in answers]
+            guesses = list(row["outputs"])
+            correct = [float(any(normalise_answer(out) == normalise_answer(g) for g in golds)) if golds else np.nan
+                       for out, golds in zip(guesses, answers)]
+        return pd.DataFrame({"item_id": [item_id(t) for t in texts], "text": texts, "label": labels,
+                             "prediction": guesses, "score": chosen, "correct": correct})
 
     def predictor(self, template: Template):
         """Runs new rows as the run did: the best template, the same fixed demonstrations, and either
