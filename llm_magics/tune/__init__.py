@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .form import Field, fields, magic_line, parse
 from .sweep import Sweep, from_line as sweep_from_line
+from . import search as _search   # noqa: F401 - joins --search tpe (Optuna is imported only when used)
 
 __all__ = ["Field", "fields", "magic_line", "parse", "Sweep", "sweep_from_line", "TunePanel"]
 

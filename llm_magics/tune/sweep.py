@@ -44,11 +44,31 @@ class SweepOptions:
     max_points: int = opts.option(MAX_POINTS, "the most points (runs) the sweep may have: a larger grid or --random "
                                               "is refused before anything is built", check=opts.at_most(POINTS_CEILING),
                                   metavar="N")
+    search: str = opts.option("grid", "how points are chosen: grid (every point, or --random N of them) or tpe "
+                                      "(Optuna's TPE learns from the points run so far; the tune extra)",
+                              choices=("grid", "tpe"))
+    trials: int | None = opts.option(None, "how many points the search runs", check=opts.positive, metavar="N",
+                                     applies=opts.when("search", "tpe"))
+    prune: bool = opts.option(False, "stop a point early when its validation metric trails the earlier points' at "
+                                     "the same step (Optuna's median pruner, fed by each evaluation)",
+                              applies=opts.when("search", "tpe"))
+    study: str | None = opts.option(None, "the study's name (kept in the run store's folder); the same name again "
+                                          "resumes it (default: the sweep's id)", metavar="NAME",
+                                    applies=opts.when("search", "tpe"))
     out: str | None = opts.option(None, "bind the sweep (leaderboard, results, stop) to this variable",
                                   metavar="NAME")
 
+    def validate(self) -> None:
+        if self.search == "tpe" and (not self.trials or self.random):
+            raise UsageError("%llm sweep --search tpe needs --trials N (how many points), and no --random")
+        if self.search != "tpe" and (self.trials or self.prune or self.study):
+            raise UsageError("--trials, --prune and --study belong to a learning search: add --search tpe")
+
 
 SWEEP_FLAGS = {s.flag for s in opts.specs(SweepOptions)}
+# --search NAME → the Sweep class that proposes its points (tune/search.py joins it: no import back to it here).
+LEARNING_SEARCHES: dict[str, type] = {}
+SWEEP_SWITCHES = {f for s in opts.specs(SweepOptions) if s.kind is bool for f in (s.flag, "--no-" + s.flag[2:])}
 
 
 def split_sweep_line(tokens: list[str]) -> tuple[list[str], list[str]]:
@@ -57,7 +77,9 @@ def split_sweep_line(tokens: list[str]) -> tuple[list[str], list[str]]:
     while i < len(tokens):
         token = tokens[i]
         flag = token.split("=", 1)[0]
-        if flag in SWEEP_FLAGS:
+        if flag in SWEEP_SWITCHES:   # --prune takes no value
+            own.append(token)
+        elif flag in SWEEP_FLAGS:
             if "=" in token:
                 own.append(token)
             else:
@@ -130,7 +152,7 @@ def count_points(axes: list[Axis], random_points: int | None = None) -> int:
 
 
 def check_size(axes: list[Axis], options: SweepOptions) -> None:
-    count = count_points(axes, options.random)
+    count = count_points(axes, options.random or options.trials)
     if count > options.max_points:
         what = f"--random {count:,}" if options.random else f"the grid's {count:,} points"
         raise UsageError(f"%llm sweep: {what} is above the limit of {options.max_points:,} runs: sweep fewer values "
@@ -234,46 +256,51 @@ class Sweep:
         return self
 
     def _work(self) -> None:
-        from ..runner import execute
         try:
             for row in self.rows:
                 if self._stop.is_set():
                     row["status"] = "skipped"
                     continue
-                row["status"] = "running"
-                self._notify()
-                try:
-                    _, word, options = form.parse(row["line"])
-                    handle = execute(self.method, word, options, namespace=self.namespace,
-                                     progress_mode=self.progress_mode, background=True, sweep_id=self.id)
-                    row["run_id"] = handle.run_id
-                    self.current = handle
-                    for callback in self.on_run:
-                        callback(handle)
-                    if self._stop.is_set():   # stopped while it was starting
-                        handle.stop()
-                    result = handle.result()
-                except Exception as error:   # noqa: BLE001 - a failed point is marked, the sweep goes on
-                    row["status"] = "failed"
-                    row["message"] = str(error) if isinstance(error, UsageError) \
-                        else f"{type(error).__name__}: {error}"
-                    self._notify()
-                    continue
-                finally:
-                    self.current = None
-                self.results.append(result)
-                row["status"] = getattr(result, "status", "ok")
-                for name, value in getattr(result, "metrics", {}).items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        row[name] = value
-                row["wall_s"] = getattr(result, "wall_s", None)
-                if self.metric is None:
-                    self.metric = _pick_metric(row)
-                self._notify()
+                self.run_row(row)
         finally:
             self.current = None
             self.ended = time.time()
             self._notify()
+
+    def run_row(self, row: dict[str, Any], watch: Callable | None = None):
+        """Run one point (its row's line) to its end: the Result, or None when it failed (marked, not raised).
+        `watch(handle)` is called once the run has started (a search's pruning listens to its evaluations)."""
+        from ..runner import execute
+        row["status"] = "running"
+        self._notify()
+        try:
+            _, word, options = form.parse(row["line"])
+            handle = execute(self.method, word, options, namespace=self.namespace,
+                             progress_mode=self.progress_mode, background=True, sweep_id=self.id)
+            row["run_id"] = handle.run_id
+            self.current = handle
+            for callback in ([watch] if watch else []) + self.on_run:
+                callback(handle)
+            if self._stop.is_set():   # stopped while it was starting
+                handle.stop()
+            result = handle.result()
+        except Exception as error:   # noqa: BLE001 - a failed point is marked, the sweep goes on
+            row["status"] = "failed"
+            row["message"] = str(error) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
+            self._notify()
+            return None
+        finally:
+            self.current = None
+        self.results.append(result)
+        row["status"] = getattr(result, "status", "ok")
+        for name, value in getattr(result, "metrics", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[name] = value
+        row["wall_s"] = getattr(result, "wall_s", None)
+        if self.metric is None:
+            self.metric = _pick_metric(row)
+        self._notify()
+        return result
 
     def _notify(self) -> None:
         for callback in self.on_update:
@@ -365,8 +392,11 @@ def from_line(line: str | list[str], namespace: dict | None = None, progress_mod
         raise UsageError(f"%llm sweep: {name} {word} records no run; sweep a command that trains or evaluates")
     # The base line is parsed now, as its magic parses it: a mistake in it is one UsageError before anything runs.
     parse_magic_line(name, rest, cell)
-    axes = parse_grid(cls.command(word).options, sweep_options.grid, sweep_options.random)
+    axes = parse_grid(cls.command(word).options, sweep_options.grid, sweep_options.random or sweep_options.trials)
     check_size(axes, sweep_options)
+    if sweep_options.search in LEARNING_SEARCHES:
+        return LEARNING_SEARCHES[sweep_options.search](name, word, rest[1:] if word else rest, axes, sweep_options,
+                                                       namespace, cell=cell, progress_mode=progress_mode), sweep_options
     grid_points = points(axes, sweep_options.random, sweep_options.sweep_seed)
     sweep = Sweep(name, word, rest[1:] if word else rest, axes, grid_points, sweep_options.metric, namespace,
                   cell=cell, progress_mode=progress_mode)

@@ -11,7 +11,7 @@ from ..progress.theme import BEST_ROW, ERROR, WARN, scroll_box, status_colour
 from ..progress.widget import Snapshot
 from ..runs.compare import option_column, ranked_on_test_note
 
-NUMBERS_SKIPPED = {"point"}
+NUMBERS_SKIPPED = {"point", "trial"}
 COUNTED = (("ok", "done"), ("stopped", "stopped"), ("skipped", "skipped"), ("failed", "failed"),
            ("running", "running"), ("waiting", "waiting"))   # (row status, word in the title)
 
@@ -94,10 +94,24 @@ def leaderboard_html(sweep, sort_by: str | None = None) -> str:
              f"{html.escape(status_counts(sweep))} · {html.escape(sweep.status)}"
              + (f" · ranked by {html.escape(sort_by or sweep.metric)}" if (sort_by or sweep.metric) else ""))
     note = ranked_on_test_note(sort_by or sweep.metric)
+    title += importance_html(sweep)
     note_html = f"<div class='llm-magics-note' style='color:{WARN}'>{html.escape(note)}</div>" if note else ""
     table = f"<table style='border-collapse:collapse'><tr>{cells}</tr>{''.join(rows)}</table>"
     return (f"<div class='llm-magics-leaderboard' style='font-family:sans-serif;font-size:13px'>{title}"
             f"{note_html}{scroll_box(table)}</div>")
+
+
+def importance_line(sweep) -> str:
+    """'parameter importance: --lr 0.83 · --epochs 0.17' once a learning search has ended ('' otherwise)."""
+    importance = getattr(sweep, "importance", None)
+    if not importance:
+        return ""
+    return "parameter importance: " + " · ".join(f"{option_column(n)} {v:.2f}" for n, v in importance.items())
+
+
+def importance_html(sweep) -> str:
+    line = importance_line(sweep)
+    return f"<div class='llm-magics-importance'>{html.escape(line)}</div>" if line else ""
 
 
 def leaderboard_text(sweep, sort_by: str | None = None) -> str:
@@ -113,7 +127,7 @@ class TextSweepView:
     def __init__(self, sweep, stream=None):
         self.sweep, self.stream = sweep, stream
         self._said: set[int] = set()
-        self._noted = False
+        self._noted = self._said_importance = False
         sweep.on_update.append(self.update)
 
     def update(self, sweep) -> None:
@@ -130,8 +144,12 @@ class TextSweepView:
                               if option_column(a.name) in row)
             score = f" {sweep.metric}={format_metric(row[sweep.metric])}" if sweep.metric in row else ""
             extra = f" ({row['message']})" if row.get("message") else ""
-            print(f"[{sweep.id}] {row['point']}/{len(sweep.rows)} {values}: {row['status']}{score}"
+            total = getattr(sweep, "trials", None) or len(sweep.rows)   # a search's rows grow trial by trial
+            print(f"[{sweep.id}] {row['point']}/{total} {values}: {row['status']}{score}"
                   f"{' run ' + row['run_id'] if row['run_id'] else ''}{extra}", file=out, flush=True)
+        if sweep.finished and importance_line(sweep) and not self._said_importance:
+            self._said_importance = True
+            print(f"[{sweep.id}] {importance_line(sweep)}", file=out, flush=True)
 
 
 class SweepView:
@@ -200,7 +218,9 @@ def plot_html(sweep, metric: str | None = None) -> str:
     if png is None:
         return ""
     from ..runs.figures import png_html
-    return scroll_box(png_html(png, alt=f"{metric or sweep.metric} against the swept options"))
+    metric = metric or sweep.metric
+    x_column, _ = x_axis(sweep, [r for r in sweep.rows if _number(r.get(metric)) is not None])
+    return scroll_box(png_html(png, alt=f"{metric} against {x_column}"))
 
 
 def _number(value) -> float | None:
@@ -211,6 +231,14 @@ def _number(value) -> float | None:
     return number if number == number else None
 
 
+def x_axis(sweep, rows: list[dict]) -> tuple[str, list[str]]:
+    """The plot's x: the first swept option that varies over `rows` and is numeric (else the first that varies);
+    and every swept option that varies."""
+    columns = [option_column(a.name) for a in sweep.axes]
+    varied = [c for c in columns if len({str(r.get(c)) for r in rows}) > 1] or columns[:1]
+    return next((c for c in varied if all(_number(r.get(c)) is not None for r in rows)), varied[0]), varied
+
+
 def sweep_plot(sweep, metric: str | None = None) -> bytes | None:
     """The metric against a swept option (the first numeric one that varies), one line per value of
     the other swept options; a stopped point (partly trained) is drawn hollow. None until a point has
@@ -219,9 +247,7 @@ def sweep_plot(sweep, metric: str | None = None) -> bytes | None:
     rows = [r for r in sweep.rows if metric and _number(r.get(metric)) is not None]
     if not rows:
         return None
-    columns = [option_column(a.name) for a in sweep.axes]
-    varied = [c for c in columns if len({str(r.get(c)) for r in rows}) > 1] or columns[:1]
-    x_column = next((c for c in varied if all(_number(r.get(c)) is not None for r in rows)), varied[0])
+    x_column, varied = x_axis(sweep, rows)
     numeric = all(_number(r.get(x_column)) is not None for r in rows)
     others = [c for c in varied if c != x_column]
     typed = [v for a in sweep.axes if option_column(a.name) == x_column for v in a.values]   # the grid's order
