@@ -395,7 +395,8 @@ def main(argv=None) -> None:
         f"# Utilisation on {socket.gethostname()} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         described + f"\n- load average at end: {load_end:.2f}; whole run {elapsed:.0f} s"
         + (" (--quick)" if args.quick else ""),
-        "## Limits (same run, same threads; the better of a measurement before and after the workloads)\n\n" + markdown([{**r, "gflops": f"{r['gflops']:.1f}"} for r in gemm_rows])
+        "## Limits (same run, same threads; the better of a measurement before and after the workloads)\n\n"
+        + markdown([{**r, "gflops": f"{r['gflops']:.1f}"} for r in gemm_rows])
         + f"\n\nMemory bandwidth (fp32, {size['elements'] * 4 >> 20} MiB arrays): copy {bw['copy']:.1f} GB/s, "
           f"triad {bw['triad']:.1f} GB/s",
         "## Workloads\n\n" + markdown(table),

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-STEPS = ["probe minilm", "finetune head minilm", "finetune all minilm", "finetune all smollm2 sft", "lora smollm2 classify",
-         "lora smollm2 sft (MFU)", "qlora 4-bit smollm2 sft", "qlora 8-bit smollm2 sft", "prefix smollm2 sft",
+STEPS = ["probe minilm", "finetune head minilm", "finetune all minilm", "finetune all smollm2 sft",
+         "lora smollm2 classify", "lora smollm2 sft (MFU)", "qlora 4-bit smollm2 sft", "qlora 8-bit smollm2 sft",
+         "prefix smollm2 sft",
          "icl smollm2 scoring", "index build minilm", "index query", "rlhf reward minilm", "rlhf dpo smollm2 lora",
          "rlhf ppo smollm2 lora"]
 
