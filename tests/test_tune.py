@@ -385,3 +385,23 @@ def test_data_preview_under_the_data_field(shell):
     assert panel.preview in panel.rows["data"].children
     _set(panel, data="")
     assert panel.preview.value == ""
+
+
+def test_try_tab_predicts_with_probabilities_and_shows_the_export_line(shell, tiny_bert, separable):
+    from llm_magics.method import Result
+    from llm_magics.tune.try_tab import export_line
+    shell.user_ns["df"] = separable[0]
+    panel = _panel(shell, "probe")
+    _set(panel, data="df", model=str(tiny_bert))
+    panel.run()
+    assert panel.wait(240) and "r_probe" in shell.user_ns
+    assert panel.try_tab.result.value == "r_probe"       # the run's Result is offered at once
+    word = separable[1][0]
+    panel.try_tab.text.value = f"{word} {word} {word}"
+    panel.try_tab.try_button.click()
+    answer = panel.try_tab.answer.value
+    assert "llm-magics-prediction'>pos<" in answer and ">neg<" in answer and answer.count("<tr>") == 2
+    assert f"%llm export {shell.user_ns['r_probe'].run_id} r_probe-job" in panel.try_tab.export_view.value
+    adapter = Result("lora", {})
+    adapter.adapter = "my-adapter"
+    assert export_line(adapter, "r_lora") == "%lora merge my-adapter"

@@ -2,8 +2,9 @@
 
 Tabs: Run (method, command, the method's options grouped and checked as they are
 typed, the live magic line, Run / Stop, the live view), Sweep (a grid or a
-seeded random search over the form's options, with its leaderboard) and Recent
-runs (the run store, filtered; a picked run fills the form again).
+seeded random search over the form's options, with its leaderboard), Recent
+runs (the run store, filtered; a picked run fills the form again) and Try (a
+trained Result on typed text; Export).
 
 A run from the panel *is* its magic line: the line shown is parsed as the
 magic parses it and run in the background; its Result is bound to the name
@@ -23,6 +24,7 @@ from ..runs.compare import PREFERRED_METRICS, ranked_on_test_note
 from . import form
 from . import sweep as sweep_mod
 from ..progress.widget import Snapshot
+from .try_tab import TryTab
 from .view import SweepView, attach
 
 WIDE = "460px"
@@ -174,7 +176,11 @@ class TunePanel:
                                    widgets.HBox([self.filter_status, self.refresh_button]),
                                    self.runs, self.fill_button, self.recent_msg, self.runs_table])
 
-        self.tabs = widgets.Tab(children=[run_tab, sweep_tab, recent_tab], titles=("Run", "Sweep", "Recent runs"))
+        # -- try tab --
+        self.try_tab = TryTab(self.namespace, style)
+
+        self.tabs = widgets.Tab(children=[run_tab, sweep_tab, recent_tab, self.try_tab.widget],
+                                titles=("Run", "Sweep", "Recent runs", "Try"))
         self.tabs.observe(self._tab_changed, "selected_index")
         self.widget = widgets.VBox([widgets.HTML("<b>llm-magics · tune</b>"), self.tabs])
         self.widget.add_class("llm-magics-tune")
@@ -483,6 +489,7 @@ class TunePanel:
         else:
             if out:
                 self.namespace[out] = result
+                self.try_tab.refresh(prefer=out)
                 if self._out_auto:
                     self._name_result()   # the next run gets the next number
             status = getattr(result, "status", "ok")
@@ -532,6 +539,8 @@ class TunePanel:
     def _tab_changed(self, change) -> None:
         if change["new"] == 2:
             self.refresh_runs()
+        elif change["new"] == 3:
+            self.try_tab.refresh()
 
     def refresh_runs(self, reload: bool = True) -> None:
         from ..runs import RunStore
