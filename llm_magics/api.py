@@ -19,9 +19,10 @@ from .registry import registry
 from .runner import run_method as run
 from .runs import RunStore
 from .runs.compare import compare_recorded
+from .runs.paired import PairedRuns, compare_paired as _compare_paired
 from .settings import current as settings
 
-__all__ = ["run", "sweep", "ladder", "compare", "runs", "free", "methods", "device", "models"]
+__all__ = ["run", "sweep", "ladder", "compare", "compare_paired", "runs", "free", "methods", "device", "models"]
 
 
 def _function(method: str, command: str | None = None):
@@ -97,6 +98,13 @@ def compare(metric: str | None = None, method: str | None = None, limit: int | N
         from .tune.ladder import load_ladder
         return load_ladder(ladder)
     return compare_recorded(metric, method, limit, sweep, runs, diff)
+
+
+def compare_paired(a, b, metric: str = "correct", names: tuple[str, str] | None = None) -> PairedRuns:
+    """Run A against run B on the test rows both scored (each a run id or a Result): the difference in
+    `metric` (a per-item column: "correct" for accuracy) with its paired bootstrap 95 % interval, the exact
+    McNemar test, the counts, and one sentence. `names`: how to call A and B in it (default: run ids)."""
+    return _compare_paired(a, b, metric, names)
 
 
 def ladder(data, test, *, wait: bool = True, **kwargs):

@@ -32,6 +32,8 @@ class CompareOptions:
     other_run: str | None = opts.option(None, "a second run to set beside the first", positional=True,
                                         metavar="RUN_ID")
     diff: bool = opts.option(False, "a column for each option that differs between the runs shown")
+    paired: bool = opts.option(False, "RUN_ID RUN_ID (or variables holding Results): the difference on their shared "
+                                      "test rows, with its paired bootstrap interval and McNemar's test")
 
 
 @dataclass
@@ -49,7 +51,7 @@ LLM_COMMANDS = {
     "device": "the device, dtype and free memory runs will use",
     "runs": "recorded runs (--limit N, --method NAME; --repair mends a damaged store)",
     "compare": "recorded runs side by side: table and plot (--metric, --method, --limit, --sweep ID; "
-               "RUN_ID RUN_ID --diff: the options that differ)",
+               "RUN_ID RUN_ID --diff: the options that differ; A B --paired: a paired test on shared test rows)",
     "free": "drop cached models and release GPU memory",
     "export": "RUN_ID PATH: a recorded training run as a job (train.py, data, README) for a shell or a cluster",
     "reload": "discover methods again (after pip-installing a plugin)",
@@ -101,6 +103,17 @@ class LLMMagics(Magics):
         else:
             setattr(current, change["name"], value or getattr(settings_mod.Settings(), change["name"]))
 
+    def _compare_paired(self, names: list[str], metric: str | None):
+        """`%llm compare A B --paired`: A and B are run ids or variables holding Results."""
+        from . import api
+        from .method import Result
+        if len(names) != 2:
+            raise UsageError("%llm compare --paired takes two runs: %llm compare A B --paired (run ids or variables "
+                             "holding Results)")
+        namespace = self.shell.user_ns if self.shell else {}
+        runs = [namespace[n] if isinstance(namespace.get(n), Result) else n for n in names]
+        return api.compare_paired(*runs, metric=metric or "correct", names=tuple(names))
+
     @line_magic
     def llm(self, line: str = ""):
         """%llm [methods|models|device|runs|compare|tune|sweep|export|free|reload|help]: the umbrella."""
@@ -115,6 +128,8 @@ class LLMMagics(Magics):
             if o.ladder:
                 return api.compare(ladder=o.ladder)
             ids = [r for r in (o.run, o.other_run) if r]
+            if o.paired:
+                return self._compare_paired(ids, o.metric)
             return api.compare(o.metric, o.method, o.limit, sweep=o.sweep, runs=ids or None, diff=o.diff)
         if word == "ladder":
             from .tune.ladder import ladder_magic

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from llm_magics.errors import UsageError
 from llm_magics.runs import RunStore
 
 
@@ -125,3 +126,97 @@ def test_icl_generation_keeps_exact_match_per_item(tiny_llama):
     assert frame["correct"].isna().tolist() == [False, False, True, False]
     assert frame["correct"].mean() == pytest.approx(result.metrics["test_exact_match"])
     assert Path(result.artifacts["predictions"]).exists()
+
+
+# ---- %llm compare A B --paired -------------------------------------------------------------------
+def made_up(correct, texts=None, method="probe"):
+    """A Result whose per-item predictions are given: 0/1 correctness over texts."""
+    from llm_magics.method import Result
+    from llm_magics.runs import predictions
+    texts = texts or [f"item {i}" for i in range(len(correct))]
+    frame = predictions.per_item(texts, ["a"] * len(texts), ["a" if c else "b" for c in correct])
+    return Result(method=method, run_id=f"{method}-{len(texts)}", predictions=frame)
+
+
+def test_the_sentence_says_which_run_is_above_with_the_evidence():
+    from llm_magics import api
+    rng = np.random.default_rng(0)
+    a = (rng.random(400) < 0.9).astype(int)
+    b = np.where(rng.random(400) < 0.5, a, (rng.random(400) < 0.6).astype(int))
+    paired = api.compare_paired(made_up(a), made_up(b), names=("A", "B"))
+    p = paired.paired
+    assert p.shared == 400 and p.a_only == int(((a == 1) & (b == 0)).sum())
+    assert p.b_only == int(((a == 0) & (b == 1)).sum())
+    d = p.difference
+    assert d.mean == pytest.approx(a.mean() - b.mean()) and d.low > 0
+    assert paired.sentence == (f"A is {100 * d.mean:.1f} points above B on correct (95 % CI {100 * d.low:.1f} to "
+                               f"{100 * d.high:.1f}, McNemar p = {p.mcnemar_p:.2g}, 400 shared rows)")
+    reverse = api.compare_paired(made_up(b), made_up(a), names=("B", "A"))
+    assert reverse.sentence.startswith(f"B is {100 * d.mean:.1f} points below A")
+    same = api.compare_paired(made_up(a), made_up(a), names=("A", "A2"))
+    assert same.sentence.startswith("A and A2 cannot be told apart on correct: the difference is 0.0 points")
+    assert "McNemar p (exact)" in same._repr_html_() and "only A right" in repr(same)
+
+
+def test_two_probe_runs_pair_across_a_reordered_test_frame_by_result_and_by_run_id(tiny_bert, demo):
+    from llm_magics import api
+    train, test = demo
+    first = api.probe(model=str(tiny_bert), data=train, test=test, dtype="float32")
+    again = api.probe(model=str(tiny_bert), data=train, test=test.sample(frac=1.0, random_state=3), dtype="float32")
+    by_result = api.compare_paired(first, again)
+    by_id = api.compare_paired(first.run_id, again.run_id)     # from the files the records name
+    for paired in (by_result, by_id):
+        assert paired.paired.shared == test.text.nunique() and paired.paired.difference.mean == 0.0
+        assert paired.a_mean == pytest.approx(first.metrics["test_accuracy"], abs=0.02)
+        assert "cannot be told apart" in paired.sentence and first.run_id in paired.sentence
+    # a run on other rows shares none: one line
+    other = api.probe(model=str(tiny_bert), data=train.head(120), test=train.tail(40), dtype="float32")
+    with pytest.raises(UsageError) as info:
+        api.compare_paired(first, other.run_id)
+    assert "share no test rows" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_run_without_per_item_predictions_is_one_line(store):
+    from llm_magics import api
+    from llm_magics.method import Result
+    store.record({**Result(method="finetune", run_id="finetune-1").record()})
+    for run in ("finetune-1", Result(method="lora", run_id="lora-1")):
+        with pytest.raises(UsageError) as info:
+            api.compare_paired(run, made_up([1, 0, 1]))
+        message = str(info.value)
+        assert "has no per-item predictions" in message and "%probe and %%icl keep them" in message
+        assert "\n" not in message
+    with pytest.raises(UsageError, match="no recorded run 'nope'"):
+        api.compare_paired("nope", made_up([1, 0, 1]))
+    with pytest.raises(UsageError, match="--metric test_accuracy: .* takes correct or score"):
+        api.compare_paired(made_up([1, 0, 1]), made_up([1, 1, 1]), metric="test_accuracy")
+
+
+def test_probe_and_icl_pair_on_the_same_test_rows(tiny_bert, tiny_llama, demo):
+    from llm_magics import api
+    train, test = demo
+    rows = test.drop_duplicates("text").head(12)
+    probe = api.probe(model=str(tiny_bert), data=train, test=rows, dtype="float32")
+    icl = tiny_icl(tiny_llama, template="Review: {text}\nSentiment: {label}", data=rows, demos=train, shots=2,
+                   labels=["negative", "positive"], zero_shot=False)
+    paired = api.compare_paired(probe.run_id, icl.run_id)
+    assert paired.paired.shared == 12
+    assert paired.a_mean == pytest.approx(probe.metrics["test_accuracy"])
+    assert paired.b_mean == pytest.approx(icl.metrics["test_accuracy"])
+    assert paired.paired.a_only - paired.paired.b_only == round(12 * (paired.a_mean - paired.b_mean))
+
+
+def test_the_magic_compares_variables_or_run_ids_and_shows_the_sentence(shell, tiny_bert, demo, capsys):
+    from llm_magics import api
+    train, test = demo
+    shell.user_ns["a"] = api.probe(model=str(tiny_bert), data=train, test=test, dtype="float32")
+    shell.user_ns["b"] = made_up([1] * len(test), test.text.tolist())    # right on every row
+    paired = shell.run_line_magic("llm", "compare a b --paired")
+    assert paired.sentence.startswith("a is ") and " below b on correct (95 % CI" in paired.sentence
+    assert f"{test.text.nunique()} shared rows" in paired.sentence
+    shell.run_cell("%llm compare a b --paired")
+    assert paired.sentence in capsys.readouterr().out
+    by_id = shell.run_line_magic("llm", f"compare {shell.user_ns['a'].run_id} a --paired")
+    assert by_id.sentence.startswith(f"{shell.user_ns['a'].run_id} and a cannot be told apart")
+    with pytest.raises(UsageError, match="--paired takes two runs"):
+        shell.run_line_magic("llm", "compare a --paired")
