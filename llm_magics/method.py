@@ -39,6 +39,12 @@ class Command:
     records_run: bool = True   # training/evaluating commands are recorded; `list`, `save` are not
     launchable: bool = False   # takes --devices/--nodes above 1 (torchrun workers: llm_magics.launch)
 
+    @property
+    def launcher(self) -> str:
+        """The Method's function the runner calls instead of `handler` when --devices/--nodes ask for workers:
+        `launch_<handler>(self, options, ctx)`, which sends the same command to torchrun workers."""
+        return f"launch_{self.handler}"
+
 
 class Method:
     name: ClassVar[str] = ""

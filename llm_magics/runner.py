@@ -180,8 +180,10 @@ def _run(handler, command, options, ctx: RunContext):
     device_pref = getattr(options, "device", None)
     # A launched run (--devices) measures its workers' memory; the kernel must not touch CUDA.
     from .launch.options import launched
-    if launched(options) and not command.launchable:
-        raise UsageError(one_process(type(handler.__self__), command))
+    if launched(options):   # the one place that decides where a run executes: here, or on torchrun workers
+        if not command.launchable:
+            raise UsageError(one_process(type(handler.__self__), command))
+        handler = getattr(handler.__self__, command.launcher)
     monitor_device = ctx.device(device_pref) if command.records_run and not launched(options) else None
     try:
         with MemoryMonitor(monitor_device) as memory:

@@ -29,8 +29,11 @@ Hooks, each optional:
   peak learning rates (the rest trains at the peak lr).
 - `resume_keys`: the options that must match for `--resume` to continue a run.
 - `title(options, source)`, `plan_label(options)`: what the live view says.
+- `prepare_data(run)`: the data (default: the shared data options).
 - `prepare(run)`: build the model, tokenizer and engine task yourself (`%lora`
   wraps the base with an adapter here); `finish(run, result)`: after training.
+- `train(run) -> Outcome`: the trainer (default: the engine's loop).
+- `build_result(run, outcome)`: the Result (default: `training_result`).
 """
 from __future__ import annotations
 
@@ -57,7 +60,7 @@ from .engine.features import POOLINGS, default_pooling
 from .engine.rng import seeded
 from .engine.loop import Outcome, TrainConfig, TrainLoop
 from .errors import UsageError
-from .launch import launched, run_launched
+from .launch import run_launched
 from .method import Method, Result
 from .models import cached, hold, load_model, resolve, trainable
 from .models.classifier import SequenceClassifier
@@ -70,7 +73,8 @@ from .tasks.classify import TokenTask, predict_logits
 __all__ = ["TrainingMethod", "ClassifierTrainingMethod", "CausalLMTrainingMethod", "TrainingRun",
            "ClassificationOptions", "SftOptions", "TaskOptions", "ClassifierTrainingOptions",
            "CausalLMTrainingOptions", "TrainedResult", "TrainConfig", "Outcome", "TRAINING_RESUME_KEYS",
-           "training_result", "prepare_data", "train_config", "describe_run", "close_run", "plot_history",
+           "training_result", "result_fields", "prepare_data", "train_config", "describe_run", "close_run",
+           "plot_history",
            "find_checkpoint", "check_resumable", "save_run_options", "Predicate", "ParamGroup"]
 
 Predicate = Callable[[str, torch.nn.Parameter], bool]
@@ -341,7 +345,7 @@ def training_result(result_cls: type[TrainedResult], run: "TrainingRun", outcome
     """The one place a training Result is built: metrics (the restored best weights scored on
     validation and test, the last train loss), what trained, history, curves, artifacts,
     throughput. `extra` sets fields of `result_cls` (and may add artifacts)."""
-    o, ctx, model, task, plan = run.options, run.ctx, run.model, run.engine_task, run.plan
+    o, ctx, model, task = run.options, run.ctx, run.model, run.engine_task
     metrics: dict[str, float] = {}
     metrics.update(task.split_scores(model, "val"))
     if run.task == "sft" and outcome.history and "val_loss" in outcome.history[0]:
@@ -352,24 +356,14 @@ def training_result(result_cls: type[TrainedResult], run: "TrainingRun", outcome
         metrics["train_loss"] = float(outcome.losses[-1][1])
     metrics["epochs"] = round(outcome.epochs_run, 3)
     metrics["steps"] = outcome.steps
-    history = pd.DataFrame(outcome.history)
-    tables = {"trainable parameters": plan.groups}
-    if len(history):
-        tables["history"] = history
-    artifacts = {"run_dir": str(ctx.run_dir), **extra.pop("artifacts", {})}
+    fields = result_fields(run, outcome, model)
+    artifacts = {**fields["artifacts"], **extra.pop("artifacts", {})}
     if checkpoint.has_weights(ctx.run_dir / "checkpoint-best"):
         artifacts["best_checkpoint"] = str(ctx.run_dir / "checkpoint-best")
     if checkpoint.exists(ctx.run_dir / "checkpoint-last"):
         artifacts["resume_checkpoint"] = str(ctx.run_dir / "checkpoint-last")
-    dtype, dtype_notes = compute_dtype(next(model.parameters()).dtype, train_dtype(run.device, o.dtype))
-    fields = dict(method=ctx.method, model=run.source.short, metrics=metrics, data_fingerprint=run.data.fingerprint,
-                  device=str(run.device), dtype=dtype, status=outcome.status,
-                  label_names=getattr(run.data, "label_names", None), task=run.task, history=history,
-                  trainable_params=plan.trainable, total_params=plan.total, tables=tables,
-                  figures={"training curves": plot_history(history, outcome.losses)} if len(history) else {},
-                  artifacts=artifacts, notes=run.notes + outcome.notes + plan.notes + dtype_notes,
-                  tokens_per_s=outcome.tokens_per_s, rows_per_s=outcome.rows_per_s,
-                  _model=model, _tokenizer=run.tokenizer, _max_length=o.max_length)
+    fields.update(metrics=metrics, artifacts=artifacts, label_names=getattr(run.data, "label_names", None),
+                  task=run.task, _model=model, _tokenizer=run.tokenizer, _max_length=o.max_length)
     fields.update(extra)
     if result_cls._need_model is TrainedResult._need_model and "_model" not in extra:
         # Issue 9 item 16: the weights stay on disk; the newest Results keep their model loaded.
@@ -378,6 +372,23 @@ def training_result(result_cls: type[TrainedResult], run: "TrainingRun", outcome
     if result._weights is not None:
         keep_loaded(result)
     return result
+
+
+def result_fields(run: "TrainingRun", outcome: Outcome, model) -> dict[str, Any]:
+    """What every training Result says of its run (any Result class): model, data, device, the dtype it
+    computed in, status, what trained, history and its curves, notes, throughput, the run folder."""
+    history = pd.DataFrame(outcome.history)
+    tables = {"trainable parameters": run.plan.groups}
+    if len(history):
+        tables["history"] = history
+    dtype, dtype_notes = compute_dtype(next(model.parameters()).dtype, train_dtype(run.device, run.options.dtype))
+    return dict(method=run.ctx.method, model=run.source.short, data_fingerprint=run.data.fingerprint,
+                device=str(run.device), dtype=dtype, status=outcome.status, history=history,
+                trainable_params=run.plan.trainable, total_params=run.plan.total, tables=tables,
+                figures={"training curves": plot_history(history, outcome.losses)} if len(history) else {},
+                artifacts={"run_dir": str(run.ctx.run_dir)},
+                notes=run.notes + outcome.notes + run.plan.notes + dtype_notes,
+                tokens_per_s=outcome.tokens_per_s, rows_per_s=outcome.rows_per_s)
 
 
 def close_run(result: Result, ctx, outcome: Outcome) -> Result:
@@ -432,6 +443,7 @@ class TrainingRun:
     plan: trainable.Plan | None = None
     loaded: Any = None                        # models.Loaded
     group_by_length: bool = True
+    autocast: torch.dtype | None = None       # what the forward passes compute in (engine.device.train_dtype)
     loop_hooks: dict[str, Any] = field(default_factory=dict)   # TrainLoop's before_zero_grad / weights_state
     run_options: dict[str, Any] = field(default_factory=dict)  # extra values saved for --resume
 
@@ -444,6 +456,7 @@ class TrainingMethod(Method):
     resume_keys: ClassVar[tuple[str, ...]] = TRAINING_RESUME_KEYS
     result_class: ClassVar[type[TrainedResult]] = TrainedResult
     launchable: ClassVar[bool] = True    # run() takes --devices/--nodes (llm_magics.launch)
+    model_option: ClassVar[str] = "model"   # the option naming the model that trains
 
     # -- hooks ----------------------------------------------------------------------------
     def select_trainable(self, model: torch.nn.Module, options) -> Predicate | None:
@@ -466,6 +479,11 @@ class TrainingMethod(Method):
         values = {k: v for k, v in opts.as_dict(options).items() if k in self.resume_keys}
         values["lr"] = self.peak_lr(options)
         return values
+
+    def prepare_data(self, run: TrainingRun) -> None:
+        """Set `run.data` (and start `run.notes` with its notes): the shared --data/--validation/--test."""
+        run.data = prepare_data(run.options, run.ctx, run.task)
+        run.notes = list(run.data.notes)
 
     def check(self, run: TrainingRun) -> None:
         """Refuse what cannot run, before anything loads (after the data)."""
@@ -506,31 +524,46 @@ class TrainingMethod(Method):
         return self.task or getattr(options, "task", "classify")
 
     def run(self, o, ctx) -> TrainedResult:
-        if launched(o):   # --devices/--nodes above 1: torchrun workers run it (llm_magics.launch)
-            return run_launched(self, o, ctx)
-        task = self.task_of(o)
-        run = TrainingRun(o, ctx, task, ctx.device(o.device), resolve(o.model), None)
-        train_dtype(run.device, o.dtype)   # a dtype this device cannot train in is refused before anything loads
-        run.resume_dir = find_checkpoint(o.resume, ctx) if o.resume else None
-        run.data = prepare_data(o, ctx, task)
-        run.notes = list(run.data.notes)
+        run = self.start(o, ctx)
+        self.prepare(run)
+        if hasattr(o, "resume"):   # what --resume must find unchanged
+            save_run_options(ctx.run_dir, {**self.resume_values(o), **run.run_options}, run.data.fingerprint)
+        describe_run(ctx, run.progress, run.plan)
+        outcome = self.train(run)
+        result = self.build_result(run, outcome)
+        self.finish(run, result)
+        return close_run(result, ctx, outcome)
+
+    def start(self, o, ctx) -> TrainingRun:
+        """Device, dtype, model source, --resume, data and checks; the live view: all before anything loads."""
+        run = TrainingRun(o, ctx, self.task_of(o), ctx.device(o.device), resolve(getattr(o, self.model_option)), None)
+        run.autocast = train_dtype(run.device, o.dtype)   # a dtype the device cannot train in: refused here
+        resume = getattr(o, "resume", None)
+        run.resume_dir = find_checkpoint(resume, ctx) if resume else None
+        self.prepare_data(run)
         if run.resume_dir:
             check_resumable(run.resume_dir, self.resume_values(o), run.data.fingerprint)
         self.check(run)
         run.progress = ctx.progress(self.title(o, run.source))
-        self.prepare(run)
-        save_run_options(ctx.run_dir, {**self.resume_values(o), **run.run_options}, run.data.fingerprint)
-        describe_run(ctx, run.progress, run.plan)
-        config = train_config(o, run.device, self.peak_lr(o), task, run.group_by_length,
+        return run
+
+    def launch_run(self, o, ctx):
+        """What the runner calls for --devices/--nodes above 1: the run on torchrun workers
+        (llm_magics.launch), each running this method's `run()`."""
+        return run_launched(self, o, ctx)
+
+    def train(self, run: TrainingRun) -> Outcome:
+        """Train `run.model` on `run.engine_task`: the engine's loop (a launched worker's context names its
+        data-parallel loop, engine/distributed.py). A method may put another trainer (TRL's) here."""
+        o = run.options
+        config = train_config(o, run.device, self.peak_lr(o), run.task, run.group_by_length,
                               self.param_groups(run.model, o))
-        loop_class = getattr(ctx, "train_loop", TrainLoop)   # a launched worker's: engine/distributed.py
-        loop = loop_class(run.model, run.engine_task, config, run.progress, ctx.run_dir, run.device, **run.loop_hooks)
+        loop_class = getattr(run.ctx, "train_loop", TrainLoop)
+        loop = loop_class(run.model, run.engine_task, config, run.progress, run.ctx.run_dir, run.device,
+                          **run.loop_hooks)
         if run.resume_dir:
             loop.resume(run.resume_dir)
-        outcome = loop.run()
-        result = self.build_result(run, outcome)
-        self.finish(run, result)
-        return close_run(result, ctx, outcome)
+        return loop.run()
 
     def build_result(self, run: TrainingRun, outcome: Outcome) -> TrainedResult:
         return training_result(self.result_class, run, outcome)

@@ -260,6 +260,8 @@ def test_commands_that_cannot_launch_refuse_devices_rather_than_ignore_them(shel
                                          "reward"):
         shell.run_line_magic("rlhf", f"ppo --prompts {tmp_path / 'prompts.jsonl'} --devices 2")
     with pytest.raises(UsageError, match="%rlhf grpo runs in one process"):
+        shell.run_line_magic("rlhf", f"grpo --prompts {tmp_path / 'prompts.jsonl'} --devices 2")
+    with pytest.raises(UsageError, match="^%rlhf grpo: unknown option --nodes"):   # declared only where read
         shell.run_line_magic("rlhf", f"grpo --prompts {tmp_path / 'prompts.jsonl'} --nodes 2 --master-addr h")
 
 

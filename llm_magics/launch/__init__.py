@@ -3,8 +3,8 @@
     %finetune --model minilm --data df --train all --devices 2        # two workers (DDP)
     %lora --model smollm2 --data df --devices 4 --strategy ddp
 
-`run_launched(method, options, ctx)` is what a training method's `run()` does when
-`--devices` (or `--nodes`) is above 1: it writes the run's spec and data
+`run_launched(method, options, ctx)` is what a command's launcher (`launch_<handler>`, which the
+runner calls when `--devices` or `--nodes` is above 1) does: it writes the run's spec and data
 (`spec.py`, Parquet), starts torchrun (`launcher.py`) whose workers
 (`llm_magics.jobs.worker`) run the same method on the engine's `DistributedTrainLoop`, replays
 rank 0's progress events onto the run's live view (`events.py`), relays Stop, and
@@ -41,8 +41,8 @@ def run_launched(method, o, ctx, command: str | None = None, model: str | None =
                  restore=None):
     """Run `method` with options `o` as torchrun workers; the Result, as a one-process run returns it.
 
-    A training method's `run()` calls it with `o` alone. A subcommand that takes --devices (`%rlhf reward`,
-    `%rlhf dpo`) names itself (`command`, the word the workers run), its model option's value (`model`;
+    A training method's `launch_run()` calls it with `o` alone. A subcommand that takes --devices
+    (`%rlhf reward`, `%rlhf dpo`) names itself (`command`, the word the workers run), its model option's value (`model`;
     default `o.model`), the live view's `title` (default `method.title(o, source)`) and `restore(result)`,
     which makes the kernel's Result usable from what the workers saved (default: the model rebuilt from
     rank 0's weights on first use, as the method's `prepare()` builds it)."""

@@ -94,6 +94,22 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, prefix: str) -> d
             f"{prefix}_margin": float(margin.mean())}
 
 
+def with_tuner(model: SequenceClassifier, o, steps: int, model_path, seed: int) -> nn.Module:
+    """`model` wrapped with the PEFT tuner `--train` names (`%lora`'s config for it; the score head trains
+    beside it as modules_to_save), its bias fixed at zero; the adapter drawn from the run's seed."""
+    from peft import get_peft_model
+
+    from ..adapters.kinds import AdapterSpec
+    from ..adapters.methods import build_config
+    from ..engine.rng import seeded
+    spec = AdapterSpec(**{**AdapterSpec.from_options(o).__dict__, "method": o.train})
+    config = build_config(spec, model, None, steps, model_path, modules_to_save=["head"])
+    with seeded(seed):
+        peft = get_peft_model(model, config)
+    fix_score_bias(peft)   # the head's trained copy included
+    return peft
+
+
 class PairTask:
     """TrainTask for the engine: batches of pairs, chosen rows first, rejected rows after."""
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import pandas as pd
 
 from ...method import Command, Method
+from ...models import resolve
 from .judge import run_collect, run_eval
+from .launch import launch_reward
 from .options import (CollectOptions, DpoOptions, EvalOptions, ListOptions, OnlineOptions, PpoOptions,
                       RewardOptions)
 from .ppo import run_ppo
-from .reward import train_reward
-from .trl_runs import run_offline, run_online
+from .reward import RewardTraining
+from .trl_runs import launch_offline, run_offline, run_online
 
 
 class RlhfMethod(Method):
@@ -50,7 +52,20 @@ class RlhfMethod(Method):
 
 
     def reward(self, o: RewardOptions, ctx):
-        return train_reward(o, ctx)
+        return RewardTraining().run(o, ctx)
+
+    # --devices/--nodes above 1: the runner calls these instead (torchrun workers run the command itself)
+    def launch_reward(self, o: RewardOptions, ctx):
+        return launch_reward(o, ctx, RewardTraining().title(o, resolve(o.model)))
+
+    def launch_dpo(self, o: DpoOptions, ctx):
+        return launch_offline("dpo", o, ctx)
+
+    def launch_kto(self, o: DpoOptions, ctx):
+        return launch_offline("kto", o, ctx)
+
+    def launch_orpo(self, o: DpoOptions, ctx):
+        return launch_offline("orpo", o, ctx)
 
     def ppo(self, o: PpoOptions, ctx):
         return run_ppo(o, ctx)

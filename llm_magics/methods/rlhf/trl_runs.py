@@ -16,6 +16,18 @@ if TYPE_CHECKING:
     from ...rlhf.policy import PreferenceResult
 
 
+def check_offline(kind: str, o: DpoOptions) -> None:
+    if kind != "dpo" and o.sft_weight:
+        raise UsageError(f"--sft-weight is a DPO option (RPO); %rlhf {kind} has no such term: drop it or use dpo")
+
+
+def launch_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
+    """`--devices/--nodes` above 1 (the runner's call): torchrun workers run `run_offline` (launch.py)."""
+    from .launch import launch_trl
+    check_offline(kind, o)
+    return launch_trl(kind, o, ctx, f"rlhf {kind} · {resolve(o.policy).short} · --method {o.method} · β={o.beta}")
+
+
 def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     """DPO, KTO or ORPO through TRL: the same data, devices, live view, Stop, adapters and metrics."""
     import copy
@@ -24,14 +36,8 @@ def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     from ...engine.device import train_dtype
     from ...rlhf.trl_bridge import ProgressCallback, implicit_rewards, pair_logprobs, trl_common
     from ...rlhf.policy import PreferenceResult
-    from ...launch import launched
     from .launch import rank, world
-    if kind != "dpo" and o.sft_weight:
-        raise UsageError(f"--sft-weight is a DPO option (RPO); %rlhf {kind} has no such term: drop it or use dpo")
-    if launched(o):   # --devices/--nodes above 1: torchrun workers run this same function (launch.py)
-        from .launch import launch_trl
-        return launch_trl(kind, o, ctx,
-                          f"rlhf {kind} · {resolve(o.policy).short} · --method {o.method} · β={o.beta}")
+    check_offline(kind, o)
     device = ctx.device(o.device)
     source = resolve(o.policy)
     data, notes = preference_data(o, ctx)
