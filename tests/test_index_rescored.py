@@ -55,6 +55,7 @@ def test_each_precision_builds_saves_loads_and_queries(tiny_bert, precision, inn
     kwargs = {} if precision == "auto" else {"precision": precision}
     result = api.index.build(name="ix", source=frame, doc_id="id", model=str(tiny_bert), dtype="float32", **kwargs)
     assert result.info["params"]["precision"] == precision
+    assert ("rescored in float32" in " ".join(result.notes)) == (precision == "auto")
     loaded = store._load("ix", store.folder_of("ix"))      # read back from disk, not the session's copy
     assert isinstance(faiss.downcast_index(loaded.dense.index), inner)
     hits = api.index.query(name="ix", query=texts[9], k=3, mode="dense")

@@ -29,7 +29,7 @@ from ..options import option, positive
 from ..retrieval import chunk_documents, check_sizes, load_documents, load_embedder
 from ..retrieval import store
 from ..retrieval.store import MODES, Index, Manifest, name_problem
-from ..retrieval.vectors import KINDS, PRECISIONS, Params, resolve_kind, settle
+from ..retrieval.vectors import KINDS, PRECISIONS, Params, precision_notes, resolve_kind, settle
 from ..runner import run_method
 
 
@@ -181,6 +181,7 @@ class IndexMethod(Method):
         notes += size_notes
         if o.kind == "auto":
             notes.append(f"--kind auto chose {params.kind} for {len(chunks):,} chunks")
+        notes += precision_notes(params)
         return self._result(index, embedder, stats, docs, len(chunks), seconds, notes)
 
     def add(self, o: AddOptions, ctx) -> IndexResult:

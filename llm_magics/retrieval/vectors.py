@@ -85,6 +85,14 @@ def settle(params: Params, n: int) -> None:
                          "use --kind flat or hnsw for small corpora")
 
 
+def precision_notes(params: Params) -> list[str]:
+    """What a build's Result says about how its vectors are stored, when the default chose for it."""
+    if params.kind == "flat" and params.precision == "auto":
+        return [f"exact search: a float16 scan, its best {RESCORE:g}·k candidates rescored in float32 (float32's "
+                "results, about twice as fast, 1.5x its memory); --precision float32 or float16 for one alone"]
+    return []
+
+
 def new_index(params: Params, dim: int, training: np.ndarray | None = None):
     """An empty index of `params.kind` (IVF trained on `training`)."""
     metric = faiss.METRIC_INNER_PRODUCT
