@@ -5,8 +5,8 @@
 Each rung is a registered method's line ("probe", "finetune --train last:1", "lora --r 4", a plugin's
 "bitfit"), run once per seed (`--seed s`) one after another in a background thread, each run recorded with
 the ladder's id (in the run store's sweep_id column, as a sweep's points are). The first seed of every rung is
-its pilot: timed, it tells how many further seeds fit in `--budget`; a pilot that runs past what is left is
-stopped cleanly. Stop ends the current run cleanly and skips the rest; whatever finished is kept.
+its pilot: timed, it tells how many further seeds fit in `--budget`; a pilot that runs past its share of what is
+left (the time left over the rungs still to pilot) is stopped cleanly and the rung skipped. Stop ends the current run cleanly and skips the rest; whatever finished is kept.
 
 The summary (`LadderResult`) is made from run records, so the same code draws it live and, from the ladder's
 file in the cache folder, after a restart (`%llm compare --ladder ID`): the table (the metric's mean with
@@ -35,7 +35,7 @@ import pandas as pd
 from .. import options as opts
 from ..errors import UsageError
 from ..progress.events import format_seconds
-from ..progress.theme import BEST_ROW, WARN, scroll_box, status_colour
+from ..progress.theme import BEST_ROW, FAINT, WARN, scroll_box, status_colour
 from ..records import as_dict
 from ..runs import predictions, stats
 from ..runs.store import RunStore
@@ -89,6 +89,8 @@ class LadderOptions:
     model_encoder: str = opts.option("minilm", "the encoder the probe and the trained rungs adapt")
     model_causal: str = opts.option("smollm2", "the causal model the in-context rungs prompt")
     shots: int = opts.option(ICL_DEFAULT_SHOTS, "demonstrations of the k-shot ICL rung", check=opts.positive)
+    template: str | None = opts.option(None, "the in-context rungs' prompt (default: \"Text: {text}\\nAnswer: "
+                                             "{label}\" with the data's columns); \\n is a newline", metavar="TEXT")
     text: str | None = opts.option(None, "the text column (default: inferred, as every method does)")
     label: str | None = opts.option(None, "the label column (default: inferred)")
     metric: str = opts.option("test_accuracy", "the score rungs are ranked by")
@@ -174,7 +176,8 @@ def rung_line(rung: Rung, options: LadderOptions, columns: Columns, seed: int) -
     elif "demos" in specs:   # prompted: the test rows are the queries, the training rows the demonstrations
         tokens += ["--data", options.test, "--demos", options.data, "--labels", ",".join(columns.labels),
                    "--label", columns.label, "--no-zero-shot"]
-        cell = f"Text: {{{columns.text}}}\nAnswer: {{{columns.label}}}"
+        cell = (options.template.replace("\\n", "\n") if options.template
+                else f"Text: {{{columns.text}}}\nAnswer: {{{columns.label}}}")
     else:
         raise UsageError(f"--rungs: {rung.method} takes neither --test nor --demos: a rung must score the test rows")
     return tokens + rung.tokens + ["--seed", str(seed)], cell
@@ -249,7 +252,7 @@ class Ladder:
     def _work(self) -> None:
         try:
             self._save()
-            for rung in self.rungs:   # the pilots: each rung's first seed, timed
+            for index, rung in enumerate(self.rungs):   # the pilots: each rung's first seed, timed
                 if self._skip_if_stopped(rung):
                     continue
                 left = self.left_s()
@@ -257,7 +260,8 @@ class Ladder:
                     self._skip(rung, f"skipped: the budget ({format_seconds(self.budget_s)}) was spent by the "
                                      "rungs before it")
                     continue
-                self._run_seed(rung, 0, limit_s=left)
+                # a pilot gets its share of what is left, so one slow rung cannot crowd out the rungs after it
+                self._run_seed(rung, 0, limit_s=None if left is None else left / (len(self.rungs) - index))
             ran = {r.label: r.pilot_s for r in self.rungs if r.records and r.pilot_s is not None}
             extra = plan_seeds(ran, self.options.seeds, self.left_s())
             for seed in range(1, self.options.seeds):
@@ -318,8 +322,8 @@ class Ladder:
         if status != "ok":   # stopped part-way: not a score of the rung
             over_budget = limit_s is not None and took >= limit_s and not self._stop.is_set()
             rung.status = "skipped" if over_budget else "stopped"
-            rung.reason = (f"skipped: its pilot ran past the {format_seconds(limit_s)} left of the budget and was "
-                           "stopped" if over_budget else f"stopped during seed {seed}")
+            rung.reason = (f"skipped: its pilot ran past its share of the budget ({format_seconds(limit_s)}) and "
+                           "was stopped" if over_budget else f"stopped during seed {seed}")
             self._notify()
             return
         record = result.record()
@@ -685,20 +689,20 @@ def ladder_html(result: LadderResult, running: str | None = None) -> str:
     """The table (one row per rung, filling in), the recommendation, the notes and the plot."""
     table = result.table()
     head = ["rung", "status", "seeds", result.metric, "± t (seeds)", "± rows", "train", "peak MB", "trainable",
-            "ms/query", "vs best (points)"]
+            "ms/query", "vs best (points)", "frontier"]
     cells = "".join(f"<th style='padding:2px 8px;text-align:left'>{html.escape(h)}</th>" for h in head)
     rows = []
     for _, row in table.iterrows():
         best = result.best is not None and row["rung"] == result.best.label
-        style = BEST_ROW if best else ("" if row["frontier"] or row["status"] not in ("ok", "partial")
-                                       else "color:#999")
+        dominated = not row["frontier"] and row[result.metric] == row[result.metric]
+        style = BEST_ROW if best else (f"color:{FAINT}" if dominated else "")
         status = str(row["status"]) if row["rung"] != running else "running"
         values = [html.escape(row["rung"]), f"<span style='color:{status_colour(status)}'>{html.escape(status)}</span>",
                   str(row["seeds"]), _num(row[result.metric], 3), _half(row["t low"], row["t high"]),
                   _half(row["rows low"], row["rows high"]),
                   format_seconds(row["train s"]) if row["train s"] == row["train s"] else "",
                   _num(row["peak mem MB"], 0), _num(row["trainable"], 0), _num(row["latency ms"], 1),
-                  html.escape(str(row["vs best"]))]
+                  html.escape(str(row["vs best"])), "✓" if row["frontier"] else ("dominated" if dominated else "")]
         title = html.escape(f"{row['line']}" + (f" — {row['note']}" if row["note"] else ""))
         rows.append(f"<tr title='{title}' style='{style}'>"
                     + "".join(f"<td style='padding:2px 8px;white-space:nowrap'>{v}</td>" for v in values) + "</tr>")
