@@ -180,3 +180,16 @@ def test_compare_ladder_redraws_it_after_the_session_is_cleared(shell, splits, t
     assert redrawn.sentence == before.sentence
     with pytest.raises(UsageError, match="no recorded ladder"):
         shell.run_line_magic("llm", "compare --ladder ladder-00000000")
+
+
+def test_the_widget_view_shows_a_row_per_rung_and_its_stop_skips_the_rest(splits):
+    from llm_magics.tune.ladder import Ladder, LadderOptions, LadderView
+    train, test = splits
+    ladder = Ladder(LadderOptions(data="train", test="test", rungs="probe; icl --shots 1"), {"train": train, "test": test})
+    view = LadderView(ladder)
+    assert view.board.value.count("<tr") == 3 and "waiting" in view.board.value
+    view._stop()
+    assert ladder.stopping and view.stop_button.disabled
+    ladder.run()
+    assert view.stop_button.description == "Ladder stopped" and view.board.value.count(">skipped<") == 2
+    assert "nothing to recommend" in view.snapshot_html()
