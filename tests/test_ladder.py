@@ -55,7 +55,7 @@ def test_three_rungs_two_seeds_table_frontier_and_recommendation(splits, tiny_be
     assert set(table.index[table["frontier"]]) == pareto(points)
     assert "icl --shots 2" in result.frontier   # nothing costs less than no training
     # the recommendation: the cheapest rung not significantly below the best
-    near = [r for r in result.rungs if r is result.best or not result.tests[r.label].below]
+    near = [r for r in result.rungs if r is result.best or result.tests[r.label].within_noise]
     assert result.recommended is min(near, key=lambda r: (r.costs["train_s"], -r.mean))
     assert result.recommended.label in result.sentence
     assert "per-item predictions" in " ".join(result.notes)   # the finetune rung is compared by intervals only
@@ -90,7 +90,14 @@ def test_the_cheapest_rung_within_noise_wins_and_a_significantly_worse_one_does_
     # without the close rung the best itself is recommended, and the sentence says why
     alone = LadderResult("ladder-test", [rungs[0], rungs[2]], "test_accuracy", "train_s", 1, "done")
     assert alone.recommended.label == "all layers"
-    assert "every cheaper rung is significantly below it" in alone.sentence
+    assert "no cheaper rung is shown to be within noise of it (the nearest, cheap but worse, is 20.0 points " \
+        "below, p = " in alone.sentence
+    # a one-seed rung without per-item predictions has no interval: neither below nor recommended
+    point = synthetic("no predictions", close, 10.0)
+    del point["records"][0]["predictions_frame"]
+    untested = LadderResult("ladder-test", [point, rungs[2]], "test_accuracy", "train_s", 1, "done")
+    assert not untested.tests["no predictions"].tested and untested.recommended.label == "all layers"
+    assert "no interval to test" in untested.sentence
     # a dominated rung (costs more, scores less) is off the frontier
     assert pareto([("a", 1.0, 0.9), ("b", 2.0, 0.8), ("c", 3.0, 0.95)]) == {"a", "c"}
 

@@ -507,6 +507,11 @@ class AgainstBest:
     p: float | None                       # exact McNemar (one seed: 0/1 correctness)
     paired: bool                          # False: compared by intervals only (no per-item predictions)
     below: bool                           # significantly below the best
+    tested: bool = True                   # False: one seed and no per-item predictions, so no interval to test
+
+    @property
+    def within_noise(self) -> bool:
+        return self.tested and not self.below
 
 
 def against_best(rung: RungSummary, best: RungSummary) -> AgainstBest:
@@ -527,6 +532,8 @@ def against_best(rung: RungSummary, best: RungSummary) -> AgainstBest:
             return AgainstBest(d.mean, d.low, d.high, test.mcnemar_p, True, below)
     mine, theirs = rung.rows or rung.score, best.rows or best.score
     difference = rung.mean - best.mean
+    if mine.n < 2:   # one seed and no rows: a point, not an interval
+        return AgainstBest(difference, float("nan"), float("nan"), None, False, False, tested=False)
     return AgainstBest(difference, float("nan"), float("nan"), None, False, mine.high < theirs.low)
 
 
@@ -591,6 +598,8 @@ class LadderResult:
 
 
 def _vs_best(test: AgainstBest) -> str:
+    if not test.tested:
+        return f"{100 * test.difference:+.1f} (no interval)"
     if not test.paired:
         return f"{100 * test.difference:+.1f} (intervals{', below' if test.below else ''})"
     p = f", p = {test.p:.2g}" if test.p is not None else ""
@@ -610,7 +619,7 @@ def recommend(scored: list[RungSummary], best: RungSummary | None, tests: dict[s
     """The cheapest rung whose score is not significantly below the best (the best itself when none is)."""
     if best is None:
         return None
-    near = [r for r in scored if r is best or not tests[r.label].below]
+    near = [r for r in scored if r is best or tests[r.label].within_noise]
     return min(near, key=lambda r: (_cost_or_inf(r, cost), -r.mean))
 
 
@@ -630,8 +639,8 @@ def recommendation_sentence(result: LadderResult) -> str:
         if not cheaper:
             return f"{best.label} is the best rung ({_points(best.mean)}) and also the cheapest in {what}"
         nearest = max(cheaper, key=lambda r: r.mean)
-        return (f"{best.label} is the best rung ({_points(best.mean)}): every cheaper rung is significantly below it "
-                f"(the nearest, {nearest.label}, by {_points(best.mean - nearest.mean)} points, "
+        return (f"{best.label} is the best rung ({_points(best.mean)}): no cheaper rung is shown to be within noise "
+                f"of it (the nearest, {nearest.label}, is {_points(best.mean - nearest.mean)} points below, "
                 f"{_evidence(result.tests[nearest.label])})")
     test = result.tests[pick.label]
     share = _cost_or_inf(pick, result.cost) / _cost_or_inf(best, result.cost) \
@@ -647,6 +656,8 @@ def _points(value: float) -> str:
 
 
 def _evidence(test: AgainstBest) -> str:
+    if not test.tested:
+        return "one seed and no per-item predictions: no interval to test"
     if not test.paired:
         return "compared by intervals only: no per-item predictions"
     if test.p is not None:
@@ -739,8 +750,10 @@ class TextLadderView:
                 continue
             self._said.add(rung.label)
             score = summarise(_rung_state(rung), ladder.options.metric).score
-            print(f"[{ladder.id}] {rung.label}: {rung.status}" + (f" {ladder.options.metric}={score}" if score else "")
-                  + (f" ({rung.reason})" if rung.reason else ""), file=out, flush=True)
+            said = rung.reason if rung.reason.startswith(rung.status) else \
+                rung.status + (f" ({rung.reason})" if rung.reason else "")   # a skip's reason says 'skipped' itself
+            print(f"[{ladder.id}] {rung.label}: {said}" + (f" {ladder.options.metric}={score}" if score else ""),
+                  file=out, flush=True)
         if ladder.finished and "__end__" not in self._said:
             self._said.add("__end__")
             print(f"[{ladder.id}] {ladder.result().sentence}", file=out, flush=True)
