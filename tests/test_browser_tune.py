@@ -1,8 +1,11 @@
 """`%llm tune` in a real browser: JupyterLab on 127.0.0.1 with a token, Debian's Chromium driven by Playwright.
 
-It opens a notebook, opens the panel, picks a method and data, runs, sees the progress bar advance and
-the chart draw, clicks Stop, sees the run end as stopped, runs a 2-point sweep and sees two leaderboard
-rows. Screenshots go to tests/output/browser_tune/ (or $LLM_MAGICS_TEST_OUTPUT): look at them.
+It opens a notebook, opens the panel, picks a method and data (each field's help on the page, fields that
+do not apply hidden), runs, sees the progress bar advance and the chart draw, clicks Stop, sees the run end
+as stopped, runs a 2-point sweep and sees two leaderboard rows and the plot against the swept option, tries
+the stopped run's Result on a typed text (Try tab), switches to the dark theme, then saves the notebook,
+shuts its kernel down, reloads it and sees the views' snapshots and no "Error displaying widget".
+Screenshots go to tests/output/browser_tune/ (or $LLM_MAGICS_TEST_OUTPUT): look at them.
 
 Run it alone:  python -m pytest -q -m browser tests/test_browser_tune.py
 Needs: `pip install -e ".[browser]"` (jupyterlab, playwright) and `apt-get install -y chromium`
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -106,6 +110,9 @@ def lab(tmp_path, tiny_bert):
         log.close()
 
 
+# Output nodes on screen that say "Error displaying widget" (hidden ones do not count).
+VISIBLE_WIDGET_ERRORS = """() => [...document.querySelectorAll('.jp-OutputArea-output')].filter(
+  n => n.textContent.includes('Error displaying widget') && n.offsetParent !== null).length"""
 KERNEL_IDLE = """() => { const w = window.jupyterapp.shell.currentWidget;
   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
   return k && k.status === 'idle'; }"""
@@ -113,7 +120,6 @@ KERNEL_IDLE = """() => { const w = window.jupyterapp.shell.currentWidget;
 
 def button(panel, text: str):
     """A panel button by its text (its icon's glyph is part of its accessible name, not of its text)."""
-    import re
     return panel.locator("button.widget-button").filter(has_text=re.compile(rf"^\s*{re.escape(text)}\s*$")).first
 
 
@@ -149,6 +155,13 @@ def test_tune_panel_in_jupyterlab(lab):
                 field(panel, label).fill(text)
             field(panel, "--epochs").press("Tab")
             expect(panel.locator("pre.llm-magics-line")).to_contain_text("--epochs 300")
+            # Each field's help is on the page: its first clause under the field, the whole of it as a title.
+            epochs_help = panel.locator(".llm-magics-field:has(label:text-is('--epochs')) .llm-magics-help").first
+            expect(epochs_help).to_be_visible()
+            expect(epochs_help).to_have_text("passes over the training data")
+            assert "(default: 3)" in epochs_help.get_attribute("title")
+            # Options that do not apply are hidden: the SFT columns under --task classify.
+            expect(panel.locator(".llm-magics-field:has(label:text-is('--prompt'))")).to_be_hidden()
             page.screenshot(path=str(OUTPUT / "1-panel.png"), full_page=True)
 
             button(panel, "Run").click()
@@ -177,6 +190,9 @@ def test_tune_panel_in_jupyterlab(lab):
             expect(board.locator("tr.llm-sweep-row")).to_have_count(2, timeout=120_000)
             expect(board).to_contain_text("2 done of 2 points", timeout=120_000)   # what each point came to
             expect(board).to_contain_text("done", timeout=60_000)
+            plot = panel.locator(".llm-magics-sweep img")   # the metric against the swept option (--C)
+            expect(plot).to_be_visible(timeout=60_000)
+            assert "against --C" in plot.get_attribute("alt")
             page.wait_for_timeout(500)
             page.screenshot(path=str(OUTPUT / "4-leaderboard.png"), full_page=True)
 
@@ -191,6 +207,44 @@ def test_tune_panel_in_jupyterlab(lab):
             button(panel, "Fill the form").click()
             expect(panel.locator("pre.llm-magics-line")).to_contain_text("%finetune --data reviews", timeout=30_000)
             expect(panel.locator("pre.llm-magics-line")).to_contain_text("--epochs 300")
+
+            # The Try tab: the stopped finetune run's Result on a typed text, with each label's probability.
+            panel.locator(".lm-TabBar-tab:has-text('Try')").first.click()
+            expect(panel.locator(".widget-dropdown:has(> label:text-is('Result')) select")).to_have_value(
+                "r_finetune", timeout=30_000)
+            panel.locator(".widget-textarea textarea").last.fill("a brilliant clever film")
+            button(panel, "Try").click()
+            expect(panel.locator(".llm-magics-prediction")).to_have_text(re.compile(r"^(pos|neg)$"), timeout=60_000)
+            expect(panel.locator(".llm-magics-answer tr")).to_have_count(2)
+            expect(panel.locator("pre.llm-magics-export-line")).to_contain_text("%llm export finetune-")
+            page.screenshot(path=str(OUTPUT / "5b-try.png"), full_page=True)
+
+            # The dark theme: the line to copy and the best leaderboard row stay readable (looked at).
+            page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+            page.wait_for_function("document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
+            panel.locator(".lm-TabBar-tab:has-text('Sweep')").first.click()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(OUTPUT / "6-dark.png"), full_page=True)
+
+            # Saved, its kernel shut down, reopened: the views' snapshots show, no "Error displaying widget".
+            expect(page.locator(".llm-magics-snapshot").first).to_be_hidden()   # beside the live panel: hidden
+            page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+            page.wait_for_function("!window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+            page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+            page.wait_for_timeout(2000)
+            page.reload()
+            page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook .jp-OutputArea')",
+                                   timeout=60_000)
+            page.wait_for_function(KERNEL_IDLE, timeout=90_000)   # a fresh kernel: the old widgets' models are gone
+            snapshot = page.locator(".llm-magics-snapshot").first
+            expect(snapshot).to_be_visible(timeout=30_000)
+            expect(snapshot).to_contain_text("%finetune --data reviews")
+            expect(snapshot).to_contain_text("stopped")
+            expect(snapshot.locator(".llm-magics-leaderboard")).to_contain_text("2 done of 2 points")
+            expect(snapshot.locator("img")).to_be_visible()
+            page.wait_for_timeout(3000)   # the widget manager has given up on the old models by now
+            assert page.evaluate(VISIBLE_WIDGET_ERRORS) == 0
+            page.screenshot(path=str(OUTPUT / "7-reopened.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(OUTPUT / "failure.png"), full_page=True)
             raise

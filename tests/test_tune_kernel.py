@@ -127,7 +127,7 @@ def test_panel_runs_probe_lora_and_a_plugin_like_their_lines(kernel, tiny_bert):
     click(kc, ids["run"])
     wait_done(kc)
     line = value(kc, "panel.magic_line()")
-    assert line == f"%lora --data df --model {tiny_bert} --epochs 1 --lr 0.002 --batch-size 16 --r 4 --out lora_run"
+    assert line == f"%lora --data df --model {tiny_bert} --epochs 1 --batch-size 16 --lr 0.002 --r 4 --out lora_run"
     assert value(kc, "lora_run.status") == "ok"
     run(kc, line)
     records = json.loads(value(kc, "json.dumps(store.list(limit=2), default=str)"))
@@ -176,8 +176,11 @@ def test_sweep_view_in_a_kernel_stops_the_whole_sweep(kernel, tiny_bert):
     run(kc, SETUP)
     _, messages = run(kc, f"view = %llm sweep finetune --model {tiny_bert} --data df --train all --batch-size 8 "
                           "--grid \"epochs=300,301\" --out s\nview")
-    assert any(m["msg_type"] == "execute_result"
+    assert any(m["msg_type"] in ("display_data", "execute_result")
                and "application/vnd.jupyter.widget-view+json" in m["content"]["data"] for m in messages)
+    # Beside the widget, its snapshot: HTML with a display id, what a saved notebook keeps of the view.
+    assert any(m["msg_type"] == "display_data" and "llm-magics-snapshot" in m["content"]["data"].get("text/html", "")
+               and m["content"].get("transient", {}).get("display_id") for m in messages)
     deadline = time.time() + 120
     while value(kc, "s.current is not None and s.current.progress.state.done >= 2") != "True":
         assert time.time() < deadline and value(kc, "s.finished") == "False"

@@ -50,16 +50,17 @@ class WidgetSink(HtmlSink):
 
 # ---- snapshots: what a widget view leaves in the saved notebook ------------------------------------------
 
-WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 LIVE_CLASS = "llm-magics-live"          # on a widget view's root while its kernel serves it
 SNAPSHOT_CLASS = "llm-magics-snapshot"
 # Beside a live view the snapshot is hidden (the view shows the same); once the view is gone (the kernel shut
-# down, the notebook reopened) the snapshot shows, and the widget's empty output or its "Error displaying widget:
-# model not found" line is hidden. Scoped to output areas that hold a snapshot: other widgets are left alone.
+# down, the notebook reopened) the snapshot shows, and the widget's "Error displaying widget: model not found"
+# output is hidden: JupyterLab's widget renderer marks its own node .jupyter-widgets only then (a live view's
+# node holds the widget instead). Scoped to output areas that hold a snapshot: other outputs are left alone.
+# (One :has() per compound selector: CSS does not allow :has() inside :has().)
 SNAPSHOT_STYLE = (
     f"<style>.jp-OutputArea:has(.{LIVE_CLASS}) .{SNAPSHOT_CLASS}{{display:none}}"
-    f".jp-OutputArea:has(.{SNAPSHOT_CLASS}) .jp-OutputArea-child:has(> .jp-OutputArea-output"
-    f"[data-mime-type='{WIDGET_MIME}']:not(:has(*))){{display:none}}</style>")
+    f".jp-OutputArea:has(.{SNAPSHOT_CLASS}) .jp-OutputArea-child:has(> .jp-OutputArea-output.jupyter-widgets)"
+    f"{{display:none}}</style>")
 
 
 def snapshot_html(inner: str) -> str:
