@@ -67,8 +67,8 @@ def parse_budget(text: str | None) -> float | None:
 def budget_problem(value) -> str | None:
     try:
         parse_budget(value)
-    except UsageError as exc:
-        return str(exc)
+    except UsageError:
+        return f"give a time such as 20m, 90s or 1.5h, got {value!r}"
     return None
 
 
