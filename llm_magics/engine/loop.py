@@ -1,7 +1,7 @@
 """The training half of the engine: one loop for every method that trains.
 
 A method hands the loop a `TrainTask` (how to batch rows, compute a loss,
-evaluate) and a `TrainConfig`; the loop does the rest: AdamW (fused on CUDA)
+evaluate) and a `TrainConfig`; the loop does the rest: AdamW (fused on CUDA and CPU)
 with warmup and a linear/cosine schedule, bf16 autocast on GPUs that support
 it (fp32 on CPU), gradient accumulation and clipping, length-grouped batches,
 evaluation every epoch or every N steps, early stopping, the best checkpoint
@@ -33,6 +33,7 @@ from .rng import RunRng
 from .throughput import Throughput
 
 SCHEDULERS = ("linear", "cosine", "constant")
+FUSED_ADAMW = ("cuda", "cpu")   # devices whose runs step AdamW fused (elsewhere torch's default)
 
 
 @dataclass
@@ -389,7 +390,8 @@ def train_mode(model: torch.nn.Module) -> None:
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW without weight decay on biases and norms (the usual split), per learning-rate group
-    (`config.param_groups`, then the rest at `config.lr`); fused on CUDA."""
+    (`config.param_groups`, then the rest at `config.lr`); fused on CUDA and CPU: one kernel over every
+    tensor instead of a Python loop over them (LoRA's are many and small)."""
     lrs = [lr for _, _, lr in config.param_groups] + [config.lr]
     split: dict[tuple[int, bool], list] = {}
     for name, param in model.named_parameters():
@@ -400,4 +402,4 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
         split.setdefault((index, param.ndim < 2 or "norm" in name.lower()), []).append(param)
     groups = [{"params": params, "lr": lrs[index], "weight_decay": 0.0 if no_decay else config.weight_decay}
               for (index, no_decay), params in sorted(split.items(), key=lambda kv: kv[0])]
-    return torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=config.lr, fused=device.type in FUSED_ADAMW)
