@@ -4,9 +4,11 @@
 
 Same model, PEFT method and config (rank 8, every linear layer of the blocks,
 the head in modules_to_save), same SST-2 rows, batch size and max length, one
-epoch. Tokens/s counts real (unpadded) tokens over training time. Each
+epoch; both batch rows of similar length together (Trainer's
+train_sampling_strategy="group_by_length": less padding, its best setting
+for speed). Tokens/s counts real (unpadded) tokens over training time. Each
 contender runs in its own subprocess so its peak memory is its own. Goal on
-CPU: ≥ 1.3× Trainer + PEFT's tokens/s at no more peak memory. On a GPU the
+CPU (issue 22): ≥ 2× Trainer + PEFT's tokens/s in bf16 at no more peak memory. On a GPU the
 script also prints MFU: 4 × parameters × tokens/s over the card's dense bf16
 peak (pass --peak-tflops).
 """
@@ -94,7 +96,8 @@ def trainer_peft(args) -> dict:
                                   num_train_epochs=1, learning_rate=LR, warmup_steps=0.06, weight_decay=0.01,
                                   lr_scheduler_type="linear", save_strategy="no", eval_strategy="no",
                                   report_to="none", logging_steps=10**6, seed=0, use_cpu=args.device == "cpu",
-                                  bf16=args.device == "cuda", dataloader_num_workers=0)
+                                  bf16=args.device == "cuda", dataloader_num_workers=0,
+                                  train_sampling_strategy="group_by_length")
         trainer = Trainer(model=model, args=targs, train_dataset=train_ds,
                           data_collator=DataCollatorWithPadding(tokenizer))
         with MemoryMonitor(torch.device(args.device)) as memory:
@@ -143,7 +146,7 @@ def main() -> int:
         print(f"{name:13} {r['dtype']:9} tokens/s {r['tokens_per_s']:8.0f}  peak {r['peak_mb']:7.0f} MiB  "
               f"accuracy {r['accuracy']:.4f}  ({time.perf_counter() - started:.0f} s){mfu}", flush=True)
     base, mine = results["trainer+peft"], results["ours"]
-    print(f"\nours / Trainer+PEFT: {mine['tokens_per_s'] / base['tokens_per_s']:.2f}× tokens/s (goal ≥ 1.3×), "
+    print(f"\nours / Trainer+PEFT: {mine['tokens_per_s'] / base['tokens_per_s']:.2f}× tokens/s (goal ≥ 2×), "
           f"peak memory {mine['peak_mb']:.0f} vs {base['peak_mb']:.0f} MiB (goal: no more); "
           f"fp32: {results['ours-fp32']['tokens_per_s'] / base['tokens_per_s']:.2f}×")
     return 0
