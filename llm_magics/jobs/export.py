@@ -12,7 +12,13 @@ beside the notebook's runs.
 The data comes from the run's launch folder when it ran with `--devices`, else
 from what its options name: a file (copied), a dataset name (kept), or a notebook
 variable that still exists (written as Parquet). A run that got its data as a
-Python object through the API has nothing to name it by, and is refused.
+Python object through the API has nothing to name it by, and is refused. The job
+carries the data the run trained on or nothing: the method prepares what the job
+will read as the run did, and a fingerprint other than the run's recorded one (the
+variable or file changed since), or data that cannot be read (a variable deleted),
+is one line. The folder is written whole or not at all (`safe_io.atomic_folder`,
+with a checksum list); `job.json` names data files relative to the job folder, and
+a model given as a relative folder relative to it too (`paths`).
 
 `%rlhf` runs are recorded as method "rlhf" with their command ("reward", "dpo", …): the job re-runs that
 subcommand. `reward` and `dpo|kto|orpo` carry their preference pairs (train,
@@ -26,18 +32,22 @@ a Python callable reward cannot travel, and is refused in one line, as are `eval
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common_options import file_path
 from ..errors import UsageError
 from ..options import option
 from .accelerate import ACCELERATE_FILE, wrap_classes, write_accelerate_config
 from ..launch.spec import DATA_FIELDS, write_data
 from ..records import run_title
+from ..safe_io import atomic_folder, write_manifest
 from .job import JOB
 
 DROPPED = ("out", "bg", "resume")
+MODEL_FIELDS = ("model", "policy")   # the options that name a model (a relative folder is kept relative to the job)
 # The %rlhf commands a job cannot re-run, and why (one line each). `reward` and `dpo|kto|orpo` train on
 # preference pairs, which a job carries as files; `ppo|grpo|rloo` go when their reward is a saved reward model
 # (its folder travels with the job), not when it is a Python callable (`_online`).
@@ -52,7 +62,7 @@ ONLINE = ("rlhf ppo", "rlhf grpo", "rlhf rloo")   # one process each: the job ru
 @dataclass
 class ExportOptions:
     run_id: str = option(positional=True, help="the recorded run (%llm runs lists them)", metavar="RUN_ID")
-    path: str = option(positional=True, help="a new folder for the job", metavar="PATH")
+    path: str = option(positional=True, help="a new folder for the job", metavar="PATH", check=file_path)
 
 TRAIN_PY = '''#!/usr/bin/env python
 """{method} run {run_id}, exported by llm-magics (`%llm export`). See README.md.
@@ -158,45 +168,78 @@ def export(run_id: str, path: str | Path, namespace: dict | None = None) -> Path
     if "devices" not in names:
         raise UsageError(f"%llm export: {method} runs do not train (export takes %finetune, %lora and other "
                          "training runs)")
-    target = Path(path).expanduser()
-    if target.exists() and any(target.iterdir()):
-        raise UsageError(f"%llm export: {target} exists and is not empty; name a new folder")
-    target.mkdir(parents=True, exist_ok=True)
+    target = _target(path)
+    namespace = namespace or {}
+    options = {k: v for k, v in record["options"].items() if k in names and k not in DROPPED}
     try:
-        options = {k: v for k, v in record["options"].items() if k in names and k not in DROPPED}
-        if method in ONLINE:
-            data_files = _online(run_id, word, options, namespace or {}, target)
-        else:
-            data_files = _data(run_id, options, namespace or {}, target)
-        (target / JOB).write_text(json.dumps({"method": name, "command": word, "run_id": run_id,
-                                              "options": options, "data_files": data_files}, indent=1))
-        devices = max(int(options.get("devices") or 1), 1)
-        script = TRAIN_PY.format(method=method, run_id=run_id, devices=devices)
-        if not command.launchable:
-            script = "".join(line for line in script.splitlines(keepends=True) if "torchrun" not in line)
-        (target / "train.py").write_text(script)
-        (target / "train.py").chmod(0o755)
-        if not command.launchable:   # one process: no launcher config, a README that says so
-            (target / "README.md").write_text(README_ONE.format(method=method, run_id=run_id, version=version,
-                                                                metrics=_metrics_line(record)))
-            return target
-        strategy = options.get("strategy") if options.get("strategy") not in (None, "auto") else "ddp"
-        wrap = _wrap_classes(run_id, options) if strategy == "fsdp" else []
-        nodes = max(int(options.get("nodes") or 1), 1)
-        write_accelerate_config(target / ACCELERATE_FILE, strategy=strategy, devices=devices, nodes=nodes,
-                                node_rank=int(options.get("node_rank") or 0), master_addr=options.get("master_addr"),
-                                wrap=wrap, grad_accum=int(options.get("grad_accum") or 1),
-                                max_grad_norm=options.get("max_grad_norm"))
-        metrics = _metrics_line(record)
-        wrap_line = f", wrapping each {', '.join(wrap)}" if wrap else ""
-        (target / "README.md").write_text(README.format(method=method, run_id=run_id, devices=devices,
-                                                        batch_size=options.get("batch_size"), metrics=metrics,
-                                                        version=version, processes=devices * nodes,
-                                                        strategy=strategy, wrap_line=wrap_line))
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
+        _write(target, record, cls, command, run_id, method, options, namespace, version)
+    except UsageError as exc:   # safe_io's own (a folder that cannot be written) named as export's
+        if str(exc).startswith("%llm export"):
+            raise
+        raise UsageError(f"%llm export: {exc}") from None
     return target
+
+
+def _write(target: Path, record: dict, cls, command, run_id: str, method: str, options: dict, namespace: dict,
+           version: str) -> None:
+    name, word = record["method"], record.get("command")
+    with atomic_folder(target) as staging:   # a kill leaves the whole job or none (safe_io)
+        if method in ONLINE:
+            data_files = _online(run_id, word, options, namespace, staging)
+        else:
+            data_files = _data(run_id, options, namespace, staging)
+            _check_data(run_id, record, cls, word, options, data_files, staging, namespace)
+        _write_launch_files(staging, record, command, method, run_id, options, version)
+        paths = _model_paths(options, target)
+        (staging / JOB).write_text(json.dumps({"method": name, "command": word, "run_id": run_id,
+                                               "options": options, "data_files": data_files, "paths": paths},
+                                              indent=1))
+        write_manifest(staging)
+
+
+def _target(path: str | Path) -> Path:
+    """The job's folder: a new name, or an empty folder; a file, a name too long or a full folder is one line."""
+    too_long = file_path(str(path))   # the one name rule (the magic's option check; here for the API too)
+    if too_long:
+        raise UsageError(f"%llm export: PATH {too_long}")
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"%llm export: {target} is a file; name a new folder for the job")
+    try:
+        full = target.is_dir() and any(target.iterdir())
+    except OSError as exc:
+        raise UsageError(f"%llm export: cannot read {target} ({exc.strerror or exc}); name a new folder") from None
+    if full:
+        raise UsageError(f"%llm export: {target} exists and is not empty; name a new folder")
+    return target
+
+
+def _write_launch_files(folder: Path, record: dict, command, method: str, run_id: str, options: dict,
+                        version: str) -> None:
+    """train.py and README.md, and accelerate.yaml for a command torchrun can launch."""
+    devices = max(int(options.get("devices") or 1), 1)
+    script = TRAIN_PY.format(method=method, run_id=run_id, devices=devices)
+    if not command.launchable:
+        script = "".join(line for line in script.splitlines(keepends=True) if "torchrun" not in line)
+    (folder / "train.py").write_text(script)
+    (folder / "train.py").chmod(0o755)
+    if not command.launchable:   # one process: no launcher config, a README that says so
+        (folder / "README.md").write_text(README_ONE.format(method=method, run_id=run_id, version=version,
+                                                            metrics=_metrics_line(record)))
+        return
+    strategy = options.get("strategy") if options.get("strategy") not in (None, "auto") else "ddp"
+    wrap = _wrap_classes(run_id, options) if strategy == "fsdp" else []
+    nodes = max(int(options.get("nodes") or 1), 1)
+    write_accelerate_config(folder / ACCELERATE_FILE, strategy=strategy, devices=devices, nodes=nodes,
+                            node_rank=int(options.get("node_rank") or 0), master_addr=options.get("master_addr"),
+                            wrap=wrap, grad_accum=int(options.get("grad_accum") or 1),
+                            max_grad_norm=options.get("max_grad_norm"))
+    wrap_line = f", wrapping each {', '.join(wrap)}" if wrap else ""
+    (folder / "README.md").write_text(README.format(method=method, run_id=run_id, devices=devices,
+                                                    batch_size=options.get("batch_size"),
+                                                    metrics=_metrics_line(record), version=version,
+                                                    processes=devices * nodes, strategy=strategy,
+                                                    wrap_line=wrap_line))
 
 
 def _metrics_line(record: dict) -> str:
@@ -258,10 +301,11 @@ def _data(run_id: str, options: dict, namespace: dict, target: Path) -> dict[str
         if spec["options"].get("strategy"):   # the strategy the workers ran (auto resolved in the kernel)
             options["strategy"] = spec["options"]["strategy"]
         for key, file in spec.get("data_files", {}).items():
-            shutil.copy2(file, target / Path(file).name)
-            written[key] = Path(file).name
+            if Path(file).is_file():   # removed since: the check below reads what the run was given
+                shutil.copy2(file, target / Path(file).name)
+                written[key] = Path(file).name
         for key in DATA_FIELDS:
-            if key not in written and spec["options"].get(key) is not None:
+            if key not in spec.get("data_files", {}) and spec["options"].get(key) is not None:
                 options[key] = spec["options"][key]
     for key in DATA_FIELDS:
         value = options.get(key)
@@ -285,6 +329,59 @@ def _data(run_id: str, options: dict, namespace: dict, target: Path) -> dict[str
             shutil.copy2(file, target / file.name)
             written[key], options[key] = file.name, None
     return written
+
+
+def _check_data(run_id: str, record: dict, cls, word: str | None, options: dict, data_files: dict[str, str],
+                folder: Path, namespace: dict) -> None:
+    """Refuse, in one line, a job whose data is not the data the run trained on: the method prepares what the
+    job will read (the files in `folder`, the names kept) as the run did, and the fingerprint must be the run's."""
+    given = ", ".join(f"--{key} {record['options'][key]!r}" for key in DATA_FIELDS
+                      if record["options"].get(key) is not None)
+    values = {**options, **{key: str(folder / name) for key, name in data_files.items()}}
+    values.update({key: 1 for key in ("devices", "nodes") if key in values})   # the check runs here, in one process
+    try:
+        found = _data_fingerprint(cls, word, values, namespace)
+    except UsageError as exc:   # gone (a variable deleted, a file removed), or no longer data the method takes
+        why = str(exc).splitlines()[0] if str(exc) else "it is gone"
+        raise UsageError(f"%llm export: run {run_id}'s data ({given}) cannot be read here as the run read it "
+                         f"({why}); run it again, or put the data the run used back under that name and export "
+                         "again") from None
+    expected = record.get("data_fingerprint")
+    if expected and found is not None and found != expected:
+        raise UsageError(f"%llm export: run {run_id} trained on other data than {given} holds now (fingerprint "
+                         f"{expected}, now {found}); run it again on this data and export that run, or put the data "
+                         "the run used back under that name") from None
+
+
+def _data_fingerprint(cls, word: str | None, values: dict, namespace: dict) -> str | None:
+    """The fingerprint the method's own data preparation gives `values`' data (None: a method that keeps none)."""
+    from types import SimpleNamespace
+
+    from ..runner import build_options
+    from ..training import TrainingMethod
+    o = build_options(cls, word, values)
+    ctx = SimpleNamespace(namespace=namespace)
+    if cls.name == "rlhf":   # reward, dpo, kto, orpo: preference pairs, read alike by each
+        from ..methods.rlhf.common import preference_data
+        return preference_data(o, ctx)[0].fingerprint
+    method = cls()
+    if not isinstance(method, TrainingMethod):
+        return None
+    run = SimpleNamespace(options=o, ctx=ctx, task=method.task_of(o))
+    method.prepare_data(run)
+    return run.data.fingerprint
+
+
+def _model_paths(options: dict, target: Path) -> dict[str, str]:
+    """A model given as a relative folder, made relative to the job folder (job.json then names no path of this
+    machine the user did not give; `job_values` resolves it); names, hub ids and absolute paths stay as given."""
+    paths = {}
+    for key in MODEL_FIELDS:
+        value = options.get(key)
+        if isinstance(value, str) and not value.startswith(("/", "~")) and Path(value).is_dir():
+            paths[key] = os.path.relpath(Path(value).resolve(), target.parent.resolve() / target.name)
+            options[key] = None
+    return paths
 
 
 def _wrap_classes(run_id: str, options: dict) -> list[str]:

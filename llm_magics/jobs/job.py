@@ -34,10 +34,11 @@ def job_method(job: dict) -> tuple[str, str | None]:
 
 
 def job_values(folder: Path) -> tuple[dict, dict]:
-    """(the job's description, the method's option values with its data files made absolute)."""
+    """(the job's description, the method's option values with its data files and the model folders it names
+    relative to itself made absolute)."""
     job = json.loads((folder / JOB).read_text())
     values = dict(job["options"])
-    for key, name in job.get("data_files", {}).items():
+    for key, name in {**job.get("data_files", {}), **job.get("paths", {})}.items():
         values[key] = str((folder / name).resolve())
     return job, values
 
