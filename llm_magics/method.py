@@ -42,7 +42,8 @@ class Command:
     @property
     def launcher(self) -> str:
         """The Method's function the runner calls instead of `handler` when --devices/--nodes ask for workers:
-        `launch_<handler>(self, options, ctx)`, which sends the same command to torchrun workers."""
+        `launch_<handler>(self, options, ctx)`, which sends the same command to torchrun workers. Without one
+        the runner runs the method as a whole on the workers (`llm_magics.launch.run_launched`)."""
         return f"launch_{self.handler}"
 
 

@@ -183,7 +183,7 @@ def _run(handler, command, options, ctx: RunContext):
     if launched(options):   # the one place that decides where a run executes: here, or on torchrun workers
         if not command.launchable:
             raise UsageError(one_process(type(handler.__self__), command))
-        handler = getattr(handler.__self__, command.launcher)
+        handler = _launcher(handler.__self__, command)
     monitor_device = ctx.device(device_pref) if command.records_run and not launched(options) else None
     try:
         with MemoryMonitor(monitor_device) as memory:
@@ -197,6 +197,15 @@ def _run(handler, command, options, ctx: RunContext):
     if isinstance(result, Result) and command.records_run:
         finish(result, ctx, options, watch.elapsed, memory.peak_bytes)
     return result
+
+
+def _launcher(method: Method, command):
+    """The command's own launcher (`launch_<handler>`), or the method's run as a whole on torchrun workers."""
+    own = getattr(method, command.launcher, None)
+    if own is not None:
+        return own
+    from .launch import run_launched
+    return lambda options, ctx: run_launched(method, options, ctx)
 
 
 def one_process(cls: type[Method], command) -> str:

@@ -60,7 +60,6 @@ from .engine.features import POOLINGS, default_pooling
 from .engine.rng import seeded
 from .engine.loop import Outcome, TrainConfig, TrainLoop
 from .errors import UsageError
-from .launch import run_launched
 from .method import Method, Result
 from .models import cached, hold, load_model, resolve, trainable
 from .models.classifier import SequenceClassifier
@@ -546,11 +545,6 @@ class TrainingMethod(Method):
         self.check(run)
         run.progress = ctx.progress(self.title(o, run.source))
         return run
-
-    def launch_run(self, o, ctx):
-        """What the runner calls for --devices/--nodes above 1: the run on torchrun workers
-        (llm_magics.launch), each running this method's `run()`."""
-        return run_launched(self, o, ctx)
 
     def train(self, run: TrainingRun) -> Outcome:
         """Train `run.model` on `run.engine_task`: the engine's loop (a launched worker's context names its

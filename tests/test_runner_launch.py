@@ -5,16 +5,24 @@ import pytest
 from llm_magics import api
 
 
-def test_every_launchable_command_has_its_launcher():
+def test_every_launchable_subcommand_has_its_launcher():
+    """A subcommand launches itself (`launch_<handler>`); a training method's run is launched whole by the runner."""
     from llm_magics.registry import registry
-    launchable = []
-    for name in ("finetune", "lora", "rlhf"):
-        cls = registry().load(name)
-        for command in [cls.command(None), *cls.commands.values()]:
-            if command.launchable:
-                assert callable(getattr(cls, command.launcher, None)), (name, command.handler)
-                launchable.append((name, command.handler))
-    assert {("finetune", "run"), ("lora", "run"), ("rlhf", "reward"), ("rlhf", "dpo")} <= set(launchable)
+    cls = registry().load("rlhf")
+    launchable = {word for word, command in cls.commands.items() if command.launchable}
+    assert launchable == {"reward", "dpo", "kto", "orpo"}
+    for word in launchable:
+        assert callable(getattr(cls, cls.commands[word].launcher, None)), word
+
+
+def test_a_training_method_is_launched_whole_by_the_runner(monkeypatch, tiny_bert, demo):
+    from llm_magics import launch
+    from llm_magics.methods.finetune import FinetuneMethod
+    seen = []
+    monkeypatch.setattr(launch, "run_launched", lambda method, o, ctx: seen.append((type(method), o.devices)) or 7)
+    monkeypatch.setattr(FinetuneMethod, "run", lambda self, o, ctx: pytest.fail("the method ran in the kernel"))
+    assert api.finetune(model=str(tiny_bert), data=demo[0], devices=2) == 7
+    assert seen == [(FinetuneMethod, 2)]
 
 
 @pytest.mark.parametrize("devices, where", [(2, "launched"), (1, "here")])

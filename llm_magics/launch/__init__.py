@@ -41,7 +41,7 @@ def run_launched(method, o, ctx, command: str | None = None, model: str | None =
                  restore=None):
     """Run `method` with options `o` as torchrun workers; the Result, as a one-process run returns it.
 
-    A training method's `launch_run()` calls it with `o` alone. A subcommand that takes --devices
+    The runner calls it with `o` alone for a training method. A subcommand that takes --devices
     (`%rlhf reward`, `%rlhf dpo`) names itself (`command`, the word the workers run), its model option's value (`model`;
     default `o.model`), the live view's `title` (default `method.title(o, source)`) and `restore(result)`,
     which makes the kernel's Result usable from what the workers saved (default: the model rebuilt from

@@ -56,16 +56,16 @@ class RlhfMethod(Method):
 
     # --devices/--nodes above 1: the runner calls these instead (torchrun workers run the command itself)
     def launch_reward(self, o: RewardOptions, ctx):
-        return launch_reward(o, ctx, RewardTraining().title(o, resolve(o.model)))
+        return launch_reward(self, o, ctx, RewardTraining().title(o, resolve(o.model)))
 
     def launch_dpo(self, o: DpoOptions, ctx):
-        return launch_offline("dpo", o, ctx)
+        return launch_offline(self, "dpo", o, ctx)
 
     def launch_kto(self, o: DpoOptions, ctx):
-        return launch_offline("kto", o, ctx)
+        return launch_offline(self, "kto", o, ctx)
 
     def launch_orpo(self, o: DpoOptions, ctx):
-        return launch_offline("orpo", o, ctx)
+        return launch_offline(self, "orpo", o, ctx)
 
     def ppo(self, o: PpoOptions, ctx):
         return run_ppo(o, ctx)

@@ -36,15 +36,15 @@ def world(ctx) -> int:
     return int(getattr(ctx, "world", 1) or 1)
 
 
-def launch_reward(o, ctx, title: str):
+def launch_reward(method, o, ctx, title: str):
     """`%rlhf reward --devices N`: our engine's loop on N workers (DDP, or FSDP when asked)."""
     from ...launch import run_launched
     from .common import preference_data
     preference_data(o, ctx)   # a malformed pair is the user's one line before any process starts
-    return run_launched(_method(), o, ctx, command="reward", model=o.model, title=title)
+    return run_launched(method, o, ctx, command="reward", model=o.model, title=title)
 
 
-def launch_trl(kind: str, o, ctx, title: str):
+def launch_trl(method, kind: str, o, ctx, title: str):
     """`%rlhf dpo|kto|orpo --devices N`: TRL's trainer on N workers (DDP)."""
     from ...launch import run_launched
     from .common import preference_data
@@ -62,13 +62,8 @@ def launch_trl(kind: str, o, ctx, title: str):
         from ...adapters import hub
         hub().check_free(o.name or ctx.run_id)
     preference_data(o, ctx)
-    return run_launched(_method(), o, ctx, command=kind, model=o.policy, title=title,
+    return run_launched(method, o, ctx, command=kind, model=o.policy, title=title,
                         restore=lambda result: restore_policy(result, o))
-
-
-def _method():
-    from . import RlhfMethod
-    return RlhfMethod()
 
 
 def restore_policy(result, o) -> None:

@@ -21,11 +21,11 @@ def check_offline(kind: str, o: DpoOptions) -> None:
         raise UsageError(f"--sft-weight is a DPO option (RPO); %rlhf {kind} has no such term: drop it or use dpo")
 
 
-def launch_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
+def launch_offline(method, kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
     """`--devices/--nodes` above 1 (the runner's call): torchrun workers run `run_offline` (launch.py)."""
     from .launch import launch_trl
     check_offline(kind, o)
-    return launch_trl(kind, o, ctx, f"rlhf {kind} · {resolve(o.policy).short} · --method {o.method} · β={o.beta}")
+    return launch_trl(method, kind, o, ctx, f"rlhf {kind} · {resolve(o.policy).short} · --method {o.method} · β={o.beta}")
 
 
 def run_offline(kind: str, o: DpoOptions, ctx) -> "PreferenceResult":
