@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,26 @@ from ..errors import UsageError
 from .events import EventReader
 
 LOG_TAIL = 25
+
+# What the workers get of the kernel's environment: what Python, torch, torchrun, the hub libraries, the BLAS
+# and GPU runtimes and llm-magics read, and the locale and temp folders. The rest (API keys and other secrets a
+# notebook sets) stays in the kernel. HF_TOKEN and the proxy settings do pass: the workers may load from the
+# hub as the kernel does.
+WORKER_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONWARNINGS",
+              "PYTHONNOUSERSITE", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "VIRTUAL_ENV", "CONDA_PREFIX",
+              "LD_LIBRARY_PATH", "XDG_CACHE_HOME", "MASTER_ADDR", "MASTER_PORT", "TOKENIZERS_PARALLELISM",
+              "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+              "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+WORKER_ENV_PREFIXES = ("LLM_MAGICS_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "PET_",
+                       "CUDA_", "NCCL_", "GLOO_", "TP_", "NVIDIA_", "HIP_", "ROCR_", "OMP_", "MKL_", "KMP_",
+                       "OPENBLAS_", "TRITON_", "DS_", "ACCELERATE_", "TQDM_", "LC_")
+
+
+def worker_env(environ: dict[str, str]) -> dict[str, str]:
+    """The part of `environ` a worker needs (WORKER_ENV), with the launcher's own settings."""
+    env = {k: v for k, v in environ.items() if k in WORKER_ENV or k.startswith(WORKER_ENV_PREFIXES)}
+    env.pop("LLM_MAGICS_WORKER", None)
+    return env
 
 # torchrun's agent, told by Linux to take SIGTERM when the kernel dies (it then ends its workers,
 # whose own watch ends them when the agent is gone): a dead kernel leaves no training behind.
@@ -63,6 +84,16 @@ def tail(path: Path, lines: int = LOG_TAIL) -> str:
     return "\n".join(kept[-lines:])
 
 
+def last_lines(*logs: Path) -> str:
+    """The tail of the first of `logs` that has a line, named; or that none has one."""
+    for log in logs:
+        text = tail(log)
+        if text:
+            return f"Last lines of {log}:\n{text}"
+    names = ", ".join(Path(log).name for log in dict.fromkeys(logs))
+    return f"No log holds a line ({names} in {Path(logs[0]).parent}): the processes ended before writing one."
+
+
 class Launcher:
     """One launched run: `start()`, then `follow(progress)` until the workers end."""
 
@@ -92,8 +123,7 @@ class Launcher:
         return cmd + ["-m", "llm_magics.jobs.worker", str(self.spec_path)]
 
     def start(self) -> None:
-        env = dict(os.environ)
-        env.pop("LLM_MAGICS_WORKER", None)
+        env = worker_env(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(self.devices, 1))))
         env["PYTHONUNBUFFERED"] = "1"
         self.log_path = self.folder / "launcher.log"
@@ -152,8 +182,8 @@ class Launcher:
                 elif self.silence_timeout and time.monotonic() - last_sign > self.silence_timeout:
                     self.end_all()
                     raise WorkerFailed(f"the workers showed no sign of life (no event, no log line) for "
-                                       f"{self.silence_timeout:.0f} s; they were ended. Last lines of "
-                                       f"{self.log_path}:\n{tail(self.log_path)}")
+                                       f"{self.silence_timeout:.0f} s; they were ended. "
+                                       f"{last_lines(self.log_path)}")
                 if progress.should_stop:
                     self.request_stop()
                 rc = self.proc.poll()
@@ -170,6 +200,15 @@ class Launcher:
             if main and previous is not None:
                 signal.signal(signal.SIGINT, previous)
             self.end_all()
+            self.remove_scratch()
+
+    def remove_scratch(self) -> None:
+        """The other ranks' scratch folders (`.rank<R>` in the run's folder) once every worker is gone. A rank
+        removes its own when the run ends well; after a failure or a kill nothing reads them: `--resume`
+        continues from rank 0's checkpoints, which lie in the run's folder itself (engine/distributed.py)."""
+        for scratch in self.folder.parent.glob(".rank*"):
+            if scratch.name[len(".rank"):].isdigit() and scratch.is_dir() and not scratch.is_symlink():
+                shutil.rmtree(scratch, ignore_errors=True)
 
     def _interrupt(self, progress) -> None:
         """First interrupt: stop cleanly at the next step; second: end every worker now."""
@@ -216,11 +255,20 @@ class Launcher:
         rank, why = _failed_rank(tail(self.log_path, 200))
         if error and (rank is None or error.get("rank") == rank) and not why.startswith("killed by"):
             rank, why = error.get("rank"), f"{error['type']}: {error['message']}"
-        log = self.folder / f"rank{rank}.log" if rank is not None else self.log_path
-        text = tail(log) or tail(self.log_path)
+        logs = ([self.folder / f"rank{rank}.log"] if rank is not None else []) + [self.log_path] + \
+            sorted(self.folder.glob("rank*.log"))
         who = f"worker rank {rank}" if rank is not None else "the launcher"
+        if not why and rc < 0:
+            why = f"killed by {_signal_name(-rc)}"
         return WorkerFailed(f"{who} failed ({why or f'exit code {rc}'}); the workers were ended. "
-                            f"Last lines of {log}:\n{text}")
+                            f"{last_lines(*logs)}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _alive(p: psutil.Process) -> bool:
