@@ -90,55 +90,146 @@ def test_collect_models_mistakes(tmp_path, kw, message):
     assert not (tmp_path / "x.jsonl").exists()
 
 
-@pytest.mark.kernel
-def test_collect_in_a_real_kernel_survives_a_kill_and_resumes(tiny_llama, tmp_path):
+# ---- a real kernel, driven by comm messages as a frontend sends them ----------------------------------
+
+KERNEL_HELPERS = """
+import json
+def ids(s):   # the buttons of the pair on screen, once it is shown
+    s.widget
+    s.wait()
+    return json.dumps({b.description: b.model_id for b in s._buttons})
+"""
+
+
+def run_cell(kc, code: str, timeout: float = 120) -> str:
+    messages = []
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=messages.append)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream").strip()
+
+
+def send_click(kc, comm_id: str) -> None:
+    kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": comm_id,
+                                                      "data": {"method": "custom", "content": {"event": "click"}}}))
+
+
+def click(kc, comm_id: str) -> None:
+    send_click(kc, comm_id)
+    run_cell(kc, "pass")   # the click is handled before this cell runs
+
+
+@pytest.fixture
+def kernel(tmp_path):
     from jupyter_client.manager import start_new_kernel
-    path = tmp_path / "prefs.jsonl"
     env = {**os.environ, "LLM_MAGICS_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     env.pop("LLM_MAGICS_PROGRESS", None)
-    cell = (f"%load_ext llm_magics\nprompts = {PROMPTS!r}\n"
-            f"%rlhf collect {path} --model {tiny_llama} --prompts prompts --k 2 --max-new-tokens 4")
+    started = []
 
-    def open_widget(kc):
-        messages = []
-        reply = kc.execute_interactive(cell, timeout=120, output_hook=messages.append)
-        assert reply["content"]["status"] == "ok", reply["content"]
-        buttons = {}
-        for m in messages:
-            if m["msg_type"] == "comm_open":
-                state = m["content"]["data"].get("state", {})
-                if state.get("_model_name") == "ButtonModel":
-                    buttons.setdefault(state["description"], []).append(m["content"]["comm_id"])
-        return buttons
-
-    def click(kc, comm_id):
-        kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": comm_id,
-                                                          "data": {"method": "custom", "content": {"event": "click"}}}))
-        kc.execute_interactive("pass", timeout=60)   # the click is handled before this cell runs
-
-    km, kc = start_new_kernel(kernel_name="python3", env=env)
-    try:
-        buttons = open_widget(kc)
-        assert set(buttons) >= {"1 is better", "2 is better", "Tie", "Skip", "Undo"}
-        click(kc, buttons["1 is better"][0])
-        # The answers are re-rendered with new buttons for the next prompt; the file already holds the choice.
-        assert [r["prompt"] for r in lines(path)] == [PROMPTS[0]]
-        click(kc, buttons["Tie"][0])
-        assert [r.get("event") for r in lines(path)] == [None, "tie"]
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)   # killed without a chance to save anything
-    assert len(lines(path)) == 2 and lines(path)[0]["chosen"] != lines(path)[0]["rejected"]
-    km, kc = start_new_kernel(kernel_name="python3", env=env)
-    try:
-        buttons = open_widget(kc)
-        click(kc, buttons["Skip"][0])
-        records = lines(path)
-        assert [r["prompt"] for r in records] == PROMPTS[:3]   # resumed at the third prompt
-        assert records[2] == {"prompt": PROMPTS[2], "event": "skip"}
-    finally:
+    def start():
+        km, kc = start_new_kernel(kernel_name="python3", env=env)
+        started.append((km, kc))
+        run_cell(kc, KERNEL_HELPERS)
+        return km, kc
+    yield start
+    for km, kc in started:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.mark.kernel
+def test_collect_in_a_real_kernel_survives_a_kill_and_resumes(tiny_llama, tmp_path, kernel):
+    path = tmp_path / "prefs.jsonl"
+    cell = (f"%load_ext llm_magics\nprompts = {PROMPTS!r}\n"
+            f"s = %rlhf collect {path} --model {tiny_llama} --prompts prompts --k 2 --max-new-tokens 4")
+
+    def open_widget(kc):
+        run_cell(kc, cell)
+        return json.loads(run_cell(kc, "print(ids(s))"))
+
+    km, kc = kernel()
+    buttons = open_widget(kc)
+    assert set(buttons) == {"1 is better", "2 is better", "Tie", "Skip", "Undo"}
+    click(kc, buttons["1 is better"])
+    assert [r["prompt"] for r in lines(path)] == [PROMPTS[0]]   # in the file at once
+    click(kc, json.loads(run_cell(kc, "print(ids(s))"))["Tie"])   # the next pair's Tie, once it is shown
+    assert [r.get("event") for r in lines(path)] == [None, "tie"]
+    km.shutdown_kernel(now=True)   # killed without a chance to save anything
+    assert len(lines(path)) == 2 and lines(path)[0]["chosen"] != lines(path)[0]["rejected"]
+    km, kc = kernel()
+    click(kc, open_widget(kc)["Skip"])
+    records = lines(path)
+    assert [r["prompt"] for r in records] == PROMPTS[:3]   # resumed at the third prompt
+    assert records[2] == {"prompt": PROMPTS[2], "event": "skip"}
+
+
+SLOW_SESSION = """
+import time
+from llm_magics.rlhf.collect import CollectSession
+def slow(prompt):   # a model that takes 1.5 s a pair
+    time.sleep(1.5)
+    return [prompt[-3:] + " good", prompt[-3:] + " bad"]
+s = CollectSession({path!r}, {prompts!r}, slow)
+display(s)
+"""
+
+
+@pytest.mark.kernel
+def test_clicks_during_generation_record_only_the_pairs_shown(tmp_path, kernel):
+    """A double click, a click while the next pair is generated and a click on the old prompt's buttons after
+    the new pair is shown: the file holds one line per pair the user saw and chose on, nothing else."""
+    path = tmp_path / "prefs.jsonl"
+    _, kc = kernel()
+    run_cell(kc, SLOW_SESSION.format(path=str(path), prompts=PROMPTS))
+    shown = [json.loads(run_cell(kc, "print(json.dumps([s.prompt, s.completions]))"))]
+    first = json.loads(run_cell(kc, "print(ids(s))"))
+    send_click(kc, first["1 is better"])
+    send_click(kc, first["1 is better"])             # the double click
+    run_cell(kc, "pass")
+    assert run_cell(kc, "print(s.generating, 'generating the next pair' in s._status.value, "
+                        "all(b.disabled for b in s._buttons), len(s._answers.children))") == "True True True 0"
+    click(kc, first["Tie"])                          # while generating
+    second = json.loads(run_cell(kc, "print(ids(s))"))   # waits until the next pair is shown
+    shown.append(json.loads(run_cell(kc, "print(json.dumps([s.prompt, s.completions]))")))
+    click(kc, first["2 is better"])                  # the old prompt's button, after the new pair is shown
+    click(kc, second["2 is better"])
+    run_cell(kc, "s.wait()")
+    assert shown[0][0] == PROMPTS[0] and shown[1][0] == PROMPTS[1]
+    assert lines(path) == [{"prompt": PROMPTS[0], "chosen": shown[0][1][0], "rejected": shown[0][1][1]},
+                           {"prompt": PROMPTS[1], "chosen": shown[1][1][1], "rejected": shown[1][1][0]}]
+    notes = json.loads(run_cell(kc, "print(json.dumps(s.notes))"))
+    assert notes == ["a click while the next pair was being generated was ignored"] * 2 + \
+        ["a click on pair 1 was ignored: pair 2 is on screen"]
+    assert run_cell(kc, "print(s.answered, s.index)") == "2 2"
+
+
+def test_a_click_counts_only_for_the_pair_on_screen(tmp_path):
+    import threading
+    release = threading.Event()
+
+    def gated(prompt):   # the second pair is generated only when the test says so
+        assert prompt == PROMPTS[0] or release.wait(10)
+        return fake(prompt)
+    path = tmp_path / "prefs.jsonl"
+    session = CollectSession(path, PROMPTS, gated)
+    widget = session.widget
+    first = session.pair
+    assert session.choose(0, pair=first)                     # a click on the pair shown: recorded
+    assert session.generating and "generating the next pair" in session._status.value
+    assert widget.children[1].children == () and all(b.disabled for b in session._buttons)
+    assert not session.choose(0, pair=first)                 # the double click
+    assert not session.skip(pair=first + 1)                  # the next pair's id, before it is shown
+    release.set()
+    session.wait()
+    assert session.prompt == PROMPTS[1] and session.pair == first + 1 and not session.generating
+    assert not session.choose(1, pair=first)                 # the old pair's button after the new one shows
+    assert session.tie(pair=session.pair)
+    session.wait()
+    assert lines(path) == [{"prompt": PROMPTS[0], "chosen": "was good", "rejected": "was bad"},
+                           {"prompt": PROMPTS[1], "event": "tie"}]
+    assert session.notes[-1] == f"a click on pair {first} was ignored: pair {first + 1} is on screen"
+    assert len(session.notes) == 3 and session.answered == 2
+    assert session.undo() and session.prompt == PROMPTS[1]  # from Python: the pair on screen, no id needed
+    assert len(lines(path)) == 1
 
 
 def test_collect_uses_a_held_result_without_loading_its_reference(tiny_llama, separable, tmp_path, monkeypatch):

@@ -12,18 +12,26 @@ answered; the preference loader skips them). Undo truncates the file back to
 before the last choice and shows that prompt again. Reopening the same file resumes after the
 last prompt answered.
 
+Nothing is recorded for a pair that was not on screen: each click carries its pair's id and one on
+any other pair is ignored with a note; the next pair is generated on a worker thread while the
+widget says "generating the next pair…" with its buttons disabled (a double click, or a click on
+the old prompt's buttons, records nothing).
+
 The widget is driven by its own buttons, so a test can click them with comm messages in a
-real kernel; `choose(i)`, `tie()`, `skip()`, `undo()` do the same from Python.
+real kernel; `choose(i)`, `tie()`, `skip()`, `undo()` do the same from Python (waiting for a
+pair being generated, then acting on the pair shown).
 """
 from __future__ import annotations
 
 import html
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import UsageError
+from ..progress.theme import BORDER, MUTED, WARN
 
 EVENTS = ("tie", "skip")
 
@@ -111,6 +119,11 @@ def append_bytes(path: Path, blob: bytes) -> None:
 
 
 class CollectSession:
+    """`pair` is the id of the pair on screen; a click carries the id of the pair its buttons were shown with,
+    so a click on a pair that is no longer (or not yet) shown is ignored with a note, never recorded against
+    another prompt. Once the widget exists, the next pair is generated on a worker thread (the comm thread
+    stays free; its buttons are disabled and it says "generating the next pair…" meanwhile)."""
+
     def __init__(self, path: Path, prompts: Sequence[str], generate: Callable[[str], list[str]], labels=None):
         self.path = Path(path)
         self.prompts = list(prompts)
@@ -128,8 +141,13 @@ class CollectSession:
         self.history: list[tuple[int, int, list[str], list | None]] = []  # (prompt, file size before, texts, by)
         self.completions: list[str] = []
         self.sources: list[str] | None = None   # which model wrote each completion (several models only)
+        self.pair = 0
+        self.generating = False
+        self._failure: BaseException | None = None
+        self._worker: threading.Thread | None = None
+        self._lock = threading.RLock()   # clicks (comm thread) against the worker's new pair
         self._widget = None
-        self._load()
+        self._show(self._draw())
 
     # ---- state ------------------------------------------------------------------------
     @property
@@ -140,32 +158,88 @@ class CollectSession:
     def prompt(self) -> str | None:
         return None if self.done else self.prompts[self.index]
 
-    def _load(self) -> None:
+    def _draw(self) -> tuple[list[str], list[str] | None]:
         drawn = [] if self.done else list(self.generate(self.prompts[self.index]))
         if drawn and isinstance(drawn[0], tuple):   # (text, model) from several models
-            self.completions, self.sources = [text for text, _ in drawn], [by for _, by in drawn]
-        else:
-            self.completions, self.sources = drawn, None
+            return [text for text, _ in drawn], [by for _, by in drawn]
+        return drawn, None
+
+    def _show(self, drawn: tuple[list[str], list[str] | None]) -> None:
+        with self._lock:
+            self.completions, self.sources = drawn
+            self.pair += 1
+            self.generating = False
         self._render()
 
-    def _append(self, records: list[dict]) -> None:
-        size = self.path.stat().st_size if self.path.exists() else 0
-        append_lines(self.path, records)
-        self.history.append((self.index, size, self.completions, self.sources))
-        self.answered += 1
-        self.index += 1
-        self._load()
+    def _next(self) -> None:
+        """The next prompt's pair: at once from Python (no widget), else on a worker thread."""
+        if self._widget is None:
+            self._show(self._draw())
+            return
+        self.generating = True
+        self._render()
+        self._worker = threading.Thread(target=self._generate_in_background, name="llm-magics-collect", daemon=True)
+        self._worker.start()
+
+    def _generate_in_background(self) -> None:
+        try:
+            drawn = self._draw()
+        except Exception as error:  # noqa: BLE001 - shown in the widget; re-raised by wait() for a Python caller
+            self._failure = error
+            self.notes.append(f"generating the pair for prompt {self.index + 1} failed: "
+                              f"{type(error).__name__}: {error}")
+            drawn = ([], None)
+        self._show(drawn)
+
+    def wait(self) -> None:
+        """Until the pair being generated is shown (a Python call acts on the pair on screen)."""
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def _accepts(self, pair: int | None) -> bool:
+        if self.generating:
+            note = "a click while the next pair was being generated was ignored"
+        elif pair is not None and pair != self.pair:
+            note = f"a click on pair {pair} was ignored: pair {self.pair} is on screen"
+        else:
+            return True
+        self.notes.append(note)
+        if self._widget is not None:
+            self._status.value = self._status_html()
+        return False
+
+    def _record(self, records_of: Callable[[], list[dict]], pair: int | None) -> bool:
+        """Append a choice about the pair on screen. `pair` None is a call from Python: it waits for a pair being
+        generated first and for the next one after; a click (with the id of its pair) returns at once."""
+        if pair is None:
+            self.wait()
+        with self._lock:
+            if self.done or not self._accepts(pair):
+                return False
+            records = records_of()
+            size = self.path.stat().st_size if self.path.exists() else 0
+            append_lines(self.path, records)
+            self.history.append((self.index, size, self.completions, self.sources))
+            self.answered += 1
+            self.index += 1
+            self._next()
+        if pair is None:
+            self.wait()
+        return True
 
     # ---- actions ----------------------------------------------------------------------
-    def choose(self, best: int) -> None:
-        if self.done:
-            return
+    def choose(self, best: int, pair: int | None = None) -> bool:
+        return self._record(lambda: self._choice(best), pair)
+
+    def _choice(self, best: int) -> list[dict]:
         prompt, texts = self.prompts[self.index], self.completions
         records = [{"prompt": prompt, "chosen": texts[best], "rejected": other, **self._by(best, j)}
                    for j, other in enumerate(texts) if j != best and other.strip() != texts[best].strip()]
-        if not records:   # every completion is the same text: no preference to record
-            records = [{"prompt": prompt, "event": "tie"}]
-        self._append(records)
+        return records or [{"prompt": prompt, "event": "tie"}]   # every completion the same text: no preference
 
     def _by(self, best: int, other: int) -> dict:
         return {} if self.sources is None else {"chosen_by": self.sources[best], "rejected_by": self.sources[other]}
@@ -181,25 +255,27 @@ class CollectSession:
         frame["win_rate"] = frame["wins"] / (frame["wins"] + frame["losses"]).clip(lower=1)
         return frame.sort_values("win_rate", ascending=False, ignore_index=True)
 
-    def tie(self) -> None:
-        if not self.done:
-            self._append([{"prompt": self.prompts[self.index], "event": "tie"}])
+    def tie(self, pair: int | None = None) -> bool:
+        return self._record(lambda: [{"prompt": self.prompts[self.index], "event": "tie"}], pair)
 
-    def skip(self) -> None:
-        if not self.done:
-            self._append([{"prompt": self.prompts[self.index], "event": "skip"}])
+    def skip(self, pair: int | None = None) -> bool:
+        return self._record(lambda: [{"prompt": self.prompts[self.index], "event": "skip"}], pair)
 
-    def undo(self) -> None:
-        if not self.history:
-            return
-        index, size, completions, sources = self.history.pop()
-        with open(self.path, "r+", encoding="utf-8") as f:
-            f.truncate(size)
-            f.flush()
-            os.fsync(f.fileno())
-        self.index, self.answered = index, self.answered - 1
-        self.completions, self.sources = completions, sources   # the same completions as before, not new samples
-        self._render()
+    def undo(self, pair: int | None = None) -> bool:
+        if pair is None:
+            self.wait()
+        with self._lock:
+            if not self.history or not self._accepts(pair):
+                return False
+            index, size, completions, sources = self.history.pop()
+            with open(self.path, "r+", encoding="utf-8") as f:
+                f.truncate(size)
+                f.flush()
+                os.fsync(f.fileno())
+            self.index, self.answered = index, self.answered - 1
+            # the same completions as before, not new samples
+            self._show((completions, sources))
+        return True
 
     # ---- the widget -------------------------------------------------------------------
     @property
@@ -208,37 +284,69 @@ class CollectSession:
             import ipywidgets as w
             self._prompt = w.HTML()
             self._answers = w.HBox()
-            self._counter = w.Label()
-            self._tie, self._skip, self._undo = w.Button(description="Tie"), w.Button(description="Skip"), \
-                w.Button(description="Undo")
-            self._tie.on_click(lambda _: self.tie())
-            self._skip.on_click(lambda _: self.skip())
-            self._undo.on_click(lambda _: self.undo())
-            self._widget = w.VBox([self._prompt, self._answers,
-                                   w.HBox([self._tie, self._skip, self._undo, self._counter])])
+            self._actions = w.HBox()
+            self._status = w.HTML()
+            self._buttons: list = []
+            self._widget = w.VBox([self._prompt, self._answers, self._actions, self._status])
             self._render()
         return self._widget
 
     def _render(self) -> None:
         if self._widget is None:
             return
-        import ipywidgets as w
-        self._counter.value = f"{self.answered} answered · prompt {min(self.index + 1, len(self.prompts))} of " \
-                              f"{len(self.prompts)} · {self.path.name}"
+        with self._lock:
+            for button in self._buttons:   # a pair's buttons stay disabled once it is answered
+                button.disabled = True
+            self._prompt.value = self._prompt_html()
+            self._answers.children = self._answer_boxes()
+            self._actions.children = self._action_row()
+            self._status.value = self._status_html()
+
+    def _prompt_html(self) -> str:
         if self.done:
-            self._prompt.value = "<b>All prompts answered.</b> Undo goes back one."
-            self._answers.children = ()
-            return
-        self._prompt.value = f"<div style='white-space:pre-wrap'><b>Prompt</b><br>{html.escape(self.prompt)}</div>"
+            return "<b>All prompts answered.</b> Undo goes back one."
+        return f"<div style='white-space:pre-wrap'><b>Prompt</b><br>{html.escape(self.prompt)}</div>"
+
+    def _button(self, description: str, action: Callable[..., bool], *args):
+        """A button of the pair on screen: its click carries that pair's id."""
+        import ipywidgets as w
+        button = w.Button(description=description, disabled=self.generating)
+        button.on_click(lambda _, pair=self.pair: action(*args, pair=pair))
+        self._buttons.append(button)
+        return button
+
+    def _answer_boxes(self) -> tuple:
+        import ipywidgets as w
+        if self.done or self.generating:
+            return ()
+        self._buttons = []
         boxes = []
         for i, text in enumerate(self.completions):
             label = self.labels[i] if self.labels else (chr(ord("A") + i) if self.sources else str(i + 1))
-            button = w.Button(description=f"{label} is better")
-            button.on_click(lambda _, i=i: self.choose(i))
-            boxes.append(w.VBox([w.HTML(f"<div style='white-space:pre-wrap;border:1px solid #ccc;padding:6px;"
-                                        f"min-width:240px'>{html.escape(text)}</div>"), button],
+            boxes.append(w.VBox([w.HTML(f"<div style='white-space:pre-wrap;border:1px solid {BORDER};padding:6px;"
+                                        f"min-width:240px'>{html.escape(text)}</div>"),
+                                 self._button(f"{label} is better", self.choose, i)],
                                 layout=w.Layout(flex="1")))
-        self._answers.children = boxes
+        return tuple(boxes)
+
+    def _action_row(self) -> tuple:
+        import ipywidgets as w
+        if self.generating:
+            buttons = []
+        elif self.done:
+            self._buttons = []
+            buttons = [self._button("Undo", self.undo)]
+        else:
+            tie = [self._button("Tie", self.tie)] if self.completions else []   # none when generating failed
+            buttons = [*tie, self._button("Skip", self.skip), self._button("Undo", self.undo)]
+        counter = w.Label(f"{self.answered} answered · prompt {min(self.index + 1, len(self.prompts))} of "
+                          f"{len(self.prompts)} · {self.path.name}")
+        return (*buttons, counter)
+
+    def _status_html(self) -> str:
+        if self.generating:
+            return f"<i style='color:{MUTED}'>generating the next pair…</i>"
+        return f"<span style='color:{WARN}'>{html.escape(self.notes[-1])}</span>" if self.notes else ""
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
