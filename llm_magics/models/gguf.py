@@ -21,11 +21,11 @@ def converted_folder(gguf_path: Path, name: str) -> Path:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .quiet import quiet
+    from .quiet import quiet, quiet_gguf_reader
     print(f"converting {gguf_path.name} to safetensors once, into {target} (about 30 s) ...",
           file=sys.stderr, flush=True)
     folder, file = str(gguf_path.parent), gguf_path.name
-    with quiet():
+    with quiet(), quiet_gguf_reader():
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
     model.hf_quantizer = None
