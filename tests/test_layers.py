@@ -32,10 +32,19 @@ def test_ruff_finds_nothing():
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 
+def known_open() -> set[tuple[str, str]]:
+    """The upward imports still open, listed in the layers contract's ignore_imports (each to be removed)."""
+    import tomllib
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    listed = next(c for c in contracts if c["id"] == "layers").get("ignore_imports", [])
+    return {tuple(part.strip() for part in line.split("->")) for line in listed}
+
+
 def test_no_import_runs_up_a_layer_or_in_a_circle():
     layers = counter()
     graph = layers.edges(layers.modules())
-    assert layers.upward(graph) == []
+    # exactly the listed open ones: a new upward import fails, and so does a fixed one still listed
+    assert set(layers.upward(graph)) == known_open()
     assert layers.cycles(graph) == []
 
 

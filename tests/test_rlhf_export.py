@@ -22,7 +22,10 @@ from llm_magics import api
 from llm_magics.adapters import hub
 from llm_magics.errors import UsageError
 
-from test_rlhf_launch import bert, llama  # noqa: F401  (the dropout-free tiny models, as fixtures)
+import test_rlhf_launch
+
+# the dropout-free tiny models of the launch tests, as this module's fixtures too
+bert, llama = test_rlhf_launch.bert, test_rlhf_launch.llama
 
 TOLERANCE = 1e-4
 
