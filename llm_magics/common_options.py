@@ -8,17 +8,53 @@ A method's options dataclass inherits the bundles it needs:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .options import bounded, fraction, non_negative, option, positive, seed
 from .options import when   # (its own line: when an option applies)
 
 
+# The one rule for names: a name becomes a file or folder name with suffixes added (.safetensors,
+# .jsonl.tmp-…), and 255 bytes is the file system's cap on one; 100 leaves room for every suffix.
+NAME_LIMIT = 100
+
+
+def _too_long(text: str, what: str) -> str | None:
+    if len(text.encode()) > NAME_LIMIT:
+        return f"{what} is {len(text)} characters long: at most {NAME_LIMIT} (it names a file)"
+    return None
+
+
 def identifier(value) -> str | None:
+    """A variable the Result is bound to (and, where it names a run, a file)."""
     if value is not None and not str(value).isidentifier():
         return f"{value!r} is not a valid Python variable name"
-    return None
+    return None if value is None else _too_long(str(value), "the name")
+
+
+def plain_name(value) -> str | None:
+    """An adapter's or a run's name: one folder name, never a path (PEFT refuses a '.', a file system a '/')."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", str(value)):
+        return f"{value!r} is not a valid name: letters, digits, _ and - (no '/', '.' or spaces)"
+    return _too_long(str(value), "the name")
+
+
+def file_path(value) -> str | None:
+    """A file or folder to write: the name it creates keeps to the name rule, every folder above it to the
+    file system's 255 bytes."""
+    if value is None:
+        return None
+    parts = Path(str(value)).parts
+    if not parts:
+        return "is empty: name a file or folder"
+    if any(len(part.encode()) > 255 for part in parts[:-1]):
+        return "has a folder name longer than the file system's 255 bytes"
+    return _too_long(parts[-1], f"the file name {parts[-1][:20]}…")
 
 
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed", "deepspeed-zero2")   # engine/parallel.py: the loop of each

@@ -80,7 +80,24 @@ DATA_ROWS = [
     ("%rlhf dpo --policy $LLAMA --data $INPUTS/plain.jsonl.gz", "is not a whole gzip file"),
 ]
 
-ROWS = BOUNDS + COLLECT_ROWS + DATA_ROWS
+LONG = "n" * 300   # a name past the one name rule (common_options.NAME_LIMIT): refused before anything runs
+TRL_POLICY = {"dpo": "--data pairs", "kto": "--data pairs", "orpo": "--data pairs", "grpo": "--reward score "
+              "--prompts prompts", "rloo": "--reward score --prompts prompts"}
+NAME_ROWS = [
+    *((f"%rlhf {kind} --policy $LLAMA {rest} --method lora --name {name}", f"--name: {name!r} is not a valid name")
+      for kind, rest in TRL_POLICY.items() for name in ("../x", "a.b")),
+    (f"%rlhf dpo --policy $LLAMA --data pairs --method lora --name {LONG}", "--name: the name is 300 characters long"),
+    (f"%lora --model $BERT --data df --name {LONG}", "--name: the name is 300 characters long: at most 100"),
+    (f"%lora save {LONG} $OUT/adapter", "name: the name is 300 characters long"),
+    (f"%lora save nosuch $OUT/{LONG}", "the file name nnnnnnnnnnnnnnnnnnnn… is 300 characters long"),
+    (f"%lora merge nosuch --save $OUT/{LONG}", "the file name nnnnnnnnnnnnnnnnnnnn… is 300 characters long"),
+    (f"%lora load $OUT --as {LONG}", "--as: the name is 300 characters long"),
+    (f"%rlhf collect $OUT/{LONG}.jsonl --model $LLAMA --prompts prompts", "is 306 characters long: at most 100"),
+    (f"%llm export nosuch_run $OUT/{LONG}", "the file name nnnnnnnnnnnnnnnnnnnn… is 300 characters long"),
+    (f"%probe --model $BERT --data df --out {LONG}", "--out: the name is 300 characters long"),
+]
+
+ROWS = BOUNDS + COLLECT_ROWS + DATA_ROWS + NAME_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -323,3 +340,4 @@ def test_index_build_skips_symlinks_out_of_the_folder_with_a_note(tmp_path, tiny
     sources = set(api.index.query(name="docs_ix", query="secret", k=10)["source"])
     assert not any("secret" in s or "key" in s for s in sources), sources
     assert any("1 file(s) skipped: symlinks to outside" in note for note in result.notes), result.notes
+

@@ -115,7 +115,7 @@ def test_prompt_learning_classifier_saves_its_head_beside_the_adapter(tiny_bert,
     ({"bits": 4}, "needs a CUDA GPU"),
     ({"bits": 3}, "--bits: is 4 or 8"),
     ({"init_text": "hi"}, "--init-text initialises prompt tuning"),
-    ({"name": "a/b"}, "not a valid adapter name"),
+    ({"name": "a/b"}, "is not a valid name"),
     ({"name": "lora"}, "is part of PEFT's parameter prefix 'lora_' for lora"),
     ({"lr": 0}, "--lr: must be > 0"),
 ])

@@ -12,7 +12,6 @@ progress, Stop, resume, run store).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from ..adapters.build import base_model, check_bits, working_methods, wrap_new
 from ..adapters.kinds import KINDS, AdapterSpec
 from ..adapters.methods import check_virtual_tokens, name_clash, smoke_rows
 from ..adapters.session import Adapter, LoraResult, load_adapter, merge_adapter, saved_name
-from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
+from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions, file_path, plain_name
 from ..engine.device import autocast_to, dtype_name, pick_dtype, train_dtype
 from ..engine.limits import folder_position_limit
 from ..engine.loop import WeightsState, steps_per_epoch
@@ -41,14 +40,6 @@ __all__ = ["LoraMethod", "LoraOptions", "LoraResult", "Adapter"]
 
 def _bits(value) -> str | None:
     return None if value in (None, 4, 8) else f"is 4 or 8, got {value}"
-
-
-def adapter_name(value) -> str | None:
-    if value is None:
-        return None
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", str(value)):
-        return f"{value!r} is not a valid adapter name: letters, digits, _ and -"
-    return None
 
 
 @dataclass
@@ -73,7 +64,7 @@ class LoraOptions(ModelOptions, DataOptions, RunOptions, TrainingOptions, TaskOp
                                    applies=opts.when("method", "prompt"))
     bits: int | None = option(None, "QLoRA: load the frozen base in 4 or 8 bits (bitsandbytes, CUDA only)",
                               check=_bits)
-    name: str | None = option(None, "the adapter's name in the session (default: the run id)", check=adapter_name)
+    name: str | None = option(None, "the adapter's name in the session (default: the run id)", check=plain_name)
 
     def validate(self) -> None:
         if self.init_text and self.method != "prompt":
@@ -84,19 +75,20 @@ class LoraOptions(ModelOptions, DataOptions, RunOptions, TrainingOptions, TaskOp
 
 @dataclass
 class NameOptions:
-    name: str = option(positional=True, help="the adapter's name", metavar="NAME")
+    name: str = option(positional=True, help="the adapter's name", metavar="NAME", check=plain_name)
 
 
 @dataclass
 class SaveOptions(NameOptions):
-    path: str = option(positional=True, help="folder to write (PEFT's files, safetensors)", metavar="PATH")
+    path: str = option(positional=True, help="folder to write (PEFT's files, safetensors)", metavar="PATH",
+                       check=file_path)
 
 
 @dataclass
 class LoadOptions:
     path: str = option(positional=True, help="a folder written by %lora save", metavar="PATH")
     name: str | None = option(None, "the name to load it under (default: its saved name)", flag="--as",
-                              check=adapter_name)
+                              check=plain_name)
     model: str | None = option(None, "the base it belongs to (default: the one it was trained on; another "
                                      "model is refused)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -104,7 +96,8 @@ class LoadOptions:
 
 @dataclass
 class MergeOptions(NameOptions):
-    save: str | None = option(None, "also write the merged model to this folder", metavar="PATH")
+    save: str | None = option(None, "also write the merged model to this folder", metavar="PATH",
+                              check=file_path)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from ... import options as opts
 from ...adapters.methods import PROMPT_LEARNING, TUNERS
 from ...common_options import (BackgroundOptions, BatchOptions, ComputeOptions, EvaluationOptions, LaunchOptions,
                                ModelOptions, OptimizerOptions, RunOptions)
+from ...common_options import file_path, plain_name
 from ...engine.features import POOLINGS
 from ...errors import UsageError
 from ...options import option, positive
@@ -175,7 +176,8 @@ class DpoOptions(PolicyOptions, PreferenceOptions, RunOptions, LaunchOptions, Ba
     alpha: float | None = option(None, "tuner scaling numerator (default: 2 × r)", check=positive)
     dropout: float = option(0.0, "tuner dropout", check=opts.non_negative)
     target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
-    name: str | None = option(None, "with a tuner: the adapter's name in the session (default: the run id)")
+    name: str | None = option(None, "with a tuner: the adapter's name in the session (default: the run id)",
+                              check=plain_name)
 
     def peak_lr(self) -> float:
         return self.lr or (5e-6 if self.method == "full" else 5e-4)
@@ -203,7 +205,8 @@ class OnlineOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOpti
     alpha: float | None = option(None, "tuner scaling numerator (default: 2 × r)", check=positive)
     dropout: float = option(0.0, "tuner dropout", check=opts.non_negative)
     target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
-    name: str | None = option(None, "with a tuner: the adapter's name in the session (default: the run id)")
+    name: str | None = option(None, "with a tuner: the adapter's name in the session (default: the run id)",
+                              check=plain_name)
     seed: int = option(0, "seed for sampling and initialisation")
 
     def validate(self) -> None:
@@ -239,7 +242,7 @@ class EvalOptions(RunOptions, OneProcessOptions, _EvalRun):
 @dataclass
 class _CollectFile:
     path: str = option(positional=True, help="the JSONL file choices are appended to (resumed when it exists)",
-                       metavar="FILE")
+                       metavar="FILE", check=file_path)
 
 
 @dataclass
