@@ -171,10 +171,17 @@ class EvaluationOptions:
                                   check=positive)
 
 
+def run_to_resume(value) -> str | None:
+    """A run id (never a path: the checkpoint is looked up in the home's runs folder), or `last`."""
+    if value is None or value == "last" or plain_name(value) is None:
+        return None
+    return f"{str(value)[:40]!r} is not a run id or 'last': name a run as %llm runs lists it, never a folder"
+
+
 @dataclass
 class ResumeOptions:
     resume: str | None = option(None, "continue a stopped or crashed run from its last checkpoint: "
-                                      "its run id, or 'last'", metavar="RUN_ID")
+                                      "its run id, or 'last'", metavar="RUN_ID", check=run_to_resume)
 
 
 @dataclass

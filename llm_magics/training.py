@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 
 from . import options as opts
-from .common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
+from .common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions, run_to_resume
 from .data import prepare_classification
 from .data.sft import prepare_sft
 from .engine import checkpoint
@@ -171,6 +171,9 @@ def find_checkpoint(spec: str, ctx) -> Path:
             raise UsageError(f"--resume last: no stopped or crashed {ctx.method} run has a checkpoint to resume")
         return checkpoint.resumable(candidates[-1], "--resume last")   # whole, once (engine/checkpoint.py)
     folder = runs / spec / "checkpoint-last"
+    problem = run_to_resume(spec)   # the option's check, again for callers that skip the parser
+    if problem or not folder.resolve().is_relative_to(runs.resolve()):   # nothing outside the runs folder
+        raise UsageError(f"--resume: {problem or f'{spec!r} leads out of the runs folder; name a run id'}")
     if not checkpoint.exists(folder):
         checkpoint.refuse_continued(folder, f"--resume {spec}")
         known = sorted(p.parent.name for p in runs.glob("*/checkpoint-last") if checkpoint.exists(p))

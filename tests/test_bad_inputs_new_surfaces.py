@@ -97,7 +97,13 @@ NAME_ROWS = [
     (f"%probe --model $BERT --data df --out {LONG}", "--out: the name is 300 characters long"),
 ]
 
-ROWS = BOUNDS + COLLECT_ROWS + DATA_ROWS + NAME_ROWS
+RESUME_ROWS = [   # --resume names a run, never a folder: the outside one is neither read nor changed
+    ("%finetune --model $BERT --data df --resume $OUT", "is not a run id or 'last'"),
+    ("%lora --model $BERT --data df --resume ../../elsewhere", "'../../elsewhere' is not a run id or 'last'"),
+    ("%finetune --model $BERT --data df --resume lora-1/../../x", "is not a run id or 'last'"),
+]
+
+ROWS = BOUNDS + COLLECT_ROWS + DATA_ROWS + NAME_ROWS + RESUME_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +347,24 @@ def test_index_build_skips_symlinks_out_of_the_folder_with_a_note(tmp_path, tiny
     assert not any("secret" in s or "key" in s for s in sources), sources
     assert any("1 file(s) skipped: symlinks to outside" in note for note in result.notes), result.notes
 
+
+# ---- --resume finds a checkpoint only inside the home's runs folder ------------------------------------
+
+def test_resume_never_reaches_a_checkpoint_outside_the_runs_folder(home, tmp_path):
+    """Past the option's check (an API caller, a run folder that is a symlink out), the lookup itself stays in
+    the runs folder: the outside checkpoint keeps its optimizer file and gets no continued.json."""
+    from types import SimpleNamespace
+
+    from llm_magics.engine import checkpoint
+    from llm_magics.training import find_checkpoint
+    outside = tmp_path / "elsewhere" / "checkpoint-last"
+    outside.mkdir(parents=True)
+    for name in (checkpoint.STATE, checkpoint.WEIGHTS, checkpoint.OPTIMIZER):
+        (outside / name).write_text("theirs")
+    (home.subdir("runs") / "lora-linked").symlink_to(outside.parent, target_is_directory=True)
+    ctx = SimpleNamespace(settings=home, method="lora")
+    for spec in (str(outside.parent), "../../elsewhere", "lora-linked"):
+        with pytest.raises(UsageError, match="--resume: .*(not a run id|leads out of the runs folder)"):
+            find_checkpoint(spec, ctx)
+    assert sorted(p.name for p in outside.iterdir()) == sorted([checkpoint.STATE, checkpoint.WEIGHTS,
+                                                                checkpoint.OPTIMIZER])
