@@ -227,3 +227,51 @@ def test_a_feature_file_without_a_checksum_is_rebuilt(tmp_path):
     save_file({"features": np.ones((2, 3), dtype=np.float32)}, str(path))   # as older versions wrote it
     notes = []
     assert cache.get("k", 0, notes=notes) is None and "no checksum" in notes[0]
+
+
+# ---- a forged checkpoint (edited, then its checksum list rewritten) is refused when it is nonsense ------
+def _edit_loop(folder: Path, **changes) -> None:
+    import json
+    state = json.loads((folder / checkpoint.STATE).read_text())
+    state["loop"].update(changes)
+    (folder / checkpoint.STATE).write_text(json.dumps(state))
+    write_manifest(folder)   # the forger's step: the checksums match again
+
+
+@pytest.mark.parametrize("forge, names", [
+    (lambda f: (zero_data(f / checkpoint.WEIGHTS), write_manifest(f)),
+     "trainable.safetensors: every trainable weight is zero where the model's are not"),
+    (lambda f: _edit_loop(f, step=10**6), "state.json: step 1000000 of epoch"),
+    (lambda f: _edit_loop(f, step=-3), "state.json: step -3 of epoch"),
+    (lambda f: _edit_loop(f, epoch=3), "of epoch 3 is outside this run's plan"),
+    (lambda f: _edit_loop(f, step="7"), "state.json: step '7' of epoch"),
+])
+def test_a_forged_checkpoint_that_makes_no_sense_is_refused(tiny_bert, separable, store, stopped, forge, names):
+    frame, _, _ = separable
+    run_id, folder = stopped
+    forge(folder)
+    with pytest.raises(UsageError) as info:
+        resume(tiny_bert, frame, run_id)
+    message = one_line(info)
+    assert names in message and str(folder) in message and "without --resume" in message
+    assert [row["run_id"] for row in store.list()] == [run_id]
+
+
+def nan_data(path: Path) -> None:
+    """NaN in place of every float32 of a safetensors file's tensor bytes; the header stays valid."""
+    raw = bytearray(path.read_bytes())
+    header = 8 + struct.unpack("<Q", bytes(raw[:8]))[0]
+    raw[header:] = np.full((len(raw) - header) // 4, np.nan, np.float32).tobytes()
+    path.write_bytes(bytes(raw))
+
+
+def test_forged_weights_whose_first_loss_is_not_finite_are_refused(tiny_bert, separable, stopped):
+    frame, _, _ = separable
+    run_id, folder = stopped
+    nan_data(folder / checkpoint.WEIGHTS)
+    write_manifest(folder)
+    with pytest.raises(UsageError) as info:
+        resume(tiny_bert, frame, run_id)
+    message = one_line(info)
+    assert "trainable.safetensors: the loss on the first batch after resuming is nan" in message
+    assert str(folder) in message and "without --resume" in message

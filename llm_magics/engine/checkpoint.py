@@ -21,6 +21,7 @@ refused, naming the run to resume instead.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,31 @@ def load_weights(model: torch.nn.Module, folder: Path, todo: str = "train the ru
     return extra
 
 
+# Checksums catch damage, not an edit followed by a rewritten checksum list; these cheap checks catch the
+# nonsense such an edit makes (docs/trust.md).
+def _refuse_zeroed(weights: dict[str, torch.Tensor], params: dict, path: Path, todo: str) -> None:
+    if weights and not any(t.any() for t in weights.values()) and any(params[n].detach().any() for n in weights):
+        raise UsageError(f"checkpoint {path}: every trainable weight is zero where the model's are not: no "
+                         f"training run writes that; {todo}")
+
+
+def check_position(loop: dict[str, Any], folder: Path, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
+    """The saved step and epoch must lie in the run's plan: 0 <= step <= total steps, the epoch the step's."""
+    step, epoch = loop.get("step"), loop.get("epoch")
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (step, epoch))
+    if not (whole and 0 <= step <= total_steps and 0 <= epoch <= epochs
+            and epoch * steps_per_epoch <= step <= (epoch + 1) * steps_per_epoch):
+        raise UsageError(f"checkpoint {Path(folder) / STATE}: step {step!r} of epoch {epoch!r} is outside this "
+                         f"run's plan ({total_steps} steps, {epochs} epochs of {steps_per_epoch}); {RESUME_TODO}")
+
+
+def check_first_loss(loss: float, folder: Path) -> None:
+    """The first batch after a resume: weights no training wrote (NaN, or huge) show as a loss that is not finite."""
+    if not math.isfinite(loss):
+        raise UsageError(f"checkpoint {Path(folder) / WEIGHTS}: the loss on the first batch after resuming is "
+                         f"{loss}: these weights are not what training wrote; {RESUME_TODO}")
+
+
 def load(folder: Path, model, optimizer, scheduler, rng=None) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG (into `rng`, a `RunRng`, or else the global
     generator); return the loop's saved position. Everything is checked before anything changes."""
@@ -181,6 +207,7 @@ def load(folder: Path, model, optimizer, scheduler, rng=None) -> dict[str, Any]:
     check(folder, todo)
     weights = _read_tensors(folder / WEIGHTS, todo)
     params = _check_weights(weights, model, folder / WEIGHTS, todo)
+    _refuse_zeroed(weights, params, folder / WEIGHTS, todo)
     tensors = _read_tensors(folder / OPTIMIZER, todo)
     state = _read_json(folder / STATE, todo)
     bad = f"damaged checkpoint: {folder / STATE} is not a checkpoint's state"

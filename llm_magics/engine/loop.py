@@ -157,6 +157,7 @@ class TrainLoop:
         # This run's own generator (dropout masks): concurrent runs must not draw from each other's.
         self.rng = RunRng(config.seed, device)
         self.resumed_from: Path | None = None
+        self.first_loss_checked = False   # after a resume: the first batch's loss must be finite
         self.weights_dir: Path | None = None   # checkpoint-best, once its weights are restored into the model
 
     # -- plan ----------------------------------------------------------------------------
@@ -176,6 +177,7 @@ class TrainLoop:
     def resume(self, folder: Path) -> None:
         """Continue from a checkpoint written by `save_checkpoint` (possibly another run's)."""
         loop = checkpoint.load(folder, self.model, self.optimizer, self.scheduler, rng=self.rng)
+        checkpoint.check_position(loop, folder, self.total_steps, self.steps_per_epoch, self.config.epochs)
         self.state.update(loop)
         self.batch_size, self.grad_accum = loop["batch_size"], loop["grad_accum"]
         self.resumed_from = Path(folder)
@@ -271,6 +273,9 @@ class TrainLoop:
                 s["position"] = window_start
                 self._back_off()
                 continue
+            if self.resumed_from is not None and not self.first_loss_checked:
+                checkpoint.check_first_loss(loss, self.resumed_from)
+                self.first_loss_checked = True
             s["position"] += 1
             s["tokens"] += tokens
             s["rows"] += len(indices)
