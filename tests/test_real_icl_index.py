@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED, need_sst2
+from conftest import SHARED, need_shared, need_sst2
 from llm_magics import api
 from llm_magics.retrieval import store
 
@@ -67,8 +67,7 @@ def test_smollm2_eight_balanced_shots_on_sst2(sst2):
 
 @pytest.fixture(scope="module")
 def squad():
-    if not SQUAD.exists():
-        pytest.skip(f"SQuAD not found at {SQUAD}")
+    need_shared(SQUAD, "SQuAD")
     data = json.loads(SQUAD.read_text())
     paragraphs, questions, gold = [], [], []
     for article in data["data"]:

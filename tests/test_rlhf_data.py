@@ -7,16 +7,14 @@ import pytest
 from llm_magics.errors import UsageError
 from llm_magics.rlhf.data import normalize_preferences, prepare_preferences
 
-from conftest import SHARED
+from conftest import SHARED, need_shared
 
 HH = SHARED / "data" / "hh_rlhf_harmless" / "test.jsonl.gz"
 DPO_DEMO = SHARED / "data" / "dpo_en_demo" / "dpo_en_demo.json"
 
 
 def need(path):
-    if not path.exists():
-        pytest.skip(f"{path} not found (set LLM_MAGICS_SHARED)")
-    return path
+    return need_shared(path, path.parent.name)
 
 
 def test_prompt_chosen_rejected_texts_are_kept_as_they_are():

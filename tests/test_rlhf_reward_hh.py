@@ -11,7 +11,6 @@ RewardTrainer 0.577 (issue 11 measured TRL at 0.587 with checkpointing on); the 
 28 s system CPU time at one thread (12 min wall on the loaded machine), about 3 minutes on 2 quiet cores.
 The assertion is the strict one: ours ≥ TRL's (+0.036 measured, 11 of 300 pairs).
 """
-import os
 import tempfile
 
 import pandas as pd
@@ -20,7 +19,7 @@ import torch
 
 from llm_magics import api
 
-from conftest import SHARED
+from conftest import SHARED, need_shared
 
 pytestmark = pytest.mark.real_model
 
@@ -29,10 +28,7 @@ TRAIN, HELD_OUT, MAX_LENGTH, LR = 1000, 300, 256, 5e-5
 
 
 def hh_splits(train: int, held_out: int, validation: int = 40, seed: int = 0):
-    if not HH.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"hh_rlhf_harmless not found at {HH}")
-        pytest.skip(f"hh_rlhf_harmless not found at {HH} (set LLM_MAGICS_SHARED)")
+    need_shared(HH, "hh_rlhf_harmless")
     from llm_magics.rlhf.data import normalize_preferences
     frame = normalize_preferences(pd.read_json(HH, lines=True, compression="gzip"))
     frame = frame.sample(train + held_out + validation, random_state=seed).reset_index(drop=True)
