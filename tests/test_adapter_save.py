@@ -1,5 +1,4 @@
-"""Adapter folders: saved whole over an old one, user files kept, damaged ones refused on load
-(issue 9, items 4, 8 and 12)."""
+"""Adapter folders: saved whole over an old one, user files kept, damaged ones refused on load."""
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,4 @@
-"""Bad input on the surfaces added since tests/test_bad_inputs.py (issue 23): bounds on generation lengths,
+"""Bad input on the surfaces added since tests/test_bad_inputs.py: bounds on generation lengths,
 virtual tokens, sweeps and devices; `%rlhf ppo`'s ranges; `%rlhf collect`'s file and model; preference data
 that used to raise a raw traceback.
 

@@ -1,4 +1,4 @@
-"""Damaged checkpoints are refused and damaged feature-cache entries rebuilt (issue 9, item 8).
+"""Damaged checkpoints are refused and damaged feature-cache entries rebuilt.
 
 Each damage is done the way a disk, a crash or a colleague would do it: bytes changed under a
 header that still parses, a file cut short, a JSON file that no longer parses, a file gone.

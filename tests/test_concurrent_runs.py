@@ -1,5 +1,5 @@
-"""Two `--bg` runs started together with the same seed end exactly where the serial run ends
-(issue 9, item 14): each run draws dropout masks and initial weights from its own generator."""
+"""Two `--bg` runs started together with the same seed end exactly where the serial run ends:
+each run draws dropout masks and initial weights from its own generator."""
 import threading
 
 import torch

@@ -125,7 +125,7 @@ def test_test_labels_must_be_known(frame):
         prepare_classification(frame, test=test)
 
 
-# ---- data misread silently (issue 9, item 10) ----------------------------------------------
+# ---- data misread silently ----------------------------------------------
 
 def test_a_csv_row_with_more_fields_than_the_header_is_an_error_naming_the_line(tmp_path):
     # pandas alone would index the first data row by "great" and shift its columns: text 'really', label 1.

@@ -1,4 +1,4 @@
-"""`%llm export` (issue 23 items 4, 10, 7's export part): the job carries the data the run trained on or nothing,
+"""`%llm export`: the job carries the data the run trained on or nothing,
 the folder is written whole or not at all, job.json names no path of this machine the user did not give, and a
 target that cannot be a job folder is one line."""
 import json

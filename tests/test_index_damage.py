@@ -1,5 +1,4 @@
-"""Index folders: never trusted to turn on remote code, checked on load, saved whole, deleted literally
-(issue 9, items 1, 4, 8 and 11)."""
+"""Index folders: never trusted to turn on remote code, checked on load, saved whole, deleted literally."""
 from __future__ import annotations
 
 import json

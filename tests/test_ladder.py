@@ -1,4 +1,4 @@
-"""`%llm ladder` (issue 20 item 4): rungs run per seed, the table, the frontier, the recommendation's rule, Stop,
+"""`%llm ladder`: rungs run per seed, the table, the frontier, the recommendation's rule, Stop,
 a budget that skips, a plugin as a rung, and the ladder redrawn from the store after the session is cleared."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The launcher's hygiene (issue 23 item 12): a failure's message ends with log lines or says there were none,
+"""The launcher's hygiene: a failure's message ends with log lines or says there were none,
 the other ranks' scratch folders go with the run, and workers get only the environment they need (a notebook's
 secrets stay in the kernel)."""
 import json

@@ -78,7 +78,7 @@ def test_list_defaults_are_not_shared_between_instances():
     assert opts.from_kwargs(Demo, {"name": "b"}).labels == []
 
 
-# ---- numbers are finite and in the range their meaning allows (issue 9, item 9) ---------------
+# ---- numbers are finite and in the range their meaning allows ---------------
 
 @dataclass
 class Knobs:

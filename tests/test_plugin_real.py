@@ -25,7 +25,7 @@ def bitfit():
 
 @pytest.mark.real_model
 def test_bitfit_is_near_full_finetuning_and_above_head_only(bitfit):
-    """Acceptance of issue 10: 2,000 SST-2 train rows, MiniLM, 2 epochs, scored on the 872 test sentences."""
+    """The plugin's acceptance run: 2,000 SST-2 train rows, MiniLM, 2 epochs, scored on the 872 test sentences."""
     train, test = sst2_sample(2000)
     common = dict(model="minilm", data=train, test=test, epochs=2, seed=0)
     runs = {"bitfit": api.run("bitfit", **common),

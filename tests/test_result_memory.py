@@ -1,4 +1,4 @@
-"""Kept training Results do not pin their models (issue 9, item 16): the trained weights stay on disk
+"""Kept training Results do not pin their models: the trained weights stay on disk
 (checkpoint-best, or trained/), the newest Results keep their model loaded, older ones build it again
 when they next predict, with the same answers; `%llm free` releases every model."""
 import gc

@@ -1,4 +1,4 @@
-"""A stopped run is continued once (issue 9, item 15): the run that resumed it marks its checkpoint
+"""A stopped run is continued once: the run that resumed it marks its checkpoint
 as continued and drops its optimizer state; resuming it again is refused, naming that run."""
 import pytest
 

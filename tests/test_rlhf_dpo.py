@@ -98,7 +98,7 @@ def test_online_methods_check_their_group_size(tiny_llama):
 
 
 def test_a_dpo_lora_policy_is_a_normal_lora_adapter_afterwards(tiny_llama, separable, tmp_path):
-    """Issue 11, Deliver 5: `%lora adapters` lists the DPO-trained adapter; use, save, load and merge give the
+    """`%lora adapters` lists the DPO-trained adapter; use, save, load and merge give the
     same policy (its log-probs of a preferred answer, which training moved away from the base's)."""
     from llm_magics.adapters import hub
     from llm_magics.rlhf.trl_bridge import pair_logprobs

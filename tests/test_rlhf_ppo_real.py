@@ -1,4 +1,4 @@
-"""%rlhf ppo on the embedded models (issue 11's sentiment run, CI-sized): smollm2 + LoRA learns to continue
+"""%rlhf ppo on the embedded models (the sentiment run, CI-sized): smollm2 + LoRA learns to continue
 movie-review openings positively, rewarded by a MiniLM sentiment probe trained on SST-2."""
 import csv
 
@@ -42,7 +42,7 @@ def test_ppo_with_lora_teaches_smollm2_to_continue_reviews_positively():
     # KL to the reference (the base with the adapter disabled), stated and bounded.
     assert 0 < m["kl_mean"] < 10 and m["kl_k3_mean"] >= 0, m
     assert any(note.startswith("KL to the reference: mean") for note in result.notes)
-    # The positive probability of the sampled completions, first 3 steps against the last 3: issue 11 asks a rise
+    # The positive probability of the sampled completions, first 3 steps against the last 3: the target is a rise
     # of ≥ 0.25. Measured here (OMP_NUM_THREADS=1, five jobs sharing the 2 cores, ~470 s; seed 0 / 1):
     #   these settings, 24 steps: 0.46 → 0.89 (+0.43, KL mean 7.9 nats) / 0.53 → 0.87 (+0.34, KL mean 4.9);
     #   the same at 16 steps: +0.29 / +0.17; 12 steps at lr 2e-3: +0.27 / +0.16;

@@ -64,7 +64,7 @@ def review_pairs(reviews: pd.DataFrame, n_train: int, n_test: int, seed: int = 0
 
 
 def test_minilm_reward_model_ranks_positive_reviews_first():
-    # Issue 11: a clearly learnable synthetic preference set reaches ≥ 0.95 held-out pair accuracy. MiniLM (full,
+    # The target: a clearly learnable synthetic preference set reaches ≥ 0.95 held-out pair accuracy. MiniLM (full,
     # bf16 autocast, 1 epoch, lr 1e-4), 300 held-out pairs (±0.012 standard error), measured here:
     #   fragments (≥ 8 words, SST-2's phrase-level labels) 1,800 pairs: 0.940; 2,700: 0.940 — a ceiling;
     #   whole sentences 2,025 pairs: 0.937–0.940 — the misranked pairs mostly mixed or sarcastic reviews;
@@ -90,7 +90,7 @@ def length_matched(pos: np.ndarray, neg: np.ndarray, seed: int):
 
 
 def test_dpo_lora_on_smollm2_prefers_the_positive_review():
-    # Issue 11's size: 24 steps at batch 4 (96 training pairs, each seen once), ≤ 128 tokens, 64 held-out pairs
+    # The target's size: 24 steps at batch 4 (96 training pairs, each seen once), ≤ 128 tokens, 64 held-out pairs
     # (±0.045 standard error on an accuracy near 0.85). Held-out implicit-reward accuracy measured on this machine
     # for draws of the pairs (sample seed 1 / 2 / 3 / 4 / 5), clear sentences of ≤ 16 words, the prompt below:
     #   lr 1e-3, β 0.5, random pairing: 0.86 / 0.63 / 0.92 — the spread from how far every answer drifts (seed 2:
@@ -100,7 +100,7 @@ def test_dpo_lora_on_smollm2_prefers_the_positive_review():
     #   length-matched, --sft-weight 0.2, lr 1.5e-3 (this test): 0.81 / 0.875 / 0.875 / 0.86 / 0.797 — mean 0.84;
     #     β 1: 0.86 / 0.83 / 0.89 / 0.86 / 0.77; lr 2e-3: 0.77 / 0.86 / 0.86 / 0.86 / 0.77;
     #     --sft-weight 0.5 (lr 1e-3): 0.77 / 0.83 / 0.84.
-    # Issue 11 asks ≥ 0.8: met on average and on 4 of 5 draws; asserted is 0.75, below every draw of this test's
+    # The target is ≥ 0.8: met on average and on 4 of 5 draws; asserted is 0.75, below every draw of this test's
     # settings (one pair of 64 is 0.016: a float difference on another CPU must not fail CI).
     # β 0.1 drifted further (chosen −3.6, rejected −8.4 nats at 24 steps); a bare "Review:" prompt stayed near
     # chance. The prompt states the preference, as a preference set does.

@@ -3,11 +3,11 @@
 Same model (minilm), same training pairs, same left truncation (HH pairs share a long prefix and differ only
 in the last turn), same epochs, batch, learning rate and dtype (bf16 autocast on both sides — TRL's default,
 native on this CPU), TRL with gradient checkpointing off; both scored on the same held-out pairs by the same
-function. Issue 11's CI size: 1,000 train / 300 held-out pairs at 256 tokens, one epoch.
+function. The CI size: 1,000 train / 300 held-out pairs at 256 tokens, one epoch.
 
 Measured (2026-11-30, this 2-core machine shared with four other agents, OMP_NUM_THREADS=1): held-out pair
 accuracy ours 0.613 (0.607 before our bf16 CPU training switched MiniLM to eager attention), TRL
-RewardTrainer 0.577 (issue 11 measured TRL at 0.587 with checkpointing on); the whole test took 342 s user +
+RewardTrainer 0.577 (TRL measured 0.587 earlier with checkpointing on); the whole test took 342 s user +
 28 s system CPU time at one thread (12 min wall on the loaded machine), about 3 minutes on 2 quiet cores.
 The assertion is the strict one: ours ≥ TRL's (+0.036 measured, 11 of 300 pairs).
 """

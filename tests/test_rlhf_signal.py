@@ -1,4 +1,4 @@
-"""Issue 24: `%rlhf ppo|grpo|rloo` say when the reward gives no signal, look at it before training, and
+"""`%rlhf ppo|grpo|rloo` say when the reward gives no signal, look at it before training, and
 `--probe-reward` only looks."""
 import pytest
 

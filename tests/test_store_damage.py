@@ -1,4 +1,4 @@
-"""A damaged run store never costs a finished run; run ids are never written over (issue 9, items 5-6)."""
+"""A damaged run store never costs a finished run; run ids are never written over."""
 from __future__ import annotations
 
 import json

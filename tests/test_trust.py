@@ -1,4 +1,4 @@
-"""The API key goes only to --api-base's origin, whatever the endpoint answers (issue 9, item 2)."""
+"""The API key goes only to --api-base's origin, whatever the endpoint answers."""
 from __future__ import annotations
 
 import json

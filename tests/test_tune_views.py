@@ -1,4 +1,5 @@
-"""Tuning views a person can read: sweeps by their settings, theme-proof colours, the small items of issue 21."""
+"""Tuning views a person can read: sweeps by their settings, theme-proof colours, and the small items
+(a per-row ICL table, predict on strings, a stopped run's step, %llm help)."""
 import pytest
 
 from llm_magics.errors import UsageError
