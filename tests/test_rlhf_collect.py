@@ -232,6 +232,39 @@ def test_a_click_counts_only_for_the_pair_on_screen(tmp_path):
     assert len(lines(path)) == 1
 
 
+def test_the_widget_leaves_a_snapshot_of_its_state_in_the_notebook(tmp_path, monkeypatch):
+    """Beside the widget a static HTML copy (updated by display id) keeps the prompt on screen, the counts and the
+    file, so a reopened notebook shows them instead of "model not found"; the last one is the final state."""
+    import IPython.display
+
+    from llm_magics.progress.widget import LIVE_CLASS, SNAPSHOT_CLASS
+    shown = []
+
+    class Handle:
+        def update(self, new):
+            shown[-1] = new
+
+    def display(obj, display_id=False, **_kwargs):
+        shown.append(obj)
+        return Handle() if display_id else None
+    monkeypatch.setattr(IPython.display, "display", display)
+    path = tmp_path / "prefs.jsonl"
+    session = CollectSession(path, PROMPTS[:3], fake)
+    session._ipython_display_()
+    assert shown[0] is session.widget and LIVE_CLASS in session.widget._dom_classes
+    assert SNAPSHOT_CLASS in shown[1].data and "Review 0" in shown[1].data
+    assert session.choose(0, pair=session.pair)
+    session.wait()
+    assert session.tie(pair=session.pair)
+    session.wait()
+    snapshot = shown[1].data
+    assert "Review 2: the film was" in snapshot and "Review 1" not in snapshot and "was good" in snapshot
+    assert "1 chosen · 1 ties · 0 skipped · prompt 3 of 3" in snapshot and str(path) in snapshot
+    assert session.skip(pair=session.pair)
+    session.wait()
+    assert "All prompts answered" in shown[1].data and "1 chosen · 1 ties · 1 skipped" in shown[1].data
+
+
 def test_collect_uses_a_held_result_without_loading_its_reference(tiny_llama, separable, tmp_path, monkeypatch):
     import pandas as pd
 

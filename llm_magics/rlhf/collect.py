@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 from ..errors import UsageError
 from ..progress.theme import BORDER, MUTED, WARN
+from ..progress.widget import Snapshot
 
 EVENTS = ("tie", "skip")
 
@@ -147,6 +148,7 @@ class CollectSession:
         self._worker: threading.Thread | None = None
         self._lock = threading.RLock()   # clicks (comm thread) against the worker's new pair
         self._widget = None
+        self.snapshot = Snapshot(self.snapshot_html)   # what the saved notebook keeps once the widget is gone
         self._show(self._draw())
 
     # ---- state ------------------------------------------------------------------------
@@ -301,6 +303,7 @@ class CollectSession:
             self._answers.children = self._answer_boxes()
             self._actions.children = self._action_row()
             self._status.value = self._status_html()
+        self.snapshot.refresh(now=True)   # a click or a new pair: rare enough to send each at once
 
     def _prompt_html(self) -> str:
         if self.done:
@@ -347,6 +350,25 @@ class CollectSession:
         if self.generating:
             return f"<i style='color:{MUTED}'>generating the next pair…</i>"
         return f"<span style='color:{WARN}'>{html.escape(self.notes[-1])}</span>" if self.notes else ""
+
+    def counts(self) -> dict[str, int]:
+        """What the file holds: prompts with a choice, ties and skips."""
+        records = read_records(self.path)
+        return {"chosen": len({r.get("prompt") for r in records if "chosen" in r}),
+                **{word: sum(r.get("event") == event for r in records) for event, word in
+                   (("tie", "ties"), ("skip", "skipped"))}}
+
+    def snapshot_html(self) -> str:
+        """The session's state as static HTML: the prompt and answers on screen, the counts, the file."""
+        answers = "" if self.done or self.generating else "".join(
+            f"<div style='white-space:pre-wrap;border:1px solid {BORDER};padding:6px;margin:4px 0'>"
+            f"{html.escape(text)}</div>" for text in self.completions)
+        counts = " · ".join(f"{n} {word}" for word, n in self.counts().items())
+        return (f"{self._prompt_html()}{answers}<div>{counts} · prompt {min(self.index + 1, len(self.prompts))} of "
+                f"{len(self.prompts)} · <code>{html.escape(str(self.path))}</code></div>{self._status_html()}")
+
+    def _ipython_display_(self) -> None:
+        self.snapshot.display(self.widget)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
