@@ -4,7 +4,7 @@ import pytest
 
 from llm_magics.errors import UsageError
 from llm_magics.tune import sweep as sweep_mod
-from llm_magics.tune.view import leaderboard_html, sweep_plot
+from llm_magics.tune.view import curves_plot, leaderboard_html, parallel_plot, plot_html, sweep_plot
 
 
 def finished_sweep(grid: str, outcomes: list[dict], metric: str | None = None):
@@ -53,8 +53,8 @@ def test_sweeps_rank_by_validation_and_a_test_metric_says_why_not():
     assert "test set biases" in note and "val_accuracy" in note
 
 
-def plotted(monkeypatch, sweep, metric=None):
-    """The axes sweep_plot drew, caught before they become a PNG."""
+def plotted(monkeypatch, sweep, metric=None, plot=sweep_plot):
+    """The axes `plot` drew, caught before they become a PNG."""
     from llm_magics.runs import figures
     caught = []
     original = figures.to_png
@@ -63,7 +63,7 @@ def plotted(monkeypatch, sweep, metric=None):
         caught.append(fig.axes[0])
         return original(fig)
     monkeypatch.setattr(figures, "to_png", catch)
-    png = sweep_plot(sweep, metric)
+    png = plot(sweep, metric)
     assert png and png.startswith(b"\x89PNG")
     return caught[0]
 
@@ -80,6 +80,50 @@ def test_the_sweep_plot_is_the_metric_against_the_swept_option(monkeypatch):
     ax = plotted(monkeypatch, categorical)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["q", "k,v"] and "stopped early" in ax.get_title()
     assert sweep_plot(finished_sweep("lr=1e-4", [{"status": "failed"}])) is None   # nothing to draw yet
+
+
+def test_three_swept_options_get_parallel_coordinates(monkeypatch):
+    scores = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9]
+    sweep = finished_sweep("lr=1e-4,1e-2 r=4,8 target=q|k,v", [{"status": "ok", "val_accuracy": v} for v in scores])
+    ax = plotted(monkeypatch, sweep, plot=parallel_plot)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["--lr", "--r", "--target", "val_accuracy"]
+    points = [line for line in ax.get_lines() if line.get_marker() == "o"]   # the axes are lines without markers
+    assert len(points) == 8 and all(len(line.get_ydata()) == 4 for line in points)
+    worst, best = points[0], points[-1]
+    assert list(worst.get_ydata()) == [0, 0, 0, 0] and list(best.get_ydata()) == [1, 1, 1, 1]
+    assert worst.get_color() != best.get_color()                                # coloured by the metric
+    labels = {t.get_text() for t in ax.texts}
+    assert {"q", "k,v", "4", "8", "0.5", "0.9"} <= labels
+    assert "parallel coordinates" in plot_html(sweep)
+    two = finished_sweep("lr=1e-4,1e-2 r=4,8", [{"status": "ok", "val_accuracy": v} for v in scores[:4]])
+    assert parallel_plot(two) is None and "parallel coordinates" not in plot_html(two)
+
+
+def test_every_points_loss_curve_overlaid_labelled_by_its_settings(monkeypatch):
+    sweep = finished_sweep("lr=1e-4,1e-3 epochs=1", [{"status": "ok", "val_accuracy": 0.6},
+                                                      {"status": "stopped", "val_accuracy": 0.7}])
+    assert curves_plot(sweep) is None                      # no point has a curve yet
+    sweep.curves = {1: [(1, 0.9), (2, 0.7), (3, 0.6)], 2: [(1, 0.8), (2, 0.5)]}
+    ax = plotted(monkeypatch, sweep, plot=lambda s, _m: curves_plot(s))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["--lr 1e-4", "--lr 1e-3"]
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[0.9, 0.7, 0.6], [0.8, 0.5]]
+    assert ax.get_lines()[1].get_linestyle() == "--" and "stopped early" in ax.get_title()
+    assert "training loss of every point" in plot_html(sweep)
+
+
+def test_a_real_sweep_keeps_each_points_loss_curve_for_its_views(monkeypatch, shell, tiny_bert, separable):
+    from llm_magics.tune.view import SweepView
+    shell.user_ns["df"] = separable[0]
+    assert shell.run_cell(f"%llm sweep finetune --model {tiny_bert} --data df --train all --batch-size 8 "
+                          "--dtype float32 --epochs 1 --grid \"lr=1e-3,1e-2\" --out s").success
+    sweep = shell.user_ns["s"]
+    assert sweep.wait(120) and [row["status"] for row in sweep.rows] == ["ok", "ok"]
+    assert all(len(sweep.curves[p]) >= 2 for p in (1, 2))
+    assert all(isinstance(step, int) and loss == loss for p in (1, 2) for step, loss in sweep.curves[p])
+    view = SweepView(sweep)
+    view.update(sweep)
+    assert "training loss of every point" in view.snapshot_html() and "training loss of every point" in view.plot.value
+    assert "training loss of every point" in sweep._repr_html_()
 
 
 def test_compare_shows_the_options_that_differ_apart_from_metrics():

@@ -235,6 +235,7 @@ class Sweep:
             {"point": i + 1, **{option_column(n): v for n, v in point.items()}, "status": "waiting", "run_id": "",
              "message": "", "line": self.line_of(point)} for i, point in enumerate(grid_points)]
         self.results: list[Any] = []
+        self.curves: dict[int, list[tuple[int, float]]] = {}   # point -> its training loss, (step, loss)
         self.current = None                 # the RunHandle of the point running now
         self.on_run: list[Callable] = []     # called with each point's RunHandle when it starts
         self.on_update: list[Callable] = []  # called after each point ends (and when the sweep ends)
@@ -292,6 +293,7 @@ class Sweep:
         finally:
             self.current = None
         self.results.append(result)
+        self.curves[row["point"]] = loss_curve(handle.progress)
         row["status"] = getattr(result, "status", "ok")
         for name, value in getattr(result, "metrics", {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -363,8 +365,14 @@ class Sweep:
         return f"<Sweep {self.id} of %{self.method}: {self.status}>\n" + leaderboard_text(self)
 
     def _repr_html_(self) -> str:
-        from .view import leaderboard_html
-        return leaderboard_html(self)
+        from .view import leaderboard_html, plot_html
+        return leaderboard_html(self) + plot_html(self)
+
+
+def loss_curve(progress) -> list[tuple[int, float]]:
+    """A run's training loss as its live view drew it: (step, loss), one per step that reported a loss (the
+    Result keeps only the evaluations' history and the curve as a picture)."""
+    return [(step, metrics["loss"]) for step, metrics in progress.state.history if "loss" in metrics]
 
 
 def _pick_metric(row: dict) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import math
 import sys
 from typing import Any
 
@@ -210,17 +211,26 @@ class SweepView:
 
 
 def plot_html(sweep, metric: str | None = None) -> str:
-    """The sweep's plot as an <img>, or a line saying why there is none yet."""
+    """The sweep's figures as <img>s: the metric against a swept option; with 3 or more options varied, their
+    parallel coordinates; every point's training loss overlaid. A figure that fails is a line saying why."""
+    metric = metric or sweep.metric
+    rows = [r for r in sweep.rows if _number(r.get(metric)) is not None]
+    x_column, varied = x_axis(sweep, rows) if rows else ("", [])
+    figures = [(sweep_plot, f"{metric} against {x_column}"),
+               (parallel_plot, f"{metric} over {', '.join(varied)} (parallel coordinates)"),
+               (lambda s, _m: curves_plot(s), "training loss of every point")]
+    return "".join(_figure_html(make, sweep, metric, alt) for make, alt in figures)
+
+
+def _figure_html(make, sweep, metric: str | None, alt: str) -> str:
     try:
-        png = sweep_plot(sweep, metric)
+        png = make(sweep, metric)
     except Exception as exc:  # noqa: BLE001 - the plot is a bonus, never the reason a sweep fails
         return f"<div style='color:{WARN}'>no plot: {html.escape(str(exc))}</div>"
     if png is None:
         return ""
     from ..runs.figures import png_html
-    metric = metric or sweep.metric
-    x_column, _ = x_axis(sweep, [r for r in sweep.rows if _number(r.get(metric)) is not None])
-    return scroll_box(png_html(png, alt=f"{metric} against {x_column}"))
+    return scroll_box(png_html(png, alt=html.escape(alt, quote=True)))
 
 
 def _number(value) -> float | None:
@@ -287,4 +297,84 @@ def sweep_plot(sweep, metric: str | None = None) -> bytes | None:
     ax.set_title(title, fontsize=9)
     if others:
         ax.legend(fontsize=8)
+    return to_png(fig)
+
+
+def _scaled(values: list, typed: list[str]) -> tuple[list[float], list[tuple[float, str]]]:
+    """One parallel axis: each value placed in [0, 1] (numbers by size, on a log scale when they span 10x or more;
+    other values in the grid's order) and the ticks to label it with."""
+    numbers = [_number(v) for v in values]
+    if all(n is not None for n in numbers):
+        log = min(numbers) > 0 and max(numbers) / min(numbers) >= 10
+        keys = [math.log10(n) if log else n for n in numbers]
+        low, high = min(keys), max(keys)
+        place = [(k - low) / (high - low) if high > low else 0.5 for k in keys]
+    else:
+        names = [str(v) for v in values]
+        order = [t for t in typed if t in names] + sorted(set(names) - set(typed))
+        place = [order.index(n) / max(len(order) - 1, 1) for n in names]
+    ticks = {p: format_metric(v) if isinstance(v, float) else str(v) for p, v in zip(place, values)}
+    return place, sorted(ticks.items())
+
+
+def parallel_plot(sweep, metric: str | None = None) -> bytes | None:
+    """With 3 or more swept options varied: one vertical axis per option and one for the metric, one line per
+    point coloured by the metric. None otherwise."""
+    metric = metric or sweep.metric
+    rows = [r for r in sweep.rows if metric and _number(r.get(metric)) is not None]
+    if not rows:
+        return None
+    _, varied = x_axis(sweep, rows)
+    if len(varied) < 3:
+        return None
+    typed = {option_column(a.name): [str(v) for v in a.values] for a in sweep.axes}
+    columns = varied + [metric]
+    placed = [_scaled([r.get(c) for r in rows], typed.get(c, [])) for c in columns]
+    scores = [_number(r[metric]) for r in rows]
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from ..runs.figures import new_figure, to_png
+    colour = ScalarMappable(Normalize(min(scores), max(scores)), colormaps["viridis"])
+    fig = new_figure(max(6.0, 1.6 * len(columns)), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    for i in sorted(range(len(rows)), key=scores.__getitem__):   # the highest drawn last, on top
+        score = scores[i]
+        ax.plot(range(len(columns)), [place[i] for place, _ in placed], "-o", markersize=3, linewidth=1.5,
+                color=colour.to_rgba(score), alpha=0.85)
+    for x, (_, ticks) in enumerate(placed):
+        ax.axvline(x, color="grey", linewidth=0.8)
+        for y, text in ticks[:8]:
+            ax.annotate(text, (x, y), xytext=(3, 0), textcoords="offset points", fontsize=7, va="center")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(columns) - 0.5)
+    ax.set_ylim(-0.08, 1.08)
+    fig.colorbar(colour, ax=ax, label=metric)
+    ax.set_title(f"{metric} over {len(varied)} swept options, one line per point", fontsize=9)
+    return to_png(fig)
+
+
+def curves_plot(sweep) -> bytes | None:
+    """Every ended point's training loss against the step, overlaid and labelled by the point's settings (the
+    options that vary between them). None until a point has a curve."""
+    rows = [r for r in sweep.rows if sweep.curves.get(r["point"]) and r.get("status") in ("ok", "stopped")]
+    if not rows:
+        return None
+    _, varied = x_axis(sweep, rows)
+    from ..runs.figures import new_figure, to_png
+    fig = new_figure(6.0, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    for row in rows:
+        label = " ".join(f"{c} {row.get(c)}" for c in varied) if len(rows) > 1 else f"point {row['point']}"
+        ax.plot(*zip(*sweep.curves[row["point"]]), linewidth=1,
+                linestyle="-" if row["status"] == "ok" else "--", label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    if len(rows) <= 12:
+        ax.legend(fontsize=7)
+    stopped = " (dashed: stopped early)" if any(r["status"] != "ok" for r in rows) else ""
+    ax.set_title(f"training loss of {len(rows)} points{stopped}", fontsize=9)
     return to_png(fig)
