@@ -361,10 +361,9 @@ def _data_fingerprint(cls, word: str | None, values: dict, namespace: dict) -> s
     from ..training import TrainingMethod
     o = build_options(cls, word, values)
     ctx = SimpleNamespace(namespace=namespace)
-    if cls.name == "rlhf":   # reward, dpo, kto, orpo: preference pairs, read alike by each
-        from ..methods.rlhf.common import preference_data
-        return preference_data(o, ctx)[0].fingerprint
     method = cls()
+    if hasattr(method, "data_fingerprint"):   # a method that reads its data its own way says what it read
+        return method.data_fingerprint(o, ctx)
     if not isinstance(method, TrainingMethod):
         return None
     run = SimpleNamespace(options=o, ctx=ctx, task=method.task_of(o))

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ...method import Command, Method
 from ...models import resolve
+from .common import preference_data
 from .judge import run_collect, run_eval
 from .launch import launch_reward
 from .options import (CollectOptions, DpoOptions, EvalOptions, ListOptions, OnlineOptions, PpoOptions,
@@ -50,6 +51,10 @@ class RlhfMethod(Method):
             frame = frame[frame["method"].astype(str).str.startswith("rlhf")]
         return frame.head(o.limit) if o.limit else frame
 
+
+    def data_fingerprint(self, o, ctx) -> str:
+        """The fingerprint of the pairs reward/dpo/kto/orpo read (`%llm export` checks a run's data against it)."""
+        return preference_data(o, ctx)[0].fingerprint
 
     def reward(self, o: RewardOptions, ctx):
         return RewardTraining().run(o, ctx)

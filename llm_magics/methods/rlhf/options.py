@@ -210,6 +210,8 @@ class OnlineOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOpti
     seed: int = option(0, "seed for sampling and initialisation")
 
     def validate(self) -> None:
+        if None in (self.batch_size, self.num_generations):
+            return   # the Python API may leave one unset: the option checks answer for it
         if self.batch_size % self.num_generations:
             raise UsageError(f"--batch-size {self.batch_size} must be a multiple of --num-generations "
                              f"{self.num_generations} (whole groups per step)")
