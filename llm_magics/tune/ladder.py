@@ -40,6 +40,7 @@ from ..records import as_dict
 from ..runs import predictions, stats
 from ..runs.store import RunStore
 from ..settings import current
+from .background import BackgroundJob
 
 ICL_DEFAULT_SHOTS = 4
 COSTS = {"train_s": "training seconds", "peak_mem_bytes": "peak memory", "trainable_params": "trainable parameters",
@@ -211,7 +212,7 @@ def ladders_folder() -> Path:
     return Path(current().cache_dir) / "ladders"
 
 
-class Ladder:
+class Ladder(BackgroundJob):
     """The rungs of one ladder, run seed by seed in a background thread.
 
     `.stop()` ends the current run cleanly and skips the rest; `.wait()`; `.result()` (a LadderResult of
@@ -226,11 +227,8 @@ class Ladder:
         self.budget_s = parse_budget(options.budget)
         self.rungs = parse_rungs(options.rungs, options.shots)
         self.columns = data_columns(options, self.namespace)
-        self.current = None
+        super().__init__()
         self.on_run: list[Callable] = []
-        self.on_update: list[Callable] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.started = self.ended = None
 
     # -- running ------------------------------------------------------------------------------
@@ -352,32 +350,10 @@ class Ladder:
         else:
             rung.reason = f"{done} of {asked} seeds: a seed failed or was stopped"
 
-    def _notify(self) -> None:
-        for callback in self.on_update:
-            try:
-                callback(self)
-            except Exception:  # noqa: BLE001 - a broken view must not end the ladder
-                pass
-
-    # -- asked for by the user -------------------------------------------------------------------
-    def stop(self) -> None:
-        """End the current run cleanly and skip the rungs and seeds not yet run."""
-        self._stop.set()
-        if self.current is not None:
-            self.current.stop()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
+    # -- asked for by the user (and stop / stopping / wait from BackgroundJob) --------------------
     @property
     def finished(self) -> bool:
         return self.ended is not None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.finished
 
     @property
     def status(self) -> str:

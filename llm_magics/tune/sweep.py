@@ -23,6 +23,7 @@ from .. import options as opts
 from ..errors import UsageError, did_you_mean
 from ..runs.compare import PREFERRED_METRICS, compare_recorded, option_column
 from . import form
+from .background import BackgroundJob
 
 
 # Each point is a whole run, and the leaderboard holds a row per point: a grid past this is refused (counted,
@@ -212,7 +213,7 @@ def lower_is_better(metric: str) -> bool:
     return any(metric.endswith(s) for s in ("loss", "perplexity", "error", "_s")) or metric.startswith("loss")
 
 
-class Sweep:
+class Sweep(BackgroundJob):
     """Points of one sweep, run one after another in a background thread.
 
     `.stop()` ends the current run cleanly and skips the rest; `.wait()`;
@@ -236,11 +237,8 @@ class Sweep:
              "message": "", "line": self.line_of(point)} for i, point in enumerate(grid_points)]
         self.results: list[Any] = []
         self.curves: dict[int, list[tuple[int, float]]] = {}   # point -> its training loss, (step, loss)
-        self.current = None                 # the RunHandle of the point running now
+        super().__init__()
         self.on_run: list[Callable] = []     # called with each point's RunHandle when it starts
-        self.on_update: list[Callable] = []  # called after each point ends (and when the sweep ends)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.started = self.ended = None
 
     # -- what runs ------------------------------------------------------------------------
@@ -304,32 +302,10 @@ class Sweep:
         self._notify()
         return result
 
-    def _notify(self) -> None:
-        for callback in self.on_update:
-            try:
-                callback(self)
-            except Exception:  # noqa: BLE001 - a broken view must not end the sweep
-                pass
-
-    # -- asked for by the user ----------------------------------------------------------------
-    def stop(self) -> None:
-        """End the current run cleanly and skip the points not yet run."""
-        self._stop.set()
-        if self.current is not None:
-            self.current.stop()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
+    # -- asked for by the user (and stop / stopping / wait from BackgroundJob) --------------------
     @property
     def done(self) -> bool:
-        return self._thread is not None and not self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.done
+        return self.finished
 
     @property
     def finished(self) -> bool:
