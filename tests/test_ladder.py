@@ -121,7 +121,7 @@ def test_stop_ends_the_current_rung_and_skips_the_rest_keeping_the_table(splits,
 
 def test_a_budget_skips_what_will_not_fit_and_says_why(splits, tiny_bert, tiny_llama):
     train, test = splits
-    ladder = api.ladder(train, test, seeds=2, budget="0.5s", rungs="probe; finetune --train head --epochs 1",
+    ladder = api.ladder(train, test, seeds=2, budget="0.5s", rungs="probe; finetune --train all --epochs 20",
                         **models(tiny_bert, tiny_llama))
     second = ladder.rungs[1]
     # how far the first rung got decides which: the budget was spent before the second's pilot (no run), or its
