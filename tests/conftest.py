@@ -137,3 +137,14 @@ def sft_rows():
     import pandas as pd
     return pd.DataFrame([{"prompt": f"Say the word number {i % 5}", "response": f"Word: {WORDS[i % 5]}"}
                          for i in range(80)])
+
+
+def one_usage_line(shell, capsys, cell: str) -> str:
+    """Run a cell that must fail as a user mistake: one `UsageError:` line, nothing else; returns that line."""
+    capsys.readouterr()
+    result = shell.run_cell(cell)
+    captured = capsys.readouterr()
+    lines = [x for x in (captured.out + captured.err).splitlines() if x.strip()]
+    assert not result.success, f"{cell!r} did not fail"
+    assert len(lines) == 1 and lines[0].startswith("UsageError:"), lines
+    return lines[0]

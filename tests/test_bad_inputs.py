@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import one_usage_line
 
 ICL_BODY = "\nReview: {text}\nSentiment: {label}"
 
@@ -307,13 +308,8 @@ def test_a_bad_input_is_one_usage_line(shell, capsys, home, store, demo, tiny_be
     cell = line.replace("$BERT", str(tiny_bert)).replace("$LLAMA", str(tiny_llama)).replace("$INPUTS", str(inputs))
     fragment = fragment.replace("$INPUTS", str(inputs))
     before = files_under(home.cache_dir)
-    capsys.readouterr()
-    result = shell.run_cell(cell)
-    captured = capsys.readouterr()
-    lines = [x for x in (captured.out + captured.err).splitlines() if x.strip()]
-    assert not result.success, f"{cell!r} did not fail"
-    assert len(lines) == 1 and lines[0].startswith("UsageError:"), lines
-    assert fragment in lines[0], lines[0]
+    said = one_usage_line(shell, capsys, cell)
+    assert fragment in said, said
     assert store.list() == [], "a run was recorded"
     assert files_under(home.cache_dir) == before, "files were left in the home folder"
 

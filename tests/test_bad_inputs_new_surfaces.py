@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import one_usage_line
 from test_bad_inputs import files_under
 
 from llm_magics import options as opts
@@ -138,16 +139,6 @@ def devices_here() -> int:
 
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else len(os.sched_getaffinity(0))
-
-
-def one_usage_line(shell, capsys, cell: str) -> str:
-    capsys.readouterr()
-    result = shell.run_cell(cell)
-    captured = capsys.readouterr()
-    lines = [x for x in (captured.out + captured.err).splitlines() if x.strip()]
-    assert not result.success, f"{cell!r} did not fail"
-    assert len(lines) == 1 and lines[0].startswith("UsageError:"), lines
-    return lines[0]
 
 
 @pytest.mark.parametrize("line, fragment", ROWS, ids=[line.split("\n")[0][:90] for line, _ in ROWS])

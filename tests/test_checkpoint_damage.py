@@ -78,6 +78,15 @@ def _damage_state_json_consistently(folder: Path) -> None:
     write_manifest(folder)
 
 
+def refused_on_resume(model, frame, store, run_id, folder, names) -> None:
+    """--resume of the run is one line naming the file and the way out; no new record, no "ok" at chance."""
+    with pytest.raises(UsageError) as info:
+        resume(model, frame, run_id)
+    message = one_line(info)
+    assert names in message and str(folder) in message and "without --resume" in message
+    assert [row["run_id"] for row in store.list()] == [run_id]
+
+
 @pytest.mark.parametrize("damage, names", [
     (lambda f: zero_data(f / checkpoint.WEIGHTS), "trainable.safetensors does not match the checksum"),
     (lambda f: truncate(f / checkpoint.WEIGHTS), "trainable.safetensors has"),
@@ -91,11 +100,7 @@ def test_a_damaged_checkpoint_is_refused_with_one_line(tiny_bert, separable, sto
     frame, _, _ = separable
     run_id, folder = stopped
     damage(folder)
-    with pytest.raises(UsageError) as info:
-        resume(tiny_bert, frame, run_id)
-    message = one_line(info)
-    assert names in message and str(folder) in message and "without --resume" in message
-    assert [row["run_id"] for row in store.list()] == [run_id]   # no new record, no "ok" at chance
+    refused_on_resume(tiny_bert, frame, store, run_id, folder, names)
 
 
 def test_missing_run_options_is_one_line(tiny_bert, separable, store, stopped):
@@ -250,11 +255,7 @@ def test_a_forged_checkpoint_that_makes_no_sense_is_refused(tiny_bert, separable
     frame, _, _ = separable
     run_id, folder = stopped
     forge(folder)
-    with pytest.raises(UsageError) as info:
-        resume(tiny_bert, frame, run_id)
-    message = one_line(info)
-    assert names in message and str(folder) in message and "without --resume" in message
-    assert [row["run_id"] for row in store.list()] == [run_id]
+    refused_on_resume(tiny_bert, frame, store, run_id, folder, names)
 
 
 def nan_data(path: Path) -> None:

@@ -324,6 +324,11 @@ def test_a_stopped_run_returns_the_best_weights_not_the_last(tmp_path):
     outcome = loop.run()
     assert outcome.status == "stopped" and outcome.best["val_accuracy"] == 0.8
     assert torch.equal(model.weight.detach(), snapshots[1])
+    # and it says which step those weights and metrics come from
+    assert outcome.best["step"] < outcome.steps
+    assert outcome.notes[-1] == (f"its weights and metrics are the best checkpoint's, from step {outcome.best['step']} "
+                                 f"(epoch {outcome.best['epoch']}, val_accuracy 0.8), not step {outcome.steps} "
+                                 "where it stopped")
 
 
 def test_the_result_scores_the_best_checkpoint_it_reports(tiny_bert, separable):

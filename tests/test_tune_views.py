@@ -271,23 +271,6 @@ def test_one_class_predictions_get_a_warning():
     assert mixed.notes == []
 
 
-def test_a_stopped_run_says_which_step_its_weights_come_from(tmp_path):
-    from test_finetune import scripted_loop   # evaluations follow a script: the best is step 1's 0.8
-    loop, _, snapshots = scripted_loop(tmp_path, [0.1, 0.8, 0.3, 0.2, 0.2, 0.2], epochs=6)
-    real_evaluate = loop._evaluate
-
-    def evaluate_then_stop_after_the_third(initial=False):
-        stop = real_evaluate(initial)
-        if len(snapshots) == 4:
-            loop.progress.request_stop()
-        return stop
-    loop._evaluate = evaluate_then_stop_after_the_third
-    outcome = loop.run()
-    assert outcome.status == "stopped" and outcome.best["step"] < outcome.steps
-    assert outcome.notes[-1] == (f"its weights and metrics are the best checkpoint's, from step {outcome.best['step']} "
-                                 f"(epoch {outcome.best['epoch']}, val_accuracy 0.8), not step {outcome.steps} "
-                                 "where it stopped")
-
 
 def test_llm_compare_sweep_ranks_by_validation_and_warns_on_test(shell, store):
     for i, (c, val, test) in enumerate([(0.1, 0.6, 0.9), (1.0, 0.8, 0.7)]):
