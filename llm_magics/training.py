@@ -383,7 +383,7 @@ def result_fields(run: "TrainingRun", outcome: Outcome, model) -> dict[str, Any]
     tables = {"trainable parameters": run.plan.groups}
     if len(history):
         tables["history"] = history
-    dtype, dtype_notes = compute_dtype(next(model.parameters()).dtype, train_dtype(run.device, run.options.dtype))
+    dtype, dtype_notes = compute_dtype(next(model.parameters()).dtype, run.autocast)
     return dict(method=run.ctx.method, model=run.source.short, data_fingerprint=run.data.fingerprint,
                 device=str(run.device), dtype=dtype, status=outcome.status, history=history,
                 trainable_params=run.plan.trainable, total_params=run.plan.total, tables=tables,
