@@ -1,5 +1,7 @@
 """One parser for a method's magic line: the magic, the tune form, a sweep (from a line or from Python) and the
 worker's rebuild of the kernel's options all read the same line as the same run, or refuse it in the same line."""
+from types import SimpleNamespace
+
 import pytest
 
 from llm_magics import options as opts
@@ -44,8 +46,9 @@ def runs(monkeypatch):
     """What the runner was asked to run, (method, command, options) per run: nothing is run."""
     calls = []
 
-    class Handle:
+    class Handle:   # what a sweep reads of runner.RunHandle
         run_id = "fake"
+        progress = SimpleNamespace(state=SimpleNamespace(history=[]))
 
         def result(self):
             return None
