@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .options import bounded, fraction, non_negative, option, positive, seed
-from .options import when   # (its own line: when an option applies)
+from .options import bounded, fraction, non_negative, option, positive, seed, when
 
 
 # The one rule for names: a name becomes a file or folder name with suffixes added (.safetensors,
@@ -93,8 +92,8 @@ class LaunchOptions:
     node_rank: int = option(0, "this machine's index among --nodes", check=_node_rank, applies=when("nodes", above=1))
     master_addr: str | None = option(None, "address of node 0 when --nodes is above 1", metavar="HOST",
                                      applies=when("nodes", above=1))
-    # No validate() here: a bundle's validate() would shadow the method's own in the MRO;
-    # launch.options.check_launch() runs when the launcher starts.
+    # What needs the machine (strategy, DeepSpeed installed) is checked by launch.options.check_launch() when the
+    # launcher starts, not at parse time.
 
 
 @dataclass
