@@ -57,6 +57,8 @@ class Method:
     commands: ClassVar[dict[str, Command]] = {}
     # The main command (`run`) takes --devices/--nodes above 1; a subcommand says so on its Command.
     launchable: ClassVar[bool] = False
+    # What --seed controls in this method's runs, in words ("data split", "head init"): each Result says so.
+    seed_controls: ClassVar[tuple[str, ...]] = ()
 
     def run(self, options, ctx) -> "Result":  # pragma: no cover - abstract
         raise NotImplementedError
@@ -113,6 +115,8 @@ class Result:
     command: str | None = None              # the subcommand that ran ("dpo" of %rlhf dpo), set by the runner
     # one row per scored test item (runs/predictions.py); pairs runs in %llm compare --paired
     predictions: "pd.DataFrame | None" = field(default=None, repr=False)
+    parent_id: str | None = None            # the --seeds aggregate this run is one seed of (set by the runner)
+    seeded: str = ""                        # what the seed controlled, in words (set by the runner)
 
     def record(self) -> dict[str, Any]:
         """The row the run store keeps."""
@@ -161,6 +165,8 @@ class Result:
                          + scroll_box(table.to_html(index=False, float_format=lambda v: f"{v:.4g}")))
         parts += [png_html(png, alt=name) for name, png in self.figures.items()]
         parts += [f"<div style='color:{WARN}'>{html.escape(n)}</div>" for n in self.notes]
+        if self.seeded:
+            parts.append(f"<div style='color:{FAINT};font-size:11px'>{html.escape(self.seeded)}</div>")
         if self.artifacts:
             parts.append(f"<div style='color:{FAINT};font-size:11px'>"
                          + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in self.artifacts.items())

@@ -12,7 +12,7 @@ from typing import Any
 # The fields of a Result the run store keeps, in its column order.
 RECORD_KEYS = ("run_id", "method", "command", "model", "status", "options", "data_fingerprint", "metrics",
                "trainable_params", "total_params", "wall_s", "rows_per_s", "tokens_per_s",
-               "peak_mem_bytes", "device", "dtype", "artifacts", "sweep_id")
+               "peak_mem_bytes", "device", "dtype", "artifacts", "sweep_id", "parent_id")
 
 
 def run_title(method: str, command: str | None) -> str:

@@ -44,6 +44,7 @@ COLUMNS = {
     "dtype": "TEXT",
     "artifacts": "TEXT",        # JSON {name: path}
     "sweep_id": "TEXT",         # the %llm sweep that ran it, else NULL
+    "parent_id": "TEXT",        # the --seeds aggregate this run is one seed of, else NULL
 }
 JSON_COLUMNS = ("options", "metrics", "artifacts")
 from ..records import RECORD_KEYS, run_title  # noqa: E402 - the fields Result.record() gives: one list for both
