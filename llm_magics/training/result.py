@@ -1,0 +1,171 @@
+"""A training run's Result: `TrainedResult` (predicts or generates with the trained model) and the one
+place it is built from a run and the loop's Outcome — metrics, what trained, history and curves,
+artifacts, throughput — and the live view's final state."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..engine import checkpoint
+from ..engine.device import compute_dtype
+from ..engine.loop import Outcome
+from ..method import Result
+from ..models.classifier import SequenceClassifier
+from ..runs.figures import new_figure, to_png
+from ..tasks.causal_lm import generate
+from ..tasks.classify import predict_logits
+from .steps import TrainingRun
+from .weights import LOADED_LOCK, TrainedWeights, keep_loaded, trained_weights
+
+
+@dataclass(repr=False)
+class TrainedResult(Result):
+    """Predicts (classify) or generates (sft) with the trained model; `.save(path)` writes it."""
+    task: str = "classify"
+    history: pd.DataFrame | None = field(default=None, repr=False)
+    _model: Any = field(default=None, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
+    _max_length: int = 256
+    _weights: TrainedWeights | None = field(default=None, repr=False)
+
+    def _need_model(self):
+        """The trained model: in memory, or built again from the weights on disk (`TrainedWeights`)."""
+        if self._model is None and self._weights is not None:
+            with LOADED_LOCK:
+                if self._model is None:
+                    self._model = self._weights.build()
+        if self._model is None:
+            raise RuntimeError("the model was released (%llm free); run again or load a saved copy")
+        if self._weights is not None:
+            keep_loaded(self)
+        return self._model
+
+    def logits(self, texts) -> torch.Tensor:
+        """Raw classification logits, in the texts' order."""
+        if self.task != "classify":
+            raise TypeError("this run tuned a causal LM: use .generate(prompts)")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        model = self._need_model()
+        return predict_logits(model, self._tokenizer, texts, self._max_length, next(model.parameters()).device)
+
+    def predict(self, texts) -> list[str]:
+        return [self.label_names[i] for i in self.logits(texts).argmax(-1).tolist()]
+
+    def predict_proba(self, texts) -> pd.DataFrame:
+        return pd.DataFrame(self.logits(texts).softmax(-1).numpy(), columns=self.label_names)
+
+    def generate(self, prompts, max_new_tokens: int = 64, **kwargs):
+        if self.task != "sft":
+            raise TypeError("this run trained a classifier: use .predict(texts)")
+        return generate(self._need_model(), self._tokenizer, prompts, max_new_tokens, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        """The whole trained model as safetensors (+ tokenizer), loadable with from_pretrained."""
+        model, folder = self._need_model(), Path(path).expanduser()
+        if isinstance(model, SequenceClassifier):
+            model.save(folder, self._tokenizer, self.label_names)
+        else:
+            model.save_pretrained(folder, safe_serialization=True)
+            self._tokenizer.save_pretrained(folder)
+        self.artifacts["saved"] = str(folder)
+        return folder
+
+    def release(self) -> None:
+        """Drop the model from memory (`%llm free`); a Result whose weights are on disk loads them
+        again when it next predicts."""
+        self._model = None
+
+
+def _has_split(task, split: str) -> bool:
+    for attribute in ("rows", "ids", "x"):
+        holder = getattr(task, attribute, None)
+        if isinstance(holder, dict) and holder.get(split) is not None and len(holder[split]):
+            return True
+    return False
+
+
+def training_result(result_cls: type[TrainedResult], run: TrainingRun, outcome: Outcome,
+                    **extra) -> TrainedResult:
+    """The one place a training Result is built: metrics (the restored best weights scored on
+    validation and test, the last train loss), what trained, history, curves, artifacts,
+    throughput. `extra` sets fields of `result_cls` (and may add artifacts)."""
+    o, ctx, model, task = run.options, run.ctx, run.model, run.engine_task
+    metrics: dict[str, float] = {}
+    metrics.update(task.split_scores(model, "val"))
+    if run.task == "sft" and outcome.history and "val_loss" in outcome.history[0]:
+        metrics["val_loss_before"] = outcome.history[0]["val_loss"]
+    if _has_split(task, "test"):
+        metrics.update(task.split_scores(model, "test"))
+    if outcome.losses:
+        metrics["train_loss"] = float(outcome.losses[-1][1])
+    metrics["epochs"] = round(outcome.epochs_run, 3)
+    metrics["steps"] = outcome.steps
+    fields = result_fields(run, outcome, model)
+    artifacts = {**fields["artifacts"], **extra.pop("artifacts", {})}
+    if checkpoint.has_weights(ctx.run_dir / "checkpoint-best"):
+        artifacts["best_checkpoint"] = str(ctx.run_dir / "checkpoint-best")
+    if checkpoint.exists(ctx.run_dir / "checkpoint-last"):
+        artifacts["resume_checkpoint"] = str(ctx.run_dir / "checkpoint-last")
+    fields.update(metrics=metrics, artifacts=artifacts, label_names=getattr(run.data, "label_names", None),
+                  task=run.task, _model=model, _tokenizer=run.tokenizer, _max_length=o.max_length)
+    fields.update(extra)
+    if result_cls._need_model is TrainedResult._need_model and "_model" not in extra:
+        # the weights stay on disk; the newest Results keep their model loaded
+        fields["_weights"] = trained_weights(run, outcome, model)
+    result = result_cls(**fields)
+    if result._weights is not None:
+        keep_loaded(result)
+    return result
+
+
+def result_fields(run: TrainingRun, outcome: Outcome, model) -> dict[str, Any]:
+    """What every training Result says of its run (any Result class): model, data, device, the dtype it
+    computed in, status, what trained, history and its curves, notes, throughput, the run folder."""
+    history = pd.DataFrame(outcome.history)
+    tables = {"trainable parameters": run.plan.groups}
+    if len(history):
+        tables["history"] = history
+    dtype, dtype_notes = compute_dtype(next(model.parameters()).dtype, run.autocast)
+    return dict(method=run.ctx.method, model=run.source.short, data_fingerprint=run.data.fingerprint,
+                device=str(run.device), dtype=dtype, status=outcome.status, history=history,
+                trainable_params=run.plan.trainable, total_params=run.plan.total, tables=tables,
+                figures={"training curves": plot_history(history, outcome.losses)} if len(history) else {},
+                artifacts={"run_dir": str(run.ctx.run_dir)},
+                notes=run.notes + outcome.notes + run.plan.notes + dtype_notes,
+                tokens_per_s=outcome.tokens_per_s, rows_per_s=outcome.rows_per_s)
+
+
+def close_run(result: Result, ctx, outcome: Outcome) -> Result:
+    """The live view's final state (with the test metrics); throughput from the loop."""
+    result.tokens_per_s = result.tokens_per_s or outcome.tokens_per_s
+    result.rows_per_s = result.rows_per_s or outcome.rows_per_s
+    ctx.progress().end(outcome.status, **{k: v for k, v in result.metrics.items() if k.startswith("test_")})
+    return result
+
+
+def plot_history(history: pd.DataFrame, losses) -> bytes:
+    """Train loss (a list of (step, loss), or (step, {"loss": ...})) and validation curves."""
+    fig = new_figure(7, 3.2)
+    ax = fig.add_subplot(1, 2, 1)
+    train = [(step, value["loss"] if isinstance(value, dict) else value) for step, value in losses
+             if not isinstance(value, dict) or "loss" in value]
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1)
+    if "val_loss" in history:
+        ax.plot(history["step"], history["val_loss"], "o-", label="val loss")
+    ax.set_xlabel("optimizer step")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    other = [c for c in ("val_accuracy", "val_f1", "val_perplexity") if c in history]
+    if other:
+        ax2 = fig.add_subplot(1, 2, 2)
+        for column in other:
+            ax2.plot(history["step"], history[column], "o-", label=column)
+        ax2.set_xlabel("optimizer step")
+        ax2.legend(fontsize=8)
+        ax2.grid(alpha=0.3)
+    return to_png(fig)
