@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .options import bounded, fraction, non_negative, option, positive, seed, when
+from .options import at_most, bounded, fraction, non_negative, option, positive, seed, when
 
 
 # The one rule for names: a name becomes a file or folder name with suffixes added (.safetensors,
@@ -117,8 +117,21 @@ class ModelOptions(ComputeOptions, _ModelChoice):
     """The model (`--model`), and where and in what it runs."""
 
 
+SEEDS_LIMIT = 100   # each seed is a whole run: a typo's --seeds 10000 is refused at parse time
+
+
 @dataclass
-class DataOptions:
+class SeedOptions:
+    """`--seeds N`: the run N times, with seeds --seed, --seed+1, …, and one aggregate Result (each metric's mean
+    with its 95 % intervals, the per-seed runs linked). Composed into every options class that has a --seed;
+    the runner alone acts on it (`runner.run_seeds`)."""
+    seeds: int = option(1, "run N times (seeds --seed … --seed+N-1) and give the mean with 95 % intervals: "
+                           "Student's t over seeds and a bootstrap over test rows", check=at_most(SEEDS_LIMIT),
+                        metavar="N")
+
+
+@dataclass
+class DataOptions(SeedOptions):
     data: Any = option(None, "training data: a variable, a file (csv, tsv, jsonl, json, parquet) or a "
                              "dataset name[:split]; everything when no other split is given", metavar="DATA")
     validation: Any = option(None, "validation data (default: split off --data)", metavar="DATA")

@@ -77,6 +77,8 @@ class RunContext:
 
     background: bool = False
     sweep_id: str | None = None     # the %llm sweep this run belongs to
+    parent_id: str | None = None    # the --seeds aggregate this run is one seed of
+    seed_controls: tuple = ()       # the method's declaration of what --seed controls (Method.seed_controls)
     command: str | None = None      # the subcommand that runs ("dpo" of %rlhf dpo); None: the main one
     _devices: dict = field(default_factory=dict, repr=False)
 
@@ -166,13 +168,17 @@ def execute(name: str, word: str | None, options, namespace: dict | None = None,
     command = cls.command(word)
     settings = settings_mod.current()
     ctx = RunContext(new_run_id(name), name, settings, namespace or {}, progress_mode, background=background,
-                     sweep_id=sweep_id, command=word)
+                     sweep_id=sweep_id, command=word, seed_controls=cls.seed_controls)
     handler = getattr(cls(), command.handler)
+    # --seeds N: decided here, for every method that composes SeedOptions (one aggregate run of N runs)
+    work = run_seeds if seed_count(options) > 1 else _run
+    if work is run_seeds:
+        check_seeds(options, command)
     if not background:
-        return _run(handler, command, options, ctx)
+        return work(handler, command, options, ctx)
     ctx.progress(name)  # displayed now, from this cell; the thread only updates it
     handle = RunHandle(ctx.run_id, name, ctx.progress())
-    handle.start(lambda: _run(handler, command, options, ctx))
+    handle.start(lambda: work(handler, command, options, ctx))
     return handle
 
 
@@ -199,6 +205,134 @@ def _run(handler, command, options, ctx: RunContext):
     return result
 
 
+# ---- --seeds N: one aggregate run of N runs ------------------------------------------------------------
+
+def seed_count(options) -> int:
+    return int(getattr(options, "seeds", 1) or 1)
+
+
+def check_seeds(options, command) -> None:
+    """What --seeds cannot be combined with, as one line each (checked before anything runs)."""
+    if not command.records_run:
+        raise UsageError("--seeds N repeats a run that is recorded: this command records none")
+    if getattr(options, "resume", None):
+        raise UsageError("--seeds starts N new runs and --resume continues one: drop --seeds to resume, "
+                         f"or --resume to run {seed_count(options)} seeds")
+
+
+class SeedView:
+    """One seed's side of the aggregate's one live view (one Stop for all seeds): it forwards to the shared
+    `Progress`, except that a seed's end is a line in the view, not the end of the view."""
+
+    def __init__(self, shared: Progress, label: str):
+        self._shared, self.label = shared, label
+        shared.state.history.clear()   # the chart shows the seed that runs
+        shared.state.summary = label
+
+    def __getattr__(self, name):
+        return getattr(self._shared, name)
+
+    def end(self, status: str = "ok", **metrics) -> None:
+        from .progress.events import format_metric
+        shown = ", ".join(f"{k}={format_metric(v)}" for k, v in metrics.items() if isinstance(v, float))
+        self._shared.log(f"{self.label}: {status}" + (f" ({shown})" if shown else ""))
+
+
+def run_seeds(handler, command, options, ctx: RunContext) -> Result:
+    """N runs of `options`, seeds --seed … --seed+N-1, one after another: each recorded as its own run linked to
+    the aggregate (`parent_id`), then the aggregate Result (each metric's mean with its 95 % intervals) recorded
+    under `ctx.run_id`. Stop ends the current seed cleanly and skips the rest; the finished seeds are kept."""
+    import dataclasses
+
+    from .runs import seeds as seeds_mod
+    count, first = seed_count(options), int(getattr(options, "seed", 0) or 0)
+    shared = ctx.progress(f"{ctx.method} · {count} seeds")
+    results, watch = [], Stopwatch()
+    for k in range(count):
+        if shared.should_stop:
+            break
+        one = dataclasses.replace(options, seed=first + k, seeds=1, **({"out": None} if hasattr(options, "out") else {}))
+        seed_ctx = RunContext(new_run_id(ctx.method), ctx.method, ctx.settings, ctx.namespace, ctx.progress_mode,
+                              background=ctx.background, command=ctx.command, parent_id=ctx.run_id,
+                              seed_controls=ctx.seed_controls)
+        seed_ctx._progress = SeedView(shared, f"seed {first + k} ({k + 1} of {count})")
+        try:
+            result = _run(handler, command, one, seed_ctx)
+        except BaseException:
+            shared.end("error")
+            raise
+        results.append(result)
+        if getattr(result, "status", "ok") != "ok":
+            break
+    kept = [r for r in results if getattr(r, "status", "ok") == "ok"]
+    if not kept:
+        shared.end("stopped")
+        return results[-1] if results else Result(method=ctx.method, status="stopped")
+    aggregate = seeds_mod.aggregate([_with_frame(r) for r in kept], [r.options.get("seed", first) for r in kept])
+    result = seeds_result(aggregate, kept, results, count, ctx)
+    finish(result, ctx, options, watch.elapsed, max(r.peak_mem_bytes for r in kept))
+    shared.end(result.status, **{k: v for k, v in aggregate.metrics().items() if k in aggregate.intervals})
+    return result
+
+
+def _with_frame(result: Result) -> dict:
+    return {**result.record(), "predictions_frame": result.predictions}
+
+
+@dataclass(repr=False)
+class SeedsResult(Result):
+    """The aggregate of a --seeds run: each metric's mean with its named 95 % intervals (`.aggregate`), the
+    per-seed Results (`.runs`, each recorded with `parent_id` = this run's id), and the seed-averaged per-item
+    predictions (`.predictions`), which `%llm compare A B --paired` pairs."""
+    runs: list = field(default_factory=list)
+    aggregate: Any = None
+
+    @property
+    def headline(self) -> str:
+        """The score with its intervals, e.g. 'test_accuracy 0.861 ± 0.012 (95 % CI, t over 3 seeds; …)'."""
+        from .runs.compare import COMPARED_METRICS
+        from .runs.seeds import interval_of
+        names = [m for m in COMPARED_METRICS if m in self.aggregate.intervals] or list(self.aggregate.intervals)
+        if not names:
+            return f"{len(self.runs)} seeds, no numeric metric"
+        t, rows = interval_of(self.metrics, names[0])
+        said = [f"± {(i.high - i.low) / 2:.3f} ({i.method})" for i in (t, rows) if i is not None]
+        return f"{names[0]} {self.metrics[names[0]]:.4g} " + "; ".join(said) + " — 95 % CIs"
+
+    def __repr__(self) -> str:
+        shown = self.aggregate.table().to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        return f"<SeedsResult {self.summary_line()}>\n{self.headline}\n{shown}"
+
+    def _repr_html_(self) -> str:
+        import copy
+        import html as html_mod
+        means = copy.copy(self)   # the metrics table shows the means; the intervals have a table of their own
+        means.metrics = {k: self.metrics[k] for k in self.aggregate.intervals}
+        return f"<div><b>{html_mod.escape(self.headline)}</b></div>" + Result._repr_html_(means)
+
+
+def seeds_result(aggregate, kept: list[Result], ran: list[Result], asked: int, ctx: RunContext) -> SeedsResult:
+    first = kept[0]
+    status = "ok" if len(kept) == asked else "stopped"
+    result = SeedsResult(method=ctx.method, metrics=aggregate.metrics(), model=first.model,
+                         data_fingerprint=first.data_fingerprint, trainable_params=first.trainable_params,
+                         total_params=first.total_params, device=first.device, dtype=first.dtype, status=status,
+                         label_names=first.label_names, runs=kept, aggregate=aggregate,
+                         wall_s=sum(r.wall_s for r in ran))
+    result.tables["95 % intervals"] = aggregate.table()
+    result.tables["per seed"] = aggregate.per_seed()
+    result.predictions = aggregate.predictions()
+    if result.predictions is not None:
+        from .runs import predictions
+        result.artifacts[predictions.FILE_KEY] = str(predictions.save(result.predictions, ctx.run_dir))
+    result.artifacts["seed runs"] = ", ".join(aggregate.run_ids)
+    if status != "ok":
+        result.notes.append(f"{len(kept)} of {asked} seeds finished (stopped): the intervals are over those")
+    if len(kept) >= 2 and aggregate.rows is None:
+        result.notes.append("no per-item predictions: the interval is over seeds only (no bootstrap over test rows)")
+    return result
+
+
 def _launcher(method: Method, command):
     """The command's own launcher (`launch_<handler>`), or the method's run as a whole on torchrun workers."""
     own = getattr(method, command.launcher, None)
@@ -218,13 +352,23 @@ def one_process(cls: type[Method], command) -> str:
             f"{takers[-1]}" + ("" if len(takers) > 2 else ", and other training methods") + ")")
 
 
+def seeded_line(controls: tuple[str, ...], options) -> str:
+    """What the seed controlled in this run, from the method's one declaration (`Method.seed_controls`)."""
+    if not controls or not hasattr(options, "seed"):
+        return ""
+    seeds = seed_count(options)
+    which = f"seeds {options.seed}…{options.seed + seeds - 1}" if seeds > 1 else f"seed {options.seed}"
+    return f"{which} controlled: {', '.join(controls)}"
+
+
 def finish(result: Result, ctx: RunContext, options, wall_s: float, peak_bytes: int) -> None:
     result.run_id = ctx.run_id
     result.method, result.command = ctx.method, ctx.command   # recorded apart; `result.title` joins them
     result.options = opts.as_dict(options)
     result.wall_s = result.wall_s or wall_s
     result.peak_mem_bytes = result.peak_mem_bytes or peak_bytes
-    result.sweep_id = ctx.sweep_id
+    result.sweep_id, result.parent_id = ctx.sweep_id, ctx.parent_id
+    result.seeded = result.seeded or seeded_line(ctx.seed_controls, options)
     try:   # the Result reaches the user whatever happens to the store: its failure is one line
         problem = ctx.store.record(result.record())
     except Exception as exc:   # noqa: BLE001 - a store bug must not lose a finished run either

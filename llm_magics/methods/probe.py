@@ -103,6 +103,7 @@ class ProbeMethod(Method):
     summary = ("Feature-based adaptation: a frozen model turns texts into embeddings (any layer, any pooling, "
                "cached on disk) and a scikit-learn classifier learns on them.")
     Options = ProbeOptions
+    seed_controls = ("data split", "classifier init")
 
     def run(self, o: ProbeOptions, ctx) -> ProbeResult:
         data = prepare_classification(o.data, o.validation, o.test, text=o.text, label=o.label, seed=o.seed,

@@ -37,7 +37,7 @@ from ..errors import UsageError
 from ..progress.events import format_seconds
 from ..progress.theme import BEST_ROW, FAINT, WARN, scroll_box, status_colour
 from ..records import as_dict
-from ..runs import predictions, stats
+from ..runs import predictions, seeds, stats
 from ..runs.store import RunStore
 from ..settings import current
 from .background import BackgroundJob
@@ -408,26 +408,6 @@ def load_ladder(ladder_id: str) -> "LadderResult":
 
 # ---- the summary ----------------------------------------------------------------------------------
 
-def _per_item(record: dict) -> pd.DataFrame | None:
-    frame = record.get("predictions_frame")
-    if isinstance(frame, pd.DataFrame) and {"item_id", "correct"} <= set(frame.columns):
-        return frame
-    path = (record.get("artifacts") or {}).get(predictions.FILE_KEY)
-    try:
-        return predictions.load(path) if path else None
-    except (OSError, ValueError):
-        return None
-
-
-def seed_averaged(records: list[dict]) -> pd.Series | None:
-    """Each test item's correctness averaged over the seeds (None unless every seed kept per-item predictions)."""
-    frames = [_per_item(r) for r in records]
-    if not frames or any(f is None for f in frames):
-        return None
-    per_seed = [f.groupby("item_id")["correct"].mean() for f in frames]
-    return pd.concat(per_seed, axis=1).dropna().mean(axis=1)
-
-
 def train_seconds(record: dict) -> float:
     """A rung's training time: its run's wall time (test scoring included), none for a run that trains nothing."""
     return float(NO_TRAINING) if not record.get("trainable_params") else float(record.get("wall_s") or 0.0)
@@ -462,17 +442,16 @@ class RungSummary:
 
 def summarise(rung: dict, metric: str) -> RungSummary:
     records = rung["records"]
-    values = [(r.get("metrics") or {}).get(metric) for r in records]
-    values = [float(v) for v in values if isinstance(v, (int, float))]
-    correct = seed_averaged(records) if records else None
-    rows = stats.bootstrap_interval(correct.to_numpy()) if correct is not None and len(correct) >= 2 else None
+    summed = seeds.aggregate(records, list(range(len(records)))) if records else None   # one copy: runs/seeds.py
+    score = summed.intervals.get(metric) if summed else None
+    correct, rows = (summed.correct, summed.rows) if summed else (None, None)
     costs = {"train_s": float(np.mean([train_seconds(r) for r in records])) if records else float("nan"),
              "peak_mem_bytes": float(max((r.get("peak_mem_bytes") or 0) for r in records)) if records else float("nan"),
              "trainable_params": float(records[0].get("trainable_params") or 0) if records else float("nan"),
              "latency_ms": float(np.nanmean([latency_ms(r) for r in records]))
              if records and not all(np.isnan(latency_ms(r)) for r in records) else float("nan")}
-    return RungSummary(rung["label"], rung["line"], rung["status"], rung["reason"], len(values),
-                       stats.t_interval(values) if values else None, rows, correct, costs, list(rung["run_ids"]))
+    return RungSummary(rung["label"], rung["line"], rung["status"], rung["reason"], score.n if score else 0,
+                       score, rows, correct, costs, list(rung["run_ids"]))
 
 
 @dataclass(frozen=True)

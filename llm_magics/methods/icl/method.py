@@ -20,6 +20,7 @@ class IclMethod(Method):
                "same rows; --index fills {context} with retrieved chunks; --chat uses the model's chat template.")
     Options = IclOptions
     cell_option = "template"
+    seed_controls = ("demonstrations", "sampling")
 
     def run(self, o: IclOptions, ctx) -> IclResult:
         templates = split_templates(o.template)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...backends.openai import key_env_problem, url_problem
-from ...common_options import ModelOptions, RunOptions
+from ...common_options import ModelOptions, RunOptions, SeedOptions
 from ...errors import UsageError
 from ...options import new_tokens, non_negative, option, positive
 from ...retrieval.store import name_problem
@@ -23,7 +23,7 @@ def top_p_check(value) -> str | None:
 
 
 @dataclass(kw_only=True)
-class IclOptions(RunOptions, ModelOptions):
+class IclOptions(RunOptions, ModelOptions, SeedOptions):
     template: str | None = option(None, "the prompt template (the cell body): {field} placeholders filled from "
                                         "the data; templates separated by '---' lines are compared", metavar="TEXT")
     model: str | None = option("smollm2", "a causal LM: alias, local folder or hub id; with --api-base, the model "
