@@ -161,6 +161,8 @@ def compare(frame: pd.DataFrame, metric: str | None = None, options: dict[str, d
         columns.insert(3 + len(shown), metric)
         frame = frame.sort_values(metric, ascending=metric.endswith("loss"), na_position="last")
     table = frame[columns].copy()
+    for i, (name, values) in enumerate(interval_columns(frame, metric).items()):   # --seeds: the intervals
+        table.insert(table.columns.get_loc(metric) + 1 + i if metric in table else len(table.columns), name, values)
     if "peak_mem_bytes" in table:
         table["peak_mem_mb"] = table.pop("peak_mem_bytes") / 2**20
     notes = []
@@ -201,13 +203,19 @@ def plot(frame: pd.DataFrame, metric: str) -> bytes:
         mask = (data["method"] == method).to_numpy()
         ax.scatter(params[mask], data[metric][mask], s=sizes[mask], alpha=0.7,
                    color=palette[i % len(palette)], label=method, edgecolors="white")
+    low, high = f"{metric}_t_low", f"{metric}_t_high"
+    if low in data.columns:   # a --seeds aggregate: its t interval over seeds as a whisker
+        has = data[low].notna().to_numpy()
+        ax.errorbar(params[has], data[metric][has], fmt="none", ecolor="#555", capsize=3, linewidth=1,
+                    yerr=[data[metric][has] - data[low][has], data[high][has] - data[metric][has]])
     for (_, row), p, w in zip(data.iterrows(), params, wall):
         ax.annotate(f"{w:.0f}s", (p, row[metric]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
     ax.margins(x=0.08, y=0.15)   # room for the wall-time labels
     ax.set_xlabel("trainable parameters (log)")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} against trainable parameters (marker area: wall time)", fontsize=9)
+    ax.set_title(f"{metric} against trainable parameters (marker area: wall time"
+                 + ("; whiskers: 95 % CI over seeds)" if low in data.columns else ")"), fontsize=9)
     ax.grid(alpha=0.3)
     if has_zero:
         from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -241,6 +249,7 @@ def compare_recorded(metric: str | None = None, method: str | None = None, limit
     keeps the named runs; `diff` adds a column for each option that differs between the runs shown."""
     store = RunStore(current().runs_path)
     frame = store.frame(limit=None if sweep or runs else limit, method=method)
+    folded = 0
     if sweep:
         if "sweep_id" not in frame.columns or not (frame["sweep_id"] == sweep).any():
             raise UsageError(f"no recorded run belongs to sweep {sweep!r} (%llm runs lists recorded runs)")
@@ -250,7 +259,43 @@ def compare_recorded(metric: str | None = None, method: str | None = None, limit
         if missing:
             raise UsageError(f"no recorded run {missing[0]!r} (%llm runs lists recorded runs)")
         frame = frame[frame["run_id"].isin(runs)]
+    if not runs:
+        frame, folded = fold_seeds(frame)
     if sweep or runs:
         frame = frame.head(limit) if limit else frame
     options = {r: (store.get(r) or {}).get("options", {}) for r in frame["run_id"]} if sweep or diff else None
-    return compare(frame, metric, options, PREFERRED_METRICS if sweep else COMPARED_METRICS)
+    result = compare(frame, metric, options, PREFERRED_METRICS if sweep else COMPARED_METRICS)
+    if not runs and folded:
+        result.notes.append(f"{folded} per-seed run(s) are shown by their --seeds aggregate (its 'per seed' table; "
+                            "--runs ID shows one)")
+    return result
+
+
+def fold_seeds(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The runs without the seeds of a --seeds aggregate that is itself in `frame` (it stands for them)."""
+    if "parent_id" not in frame.columns:
+        return frame, 0
+    folded = frame["parent_id"].isin(set(frame["run_id"])).to_numpy()
+    return frame[~folded], int(folded.sum())
+
+
+def interval_columns(frame: pd.DataFrame, metric: str) -> dict[str, list[str]]:
+    """For runs that recorded intervals of `metric` (a --seeds aggregate): one column per kind of interval,
+    '± half-width' with the interval itself; empty for other runs."""
+    from .seeds import interval_of
+    if f"{metric}_t_low" not in frame.columns:
+        return {}
+    records = frame.to_dict("records")
+    pairs = [interval_of({k: v for k, v in r.items() if v == v}, metric) for r in records]
+    out = {}
+    for i, name in enumerate(("95 % CI (t, seeds)", "95 % CI (bootstrap, rows)")):
+        cells = [_interval_cell(p[i]) for p in pairs]
+        if any(cells):
+            out[name] = cells
+    return out
+
+
+def _interval_cell(interval) -> str:
+    if interval is None:
+        return ""
+    return f"± {(interval.high - interval.low) / 2:.3f} [{interval.low:.3f}, {interval.high:.3f}]"

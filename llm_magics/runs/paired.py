@@ -116,5 +116,7 @@ def compare_paired(a: Any, b: Any, metric: str = "correct", names: tuple[str, st
     if len(left) < 2:
         raise UsageError(f"{names[0]} and {names[1]} share {len(left)} test row: a paired comparison needs at "
                          "least 2")
-    return PairedRuns(names[0], names[1], metric, float(left.mean()), float(right.mean()),
-                      stats.paired_difference(left, right))
+    paired = stats.paired_difference(left, right)
+    # a --seeds aggregate keeps each item's correctness averaged over its seeds: a fraction, compared as one
+    shown = "seed-averaged correctness" if metric == "correct" and paired.mcnemar_p is None else metric
+    return PairedRuns(names[0], names[1], shown, float(left.mean()), float(right.mean()), paired)
