@@ -33,7 +33,10 @@ Hooks, each optional:
 - `prepare(run)`: build the model, tokenizer and engine task yourself (`%lora`
   wraps the base with an adapter here); `finish(run, result)`: after training.
 - `train(run) -> Outcome`: the trainer (default: the engine's loop).
-- `build_result(run, outcome)`: the Result (default: `training_result`).
+- `build_result(run, outcome)`: the Result (default: `training_result`); `end_metrics(result)`: what the
+  live view shows as it ends (default: the test metrics).
+- `run_class`: a `TrainingRun` subclass holding the state the method's hooks share; `prepare` may set
+  `run.answer` to return a Result without training.
 
 The package, one module per concern: `options` (the bundles and option classes), `steps` (`TrainingRun`
 and the pieces `run()` is made of), `run` (`TrainingMethod` and its hooks), `result` (`TrainedResult` and

@@ -139,11 +139,13 @@ def result_fields(run: TrainingRun, outcome: Outcome, model) -> dict[str, Any]:
                 tokens_per_s=outcome.tokens_per_s, rows_per_s=outcome.rows_per_s)
 
 
-def close_run(result: Result, ctx, outcome: Outcome) -> Result:
-    """The live view's final state (with the test metrics); throughput from the loop."""
+def close_run(result: Result, ctx, outcome: Outcome, shown: dict[str, float] | None = None) -> Result:
+    """The live view's final state (with `shown`, by default the test metrics); throughput from the loop."""
     result.tokens_per_s = result.tokens_per_s or outcome.tokens_per_s
     result.rows_per_s = result.rows_per_s or outcome.rows_per_s
-    ctx.progress().end(outcome.status, **{k: v for k, v in result.metrics.items() if k.startswith("test_")})
+    if shown is None:
+        shown = {k: v for k, v in result.metrics.items() if k.startswith("test_")}
+    ctx.progress().end(outcome.status, **shown)
     return result
 
 

@@ -32,6 +32,7 @@ class TrainingMethod(Method):
     result_class: ClassVar[type[TrainedResult]] = TrainedResult
     launchable: ClassVar[bool] = True    # run() takes --devices/--nodes (llm_magics.launch)
     model_option: ClassVar[str] = "model"   # the option naming the model that trains
+    run_class: ClassVar[type[TrainingRun]] = TrainingRun   # a subclass adds the state a method's hooks share
 
     # -- hooks ----------------------------------------------------------------------------
     def select_trainable(self, model: torch.nn.Module, options) -> Predicate | None:
@@ -94,6 +95,10 @@ class TrainingMethod(Method):
         """After training, before the live view ends: hold the model so `%llm free` can release it."""
         hold(result)
 
+    def end_metrics(self, result) -> dict[str, float]:
+        """What the live view shows as it ends: the test metrics."""
+        return {k: v for k, v in result.metrics.items() if k.startswith("test_")}
+
     # -- the run ---------------------------------------------------------------------------
     def task_of(self, options) -> str:
         return self.task or getattr(options, "task", "classify")
@@ -101,17 +106,20 @@ class TrainingMethod(Method):
     def run(self, o, ctx) -> TrainedResult:
         run = self.start(o, ctx)
         self.prepare(run)
+        if run.answer is not None:   # the method answered without training (e.g. %rlhf ppo --probe-reward)
+            return run.answer
         if hasattr(o, "resume"):   # what --resume must find unchanged
             save_run_options(ctx.run_dir, {**self.resume_values(o), **run.run_options}, run.data.fingerprint)
         describe_run(ctx, run.progress, run.plan)
         outcome = self.train(run)
         result = self.build_result(run, outcome)
         self.finish(run, result)
-        return close_run(result, ctx, outcome)
+        return close_run(result, ctx, outcome, self.end_metrics(result))
 
     def start(self, o, ctx) -> TrainingRun:
         """Device, dtype, model source, --resume, data and checks; the live view: all before anything loads."""
-        run = TrainingRun(o, ctx, self.task_of(o), ctx.device(o.device), resolve(getattr(o, self.model_option)), None)
+        run = self.run_class(o, ctx, self.task_of(o), ctx.device(o.device), resolve(getattr(o, self.model_option)),
+                             None)
         run.autocast = train_dtype(run.device, o.dtype)   # a dtype the device cannot train in: refused here
         resume = getattr(o, "resume", None)
         run.resume_dir = find_checkpoint(resume, ctx) if resume else None

@@ -42,6 +42,7 @@ class TrainingRun:
     autocast: torch.dtype | None = None       # what the forward passes compute in (engine.device.train_dtype)
     loop_hooks: dict[str, Any] = field(default_factory=dict)   # TrainLoop's before_zero_grad / weights_state
     run_options: dict[str, Any] = field(default_factory=dict)  # extra values saved for --resume
+    answer: Any = None   # a Result `prepare` reached without training: run() returns it (%rlhf --probe-reward)
 
 
 def prepare_data(o, ctx, task: str):
