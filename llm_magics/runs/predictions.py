@@ -18,7 +18,7 @@ from .stats import item_id
 
 FILE = "predictions.parquet"
 FILE_KEY = "predictions"          # its name in a Result's artifacts
-KEPT_BY = "%probe and %%icl"      # the methods that keep them (said when a run without them is compared)
+KEPT_BY = "%probe, %%icl and classifier training (%finetune, %lora, plugins on the training base)"   # said when a run without them is compared
 COLUMNS = ("item_id", "text", "label", "prediction", "score", "correct")
 
 

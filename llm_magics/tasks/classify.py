@@ -67,9 +67,11 @@ class TokenTask:
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, int]:
         return model(**batch).loss, int(batch["attention_mask"].sum())
 
+    def split_logits(self, model, split: str) -> torch.Tensor:
+        return predict_logits(model, self.tokenizer, [], self.max_length, self.device, ids=self.ids[split])
+
     def split_scores(self, model, split: str) -> dict[str, float]:
-        logits = predict_logits(model, self.tokenizer, [], self.max_length, self.device, ids=self.ids[split])
-        return scores(logits, self.labels[split], split)
+        return scores(self.split_logits(model, split), self.labels[split], split)
 
     def evaluate(self, model) -> dict[str, float]:
         return self.split_scores(model, "val")
@@ -93,8 +95,11 @@ class FeatureTask:
         return nn.functional.cross_entropy(logits, batch["labels"]), 0
 
     @torch.no_grad()
+    def split_logits(self, model, split: str) -> torch.Tensor:
+        return model.head(self.x[split])
+
     def split_scores(self, model, split: str) -> dict[str, float]:
-        return scores(model.head(self.x[split]), self.labels[split], split)
+        return scores(self.split_logits(model, split), self.labels[split], split)
 
     def evaluate(self, model) -> dict[str, float]:
         return self.split_scores(model, "val")

@@ -15,9 +15,10 @@ from ..engine.device import compute_dtype
 from ..engine.loop import Outcome
 from ..method import Result
 from ..models.classifier import SequenceClassifier
+from ..runs import predictions
 from ..runs.figures import new_figure, to_png
 from ..tasks.causal_lm import generate
-from ..tasks.classify import predict_logits
+from ..tasks.classify import predict_logits, scores
 from .steps import TrainingRun
 from .weights import LOADED_LOCK, TrainedWeights, keep_loaded, trained_weights
 
@@ -98,8 +99,10 @@ def training_result(result_cls: type[TrainedResult], run: TrainingRun, outcome: 
     metrics.update(task.split_scores(model, "val"))
     if run.task == "sft" and outcome.history and "val_loss" in outcome.history[0]:
         metrics["val_loss_before"] = outcome.history[0]["val_loss"]
+    kept = None
     if _has_split(task, "test"):
-        metrics.update(task.split_scores(model, "test"))
+        kept = test_predictions(run, model) if run.task == "classify" and hasattr(task, "split_logits") else None
+        metrics.update(scores(*kept[1:], "test") if kept else task.split_scores(model, "test"))
     if outcome.losses:
         metrics["train_loss"] = float(outcome.losses[-1][1])
     metrics["epochs"] = round(outcome.epochs_run, 3)
@@ -117,9 +120,23 @@ def training_result(result_cls: type[TrainedResult], run: TrainingRun, outcome: 
         # the weights stay on disk; the newest Results keep their model loaded
         fields["_weights"] = trained_weights(run, outcome, model)
     result = result_cls(**fields)
+    if kept:   # per-item test predictions, kept with the run so that runs pair up (runs/predictions.py)
+        result.predictions = kept[0]
+        result.artifacts[predictions.FILE_KEY] = str(predictions.save(kept[0], ctx.run_dir))
     if result._weights is not None:
         keep_loaded(result)
     return result
+
+
+def test_predictions(run: TrainingRun, model) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor]:
+    """A classifier's test split scored once: (per-item frame, logits, labels) — the metrics come from the same
+    logits, so the frame's mean correctness is test_accuracy."""
+    task, test = run.engine_task, run.data.test
+    logits, labels = task.split_logits(model, "test").float().cpu(), task.labels["test"].cpu()
+    probs = logits.softmax(-1)
+    frame = predictions.per_item(test["text"].tolist(), labels.tolist(), probs.argmax(-1).tolist(),
+                                 probs.max(-1).values.tolist(), run.data.label_names)
+    return frame, logits, labels
 
 
 def result_fields(run: TrainingRun, outcome: Outcome, model) -> dict[str, Any]:
