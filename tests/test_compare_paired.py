@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from llm_magics.errors import UsageError
-from llm_magics.runs import RunStore
+from llm_magics.runs import RunStore, predictions
 
 
 # ---- the record: method and command apart ---------------------------------------------------------
@@ -96,7 +96,7 @@ def tiny_icl(model, **kwargs):
 
 
 def test_icl_keeps_per_item_predictions_in_the_shared_format(tiny_llama, demo):
-    from llm_magics.runs import predictions, stats
+    from llm_magics.runs import stats
     train, test = demo
     data = test.head(12).copy()
     data["label"] = data["label"].astype(object)
@@ -132,7 +132,6 @@ def test_icl_generation_keeps_exact_match_per_item(tiny_llama):
 def made_up(correct, texts=None, method="probe"):
     """A Result whose per-item predictions are given: 0/1 correctness over texts."""
     from llm_magics.method import Result
-    from llm_magics.runs import predictions
     texts = texts or [f"item {i}" for i in range(len(correct))]
     frame = predictions.per_item(texts, ["a"] * len(texts), ["a" if c else "b" for c in correct])
     return Result(method=method, run_id=f"{method}-{len(texts)}", predictions=frame)
@@ -184,7 +183,7 @@ def test_a_run_without_per_item_predictions_is_one_line(store):
         with pytest.raises(UsageError) as info:
             api.compare_paired(run, made_up([1, 0, 1]))
         message = str(info.value)
-        assert "has no per-item predictions" in message and "%probe and %%icl keep them" in message
+        assert "has no per-item predictions" in message and f"{predictions.KEPT_BY} keep them" in message
         assert "\n" not in message
     with pytest.raises(UsageError, match="no recorded run 'nope'"):
         api.compare_paired("nope", made_up([1, 0, 1]))
