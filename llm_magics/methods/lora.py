@@ -111,6 +111,7 @@ class LoraMethod(TrainingMethod):
                "IA3, LoHa, LoKr, OFT, prefix tuning, P-tuning and prompt tuning, for classification or SFT. "
                "Adapters stay in the session: list, save, load, switch, merge, unload them.")
     Options = LoraOptions
+    seed_controls = TrainingMethod.seed_controls + ("adapter init",)   # adapters/build.py seeds its weights
     commands = {
         "adapters": Command(ListOptions, "list_adapters", "the adapters loaded in this session", False),
         "save": Command(SaveOptions, "save", "write an adapter to a folder (safetensors)", False),

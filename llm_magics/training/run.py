@@ -33,6 +33,8 @@ class TrainingMethod(Method):
     launchable: ClassVar[bool] = True    # run() takes --devices/--nodes (llm_magics.launch)
     model_option: ClassVar[str] = "model"   # the option naming the model that trains
     run_class: ClassVar[type[TrainingRun]] = TrainingRun   # a subclass adds the state a method's hooks share
+    # --seed is set before each random draw: the split (data/), the head (steps.classifier), the loop's generator
+    seed_controls: ClassVar[tuple[str, ...]] = ("data split", "data order", "head init", "dropout")
 
     # -- hooks ----------------------------------------------------------------------------
     def select_trainable(self, model: torch.nn.Module, options) -> Predicate | None:
