@@ -203,3 +203,10 @@ def test_prompt_and_response_naming_one_column_is_one_usage_error():
     rows = pd.DataFrame({"prompt": [f"say {i}" for i in range(10)], "response": ["ok"] * 10})
     with pytest.raises(UsageError, match="--prompt and --response both name column 'prompt'"):
         prepare_sft(rows, response="prompt")
+
+
+def test_a_column_of_chat_messages_beside_the_text_is_never_taken_for_the_labels():
+    frame = pd.DataFrame({"text": [f"film {i}" for i in range(12)], "turns": [[{"role": "user", "content": "x"}]] * 12,
+                          "a": ["x", "y"] * 6, "b": ["u", "v", "w"] * 4})
+    with pytest.raises(UsageError, match="several possible label columns"):
+        prepare_classification(frame)

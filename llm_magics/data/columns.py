@@ -60,7 +60,7 @@ def infer_label_column(frame: pd.DataFrame, requested: str | None, text_column: 
     named = [c for c in others if str(c).lower() in LABEL_NAMES]
     if len(named) == 1:
         return named[0]
-    few = [c for c in others if 1 < frame[c].nunique() <= min(MAX_CLASSES, max(2, len(frame) // 2))]
+    few = [c for c in others if 1 < _distinct(frame[c]) <= min(MAX_CLASSES, max(2, len(frame) // 2))]
     if len(few) == 1:
         return few[0]
     if not few and not named:
@@ -68,6 +68,14 @@ def infer_label_column(frame: pd.DataFrame, requested: str | None, text_column: 
                          f"name one with {flag}")
     raise UsageError(f"{role} has several possible label columns ({', '.join(map(str, named or few))}); "
                      f"pick one with {flag}")
+
+
+def _distinct(series: pd.Series) -> int:
+    """Distinct values; 0 for a column of lists or dicts (chat messages), which is never a label column."""
+    try:
+        return series.nunique()
+    except TypeError:
+        return 0
 
 
 _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
