@@ -179,3 +179,30 @@ def test_icl_seeds_draw_different_demonstrations(tiny_llama, demo, store):
     assert result.seeded == "seeds 3…4 controlled: demonstrations, sampling"
     assert result.aggregate.rows is not None and len(result.predictions) == 10
 
+
+
+def test_finetune_seeds_and_a_plugin_on_the_training_base_get_them_for_free(tiny_bert, demo, store):
+    import sys
+    from pathlib import Path
+
+    from llm_magics.runner import build_options
+    train, test = demo
+    result = api.finetune(model=str(tiny_bert), data=train, test=test, train="last:1", epochs=1, seeds=3,
+                          dtype="float32")
+    assert isinstance(result, SeedsResult) and result.metrics["seeds"] == 3
+    assert len([r for r in store.list() if r["parent_id"] == result.run_id]) == 3 and len(store.list()) == 4
+    assert result.aggregate.rows is not None and "test_accuracy_rows_low" in result.metrics
+    assert result.predictions["correct"].mean() == pytest.approx(result.metrics["test_accuracy"])
+    assert api.compare().table.set_index("run_id").loc[result.run_id]["95 % CI (t, seeds)"].startswith("± ")
+    # the BitFit example declares nothing about seeds or predictions
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "bitfit"))
+    try:
+        from llm_magics_bitfit import BitFitMethod
+    finally:
+        sys.path.pop(0)
+    options = build_options(BitFitMethod, None, dict(model=str(tiny_bert), data=train, test=test, epochs=1, seeds=2,
+                                                     dtype="float32"))
+    bitfit = execute("bitfit", None, options, method_cls=BitFitMethod, progress_mode="none")
+    assert isinstance(bitfit, SeedsResult) and len(bitfit.runs) == 2
+    assert all(len(r.predictions) == len(test) for r in bitfit.runs)
+    assert bitfit.seeded == "seeds 0…1 controlled: data split, data order, head init, dropout"
