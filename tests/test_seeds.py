@@ -206,3 +206,33 @@ def test_finetune_seeds_and_a_plugin_on_the_training_base_get_them_for_free(tiny
     assert isinstance(bitfit, SeedsResult) and len(bitfit.runs) == 2
     assert all(len(r.predictions) == len(test) for r in bitfit.runs)
     assert bitfit.seeded == "seeds 0…1 controlled: data split, data order, head init, dropout"
+
+
+# ---- a sweep with --seeds: mean ± interval, and the points that cannot be told from the best -----------------
+def test_mark_ties_follows_welchs_test_against_the_best():
+    from llm_magics.tune.sweep import mark_ties
+    board = pd.DataFrame([
+        {"m": 0.90, "m_sd": 0.01, "seeds": 3}, {"m": 0.89, "m_sd": 0.02, "seeds": 3},
+        {"m": 0.60, "m_sd": 0.01, "seeds": 3}, {"m": float("nan"), "m_sd": float("nan"), "seeds": float("nan")}])
+    assert mark_ties(board, "m")[seeds.VS_BEST].tolist() == ["best", "≈ best", "worse", ""]
+    assert seeds.VS_BEST not in mark_ties(board[["m"]], "m").columns   # no seeds: no marks
+
+
+def test_a_sweep_with_seeds_shows_mean_and_interval_and_marks_ties(tiny_bert, demo, store):
+    from llm_magics.tune.view import leaderboard_html, leaderboard_text
+    train, test = demo
+    sweep = api.sweep("probe", "C=0.01,100", model=str(tiny_bert), data=train, test=test, seeds=3, dtype="float32",
+                      wait=True)
+    assert [r["status"] for r in sweep.rows] == ["ok", "ok"]
+    board = sweep.leaderboard()
+    assert board[seeds.VS_BEST].iloc[0] == "best" and board[seeds.VS_BEST].iloc[1] in ("≈ best", "worse")
+    assert (board["seeds"] == 3).all()
+    first = board.iloc[0]
+    half = (first[f"{sweep.metric}_t_high"] - first[f"{sweep.metric}_t_low"]) / 2
+    shown = leaderboard_html(sweep)
+    assert f"± {half:.3g}" in shown and "vs best" in shown and "Welch" in shown
+    assert "_t_low" not in shown   # the interval keys are not columns of their own
+    assert f"± {half:.3g}" in leaderboard_text(sweep)
+    # the sweep's own runs are the two aggregates (their seeds are linked to them, not to the sweep)
+    assert set(api.compare(sweep=sweep.id).table["run_id"]) == set(board["run_id"])
+    assert len(store.list()) == 2 + 2 * 3

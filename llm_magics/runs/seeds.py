@@ -29,6 +29,7 @@ T_NAME = "Student's t over seeds"
 ROWS_NAME = "bootstrap over test rows (seed-averaged correctness)"
 SUFFIXES = ("_sd", "_t_low", "_t_high", "_rows_low", "_rows_high")
 SEEDS_KEY = "seeds"
+VS_BEST = "vs best"   # the leaderboard column marking each point against the best: best, ≈ best, worse
 
 
 def per_item(record: dict) -> pd.DataFrame | None:

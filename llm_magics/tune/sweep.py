@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from .. import options as opts
 from ..errors import UsageError, did_you_mean
+from ..runs import seeds
 from ..runs.compare import PREFERRED_METRICS, compare_recorded, option_column
 from . import form
 from .background import BackgroundJob
@@ -319,12 +320,15 @@ class Sweep(BackgroundJob):
         return "stopped" if self._stop.is_set() else "done"
 
     def leaderboard(self, sort_by: str | None = None):
-        """One row per point: its values, status, run id and metrics; best first by the metric."""
+        """One row per point: its values, status, run id and metrics; best first by the metric. With --seeds,
+        a `vs best` column: 'best', '≈ best' (not distinguishable from it: `runs.seeds.not_distinguishable`) or
+        'worse'."""
         import pandas as pd
         frame = pd.DataFrame(self.rows)
         key = sort_by or self.metric
         if key and key in frame.columns:
             frame = frame.sort_values(key, ascending=lower_is_better(key), na_position="last", kind="stable")
+            frame = mark_ties(frame.reset_index(drop=True), key)
         return frame.reset_index(drop=True)
 
     def best(self) -> dict | None:
@@ -343,6 +347,21 @@ class Sweep(BackgroundJob):
     def _repr_html_(self) -> str:
         from .view import leaderboard_html, plot_html
         return leaderboard_html(self) + plot_html(self)
+
+
+def mark_ties(board, metric: str):
+    """`board` (sorted best first) with a `vs best` column when its points ran --seeds: each point against the
+    best by Welch's t-test over their seeds (one rule, in runs/seeds.py); '' where there is nothing to test."""
+    if f"{metric}_sd" not in board.columns or board[metric].isna().all():
+        return board
+    rows = board.to_dict("records")
+    best = rows[0]
+    marks = []
+    for i, row in enumerate(rows):
+        clean = {k: v for k, v in row.items() if v == v}
+        tied = seeds.not_distinguishable(best, clean, metric) if i else None
+        marks.append("best" if i == 0 else "≈ best" if tied else "worse" if tied is False else "")
+    return board.assign(**{seeds.VS_BEST: marks})
 
 
 def loss_curve(progress) -> list[tuple[int, float]]:

@@ -10,6 +10,7 @@ from ..progress.events import Throttle, format_metric, format_seconds
 from ..progress.html import render
 from ..progress.theme import BEST_ROW, ERROR, WARN, scroll_box, status_colour
 from ..progress.widget import Snapshot
+from ..runs import seeds
 from ..runs.compare import option_column, ranked_on_test_note
 
 NUMBERS_SKIPPED = {"point", "trial"}
@@ -53,7 +54,7 @@ def _columns(sweep) -> tuple[list[str], list[str]]:
     metrics = []
     for row in sweep.rows:
         for key, value in row.items():
-            if key in swept or key in NUMBERS_SKIPPED or key in metrics or key == "wall_s":
+            if key in swept or key in NUMBERS_SKIPPED or key in metrics or key == "wall_s" or _spread(key):
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 metrics.append(key)
@@ -61,6 +62,22 @@ def _columns(sweep) -> tuple[list[str], list[str]]:
         metrics.remove(sweep.metric)
         metrics.insert(0, sweep.metric)
     return swept, metrics
+
+
+def _spread(key: str) -> bool:
+    """A --seeds point's interval keys (val_accuracy_t_low, …, seeds): shown with their metric, not as columns."""
+    return key == seeds.SEEDS_KEY or key.endswith(seeds.SUFFIXES)
+
+
+def metric_cell(row, metric: str) -> str:
+    """The metric's value; for a --seeds point its mean ± the half-width of the t interval over seeds."""
+    value = row.get(metric)
+    if value is None or value != value:
+        return ""
+    low, high = row.get(f"{metric}_t_low"), row.get(f"{metric}_t_high")
+    if low is None or low != low:
+        return format_metric(value)
+    return f"{format_metric(value)} ± {(high - low) / 2:.3g}"
 
 
 SHOWN_METRICS = 6   # the leaderboard's metric columns (the sort box offers every metric)
@@ -74,7 +91,8 @@ def leaderboard_html(sweep, sort_by: str | None = None) -> str:
     metrics = metrics[:SHOWN_METRICS]
     board = sweep.leaderboard(sort_by)
     best = sweep.best()
-    head = ["#"] + swept + ["status"] + metrics + ["wall", "run"]
+    ties = seeds.VS_BEST in board.columns
+    head = ["#"] + swept + ["status"] + metrics + ([seeds.VS_BEST] if ties else []) + ["wall", "run"]
     cells = "".join(f"<th style='padding:2px 8px;text-align:left'>{html.escape(h)}</th>" for h in head)
     rows = []
     for _, row in board.iterrows():
@@ -85,21 +103,29 @@ def leaderboard_html(sweep, sort_by: str | None = None) -> str:
         if row.get("message"):
             status_cell += f" <span style='color:{ERROR};font-size:11px'>{html.escape(str(row['message']))}</span>"
         values = [str(int(row["point"]))] + [html.escape(str(row.get(name, ""))) for name in swept]
-        numbers = [format_metric(row[m]) if m in row and row[m] == row[m] else "" for m in metrics]
+        numbers = [metric_cell(row, m) for m in metrics] + ([_tie_cell(row[seeds.VS_BEST])] if ties else [])
         wall = format_seconds(row["wall_s"]) if row.get("wall_s") == row.get("wall_s") \
             and row.get("wall_s") is not None else ""
         tds = values + [status_cell] + numbers + [wall, f"<code>{html.escape(str(row.get('run_id') or ''))}</code>"]
-        rows.append(f"<tr class='llm-sweep-row{' llm-sweep-best' if is_best else ''}' style='{style}'>"
+        tied = " llm-sweep-tied" if ties and row[seeds.VS_BEST] == "≈ best" else ""
+        rows.append(f"<tr class='llm-sweep-row{' llm-sweep-best' if is_best else ''}{tied}' style='{style}'>"
                     + "".join(f"<td style='padding:2px 8px;white-space:nowrap'>{v}</td>" for v in tds) + "</tr>")
     title = (f"<b>sweep <code>{html.escape(sweep.id)}</code></b> of %{html.escape(sweep.method)} · "
              f"{html.escape(status_counts(sweep))} · {html.escape(sweep.status)}"
              + (f" · ranked by {html.escape(sort_by or sweep.metric)}" if (sort_by or sweep.metric) else ""))
     note = ranked_on_test_note(sort_by or sweep.metric)
+    if ties:
+        note = ((note + " · ") if note else "") + ("± is the 95 % t interval over seeds; ≈ best: Welch's t-test over "
+                                                   "seeds cannot tell the point from the best (p ≥ 0.05)")
     title += importance_html(sweep)
     note_html = f"<div class='llm-magics-note' style='color:{WARN}'>{html.escape(note)}</div>" if note else ""
     table = f"<table style='border-collapse:collapse'><tr>{cells}</tr>{''.join(rows)}</table>"
     return (f"<div class='llm-magics-leaderboard' style='font-family:sans-serif;font-size:13px'>{title}"
             f"{note_html}{scroll_box(table)}</div>")
+
+
+def _tie_cell(mark: str) -> str:
+    return f"<b>{html.escape(mark)}</b>" if mark == "≈ best" else html.escape(str(mark))
 
 
 def importance_line(sweep) -> str:
@@ -118,7 +144,11 @@ def importance_html(sweep) -> str:
 def leaderboard_text(sweep, sort_by: str | None = None) -> str:
     board = sweep.leaderboard(sort_by)
     swept, metrics = _columns(sweep)
-    keep = [c for c in ["point"] + swept + ["status"] + metrics + ["run_id", "message"] if c in board.columns]
+    if seeds.VS_BEST in board.columns:   # --seeds: the ranking metric as mean ± its t interval's half-width
+        key = sort_by or sweep.metric
+        board = board.assign(**{key: [metric_cell(r, key) for r in board.to_dict("records")]})
+    keep = [c for c in ["point"] + swept + ["status"] + metrics + [seeds.VS_BEST, "run_id", "message"]
+            if c in board.columns]
     return board[keep].to_string(index=False)
 
 
