@@ -19,6 +19,9 @@ from . import predictions, stats
 from .store import RunStore
 
 
+SEED_AVERAGED = "seed-averaged correctness"   # what a --seeds aggregate's per-item `correct` is
+
+
 @dataclass(frozen=True)
 class PairedRuns:
     a: str                          # the runs as the user named them (run id or variable)
@@ -32,14 +35,18 @@ class PairedRuns:
     def binary(self) -> bool:
         return self.paired.mcnemar_p is not None
 
+    @property
+    def in_points(self) -> bool:
+        """Correctness, 0/1 or averaged over seeds, reads in points (hundredths)."""
+        return self.binary or self.metric == SEED_AVERAGED
+
     def _amount(self, value: float) -> str:
-        """0/1 scores read in points (hundredths), anything else as it is."""
-        return f"{100 * value:.1f}" if self.binary else f"{value:.3g}"
+        return f"{100 * value:.1f}" if self.in_points else f"{value:.3g}"
 
     @property
     def sentence(self) -> str:
         d, n = self.paired.difference, self.paired.shared
-        unit = " points" if self.binary else ""
+        unit = " points" if self.in_points else ""
         evidence = (f"95 % CI {self._amount(d.low)} to {self._amount(d.high)}"
                     + (f", McNemar p = {self.paired.mcnemar_p:.2g}" if self.binary else "") + f", {n} shared rows")
         if not self.paired.significant:
@@ -118,5 +125,5 @@ def compare_paired(a: Any, b: Any, metric: str = "correct", names: tuple[str, st
                          "least 2")
     paired = stats.paired_difference(left, right)
     # a --seeds aggregate keeps each item's correctness averaged over its seeds: a fraction, compared as one
-    shown = "seed-averaged correctness" if metric == "correct" and paired.mcnemar_p is None else metric
+    shown = SEED_AVERAGED if metric == "correct" and paired.mcnemar_p is None else metric
     return PairedRuns(names[0], names[1], shown, float(left.mean()), float(right.mean()), paired)
