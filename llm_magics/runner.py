@@ -215,6 +215,10 @@ def check_seeds(options, command) -> None:
     """What --seeds cannot be combined with, as one line each (checked before anything runs)."""
     if not command.records_run:
         raise UsageError("--seeds N repeats a run that is recorded: this command records none")
+    last = int(getattr(options, "seed", 0) or 0) + seed_count(options) - 1
+    if last > opts.SEED_MAX:
+        raise UsageError(f"--seed {options.seed} with --seeds {seed_count(options)} runs up to seed {last}, past "
+                         f"the largest seed {opts.SEED_MAX}: start lower")
     if getattr(options, "resume", None):
         raise UsageError("--seeds starts N new runs and --resume continues one: drop --seeds to resume, "
                          f"or --resume to run {seed_count(options)} seeds")
@@ -231,6 +235,10 @@ class SeedView:
 
     def __getattr__(self, name):
         return getattr(self._shared, name)
+
+    def describe(self, summary: str = "", hint: str = "") -> None:
+        """The standing line says which seed runs, before what the method says of it."""
+        self._shared.describe(f"{self.label} · {summary}" if summary else "", hint)
 
     def end(self, status: str = "ok", **metrics) -> None:
         from .progress.events import format_metric

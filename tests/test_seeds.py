@@ -147,6 +147,8 @@ def test_not_distinguishable_is_welchs_test_on_the_recorded_spread():
 
 BAD = [
     ("%probe --data df --seeds 0", "--seeds"),
+    ("%probe --data df --seeds 101", "--seeds"),
+    ("%probe --data df --seed 4294967295 --seeds 2", "largest seed"),
     ("%finetune --data df --seeds 2 --resume last", "--resume"),
 ]
 
