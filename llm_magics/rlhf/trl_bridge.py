@@ -272,3 +272,31 @@ def online_trainer(kind: str, o, model, reward_fn, prompts: list[str], tokenizer
         from trl import RLOOConfig as Config, RLOOTrainer as Trainer
     return Trainer(model=model, reward_funcs=reward_fn, args=_config(Config, values), train_dataset=dataset,
                    processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
+
+
+def quiet_trainer(build):
+    """A TRL trainer whose only progress display is our live view: datasets' bars off while TRL
+    prepares the data, TRL's printer/tqdm callbacks removed, its deprecation chatter silenced."""
+    import os
+    import warnings
+
+    import datasets
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HfProgress
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    tqdm_off = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"          # DPO's reference pass reads it for its bar
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = build()
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+        if tqdm_off is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_off
+    for extra in (PrinterCallback, HfProgress):
+        trainer.remove_callback(extra)
+    return trainer

@@ -18,9 +18,10 @@ from .judge import run_collect, run_eval
 from .launch import launch_reward
 from .options import (CollectOptions, DpoOptions, EvalOptions, ListOptions, OnlineOptions, PpoOptions,
                       RewardOptions)
-from .ppo import run_ppo
+from .online import OnlineTraining
+from .ppo import PpoTraining
 from .reward import RewardTraining
-from .trl_runs import launch_offline, run_offline, run_online
+from .offline import OfflineTraining, launch_offline
 
 
 class RlhfMethod(Method):
@@ -73,22 +74,22 @@ class RlhfMethod(Method):
         return launch_offline(self, "orpo", o, ctx)
 
     def ppo(self, o: PpoOptions, ctx):
-        return run_ppo(o, ctx)
+        return PpoTraining().run(o, ctx)
 
     def dpo(self, o: DpoOptions, ctx):
-        return run_offline("dpo", o, ctx)
+        return OfflineTraining("dpo").run(o, ctx)
 
     def kto(self, o: DpoOptions, ctx):
-        return run_offline("kto", o, ctx)
+        return OfflineTraining("kto").run(o, ctx)
 
     def orpo(self, o: DpoOptions, ctx):
-        return run_offline("orpo", o, ctx)
+        return OfflineTraining("orpo").run(o, ctx)
 
     def grpo(self, o: OnlineOptions, ctx):
-        return run_online("grpo", o, ctx)
+        return OnlineTraining("grpo").run(o, ctx)
 
     def rloo(self, o: OnlineOptions, ctx):
-        return run_online("rloo", o, ctx)
+        return OnlineTraining("rloo").run(o, ctx)
 
     def eval(self, o: EvalOptions, ctx):
         return run_eval(o, ctx)

@@ -1,0 +1,129 @@
+"""The training base of the %rlhf policy commands: `PolicyTraining` (a causal LM tuned in full or through a
+`%lora` tuner, on `llm_magics.training`) and `RewardedTraining` (ppo, grpo, rloo: sampled from --prompts, scored
+by --reward). Each command's own module overrides only what makes it itself."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...models import hold, trainable
+from ...training import Outcome, TrainingMethod, TrainingRun
+from .common import load_policy, policy_adapter_config
+from .launch import for_the_kernel
+from .reward_signal import probe_only, watch_reward
+
+
+@dataclass
+class PolicyRun(TrainingRun):
+    """A policy run's state beside the base's: the adapter's name, the trainer (TRL's or our PPO's) with its
+    callback, the reward and its tracker (ppo, grpo, rloo), the reference, and metrics measured outside the
+    loop."""
+    name: str = ""
+    trainer: Any = None
+    callback: Any = None
+    reward: Any = None
+    reward_name: str = ""
+    signal: Any = None
+    reference: Any = None        # a frozen copy of the policy, where the trainer needs one
+    reference_lp: Any = None     # the reference's log-probs of the held-out pairs (dpo, kto, orpo)
+    measured: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Prompts:
+    """What an online command trains from: prompts, no pairs (so no data fingerprint)."""
+    texts: list[str]
+    fingerprint: str = ""
+
+
+class PolicyTraining(TrainingMethod):
+    """A causal-LM policy tuned on the training base (`--policy`; full or a `%lora` tuner named by --name)."""
+    task = "sft"
+    model_option = "policy"
+    run_class = PolicyRun
+
+    def peak_lr(self, o) -> float:
+        return o.peak_lr()   # each command's default, declared with its options
+
+    def plan_label(self, o) -> str:
+        return o.method + (f" r={o.r}" if o.method != "full" else "")
+
+    def check(self, run) -> None:
+        run.name = run.options.name if getattr(run.options, "name", None) else run.ctx.run_id
+        if run.options.method != "full":
+            from ...adapters import hub
+            hub().check_free(run.name)   # the adapter's name in the session, before anything loads
+
+    def finish(self, run, result) -> None:
+        hold(result)
+        for_the_kernel(result, run.ctx)   # a launched rank 0 leaves the model for the kernel to reload
+
+
+class RewardedTraining(PolicyTraining):
+    """ppo, grpo, rloo: a policy sampled from --prompts and scored by --reward, which is looked at before
+    training (`--probe-reward`: only that)."""
+
+    def title(self, o, source) -> str:
+        return f"{self.name} · {source.short} · --method {o.method} · reward {reward_label(o.reward)}"
+
+    def prepare_data(self, run) -> None:
+        from ...rlhf.policy import load_prompts, resolve_reward
+        o = run.options
+        run.reward, run.reward_name = resolve_reward(o.reward, run.ctx.namespace)
+        run.data = Prompts(load_prompts(o.prompts, o.prompt_column, run.ctx.namespace))
+
+    def load(self, run) -> bool:
+        """Load the policy and look at the reward; False when that look was all the user asked for."""
+        kind, o, prompts = self.name.split()[-1], run.options, run.data.texts
+        run.loaded = load_policy(kind, o, run.source, run.device)
+        run.model, run.tokenizer = run.loaded.model, run.loaded.tokenizer
+        if hasattr(run.reward, "check_readable"):
+            run.reward.check_readable(prompts[:16], run.reward_name)
+        run.signal = watch_reward(kind, o, run.progress, run.loaded, run.reward, run.reward_name, prompts)
+        if o.probe_reward:
+            run.answer = probe_only(kind, run.signal, run.source, run.device, run.progress)
+        return not o.probe_reward
+
+    def end_metrics(self, result) -> dict[str, float]:
+        return {k: v for k, v in result.metrics.items() if k.startswith("reward_")}
+
+
+def reward_label(ref) -> str:
+    """How the live view names --reward: its variable name, run id or folder, or the callable's name
+    (as `rlhf.policy.resolve_reward` names it)."""
+    return ref if isinstance(ref, str) else getattr(ref, "__name__", type(ref).__name__)
+
+
+class TrlTraining(PolicyTraining):
+    """A policy command whose `train` hook is a TRL trainer, built in `prepare` by `build_trainer` with our
+    live view as its callback (TRL's own bars and printers off)."""
+
+    def build_trainer(self, run: PolicyRun, peft_config):   # pragma: no cover - each command's own
+        raise NotImplementedError
+
+    def adapter_steps(self, o) -> int:
+        """The steps the adapter's config plans for (a schedule some tuners read)."""
+        return o.steps
+
+    def prepare(self, run: PolicyRun) -> None:
+        from ...rlhf.trl_bridge import ProgressCallback, quiet_trainer
+        o = run.options
+        if run.loaded is None:
+            run.loaded = load_policy(self.name.split()[-1], o, run.source, run.device)
+        run.tokenizer = run.loaded.tokenizer
+        peft_config = None if o.method == "full" else \
+            policy_adapter_config(o, run.loaded.model, run.source, self.adapter_steps(o))
+        run.callback = ProgressCallback(run.progress, run.signal)
+        run.trainer = quiet_trainer(lambda: self.build_trainer(run, peft_config))
+        run.model = run.trainer.model
+        run.plan = trainable.report(run.model, self.plan_label(o))
+
+    def trl_args(self, run: PolicyRun, world: int = 1) -> dict[str, Any]:
+        from ...rlhf.trl_bridge import trl_common
+        return trl_common(run.options, run.device, run.ctx.run_dir / "trl", run.autocast, world)
+
+    def trained(self, run: PolicyRun) -> Outcome:
+        """What TRL's run came to: stopped or not, its train losses, its steps."""
+        state = run.trainer.state
+        losses = [(log["step"], log["loss"]) for log in run.callback.logs if "loss" in log]
+        return Outcome("stopped" if run.callback.stopped else "ok", losses=losses, steps=int(state.global_step))
