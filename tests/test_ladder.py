@@ -150,6 +150,9 @@ def test_bad_ladder_lines_are_one_line(splits):
         api.ladder(train, test, rungs="probe; nosuchmethod")
     with pytest.raises(UsageError, match="given twice"):
         api.ladder(train, test, rungs="probe; probe")
+    for own in ("probe --seeds 3", "probe --seed=4"):   # the ladder's --seeds decides every rung's seeds
+        with pytest.raises(UsageError, match="sets its own seed"):
+            api.ladder(train, test, rungs=own)
 
 
 @pytest.fixture

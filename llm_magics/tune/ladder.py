@@ -127,7 +127,11 @@ def parse_rungs(text: str | None, shots: int = ICL_DEFAULT_SHOTS) -> list[Rung]:
         word = command_word(cls, tokens[1:])
         if word and not cls.commands[word].records_run:
             raise UsageError(f"--rungs: {tokens[0]} {word} records no run; a rung must train or evaluate")
-        rungs.append(Rung(label, tokens[0], word, tokens[2:] if word else tokens[1:]))
+        own = tokens[2:] if word else tokens[1:]
+        if any(t.split("=", 1)[0] in ("--seeds", "--seed") for t in own):
+            raise UsageError(f"--rungs: {label!r} sets its own seed; the ladder's --seeds N runs every rung with "
+                             "seeds 0 … N-1")
+        rungs.append(Rung(label, tokens[0], word, own))
     labels = [r.label for r in rungs]
     if len(set(labels)) < len(labels):
         raise UsageError("--rungs: a rung is given twice; each rung once (vary its options to make two)")
