@@ -15,7 +15,6 @@ from ...rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, fix_score_bias
 from ...training import TrainingMethod, result_fields
 from .common import preference_data
 from .launch import for_the_kernel
-from .options import DEFAULT_REWARD_LR
 
 
 class RewardTraining(TrainingMethod):
@@ -23,7 +22,7 @@ class RewardTraining(TrainingMethod):
     task = "classify"   # the loop keeps the weights of the best validation pair accuracy
 
     def peak_lr(self, o) -> float:
-        return o.lr or DEFAULT_REWARD_LR[o.train if o.train in ("full", "head") else "tuner"]
+        return o.peak_lr()   # the default, declared with the options
 
     def title(self, o, source) -> str:
         return f"rlhf reward · {source.short} · --train {o.train}"
