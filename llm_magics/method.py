@@ -57,6 +57,9 @@ class Method:
     commands: ClassVar[dict[str, Command]] = {}
     # The main command (`run`) takes --devices/--nodes above 1; a subcommand says so on its Command.
     launchable: ClassVar[bool] = False
+    # The Result classes a launched run of this method comes back as, beside its `result_class` (the kernel
+    # builds no other class from a worker's result.json).
+    result_classes: ClassVar[tuple[type, ...]] = ()
     # What --seed controls in this method's runs, in words ("data split", "head init"): each Result says so.
     seed_controls: ClassVar[tuple[str, ...]] = ()
 

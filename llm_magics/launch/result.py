@@ -63,7 +63,7 @@ def write_result(result, folder: Path) -> Path:
 def read_result(method, options, folder: Path, spec, ctx):
     """The kernel's Result, of `method.result_class`, from what rank 0 wrote."""
     payload = json.loads((folder / RESULT).read_text())
-    cls = getattr(method, "result_class", None) or _result_class(payload.get("class", ""))
+    cls = result_class(method, payload.get("class", ""))
     names = {f.name for f in dataclasses.fields(cls)}
     fields = {k: v for k, v in payload["fields"].items() if k in names}
     if "history" in names and payload.get("history") is not None:
@@ -80,18 +80,18 @@ def read_result(method, options, folder: Path, spec, ctx):
     return result
 
 
-def _result_class(path: str):
-    """The Result class rank 0 wrote (`module.Class`) for a method without one `result_class` (`%rlhf`:
-    a reward model or a policy); the plain Result when it does not import as one."""
-    import importlib
-
+def result_class(method, path: str) -> type:
+    """The Result class rank 0 named (`module.Class`), if it is one this method's runs come back as (its
+    `result_class`, its `result_classes`, or the plain Result); anything else is refused before any import:
+    the file is read from disk, and a name in it must not choose what the kernel imports."""
+    from ..errors import UsageError
     from ..method import Result
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return Result
-    return cls if isinstance(cls, type) and issubclass(cls, Result) else Result
+    known = [getattr(method, "result_class", None), *getattr(method, "result_classes", ()), Result]
+    allowed = {f"{c.__module__}.{c.__qualname__}": c for c in known if c is not None}
+    if path not in allowed:
+        raise UsageError(f"{RESULT} names {path!r}, not a Result class of %{method.name} "
+                         f"({', '.join(allowed)}): the run's launch folder was changed; run it again")
+    return allowed[path]
 
 
 def _lazy_model(result, method, options, spec, ctx, weights: Path) -> None:

@@ -13,6 +13,8 @@ import pandas as pd
 
 from ...method import Command, Method
 from ...models import resolve
+from ...rlhf.policy import PreferenceResult
+from ...rlhf.reward import RewardResult
 from .common import preference_data
 from .judge import run_collect, run_eval
 from .launch import launch_reward
@@ -29,6 +31,7 @@ class RlhfMethod(Method):
     summary = ("RLHF: a reward model from preference pairs (Bradley–Terry, full, head or LoRA) and policy "
                "optimisation against it or any Python reward (PPO of our own, on the training engine).")
     Options = ListOptions
+    result_classes = (RewardResult, PreferenceResult)   # what `--devices` runs of reward, dpo, kto, orpo return
     commands = {
         "collect": Command(CollectOptions, "collect", "a widget to rank completions; choices go to a JSONL file",
                            records_run=False),
