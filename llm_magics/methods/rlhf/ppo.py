@@ -13,7 +13,7 @@ from .trainers import PolicyRun, RewardedTraining
 
 
 class PpoTraining(RewardedTraining):
-    name = "rlhf ppo"
+    name, kind = "rlhf ppo", "ppo"
 
     def prepare(self, run: PolicyRun) -> None:
         from ...rlhf.ppo import PolicyWithValue

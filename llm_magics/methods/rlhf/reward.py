@@ -9,7 +9,7 @@ import torch
 from ...engine.features import default_pooling
 from ...engine.limits import fit_max_length
 from ...engine.rng import seeded
-from ...models import hold, load_model, trainable
+from ...models import load_model, trainable
 from ...models.classifier import SequenceClassifier
 from ...rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, fix_score_bias, save_folder, with_tuner
 from ...training import TrainingMethod, result_fields
@@ -72,5 +72,5 @@ class RewardTraining(TrainingMethod):
                             _folder=str(folder))
 
     def finish(self, run, result) -> None:
-        hold(result)
+        super().finish(run, result)   # held, so that `%llm free` releases it
         for_the_kernel(result, run.ctx)   # a launched rank 0 leaves the model for the kernel to reload

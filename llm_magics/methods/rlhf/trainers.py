@@ -41,6 +41,7 @@ class PolicyTraining(TrainingMethod):
     task = "sft"
     model_option = "policy"
     run_class = PolicyRun
+    kind = ""   # the %rlhf command: ppo, dpo, …
 
     def peak_lr(self, o) -> float:
         return o.peak_lr()   # each command's default, declared with its options
@@ -49,6 +50,7 @@ class PolicyTraining(TrainingMethod):
         return o.method + (f" r={o.r}" if o.method != "full" else "")
 
     def check(self, run) -> None:
+        """The adapter's name (--name, or the run id) must be free in the session, before anything loads."""
         run.name = run.options.name if getattr(run.options, "name", None) else run.ctx.run_id
         if run.options.method != "full":
             from ...adapters import hub
@@ -74,7 +76,7 @@ class RewardedTraining(PolicyTraining):
 
     def load(self, run) -> bool:
         """Load the policy and look at the reward; False when that look was all the user asked for."""
-        kind, o, prompts = self.name.split()[-1], run.options, run.data.texts
+        kind, o, prompts = self.kind, run.options, run.data.texts
         run.loaded = load_policy(kind, o, run.source, run.device)
         run.model, run.tokenizer = run.loaded.model, run.loaded.tokenizer
         if hasattr(run.reward, "check_readable"):
@@ -109,7 +111,7 @@ class TrlTraining(PolicyTraining):
         from ...rlhf.trl_bridge import ProgressCallback, quiet_trainer
         o = run.options
         if run.loaded is None:
-            run.loaded = load_policy(self.name.split()[-1], o, run.source, run.device)
+            run.loaded = load_policy(self.kind, o, run.source, run.device)
         run.tokenizer = run.loaded.tokenizer
         peft_config = None if o.method == "full" else \
             policy_adapter_config(o, run.loaded.model, run.source, self.adapter_steps(o))
