@@ -11,7 +11,7 @@ from llm_magics.options import option
 
 @pytest.mark.parametrize("command, flag", [
     (command, flag) for command in ("dpo", "kto", "orpo") for flag in ("--resume last", "--patience 3",
-                                                                       "--eval-every 10")
+                                                                       "--eval-every 10", "--dropout 0.1")
 ] + [
     (command, flag) for command in ("grpo", "rloo") for flag in ("--resume last", "--patience 3", "--eval-every 10",
                                                                  "--epochs 2", "--max-length 64", "--strategy ddp")

@@ -47,6 +47,7 @@ def policy_adapter_config(o, model, source, steps: int, dropout: float | None = 
     from ...adapters.kinds import AdapterSpec
     from ...adapters.methods import build_config
     spec = AdapterSpec(method=o.method, task="sft", r=o.r, alpha=o.alpha,
-                       dropout=o.dropout if dropout is None else dropout, target=tuple(o.target), seed=o.seed)
+                       dropout=getattr(o, "dropout", 0.0) if dropout is None else dropout,   # dpo|kto|orpo: none
+                       target=tuple(o.target), seed=o.seed)
     return build_config(spec, model, TaskType.CAUSAL_LM, steps, source.path)
 

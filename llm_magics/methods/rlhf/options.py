@@ -174,7 +174,7 @@ class DpoOptions(PolicyOptions, PreferenceOptions, RunOptions, LaunchOptions, Ba
     max_length: int = option(128, "tokens per prompt + answer (the prompt is cut from the left)", check=positive)
     r: int = option(16, "tuner rank", check=positive)
     alpha: float | None = option(None, "tuner scaling numerator (default: 2 × r)", check=positive)
-    dropout: float = option(0.0, "tuner dropout", check=opts.non_negative)
+    # No --dropout: TRL's DPO, KTO and ORPO trainers turn every dropout off (disable_dropout), the tuner's too.
     target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
     name: str | None = option(None, "with a tuner: the adapter's name in the session (default: the run id)",
                               check=plain_name)
