@@ -238,3 +238,14 @@ def test_a_sweep_with_seeds_shows_mean_and_interval_and_marks_ties(tiny_bert, de
     # the sweep's own runs are the two aggregates (their seeds are linked to them, not to the sweep)
     assert set(api.compare(sweep=sweep.id).table["run_id"]) == set(board["run_id"])
     assert len(store.list()) == 2 + 2 * 3
+
+
+@pytest.mark.multiprocess
+def test_seeds_with_devices_run_each_seed_on_torchrun_workers(tiny_bert, demo, store):
+    train, test = demo
+    result = api.finetune(model=str(tiny_bert), data=train.head(80), test=test.head(30), train="last:1", epochs=1,
+                          seeds=2, devices=2, dtype="float32")
+    assert isinstance(result, SeedsResult) and result.metrics["seeds"] == 2
+    assert len([r for r in store.list() if r["parent_id"] == result.run_id]) == 2
+    # the workers' per-item predictions reach the aggregate through each seed's file
+    assert result.aggregate.rows is not None and len(result.predictions) == 30
