@@ -112,6 +112,16 @@ def test_build_then_query_finds_the_document_and_records_the_run(tiny_bert, docs
     assert hits.attrs["mode"] == "hybrid"
 
 
+@pytest.mark.parametrize("candidates, pool", [(None, 50), (2, 3), (60, 60)])
+def test_hybrid_takes_the_candidates_asked_for_at_least_k(tiny_bert, docs, monkeypatch, candidates, pool):
+    build(tiny_bert, docs)
+    asked = []
+    search = vectors.search
+    monkeypatch.setattr(vectors, "search", lambda index, q, k: asked.append(k) or search(index, q, k))
+    api.index.query(name="wiki", query="Paris", k=3, mode="hybrid", candidates=candidates)
+    assert asked == [pool]
+
+
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
 def test_each_search_mode_ranks_an_exact_text_first(tiny_bert, docs, mode):
     build(tiny_bert, docs)

@@ -262,7 +262,8 @@ class Index:
                query_vectors: np.ndarray | None = None) -> pd.DataFrame:
         """Top-k chunks per query: query_id, query, rank, score, text, source, position."""
         mode = self.resolve_mode(mode)
-        pool = k if mode == "dense" else max(candidates or 0, 5 * k, 50)
+        # --candidates as given (at least k); unset: a wide pool for the fusion
+        pool = k if mode == "dense" else max(candidates, k) if candidates else max(5 * k, 50)
         dense_hits = lexical_hits = None
         if mode in ("dense", "hybrid"):
             if query_vectors is None:
