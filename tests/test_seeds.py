@@ -221,7 +221,7 @@ def test_mark_ties_follows_welchs_test_against_the_best():
 
 
 def test_a_sweep_with_seeds_shows_mean_and_interval_and_marks_ties(tiny_bert, demo, store):
-    from llm_magics.tune.view import leaderboard_html, leaderboard_text
+    from llm_magics.tune.view import leaderboard_html, leaderboard_text, sweep_plot
     train, test = demo
     sweep = api.sweep("probe", "C=0.01,100", model=str(tiny_bert), data=train, test=test, seeds=3, dtype="float32",
                       wait=True)
@@ -235,6 +235,16 @@ def test_a_sweep_with_seeds_shows_mean_and_interval_and_marks_ties(tiny_bert, de
     assert f"± {half:.3g}" in shown and "vs best" in shown and "Welch" in shown
     assert "_t_low" not in shown   # the interval keys are not columns of their own
     assert f"± {half:.3g}" in leaderboard_text(sweep)
+    # the metric against --C, each point's t interval over seeds drawn as a whisker
+    from matplotlib.axes import Axes
+    drawn, errorbar = [], Axes.errorbar
+    Axes.errorbar = lambda self, x, y, **kw: drawn.append((list(x), kw["yerr"])) or errorbar(self, x, y, **kw)
+    try:
+        assert sweep_plot(sweep) is not None
+    finally:
+        Axes.errorbar = errorbar
+    assert len(drawn) == 1 and len(drawn[0][0]) == 2
+    assert sorted(drawn[0][1][0]) == pytest.approx(sorted(board[sweep.metric] - board[f"{sweep.metric}_t_low"]))
     # the sweep's own runs are the two aggregates (their seeds are linked to them, not to the sweep)
     assert set(api.compare(sweep=sweep.id).table["run_id"]) == set(board["run_id"])
     assert len(store.list()) == 2 + 2 * 3

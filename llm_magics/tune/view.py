@@ -306,6 +306,11 @@ def sweep_plot(sweep, metric: str | None = None) -> bytes | None:
         members = sorted(members, key=x_of)
         xs, ys = [x_of(r) for r in members], [_number(r[metric]) for r in members]
         (line,) = ax.plot(xs, ys, "-", marker="o", markersize=6, label=label or None)
+        spread = [(x, y, r) for x, y, r in zip(xs, ys, members) if _number(r.get(f"{metric}_t_low")) is not None]
+        if spread:   # --seeds: each point's t interval over seeds as a whisker
+            ax.errorbar([x for x, _, _ in spread], [y for _, y, _ in spread], fmt="none", capsize=3,
+                        ecolor=line.get_color(), yerr=[[y - r[f"{metric}_t_low"] for _, y, r in spread],
+                                                       [r[f"{metric}_t_high"] - y for _, y, r in spread]])
         stopped = [(x, y) for x, y, r in zip(xs, ys, members) if r.get("status") != "ok"]
         if stopped:
             ax.scatter(*zip(*stopped), s=60, facecolors="white", edgecolors=line.get_color(), zorder=3)
@@ -324,6 +329,8 @@ def sweep_plot(sweep, metric: str | None = None) -> bytes | None:
     title = f"{metric} against {x_column}" + (f", one line per {' '.join(others)}" if others else "")
     if any(r.get("status") != "ok" for r in rows):
         title += " (hollow: stopped early)"
+    if any(_number(r.get(f"{metric}_t_low")) is not None for r in rows):
+        title += " (whiskers: 95 % CI over seeds)"
     ax.set_title(title, fontsize=9)
     if others:
         ax.legend(fontsize=8)
