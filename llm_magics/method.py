@@ -58,7 +58,7 @@ class Method:
     # The main command (`run`) takes --devices/--nodes above 1; a subcommand says so on its Command.
     launchable: ClassVar[bool] = False
     # The Result classes a launched run of this method comes back as, beside its `result_class` (the kernel
-    # builds no other class from a worker's result.json).
+    # builds no other class from a worker's result.json). Default: the plain Result (set below it).
     result_classes: ClassVar[tuple[type, ...]] = ()
     # What --seed controls in this method's runs, in words ("data split", "head init"): each Result says so.
     seed_controls: ClassVar[tuple[str, ...]] = ()
@@ -175,3 +175,6 @@ class Result:
                          + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in self.artifacts.items())
                          + "</div>")
         return "".join(parts)
+
+
+Method.result_classes = (Result,)

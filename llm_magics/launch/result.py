@@ -82,11 +82,10 @@ def read_result(method, options, folder: Path, spec, ctx):
 
 def result_class(method, path: str) -> type:
     """The Result class rank 0 named (`module.Class`), if it is one this method's runs come back as (its
-    `result_class`, its `result_classes`, or the plain Result); anything else is refused before any import:
+    `result_class` or its `result_classes`: by default the plain Result); anything else is refused before any import:
     the file is read from disk, and a name in it must not choose what the kernel imports."""
     from ..errors import UsageError
-    from ..method import Result
-    known = [getattr(method, "result_class", None), *getattr(method, "result_classes", ()), Result]
+    known = [getattr(method, "result_class", None), *getattr(method, "result_classes", ())]
     allowed = {f"{c.__module__}.{c.__qualname__}": c for c in known if c is not None}
     if path not in allowed:
         raise UsageError(f"{RESULT} names {path!r}, not a Result class of %{method.name} "
@@ -108,24 +107,12 @@ def _lazy_model(result, method, options, spec, ctx, weights: Path) -> None:
 
 
 def rebuild_model(method, options, spec, ctx, weights: Path):
+    """The method's model on the CPU with the workers' trained weights (`TrainingMethod.restore_model`), from
+    the options the workers ran with: their data as the spec carried it, one process, no --resume."""
     import dataclasses as dc
-
-    import torch
-
-    from ..engine import checkpoint
-    from ..models import resolve
-    from ..progress.events import Progress
-    from ..training import TrainingRun, prepare_data
     o = dc.replace(options, **{k: v for k, v in spec.options.items() if k in ("data", "validation", "test")})
     o.devices, o.nodes, o.resume = 1, 1, None
-    task = method.task_of(o)
-    run = TrainingRun(o, ctx, task, torch.device("cpu"), resolve(o.model), None)
-    run.data = prepare_data(o, ctx, task)
-    run.progress = Progress()   # silent: the run's view has ended
-    method.prepare(run)
-    checkpoint.load_weights(run.model, weights)
-    run.model.eval()
-    return run.model, run.tokenizer
+    return method.restore_model(o, ctx, weights)
 
 
 def _load_adapter(result) -> None:

@@ -3,17 +3,20 @@ source, --resume, data, checks, live view (`start`), then model and task (`prepa
 Result, hold and the live view's end. A method overrides only the hooks that make it itself."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from .. import options as opts
+from ..engine import checkpoint
 from ..engine.device import train_dtype
 from ..engine.loop import Outcome, TrainLoop
 from ..errors import UsageError
 from ..method import Method
 from ..models import hold, load_model, resolve, trainable
 from ..models.classifier import SequenceClassifier
+from ..progress.events import Progress
 from ..tasks.causal_lm import require_decoder, sft_task
 from ..tasks.classify import TokenTask
 from .options import (TRAINING_RESUME_KEYS, CausalLMTrainingOptions, ClassifierTrainingOptions, ParamGroup,
@@ -147,6 +150,18 @@ class TrainingMethod(Method):
 
     def build_result(self, run: TrainingRun, outcome: Outcome) -> TrainedResult:
         return training_result(self.result_class, run, outcome)
+
+    def restore_model(self, o, ctx, weights: Path):
+        """(model, tokenizer) built as `prepare` builds them, on the CPU, with the trained `weights` loaded: how
+        the kernel's Result of a launched run gets its model on first use (the workers trained it)."""
+        run = self.run_class(o, ctx, self.task_of(o), torch.device("cpu"), resolve(getattr(o, self.model_option)),
+                             None)
+        self.prepare_data(run)
+        run.progress = Progress()   # silent: the run's live view has ended
+        self.prepare(run)
+        checkpoint.load_weights(run.model, weights)
+        run.model.eval()
+        return run.model, run.tokenizer
 
 
 class ClassifierTrainingMethod(TrainingMethod):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ...method import Command, Method
+from ...method import Command, Method, Result
 from ...models import resolve
 from ...rlhf.policy import PreferenceResult
 from ...rlhf.reward import RewardResult
@@ -31,7 +31,7 @@ class RlhfMethod(Method):
     summary = ("RLHF: a reward model from preference pairs (Bradley–Terry, full, head or LoRA) and policy "
                "optimisation against it or any Python reward (PPO of our own, on the training engine).")
     Options = ListOptions
-    result_classes = (RewardResult, PreferenceResult)   # what `--devices` runs of reward, dpo, kto, orpo return
+    result_classes = (RewardResult, PreferenceResult, Result)   # what `--devices` runs of reward, dpo, kto, orpo
     commands = {
         "collect": Command(CollectOptions, "collect", "a widget to rank completions; choices go to a JSONL file",
                            records_run=False),
