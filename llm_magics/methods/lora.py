@@ -12,17 +12,19 @@ progress, Stop, resume, run store).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import options as opts
 from ..adapters import AdapterInfo, AdapterSet, hub, smoke_test
 from ..adapters.build import base_model, check_bits, working_methods, wrap_new
 from ..adapters.kinds import KINDS, AdapterSpec
 from ..adapters.methods import check_virtual_tokens, name_clash, smoke_rows
-from ..adapters.session import Adapter, LoraResult, load_adapter, merge_adapter, saved_name
+from ..adapters.session import load_adapter, merged_model
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions, file_path, plain_name
 from ..engine.device import autocast_to, dtype_name, pick_dtype, train_dtype
 from ..engine.limits import folder_position_limit
@@ -36,6 +38,96 @@ from ..tasks.classify import TokenTask
 from ..training import TRAINING_RESUME_KEYS, TaskOptions, TrainedResult, TrainingMethod, TrainingRun
 
 __all__ = ["LoraMethod", "LoraOptions", "LoraResult", "Adapter"]
+
+
+class Adapter:
+    """An adapter in the session: predicts, generates, saves, merges; switching to it is free."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def info(self) -> AdapterInfo:
+        return hub().find(self.name)[1]
+
+    def _as_result(self) -> "LoraResult":
+        info = self.info
+        return LoraResult(method="lora", task=info.task, label_names=info.label_names, adapter=self.name)
+
+    def logits(self, texts) -> torch.Tensor:
+        return self._as_result().logits(texts)
+
+    def predict(self, texts) -> list[str]:
+        return self._as_result().predict(texts)
+
+    def predict_proba(self, texts):
+        return self._as_result().predict_proba(texts)
+
+    def generate(self, prompts, max_new_tokens: int = 64, **kwargs):
+        return self._as_result().generate(prompts, max_new_tokens, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        adapter_set, _ = hub().find(self.name)
+        return adapter_set.save(self.name, Path(path))
+
+    def merge(self, save: str | Path | None = None) -> TrainedResult:
+        return merge_adapter(self.name, save)
+
+    def __repr__(self) -> str:
+        i = self.info
+        return f"<Adapter {i.name}: {i.method} on {i.model} for {i.task}, {i.trainable_params:,} trainable>"
+
+    def _repr_html_(self) -> str:
+        return f"<code>{self.__repr__()[1:-1]}</code>"
+
+
+@dataclass(repr=False)
+class LoraResult(TrainedResult):
+    """The run's metrics; predicts/generates with its adapter; `.save(path)` writes the adapter."""
+    adapter: str = ""
+    _adapter_folder: str = field(default="", repr=False)
+
+    def _need_model(self):
+        adapter_set, _ = hub().find(self.adapter)
+        self._tokenizer = adapter_set.tokenizer
+        return adapter_set.activate(self.adapter)
+
+    def logits(self, texts) -> torch.Tensor:
+        with hub().find(self.adapter)[0].lock:  # the adapter stays switched in while it predicts
+            return super().logits(texts)
+
+    def generate(self, prompts, max_new_tokens: int = 64, **kwargs):
+        with hub().find(self.adapter)[0].lock:
+            return super().generate(prompts, max_new_tokens, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        folder = Adapter(self.adapter).save(path)
+        self.artifacts["saved"] = str(folder)
+        return folder
+
+    def merge(self, save: str | Path | None = None) -> TrainedResult:
+        return merge_adapter(self.adapter, save)
+
+    def release(self) -> None:  # the hub owns the model; `%llm free` empties it
+        pass
+
+
+def merge_adapter(name: str, save: str | Path | None) -> TrainedResult:
+    """A plain model with the adapter merged in, as a Result that predicts, generates and saves."""
+    adapter_set, info = hub().find(name)
+    result = TrainedResult(method="lora merge", task=info.task, label_names=info.label_names, model=info.model,
+                           _model=merged_model(name), _tokenizer=adapter_set.tokenizer,
+                           notes=[f"adapter {name!r} merged into a copy of {info.model}; the session's base is "
+                                  "unchanged"])
+    if save:
+        result.save(save)
+    return result
+
+
+def saved_name(resume_dir: Path) -> str | None:
+    """The adapter name an interrupted run saved with its options."""
+    saved = json.loads((resume_dir.parent / "run_options.json").read_text())
+    return saved["options"].get("adapter")
 
 
 def _bits(value) -> str | None:
@@ -207,7 +299,7 @@ class LoraMethod(TrainingMethod):
         return folder
 
     def load(self, o: LoadOptions, ctx) -> Adapter:
-        return load_adapter(o.path, o.name, o.model, lambda: ctx.device(o.device))
+        return Adapter(load_adapter(o.path, o.name, o.model, lambda: ctx.device(o.device)))
 
     def use(self, o: NameOptions, ctx) -> Adapter:
         adapter_set, _ = hub().find(o.name)
