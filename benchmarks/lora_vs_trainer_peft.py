@@ -66,7 +66,7 @@ def trainer_peft(args) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from llm_magics.adapters.methods import linear_layers
+    from llm_magics.adapters.configs import linear_layers
     from llm_magics.data import prepare_classification
     from llm_magics.engine.device import MemoryMonitor
     from llm_magics.models import resolve

@@ -1,6 +1,6 @@
 """Is the Hugging Face hub reachable? Asked before any hub load.
 
-(The hub of *adapters* loaded in the kernel is another thing: `llm_magics.adapters.hub`.)
+(The hub of *adapters* loaded in the kernel is another thing: `llm_magics.adapters.session`.)
 
 Offline, transformers and datasets retry for ~25 s before failing; a user who
 mistyped a name deserves an answer at once.

@@ -69,11 +69,11 @@ def test_saving_over_an_adapter_keeps_the_users_files_and_swaps_the_adapter_whol
 def test_a_save_that_fails_midway_leaves_the_old_adapter_whole(trained, tmp_path, monkeypatch):
     folder = trained.save(tmp_path / "ad")
     weights = (folder / "adapter_model.safetensors").read_bytes()
-    hub_module = importlib.import_module("llm_magics.adapters.hub")
+    folder_module = importlib.import_module("llm_magics.adapters.folder")
 
     def broken(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(hub_module, "write_manifest", broken)
+    monkeypatch.setattr(folder_module, "write_manifest", broken)
     with pytest.raises(KeyboardInterrupt):
         trained.save(folder)
     monkeypatch.undo()
@@ -90,11 +90,11 @@ def test_a_process_killed_while_saving_leaves_one_whole_adapter_and_the_next_loa
         import os
         from llm_magics import api
         import importlib
-        hub_module = importlib.import_module("llm_magics.adapters.hub")
+        folder_module = importlib.import_module("llm_magics.adapters.folder")
         api.lora.load(path={str(folder)!r}, name="again")
         def killed(*args, **kwargs):
             os._exit(9)                      # SIGKILL-like: no cleanup runs
-        hub_module.write_manifest = killed
+        folder_module.write_manifest = killed
         api.lora.save(name="again", path={str(folder)!r})
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,

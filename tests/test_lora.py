@@ -189,11 +189,10 @@ def test_adapter_commands_in_a_shell(tiny_bert, separable, tmp_path, capsys):
 
 
 def test_the_peft_kinds_table_drives_the_options_defaults_and_resume_keys():
-    """Adding a PEFT method is one entry in adapters/kinds.py: choices, learning rates, resume keys, labels."""
+    """Adding a PEFT method is one entry in adapters/configs.py: choices, learning rates, resume keys, labels."""
     import peft
 
-    from llm_magics.adapters.kinds import KINDS, AdapterSpec
-    from llm_magics.adapters.methods import METHODS, PEFT_TYPES, PROMPT_LEARNING
+    from llm_magics.adapters.configs import KINDS, METHODS, PEFT_TYPES, PROMPT_LEARNING, AdapterSpec
     from llm_magics.methods.lora import LoraMethod, LoraOptions
     from llm_magics.options import specs
     assert next(s for s in specs(LoraOptions) if s.name == "method").choices == tuple(KINDS)

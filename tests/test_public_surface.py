@@ -227,4 +227,4 @@ def test_models_have_no_import_circle():
 def test_the_hugging_face_hub_module_is_named_for_it():
     from llm_magics import hf_hub
     assert callable(hf_hub.reachable)
-    assert not (PACKAGE / "hub.py").exists()  # llm_magics.adapters.hub is the adapters' hub
+    assert not (PACKAGE / "hub.py").exists()  # llm_magics.adapters.session holds the adapters loaded now

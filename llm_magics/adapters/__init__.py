@@ -1,6 +1,9 @@
-"""PEFT adapters: which config each `--method` means, and the adapters held in the session."""
-from .hub import AdapterInfo, AdapterSet, Hub, hub, merged_copy, read_info
-from .methods import METHODS, PROMPT_LEARNING, TUNERS, build_config, smoke_test, targets
+"""PEFT adapters: which config each `--method` means (`configs`) and which ones work (`checks`), adapted models
+built (`build`), a saved adapter's folder (`folder`), and the adapters loaded now (`session`)."""
+from .checks import smoke_test
+from .configs import METHODS, PROMPT_LEARNING, TUNERS, build_config, targets
+from .folder import AdapterInfo, read_info
+from .session import AdapterSet, Hub, hub, merged_copy
 
 __all__ = ["AdapterInfo", "AdapterSet", "Hub", "hub", "merged_copy", "read_info", "METHODS", "PROMPT_LEARNING",
            "TUNERS", "build_config", "smoke_test", "targets"]

@@ -2,12 +2,9 @@
 saved adapter, for classification (our pooled classifier) or a causal LM."""
 from __future__ import annotations
 
-import copy
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import UsageError
@@ -15,11 +12,9 @@ from ..models import load_model
 from ..models.classifier import SequenceClassifier
 from ..engine.features import default_pooling
 from ..engine.rng import seeded
-from ..tasks.causal_lm import SftTask, require_decoder
-from ..tasks.classify import TokenTask
-from .hub import AdapterInfo
-from .kinds import AdapterSpec
-from .methods import METHODS, PROMPT_LEARNING, build_config, smoke_rows, smoke_test
+from ..tasks.causal_lm import require_decoder
+from .configs import PROMPT_LEARNING, AdapterSpec, build_config
+from .folder import AdapterInfo
 
 
 def check_bits(bits: int | None, device: torch.device) -> None:
@@ -98,29 +93,3 @@ def wrap_saved(loaded, info: AdapterInfo, folder: Path):
     model.head.float()
     peft = PeftModel.from_pretrained(model, str(folder), adapter_name=info.name)
     return peft.eval(), peft
-
-
-def working_methods(loaded, spec: AdapterSpec, data, source, max_length: int) -> list[str]:
-    """Which methods do train this architecture for this task: each tried on a one-block replica."""
-    from transformers import AutoModel, AutoModelForCausalLM
-    config = copy.deepcopy(loaded.model.config)
-    for attribute in ("num_hidden_layers", "n_layers", "n_layer", "num_layers"):
-        if getattr(config, attribute, None):
-            setattr(config, attribute, 1)
-    sft = spec.task == "sft"
-    auto = AutoModelForCausalLM if sft else AutoModel
-    replica_task = (SftTask(data, loaded.tokenizer, max_length, torch.device("cpu"), notes=[]) if sft
-                    else TokenTask(data, loaded.tokenizer, 32, torch.device("cpu")))
-    batch = replica_task.batch(np.asarray(smoke_rows(replica_task.lengths)), torch.device("cpu"))
-    works = []
-    for method in METHODS:
-        replica = type(loaded)(loaded.source, auto.from_config(config), loaded.tokenizer, loaded.head,
-                               torch.device("cpu"), torch.float32)
-        try:
-            model, _ = wrap_new(replace(spec, method=method), replica, len(getattr(data, "label_names", None) or []),
-                                "probe", 10, source)
-        except (ValueError, TypeError, RuntimeError, NotImplementedError, UsageError):
-            continue
-        if smoke_test(model, batch) is None:
-            works.append(method)
-    return works

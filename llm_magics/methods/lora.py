@@ -21,9 +21,9 @@ import torch
 
 from .. import options as opts
 from ..adapters import AdapterInfo, AdapterSet, hub, smoke_test
-from ..adapters.build import base_model, check_bits, working_methods, wrap_new
-from ..adapters.kinds import KINDS, AdapterSpec
-from ..adapters.methods import check_virtual_tokens, name_clash, smoke_rows
+from ..adapters.build import base_model, check_bits, wrap_new
+from ..adapters.checks import name_clash, smoke_rows, working_methods
+from ..adapters.configs import KINDS, AdapterSpec, check_virtual_tokens
 from ..adapters.session import load_adapter, merged_model
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions, file_path, plain_name
 from ..engine.device import autocast_to, dtype_name, pick_dtype, train_dtype
@@ -281,7 +281,7 @@ class LoraMethod(TrainingMethod):
         result.artifacts["adapter"] = str(folder)
         result.adapter, result._adapter_folder = name, str(folder)
         result._model = None  # the hub owns the model; the Result reaches it through the adapter
-        hub().adopt(adapter_set, name, folder)
+        hub().adopt(info, folder, lambda: adapter_set)
         result.notes.append(f"adapter {name!r} is loaded: %lora use {name} · %lora save {name} PATH")
         return result
 

@@ -220,5 +220,5 @@ def adopt_adapter(peft_model, name: str, method: str, source, loaded, plan, ctx,
                        dtype=dtype_name(loaded.dtype), trainable_params=plan.trainable, origin=ctx.run_id)
     adapter_set = AdapterSet(peft_model, peft_model, loaded.tokenizer, info.key, {name: info}, active=name)
     folder = adapter_set.save(name, ctx.run_dir / "adapter")
-    hub().adopt(adapter_set, name, folder)
+    hub().adopt(info, folder, lambda: adapter_set)
     return folder

@@ -99,8 +99,7 @@ def with_tuner(model: SequenceClassifier, o, steps: int, model_path, seed: int) 
     beside it as modules_to_save), its bias fixed at zero; the adapter drawn from the run's seed."""
     from peft import get_peft_model
 
-    from ..adapters.kinds import AdapterSpec
-    from ..adapters.methods import build_config
+    from ..adapters.configs import AdapterSpec, build_config
     from ..engine.rng import seeded
     spec = AdapterSpec(**{**AdapterSpec.from_options(o).__dict__, "method": o.train})
     config = build_config(spec, model, None, steps, model_path, modules_to_save=["head"])

@@ -44,8 +44,7 @@ def policy_adapter_config(o, model, source, steps: int, dropout: float | None = 
     """The PEFT config of `--method` (a `%lora` method) for a causal-LM policy."""
     from peft import TaskType
 
-    from ...adapters.kinds import AdapterSpec
-    from ...adapters.methods import build_config
+    from ...adapters.configs import AdapterSpec, build_config
     spec = AdapterSpec(method=o.method, task="sft", r=o.r, alpha=o.alpha,
                        dropout=getattr(o, "dropout", 0.0) if dropout is None else dropout,   # dpo|kto|orpo: none
                        target=tuple(o.target), seed=o.seed)

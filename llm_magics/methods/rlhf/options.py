@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import options as opts
-from ...adapters.methods import PROMPT_LEARNING, TUNERS
+from ...adapters.configs import PROMPT_LEARNING, TUNERS
 from ...common_options import (BackgroundOptions, BatchOptions, ComputeOptions, EvaluationOptions, LaunchOptions,
                                ModelOptions, OptimizerOptions, RunOptions)
 from ...common_options import file_path, plain_name

@@ -1,15 +1,25 @@
-"""The PEFT methods `%lora --method` knows: one entry each. Adding a PEFT method is one entry.
+"""Which PEFT config each `--method` means: one entry each in `KINDS`, built against the model by
+`build_config`. Adding a PEFT method is one entry.
 
 An entry holds the method's label, its PEFT type, the config builder (from an
 `AdapterSpec` and what the model offers), its default learning rates, and
-the options that must match for `--resume`. Tuners inject trainable modules
-into the model's linear layers; prompt-learning methods learn virtual tokens.
+the options that must match for `--resume`. Tuners (LoRA and its variants, IA3,
+LoHa, LoKr, OFT) inject trainable modules into the model's linear layers;
+prompt-learning methods (prefix tuning, P-tuning, prompt tuning) learn virtual
+tokens. Whether a method works for a given model and task is checked by
+running it (`checks.smoke_test`), not assumed from a table that would go stale.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
 from typing import Any, Callable
+
+from torch import nn
+
+from ..engine.limits import config_position_limit
+from ..errors import UsageError
+from ..models.trainable import find_blocks
 
 # MLP output projections: IA3 scales their inputs rather than their outputs.
 FEEDFORWARD = re.compile(r"(down_proj|fc2|dense_4h_to_h|mlp\.c_proj|w2|(?<!attention\.)output\.dense)$")
@@ -158,3 +168,62 @@ KINDS: dict[str, PeftKind] = {
     "ptuning": PeftKind("P-tuning", "P_TUNING", _ptuning, 2e-2, None, ("virtual_tokens", "encoder_hidden"), True),
     "prompt": PeftKind("prompt tuning", "PROMPT_TUNING", _prompt, 2e-2, None, ("virtual_tokens", "init_text"), True),
 }
+
+TUNERS = tuple(name for name, kind in KINDS.items() if not kind.prompt_learning)
+PROMPT_LEARNING = tuple(name for name, kind in KINDS.items() if kind.prompt_learning)
+METHODS = TUNERS + PROMPT_LEARNING
+PEFT_TYPES = {name: kind.peft_type for name, kind in KINDS.items()}
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Linear-like layers inside the transformer blocks (never the embeddings, pooler or heads)."""
+    from transformers.pytorch_utils import Conv1D
+    path, _ = find_blocks(model)
+    return {name: module for name, module in model.named_modules()
+            if name.startswith(path + ".") and isinstance(module, (nn.Linear, Conv1D))}
+
+
+def targets(model: nn.Module, requested: list[str]) -> list[str]:
+    """`all-linear` → every linear layer in the blocks; else check each name exists (as a suffix)."""
+    layers = linear_layers(model)
+    if not requested or requested == ["all-linear"]:
+        return sorted(layers)
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in layers})
+    for wanted in requested:
+        if not any(name == wanted or name.endswith("." + wanted) for name in layers):
+            raise UsageError(f"--target {wanted}: the model has no such linear layer; its layers are "
+                             f"{', '.join(leaves)} (or all-linear)")
+    return [name for name in sorted(layers) if any(name == w or name.endswith("." + w) for w in requested)]
+
+
+def _geometry(config) -> dict[str, int]:
+    """What prompt learning needs to know about the model, for configs PEFT can't read itself."""
+    text = getattr(config, "text_config", None) or config
+    pick = lambda *names: next((getattr(text, n) for n in names if getattr(text, n, None)), None)  # noqa: E731
+    return {"token_dim": pick("hidden_size", "dim", "d_model", "n_embd"),
+            "num_layers": pick("num_hidden_layers", "n_layers", "n_layer", "num_layers"),
+            "num_attention_heads": pick("num_attention_heads", "n_heads", "n_head")}
+
+
+def build_config(spec: AdapterSpec, model: nn.Module, task_type, total_steps: int, tokenizer_path: str | None,
+                 modules_to_save: list[str] | None = None):
+    """The PEFT config for `spec.method`; `model` is what PEFT will wrap."""
+    kind = KINDS.get(spec.method)
+    if kind is None:  # the option's choices keep this unreachable from a magic
+        raise UsageError(f"unknown --method {spec.method}; known: {', '.join(KINDS)}")
+    if kind.prompt_learning:
+        check_virtual_tokens(spec.virtual_tokens, config_position_limit(model.config))
+    modules = [] if kind.prompt_learning else targets(model, list(spec.target))
+    geometry = _geometry(model.config) if kind.prompt_learning else {}
+    return kind.build(spec, Where(task_type, modules, geometry, total_steps, tokenizer_path, modules_to_save))
+
+
+def check_virtual_tokens(count: int, context: int | None) -> None:
+    """Virtual tokens sit in the model's context (`context` positions) beside the text: as many as the context
+    holds is a mistake (and, at millions, an out-of-memory crash inside PEFT), so it is one line. Checked from
+    the model folder's config before anything loads (LoraMethod.check), and again on the loaded config."""
+    limit = (context // 2) if context else 4096
+    if count > limit:
+        where = f"half of the model's context of {context} positions" if context else "4096"
+        raise UsageError(f"--virtual-tokens {count} is more than {where}, leaving no room for the text; "
+                         "use a few to a few hundred (default 20)")
