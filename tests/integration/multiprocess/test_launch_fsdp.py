@@ -93,7 +93,10 @@ def test_stop_and_resume_cross_between_one_process_and_fsdp(tiny_bert, separable
     whole = api.finetune(**args)
     last = api.finetune(resume=second.run_id, **args)
     assert last.status == "ok" and last.metrics["steps"] == whole.metrics["steps"]
-    assert np.abs(val_losses(whole) - val_losses(last)).max() < TOLERANCE, (val_losses(whole), val_losses(last))
+    # Twice the straight runs' tolerance: the steps taken under FSDP (its own reduction order) depend on when the
+    # Stop lands, and the gap grows with them (0.0053 measured in a full CI run on 2 cores). A resume that lost
+    # the optimizer's state or restarted would be far outside it, and the step count above checks it continued.
+    assert np.abs(val_losses(whole) - val_losses(last)).max() < 2 * TOLERANCE, (val_losses(whole), val_losses(last))
 
 
 UNSHARD = """import os, sys, torch, torch.distributed as dist
