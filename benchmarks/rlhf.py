@@ -36,7 +36,7 @@ def peak_rss() -> int:
 def hh_pairs(n: int, seed: int = 0):
     import pandas as pd
 
-    from llm_magics.rlhf.data import normalize_preferences
+    from llm_magics.preference.data import normalize_preferences
     frame = normalize_preferences(pd.read_json(HH, lines=True, compression="gzip"))
     return frame.sample(n, random_state=seed).reset_index(drop=True)
 
@@ -50,7 +50,7 @@ def trl_reward(train, test, args, checkpointing: bool) -> dict:
     from trl import RewardConfig, RewardTrainer
 
     from llm_magics.models import resolve
-    from llm_magics.rlhf.reward import encode, pair_metrics, rewards
+    from llm_magics.preference.reward import encode, pair_metrics, rewards
     folder = resolve("minilm").path
     tok = AutoTokenizer.from_pretrained(folder)
     tok.eos_token = tok.sep_token          # RewardTrainer needs one; BERT has none
@@ -195,7 +195,7 @@ def ppo_child(variant: str, args) -> dict:
     if variant == "ppo-ours":
         from peft import LoraConfig, get_peft_model
 
-        from llm_magics.rlhf.ppo import PolicyWithValue, PpoConfig, PpoTrainer
+        from llm_magics.preference.ppo import PolicyWithValue, PpoConfig, PpoTrainer
         for param in loaded.model.parameters():
             param.requires_grad = False
         model = get_peft_model(loaded.model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
@@ -230,7 +230,7 @@ def bench_rollout(args) -> None:
     import torch
 
     from llm_magics.models import load_model, resolve
-    from llm_magics.rlhf.ppo import PolicyWithValue, response_mask
+    from llm_magics.preference.ppo import PolicyWithValue, response_mask
     loaded = load_model(resolve("smollm2"), "causal_lm", torch.device("cpu"), torch.float32)
     prompts = PPO_PROMPTS * 2
     policy = PolicyWithValue(loaded.model, loaded.tokenizer)

@@ -250,7 +250,7 @@ def _metrics_line(record: dict) -> str:
 def _online(run_id: str, word: str, options: dict, namespace: dict, target: Path) -> dict[str, str]:
     """`%rlhf ppo|grpo|rloo`: the reward model's folder copied into the job (`reward_model/`), the prompts as a
     Parquet file or a copy of their file; a Python callable reward is refused (nothing can carry it)."""
-    from ..rlhf.reward import RewardResult, load_reward
+    from ..methods.rlhf.results import RewardResult, load_reward
     value = options.get("reward")
     obj = namespace.get(value) if isinstance(value, str) and value.isidentifier() else None
     if isinstance(obj, RewardResult):   # callable too (its .score): asked first
@@ -277,7 +277,7 @@ def _online(run_id: str, word: str, options: dict, namespace: dict, target: Path
     if isinstance(prompts, str) and prompts.isidentifier() and prompts in namespace:
         import pandas as pd
 
-        from ..rlhf.policy import load_prompts
+        from ..preference.policy import load_prompts
         frame = pd.DataFrame({"prompt": load_prompts(prompts, options.get("prompt_column"), namespace)})
         frame.to_parquet(target / "prompts.parquet", index=False)
         written["prompts"], options["prompts"], options["prompt_column"] = "prompts.parquet", None, None

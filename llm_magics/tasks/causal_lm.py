@@ -11,6 +11,7 @@ from ..data.sft import IGNORE, SftData, chat_prompt, distinct_pad_id, encode
 from ..errors import UsageError
 from ..engine.batching import length_batches
 from ..engine.device import eval_mode
+from ..engine.generation import complete
 from ..engine.limits import fit_max_length
 
 
@@ -97,18 +98,8 @@ def generate(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int
     """Answers to prompts, rendered with the chat template the model was tuned with; greedy by default."""
     single = isinstance(prompts, str)
     texts = [chat_prompt(tokenizer, p) for p in ([prompts] if single else prompts)]
-    device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right edge of every row
-    try:
-        inputs = tokenizer(texts, return_tensors="pt", padding=True,
-                           add_special_tokens=not getattr(tokenizer, "chat_template", None)).to(device)
-    finally:
-        tokenizer.padding_side = side
     kwargs.setdefault("do_sample", False)
-    with eval_mode(model):
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=distinct_pad_id(tokenizer),
-                                eos_token_id=tokenizer.eos_token_id, **kwargs)
-    answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    answers = complete(model, tokenizer, texts, max_new_tokens, pad_token_id=distinct_pad_id(tokenizer),
+                       encode_kwargs={"add_special_tokens": not getattr(tokenizer, "chat_template", None)}, **kwargs)
     answers = [a.strip() for a in answers]
     return answers[0] if single else answers

@@ -32,8 +32,8 @@ def test_each_result_class_of_the_method_is_built_from_the_file(tmp_path):
     from llm_magics.launch.result import read_result
     from llm_magics.methods.rlhf import RlhfMethod
     from llm_magics.method import Result
-    from llm_magics.rlhf.policy import PreferenceResult
-    from llm_magics.rlhf.reward import RewardResult
+    from llm_magics.methods.rlhf.results import PreferenceResult
+    from llm_magics.methods.rlhf.results import RewardResult
     for cls in (PreferenceResult, RewardResult, Result):
         _written(tmp_path, f"{cls.__module__}.{cls.__qualname__}")
         result = read_result(RlhfMethod(), None, tmp_path, None, None)
@@ -45,6 +45,6 @@ def test_a_training_method_returns_its_own_result_class(tmp_path):
     from llm_magics.methods.finetune import FinetuneMethod, FinetuneResult
     _written(tmp_path, f"{FinetuneResult.__module__}.{FinetuneResult.__qualname__}")
     assert type(read_result(FinetuneMethod(), None, tmp_path, None, None)) is FinetuneResult
-    _written(tmp_path, "llm_magics.rlhf.policy.PreferenceResult")
+    _written(tmp_path, "llm_magics.methods.rlhf.results.PreferenceResult")
     with pytest.raises(UsageError, match="not a Result class of %finetune"):
         read_result(FinetuneMethod(), None, tmp_path, None, None)

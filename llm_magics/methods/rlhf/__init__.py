@@ -13,8 +13,6 @@ import pandas as pd
 
 from ...method import Command, Method, Result
 from ...models import resolve
-from ...rlhf.policy import PreferenceResult
-from ...rlhf.reward import RewardResult
 from .common import preference_data
 from .judge import run_collect, run_eval
 from .launch import launch_reward
@@ -22,6 +20,7 @@ from .options import (CollectOptions, DpoOptions, EvalOptions, ListOptions, Onli
                       RewardOptions)
 from .online import OnlineTraining
 from .ppo import PpoTraining
+from .results import PreferenceResult, RewardResult
 from .reward import RewardTraining
 from .offline import OfflineTraining, launch_offline
 

@@ -11,7 +11,7 @@ from ...models import load_model
 
 def preference_data(o, ctx):
     """(the split preference pairs, notes) of --data/--validation/--test, --max-rows applied (seeded)."""
-    from ...rlhf.data import prepare_preferences
+    from ...preference.data import prepare_preferences
     data = prepare_preferences(o.data, o.validation, o.test, seed=o.seed, val_size=o.val_size,
                                test_size=o.test_size, namespace=ctx.namespace, prompt=o.prompt,
                                chosen=o.chosen, rejected=o.rejected)

@@ -13,8 +13,9 @@ from .options import CollectOptions, EvalOptions
 
 def run_eval(o: EvalOptions, ctx):
     from ...method import Result
-    from ...rlhf.evaluate import evaluate, policy_of
-    from ...rlhf.policy import load_prompts, resolve_reward
+    from ...preference.evaluate import evaluate, policy_of
+    from ...preference.policy import load_prompts
+    from .results import resolve_reward
     reward, reward_name = resolve_reward(o.reward, ctx.namespace)
     prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
     model, reference, tokenizer, base = policy_of(o.run, ctx.namespace, ctx.settings)
@@ -33,8 +34,8 @@ def run_eval(o: EvalOptions, ctx):
 def run_collect(o: CollectOptions, ctx):
     from pathlib import Path
 
-    from ...rlhf.collect import CollectSession, blind_sampler, check_file, sampler
-    from ...rlhf.policy import load_prompts
+    from ...preference.collect import CollectSession, blind_sampler, check_file, sampler
+    from ...preference.policy import load_prompts
     prompts = load_prompts(o.prompts, o.prompt_column, ctx.namespace)
     path = Path(o.path).expanduser()
     if path.suffix.lower() != ".jsonl":
@@ -73,7 +74,7 @@ def _writer(item, ctx, device: str, max_new_tokens: int):
 
     from ...adapters import hub
     from ...data import lookup
-    from ...rlhf.evaluate import policy_of
+    from ...preference.evaluate import policy_of
     obj = lookup(item, ctx.namespace)
     name = item if isinstance(item, str) else (getattr(obj, "run_id", "") or type(obj).__name__)
     adapter = obj if isinstance(obj, str) and obj in hub().names() else getattr(obj, "adapter", "")

@@ -38,7 +38,7 @@ class OfflineTraining(TrlTraining):
             run.data.train = run.data.train.sample(steps_rows, random_state=o.seed).reset_index(drop=True)
 
     def build_trainer(self, run: PolicyRun, peft_config):
-        from ...rlhf.trl_bridge import offline_trainer
+        from ...preference.trl_bridge import offline_trainer
         o, model, workers = run.options, run.loaded.model, world(run.ctx)
         reference = None
         if o.method == "full" and self.kind == "kto":   # KTO trains against a frozen copy; DPO precomputes the
@@ -71,7 +71,7 @@ class OfflineTraining(TrlTraining):
     def held_out_before(self, run: PolicyRun):
         """(the held-out pairs' implicit rewards before training, the reference's log-probs of them), once: from
         the frozen copy, the policy with its adapter disabled, or the policy itself before training moves it."""
-        from ...rlhf.trl_bridge import implicit_rewards, pair_logprobs
+        from ...preference.trl_bridge import implicit_rewards, pair_logprobs
         o, policy, frame = run.options, run.model, held_out(run.data)
         if run.reference is not None:
             reference_lp = pair_logprobs(run.reference, run.tokenizer, frame, o.max_length)
@@ -85,8 +85,8 @@ class OfflineTraining(TrlTraining):
         return implicit_rewards(before_lp, reference_lp, o.beta, "test"), reference_lp
 
     def build_result(self, run: PolicyRun, outcome: Outcome):
-        from ...rlhf.policy import PreferenceResult
-        from ...rlhf.trl_bridge import implicit_rewards, pair_logprobs
+        from .results import PreferenceResult
+        from ...preference.trl_bridge import implicit_rewards, pair_logprobs
         o, policy = run.options, run.trainer.model.eval()
         measured = dict(run.measured)
         metrics = {k: v for k, v in measured.items() if k.endswith("_before")}

@@ -20,8 +20,8 @@ class OnlineTraining(RewardedTraining, TrlTraining):
             super().prepare(run)
 
     def build_trainer(self, run: PolicyRun, peft_config):
-        from ...rlhf.ppo import call_reward
-        from ...rlhf.trl_bridge import online_trainer
+        from ...preference.ppo import call_reward
+        from ...preference.trl_bridge import online_trainer
 
         def reward(prompts, completions, **_):
             return call_reward(run.reward, list(prompts), list(completions), run.reward_name).tolist()
@@ -35,7 +35,7 @@ class OnlineTraining(RewardedTraining, TrlTraining):
         return self.trained(run)
 
     def build_result(self, run: PolicyRun, outcome: Outcome):
-        from ...rlhf.policy import PreferenceResult
+        from .results import PreferenceResult
         logs = run.callback.logs
         metrics: dict[str, float] = {"steps": outcome.steps}
         rewards = [log["reward"] for log in logs if "reward" in log]

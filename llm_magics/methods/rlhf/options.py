@@ -13,7 +13,7 @@ from ...common_options import file_path, plain_name
 from ...engine.features import POOLINGS
 from ...errors import UsageError
 from ...options import option, positive
-from ...rlhf.signal import NO_SIGNAL_STEPS
+from ...preference.signal import NO_SIGNAL_STEPS
 
 REWARD_TRAIN = ("full", "head") + TUNERS
 DEFAULT_REWARD_LR = {"full": 5e-5, "head": 1e-3, "tuner": 1e-3}
@@ -101,7 +101,7 @@ def _policy_method(value) -> str | None:
 
 @dataclass
 class RewardSignalOptions:
-    """What ppo, grpo and rloo share about the reward's signal (llm_magics/rlhf/signal.py)."""
+    """What ppo, grpo and rloo share about the reward's signal (llm_magics/preference/signal.py)."""
     stop_no_signal: int | None = option(None, "end the run (status stopped) after this many steps in a row in which "
                                               "the reward gave no signal: one value for every rollout (grpo/rloo: "
                                               "within every prompt's group). The live view and the Result say so "

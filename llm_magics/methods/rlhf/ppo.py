@@ -1,4 +1,4 @@
-"""`%rlhf ppo`: our PPO (llm_magics/rlhf/ppo.py) against a reward Result or any Python callable, on the training
+"""`%rlhf ppo`: our PPO (llm_magics/preference/ppo.py) against a reward Result or any Python callable, on the training
 base (device, dtype, live view, Stop, the record); only its own choices here: the reference, the policy with its
 value head, and our PPO loop as the `train` hook."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ class PpoTraining(RewardedTraining):
     name, kind = "rlhf ppo", "ppo"
 
     def prepare(self, run: PolicyRun) -> None:
-        from ...rlhf.ppo import PolicyWithValue
+        from ...preference.ppo import PolicyWithValue
         if not self.load(run):
             return
         o, model = run.options, run.loaded.model
@@ -34,7 +34,7 @@ class PpoTraining(RewardedTraining):
             run.model = PolicyWithValue(model, run.tokenizer, run.reference, o.temperature, run.autocast)
 
     def train(self, run: PolicyRun) -> Outcome:
-        from ...rlhf.ppo import PpoConfig, PpoTrainer
+        from ...preference.ppo import PpoConfig, PpoTrainer
         o = run.options
         config = PpoConfig(steps=o.steps, batch_size=o.batch_size, minibatch_size=o.minibatch_size,
                            ppo_epochs=o.ppo_epochs, lr=self.peak_lr(o), max_new_tokens=o.max_new_tokens,
@@ -49,7 +49,7 @@ class PpoTraining(RewardedTraining):
         return Outcome(status, steps=len(run.trainer.history))
 
     def build_result(self, run: PolicyRun, outcome: Outcome):
-        from ...rlhf.policy import PpoResult
+        from .results import PpoResult
         result = PpoResult.from_trainer(run.trainer, outcome.status, run.options, run.source, run.loaded, run.plan,
                                         run.ctx, run.device)
         result.notes.extend(run.signal.notes)

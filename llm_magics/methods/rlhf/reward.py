@@ -11,7 +11,8 @@ from ...engine.limits import fit_max_length
 from ...engine.rng import seeded
 from ...models import load_model, trainable
 from ...models.classifier import SequenceClassifier
-from ...rlhf.reward import REWARD_FOLDER, PairTask, RewardResult, fix_score_bias, save_folder, with_tuner
+from ...preference.reward import REWARD_FOLDER, PairTask, fix_score_bias, save_folder, with_tuner
+from .results import RewardResult
 from ...training import TrainingMethod, result_fields
 from .common import preference_data
 from .launch import for_the_kernel

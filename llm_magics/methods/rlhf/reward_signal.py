@@ -1,9 +1,9 @@
 """`%rlhf ppo|grpo|rloo`: the look at the reward before training, `--probe-reward` (only that) and the tracker
-that says when the reward gives no signal (llm_magics/rlhf/signal.py)."""
+that says when the reward gives no signal (llm_magics/preference/signal.py)."""
 from __future__ import annotations
 
 from ...method import Result
-from ...rlhf.signal import RewardSignal
+from ...preference.signal import RewardSignal
 
 
 def watch_reward(kind: str, o, progress, loaded, reward, reward_name: str, prompts: list[str]) -> RewardSignal:

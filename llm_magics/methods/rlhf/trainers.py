@@ -69,7 +69,8 @@ class RewardedTraining(PolicyTraining):
         return f"{self.name} · {source.short} · --method {o.method} · reward {reward_label(o.reward)}"
 
     def prepare_data(self, run) -> None:
-        from ...rlhf.policy import load_prompts, resolve_reward
+        from ...preference.policy import load_prompts
+        from .results import resolve_reward
         o = run.options
         run.reward, run.reward_name = resolve_reward(o.reward, run.ctx.namespace)
         run.data = Prompts(load_prompts(o.prompts, o.prompt_column, run.ctx.namespace))
@@ -92,7 +93,7 @@ class RewardedTraining(PolicyTraining):
 
 def reward_label(ref) -> str:
     """How the live view names --reward: its variable name, run id or folder, or the callable's name
-    (as `rlhf.policy.resolve_reward` names it)."""
+    (as `results.resolve_reward` names it)."""
     return ref if isinstance(ref, str) else getattr(ref, "__name__", type(ref).__name__)
 
 
@@ -108,7 +109,7 @@ class TrlTraining(PolicyTraining):
         return o.steps
 
     def prepare(self, run: PolicyRun) -> None:
-        from ...rlhf.trl_bridge import ProgressCallback, quiet_trainer
+        from ...preference.trl_bridge import ProgressCallback, quiet_trainer
         o = run.options
         if run.loaded is None:
             run.loaded = load_policy(self.kind, o, run.source, run.device)
@@ -121,7 +122,7 @@ class TrlTraining(PolicyTraining):
         run.plan = trainable.report(run.model, self.plan_label(o))
 
     def trl_args(self, run: PolicyRun, world: int = 1) -> dict[str, Any]:
-        from ...rlhf.trl_bridge import trl_common
+        from ...preference.trl_bridge import trl_common
         return trl_common(run.options, run.device, run.ctx.run_dir / "trl", run.autocast, world)
 
     def trained(self, run: PolicyRun) -> Outcome:

@@ -82,7 +82,7 @@ def test_dpo_lora_on_two_processes_follows_one_and_the_adapter_joins_the_kernel(
     # The adapter is a normal %lora adapter in the kernel, holding what the workers trained.
     assert "dpo_two" in api.lora.adapters()["name"].tolist() and two.adapter == "dpo_two"
     assert isinstance(two.generate("Review:", max_new_tokens=3), str)
-    from llm_magics.rlhf.trl_bridge import pair_logprobs, implicit_rewards
+    from llm_magics.preference.trl_bridge import pair_logprobs, implicit_rewards
     adapter_set = hub().find("dpo_two")[0]
     with adapter_set.lock:
         model = adapter_set.activate("dpo_two")

@@ -29,7 +29,7 @@ TRAIN, HELD_OUT, MAX_LENGTH, LR = 1000, 300, 256, 5e-5
 
 def hh_splits(train: int, held_out: int, validation: int = 40, seed: int = 0):
     need_shared(HH, "hh_rlhf_harmless")
-    from llm_magics.rlhf.data import normalize_preferences
+    from llm_magics.preference.data import normalize_preferences
     frame = normalize_preferences(pd.read_json(HH, lines=True, compression="gzip"))
     frame = frame.sample(train + held_out + validation, random_state=seed).reset_index(drop=True)
     return (frame.iloc[:train], frame.iloc[train:train + held_out],
@@ -45,7 +45,7 @@ def trl_reward_accuracy(train: pd.DataFrame, test: pd.DataFrame, max_length: int
     from trl import RewardConfig, RewardTrainer
 
     from llm_magics.models import resolve
-    from llm_magics.rlhf.reward import encode, pair_metrics, rewards
+    from llm_magics.preference.reward import encode, pair_metrics, rewards
     folder = resolve("minilm").path
     tok = AutoTokenizer.from_pretrained(folder)
     tok.eos_token = tok.sep_token

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from llm_magics import api
-from llm_magics.rlhf.collect import CollectSession
-from llm_magics.rlhf.data import prepare_preferences
+from llm_magics.preference.collect import CollectSession
+from llm_magics.preference.data import prepare_preferences
 
 PROMPTS = [f"Review {i}: the film was" for i in range(6)]
 
@@ -164,7 +164,7 @@ def test_collect_in_a_real_kernel_survives_a_kill_and_resumes(tiny_llama, tmp_pa
 
 SLOW_SESSION = """
 import time
-from llm_magics.rlhf.collect import CollectSession
+from llm_magics.preference.collect import CollectSession
 def slow(prompt):   # a model that takes 1.5 s a pair
     time.sleep(1.5)
     return [prompt[-3:] + " good", prompt[-3:] + " bad"]
@@ -268,7 +268,7 @@ def test_the_widget_leaves_a_snapshot_of_its_state_in_the_notebook(tmp_path, mon
 def test_collect_uses_a_held_result_without_loading_its_reference(tiny_llama, separable, tmp_path, monkeypatch):
     import pandas as pd
 
-    from llm_magics.rlhf import evaluate
+    from llm_magics.preference import evaluate
     _, pos, neg = separable
     pairs = pd.DataFrame([{"prompt": "Review:", "chosen": f" {p}", "rejected": f" {n}"} for p, n in zip(pos, neg)] * 4)
     tuned = api.rlhf.dpo(policy=str(tiny_llama), data=pairs, lr=1e-3, steps=2, batch_size=4)
@@ -299,7 +299,7 @@ def test_a_torn_last_line_is_moved_aside_and_every_whole_line_kept(tmp_path):
 
 WRITER = """
 import sys
-from llm_magics.rlhf.collect import CollectSession
+from llm_magics.preference.collect import CollectSession
 big = "x" * 1_100_000   # two completions of 1.1 MB: a pair line of over 2 MB
 prompts = [f"prompt {i}" for i in range(100_000)]
 session = CollectSession(sys.argv[1], prompts, lambda p: [p + " good " + big, p + " bad " + big])

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from llm_magics.errors import UsageError
-from llm_magics.rlhf.data import normalize_preferences, prepare_preferences
+from llm_magics.preference.data import normalize_preferences, prepare_preferences
 
 from tests.helpers import SHARED, need_shared
 

@@ -41,7 +41,7 @@ def test_dpo_full_fine_tune_moves_chosen_above_rejected(tiny_llama, separable, c
 
 
 def test_dpo_stops_cleanly_when_asked(tiny_llama, separable, monkeypatch):
-    from llm_magics.rlhf import trl_bridge
+    from llm_magics.preference import trl_bridge
     _, pos, neg = separable
     original = trl_bridge.ProgressCallback.on_step_end
 
@@ -101,7 +101,7 @@ def test_a_dpo_lora_policy_is_a_normal_lora_adapter_afterwards(tiny_llama, separ
     """`%lora adapters` lists the DPO-trained adapter; use, save, load and merge give the
     same policy (its log-probs of a preferred answer, which training moved away from the base's)."""
     from llm_magics.adapters import hub
-    from llm_magics.rlhf.trl_bridge import pair_logprobs
+    from llm_magics.preference.trl_bridge import pair_logprobs
     _, pos, neg = separable
     result = api.rlhf.dpo(policy=str(tiny_llama), data=word_pairs(pos, neg, n=40), method="lora", lr=5e-3, steps=6,
                           batch_size=8, name="dpo_ad")

@@ -89,7 +89,7 @@ def test_an_exported_reward_run_reproduces_the_notebook_run_from_a_shell(shell, 
         assert row["metrics"][key] == pytest.approx(rm.metrics[key], abs=TOLERANCE), key
     assert row["metrics"]["steps"] == rm.metrics["steps"]
     # the job's reward model scores as the notebook's does
-    from llm_magics.rlhf.reward import load_reward
+    from llm_magics.methods.rlhf.results import load_reward
     texts = ["Review: " + " ".join(pos[:4]), "Review: " + " ".join(neg[:4])]
     assert load_reward(row["run_id"]).score(texts) == pytest.approx(rm.score(texts), abs=1e-3)
     assert {rm.run_id, row["run_id"]} <= set(api.compare().table["run_id"])

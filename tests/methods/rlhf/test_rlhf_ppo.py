@@ -7,7 +7,7 @@ import torch
 
 from llm_magics import api
 from llm_magics.errors import UsageError
-from llm_magics.rlhf.ppo import response_mask
+from llm_magics.preference.ppo import response_mask
 
 PROMPTS = ["Review: the film was", "Review: this movie is", "Review: the acting felt", "Review: overall it was"]
 
@@ -114,7 +114,7 @@ def test_a_stop_request_ends_ppo_after_the_current_step(tiny_llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm_magics.progress import make_progress
-    from llm_magics.rlhf.ppo import PolicyWithValue, PpoConfig, PpoTrainer
+    from llm_magics.preference.ppo import PolicyWithValue, PpoConfig, PpoTrainer
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     reference = copy.deepcopy(model).eval()
     policy = PolicyWithValue(model, AutoTokenizer.from_pretrained(tiny_llama), reference)

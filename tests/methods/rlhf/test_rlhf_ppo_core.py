@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from llm_magics.rlhf.ppo_core import (AdaptiveKL, RunningMoments, gae, kl_k1, kl_k3, masked_whiten, policy_loss,
+from llm_magics.preference.ppo_core import (AdaptiveKL, RunningMoments, gae, kl_k1, kl_k3, masked_whiten, policy_loss,
                                       token_rewards, value_loss)
 
 T = torch.tensor

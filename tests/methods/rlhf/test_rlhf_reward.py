@@ -9,7 +9,8 @@ import torch
 
 from llm_magics import api
 from llm_magics.errors import UsageError
-from llm_magics.rlhf.reward import bradley_terry, encode, load_reward, pair_metrics
+from llm_magics.methods.rlhf.results import load_reward
+from llm_magics.preference.reward import bradley_terry, encode, pair_metrics
 from transformers import AutoTokenizer
 
 

@@ -1,4 +1,4 @@
-"""DPO's shared prompt pass (llm_magics/rlhf/shared_prompt.py): the same log-probs, gradients and training
+"""DPO's shared prompt pass (llm_magics/preference/shared_prompt.py): the same log-probs, gradients and training
 losses as TRL's two whole sequences per pair, its truncation, and its fallbacks."""
 import numpy as np
 import pandas as pd
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from llm_magics import api
-from llm_magics.rlhf import shared_prompt
-from llm_magics.rlhf.shared_prompt import fit_pair, split_pairs
+from llm_magics.preference import shared_prompt
+from llm_magics.preference.shared_prompt import fit_pair, split_pairs
 
 FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "label_mask")
 PAIRS = [{"prompt_ids": [5, 6, 7, 8, 9], "chosen_ids": [10, 11, 2], "rejected_ids": [12, 2]},
@@ -122,7 +122,7 @@ def test_held_out_log_probs_are_the_whole_sequences_log_probs(tiny_llama, monkey
     from transformers import AutoModelForCausalLM
 
     from llm_magics.models import load_tokenizer, resolve
-    from llm_magics.rlhf.trl_bridge import pair_logprobs, tokenize_pair
+    from llm_magics.preference.trl_bridge import pair_logprobs, tokenize_pair
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
     tokenizer = load_tokenizer(resolve(str(tiny_llama)))
     frame = pd.DataFrame({"prompt": ["Review: the film", "Review: a long and winding plot, the acting"],

@@ -4,7 +4,7 @@ import pytest
 
 from llm_magics import api
 from llm_magics.errors import UsageError
-from llm_magics.rlhf.signal import NO_SIGNAL_STEPS, RewardSignal, Spread
+from llm_magics.preference.signal import NO_SIGNAL_STEPS, RewardSignal, Spread
 
 PROMPTS = ["Review: the film was", "Review: this movie is", "Review: the acting felt", "Review: overall it was"]
 NOTHING = "there is nothing to learn from"
@@ -139,7 +139,7 @@ def test_the_look_before_training_prints_the_rewards_mean_and_spread(tiny_llama,
 def test_probe_reward_only_looks(tiny_llama, store, monkeypatch, kind):
     import transformers
 
-    from llm_magics.rlhf.ppo import PpoTrainer
+    from llm_magics.preference.ppo import PpoTrainer
 
     def no_training(*args, **kwargs):
         raise AssertionError("--probe-reward trained")

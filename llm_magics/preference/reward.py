@@ -12,12 +12,11 @@ and TRL's RewardTrainer. Differences from RewardTrainer that matter here:
 
 `--train full|head` or any PEFT tuner (`lora`, `dora`, …): a tuner is merged into the weights
 when training ends, so the saved reward model is a plain classifier folder that
-`load_reward(run_id or folder)` reads back after a kernel restart.
+`load_reward(run_id or folder)` (methods/rlhf/results.py) reads back after a kernel restart.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,9 +26,7 @@ from torch import nn
 
 from ..engine.batching import collate, length_batches
 from ..engine.device import eval_mode
-from ..errors import UsageError
-from ..method import Result
-from ..models.classifier import SequenceClassifier, is_saved_classifier
+from ..models.classifier import SequenceClassifier
 from .data import PreferenceData
 
 REWARD_FOLDER = "reward_model"
@@ -145,60 +142,6 @@ class PairTask:
         return self.split_scores(model, "val")
 
 
-@dataclass
-class RewardResult(Result):
-    """A trained reward model: `.score(texts)` or `.score(prompts, responses)` → one float each."""
-    history: Any = field(default=None, repr=False)
-    _model: Any = field(default=None, repr=False)
-    _tokenizer: Any = field(default=None, repr=False)
-    _max_length: int = 256
-    _folder: str = ""
-
-    def _need_model(self):
-        if self._model is None:
-            if not self._folder:
-                raise RuntimeError("the reward model was released (%llm free) and was never saved")
-            self._model, self._tokenizer, meta = load_folder(Path(self._folder))
-            self._max_length = meta.get("max_length", self._max_length)
-        return self._model
-
-    @property
-    def tokenizer(self):
-        self._need_model()
-        return self._tokenizer
-
-    def score(self, texts, responses=None) -> list[float]:
-        """Rewards of whole texts, or of responses after their prompts (prompt + response, as trained)."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if responses is not None:
-            responses = [responses] if isinstance(responses, str) else list(responses)
-            if len(responses) != len(texts):
-                raise UsageError(f"score(prompts, responses): {len(texts)} prompts but {len(responses)} responses")
-            texts = [p + r for p, r in zip(texts, responses)]
-        model = self._need_model()
-        ids = encode(self._tokenizer, texts, self._max_length)
-        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        return rewards(model, ids, pad, next(model.parameters()).device).tolist()
-
-    __call__ = score
-
-    def check_readable(self, texts: Sequence[str], name: str = "reward") -> None:
-        """The text bridge: the policy's text is decoded and re-tokenized with this model's tokenizer;
-        refuse when that tokenizer reads most of it as unknown tokens."""
-        tokenizer = self.tokenizer
-        unk = tokenizer.unk_token_id
-        if unk is None or not texts:
-            return
-        ids = [i for row in tokenizer(list(texts), add_special_tokens=False)["input_ids"] for i in row]
-        if ids and sum(i == unk for i in ids) / len(ids) > 0.5:
-            raise UsageError(f"--reward {name}: its tokenizer reads {100 * sum(i == unk for i in ids) / len(ids):.0f}% "
-                             "of the prompts as unknown tokens; train the reward model on text like the policy's")
-
-    def release(self) -> None:
-        if self._folder:   # reloaded on the next .score()
-            self._model = None
-
-
 def save_folder(model: SequenceClassifier, tokenizer, folder: Path, max_length: int, origin: dict) -> Path:
     model.save(folder, tokenizer, ["reward"])
     (folder / META).write_text(json.dumps({"max_length": max_length, **origin}, indent=2))
@@ -215,27 +158,3 @@ def load_folder(folder: Path, device: torch.device | None = None):
     return model.to(device or torch.device("cpu")), tokenizer, meta
 
 
-def load_reward(ref: str | Path, settings=None) -> RewardResult:
-    """A saved reward model — its run id (from the run store) or its folder — as a RewardResult."""
-    from ..runs import RunStore
-    from ..settings import current
-    settings = settings or current()
-    folder = Path(str(ref)).expanduser()
-    row = None
-    if not folder.is_dir():
-        row = RunStore(settings.runs_path).get(str(ref))
-        path = (row or {}).get("artifacts", {}).get("reward_model") if row else None
-        if not path:
-            raise UsageError(f"{ref!r} is neither a reward-model folder nor the run id of a %rlhf reward run")
-        folder = Path(path)
-    if (folder / REWARD_FOLDER).is_dir():
-        folder = folder / REWARD_FOLDER
-    if not is_saved_classifier(folder):
-        raise UsageError(f"{folder} holds no saved reward model (written by %rlhf reward)")
-    result = RewardResult(method="rlhf reward", _folder=str(folder))
-    if row:
-        result.run_id, result.metrics, result.model = row["run_id"], row.get("metrics", {}), row.get("model", "")
-        result.artifacts = row.get("artifacts", {})
-    meta = json.loads((folder / META).read_text()) if (folder / META).exists() else {}
-    result._max_length = meta.get("max_length", 256)
-    return result

@@ -1,33 +1,104 @@
-"""What `%rlhf ppo` reads and returns: its prompts, its reward, and the tuned policy as a Result."""
+"""The Results of `%rlhf`: a reward model, a policy tuned through TRL, a policy tuned by our PPO; and how a
+reward is named on a command line (a Result, its run id or folder, or any Python callable)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..data import infer_text_column, load_frame, lookup
-from ..engine.device import compute_dtype, dtype_name, eval_mode
-from ..errors import UsageError, closest
-from ..method import Result
+from ...data import lookup
+from ...engine.device import compute_dtype
+from ...engine.generation import complete
+from ...errors import UsageError, closest
+from ...method import Result
+from ...models.classifier import is_saved_classifier
+from ...preference.policy import adopt_adapter
+from ...preference.reward import META, REWARD_FOLDER, encode, load_folder, rewards
 
 
-def load_prompts(ref: Any, column: str | None, namespace: dict | None) -> list[str]:
-    if ref is None:
-        raise UsageError("--prompts is required: a variable, a file or a list of prompt strings")
-    frame = load_frame(ref, namespace, "--prompts")
-    if frame.empty:
-        raise UsageError("--prompts is empty; pass at least one prompt")
-    if column is None and "prompt" in frame.columns:
-        column = "prompt"
-    column = infer_text_column(frame, column, flag="--prompt-column", role="--prompts")
-    prompts = [str(p) for p in frame[column].dropna().tolist() if str(p).strip()]
-    if not prompts:
-        raise UsageError(f"--prompts: column {column!r} holds no non-empty prompt")
-    return prompts
+@dataclass
+class RewardResult(Result):
+    """A trained reward model: `.score(texts)` or `.score(prompts, responses)` → one float each."""
+    history: Any = field(default=None, repr=False)
+    _model: Any = field(default=None, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
+    _max_length: int = 256
+    _folder: str = ""
+
+    def _need_model(self):
+        if self._model is None:
+            if not self._folder:
+                raise RuntimeError("the reward model was released (%llm free) and was never saved")
+            self._model, self._tokenizer, meta = load_folder(Path(self._folder))
+            self._max_length = meta.get("max_length", self._max_length)
+        return self._model
+
+    @property
+    def tokenizer(self):
+        self._need_model()
+        return self._tokenizer
+
+    def score(self, texts, responses=None) -> list[float]:
+        """Rewards of whole texts, or of responses after their prompts (prompt + response, as trained)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if responses is not None:
+            responses = [responses] if isinstance(responses, str) else list(responses)
+            if len(responses) != len(texts):
+                raise UsageError(f"score(prompts, responses): {len(texts)} prompts but {len(responses)} responses")
+            texts = [p + r for p, r in zip(texts, responses)]
+        model = self._need_model()
+        ids = encode(self._tokenizer, texts, self._max_length)
+        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        return rewards(model, ids, pad, next(model.parameters()).device).tolist()
+
+    __call__ = score
+
+    def check_readable(self, texts: Sequence[str], name: str = "reward") -> None:
+        """The text bridge: the policy's text is decoded and re-tokenized with this model's tokenizer;
+        refuse when that tokenizer reads most of it as unknown tokens."""
+        tokenizer = self.tokenizer
+        unk = tokenizer.unk_token_id
+        if unk is None or not texts:
+            return
+        ids = [i for row in tokenizer(list(texts), add_special_tokens=False)["input_ids"] for i in row]
+        if ids and sum(i == unk for i in ids) / len(ids) > 0.5:
+            raise UsageError(f"--reward {name}: its tokenizer reads {100 * sum(i == unk for i in ids) / len(ids):.0f}% "
+                             "of the prompts as unknown tokens; train the reward model on text like the policy's")
+
+    def release(self) -> None:
+        if self._folder:   # reloaded on the next .score()
+            self._model = None
+
+
+def load_reward(ref: str | Path, settings=None) -> RewardResult:
+    """A saved reward model — its run id (from the run store) or its folder — as a RewardResult."""
+    from ...runs import RunStore
+    from ...settings import current
+    settings = settings or current()
+    folder = Path(str(ref)).expanduser()
+    row = None
+    if not folder.is_dir():
+        row = RunStore(settings.runs_path).get(str(ref))
+        path = (row or {}).get("artifacts", {}).get("reward_model") if row else None
+        if not path:
+            raise UsageError(f"{ref!r} is neither a reward-model folder nor the run id of a %rlhf reward run")
+        folder = Path(path)
+    if (folder / REWARD_FOLDER).is_dir():
+        folder = folder / REWARD_FOLDER
+    if not is_saved_classifier(folder):
+        raise UsageError(f"{folder} holds no saved reward model (written by %rlhf reward)")
+    result = RewardResult(method="rlhf reward", _folder=str(folder))
+    if row:
+        result.run_id, result.metrics, result.model = row["run_id"], row.get("metrics", {}), row.get("model", "")
+        result.artifacts = row.get("artifacts", {})
+    meta = json.loads((folder / META).read_text()) if (folder / META).exists() else {}
+    result._max_length = meta.get("max_length", 256)
+    return result
 
 
 def resolve_reward(ref: Any, namespace: dict | None) -> tuple[Callable, str]:
@@ -40,7 +111,6 @@ def resolve_reward(ref: Any, namespace: dict | None) -> tuple[Callable, str]:
     if callable(obj):
         return obj, str(name)
     if isinstance(obj, str):
-        from .reward import load_reward
         try:
             return load_reward(obj), obj
         except UsageError:
@@ -109,19 +179,9 @@ class PpoResult(Result):
     def generate(self, prompts, max_new_tokens: int = 24, do_sample: bool = True, **kwargs):
         if self._policy is None:
             raise RuntimeError("the policy was released (%llm free); load it from artifacts['policy']")
-        single = isinstance(prompts, str)
         policy = self._policy
-        tok = policy.tokenizer
-        side, tok.padding_side = tok.padding_side, "left"
-        try:
-            enc = tok([prompts] if single else list(prompts), return_tensors="pt", padding=True).to(policy.device)
-        finally:
-            tok.padding_side = side
-        with eval_mode(policy.model):
-            out = policy.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                        pad_token_id=policy.pad_id, eos_token_id=policy.eos_id, **kwargs)
-        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        return texts[0] if single else texts
+        return complete(policy.model, policy.tokenizer, prompts, max_new_tokens, do_sample=do_sample,
+                        pad_token_id=policy.pad_id, eos_token_id=policy.eos_id, **kwargs)
 
     def release(self) -> None:
         self._policy = None
@@ -173,52 +233,13 @@ class PreferenceResult(Result):
         if self._model is None:
             raise RuntimeError("the policy was released (%llm free)")
         if self.adapter:
-            from ..adapters import hub
+            from ...adapters import hub
             adapter_set, _ = hub().find(self.adapter)
             with adapter_set.using(self.adapter) as model:
-                return _generate(model, self._tokenizer, prompts, max_new_tokens, do_sample, **kwargs)
-        return _generate(self._model, self._tokenizer, prompts, max_new_tokens, do_sample, **kwargs)
+                return complete(model, self._tokenizer, prompts, max_new_tokens, do_sample=do_sample, **kwargs)
+        return complete(self._model, self._tokenizer, prompts, max_new_tokens, do_sample=do_sample,
+                        **kwargs)
 
     def release(self) -> None:
         if not self.adapter:   # the hub owns an adapter's model; `%llm free` empties it
             self._model = None
-
-
-def _generate(model, tok, prompts, max_new_tokens, do_sample, **kwargs):
-    single = isinstance(prompts, str)
-    side, tok.padding_side = tok.padding_side, "left"
-    device = next(model.parameters()).device
-    try:
-        enc = tok([prompts] if single else list(prompts), return_tensors="pt", padding=True).to(device)
-    finally:
-        tok.padding_side = side
-    with eval_mode(model):
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return texts[0] if single else texts
-
-
-def adopt_adapter(peft_model, name: str, method: str, source, loaded, plan, ctx, trained_as: str = "default") -> Path:
-    """The trained adapter joins the session's adapter hub under `name`: a normal `%lora` adapter.
-    TRL trains it as 'default': it is saved, reloaded under its name, and 'default' dropped."""
-    import tempfile
-
-    from ..adapters import AdapterInfo, AdapterSet, hub
-    if trained_as != name:
-        with tempfile.TemporaryDirectory() as tmp:
-            peft_model.save_pretrained(tmp, selected_adapters=[trained_as], safe_serialization=True)
-            written = Path(tmp) / trained_as if (Path(tmp) / trained_as).is_dir() else Path(tmp)
-            peft_model.load_adapter(str(written), adapter_name=name)
-        peft_model.set_adapter(name)
-        peft_model.delete_adapter(trained_as)
-    for param in peft_model.parameters():
-        param.requires_grad = False
-    peft_model.eval()
-    info = AdapterInfo(name=name, method=method, peft_type=str(peft_model.peft_config[name].peft_type.value),
-                       task="sft", model=source.name, model_fingerprint=loaded.fingerprint,
-                       dtype=dtype_name(loaded.dtype), trainable_params=plan.trainable, origin=ctx.run_id)
-    adapter_set = AdapterSet(peft_model, peft_model, loaded.tokenizer, info.key, {name: info}, active=name)
-    folder = adapter_set.save(name, ctx.run_dir / "adapter")
-    hub().adopt(info, folder, lambda: adapter_set)
-    return folder

@@ -395,16 +395,9 @@ def sampler(model, tokenizer, k: int, max_new_tokens: int, temperature: float, s
 
 
 def _generate_one(model, tokenizer, prompt: str, k: int, max_new_tokens: int, temperature: float) -> list[str]:
-    import torch
-
-    from ..engine.device import eval_mode
-    device = next(model.parameters()).device
-    enc = tokenizer([prompt] * k, return_tensors="pt").to(device)
-    with torch.no_grad(), eval_mode(model):
-        out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    from ..engine.generation import complete
+    return complete(model, tokenizer, [prompt] * k, max_new_tokens, do_sample=True, temperature=temperature,
+                    top_k=0, top_p=1.0)
 
 
 def blind_sampler(writers: dict[str, Callable[[], object]], max_new_tokens: int, temperature: float, seed: int):

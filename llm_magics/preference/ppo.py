@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.generation import generate_ids
 from ..errors import UsageError
 from . import ppo_core as core
 
@@ -134,17 +135,11 @@ class PolicyWithValue:
     @torch.no_grad()
     def rollout(self, prompts: Sequence[str], max_new_tokens: int) -> Rollout:
         tok = self.tokenizer
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(list(prompts), return_tensors="pt", padding=True).to(self.device)
-        finally:
-            tok.padding_side = side
         self.model.eval()
         with self.computing():
-            out = self.model.generate(**enc, do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
-                                      min_new_tokens=1, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
-                                      eos_token_id=self.eos_id, use_cache=True, repetition_penalty=1.0)
+            enc, out = generate_ids(self.model, tok, prompts, max_new_tokens, pad_token_id=self.pad_id,
+                                    eos_token_id=self.eos_id, do_sample=True, temperature=self.temperature, top_k=0,
+                                    top_p=1.0, min_new_tokens=1, use_cache=True, repetition_penalty=1.0)
         prompt_len = enc["input_ids"].shape[1]
         response = out[:, prompt_len:]
         mask, ended = response_mask(response, self.eos_id)
