@@ -172,9 +172,10 @@ def merged_copy(adapter_set: AdapterSet, name: str) -> nn.Module:
         return clone.merge_and_unload()
 
 
-def load_adapter(path: str, name: str | None, model: str | None, pick_device) -> str:
+def load_adapter(path: str, name: str | None, model: str | None, pick_device, asked_device: bool = False) -> str:
     """A folder written by `%lora save`, onto its base: shared with adapters already on that
-    base, or a fresh base. `pick_device()` gives the device when a base must load. Returns its name."""
+    base, or a fresh base. `pick_device()` gives the device when a base must load; `asked_device`: the
+    user named one, so a shared base elsewhere is refused rather than silently used. Returns its name."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise UsageError(f"{path}: no such folder; pass a folder written by %lora save")
@@ -188,6 +189,12 @@ def load_adapter(path: str, name: str | None, model: str | None, pick_device) ->
     info.origin = str(folder)
     hub().check_free(info.name)
     name_clash(info.name, info.method)
+    shared = hub().compatible(info)
+    if asked_device and shared is not None:
+        on, asked = next(shared.model.parameters()).device, pick_device()
+        if (on.type, on.index or 0) != (asked.type, asked.index or 0):
+            raise UsageError(f"--device {asked}: its base {info.model} is already loaded on {on} and adapters share "
+                             f"it; drop --device, or %llm free first to load the base on {asked}")
     hub().adopt(info, folder, lambda: saved_set(info, folder, pick_device()))
     return info.name
 

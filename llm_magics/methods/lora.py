@@ -299,7 +299,8 @@ class LoraMethod(TrainingMethod):
         return folder
 
     def load(self, o: LoadOptions, ctx) -> Adapter:
-        return Adapter(load_adapter(o.path, o.name, o.model, lambda: ctx.device(o.device)))
+        return Adapter(load_adapter(o.path, o.name, o.model, lambda: ctx.device(o.device),
+                                    asked_device=o.device != "auto"))
 
     def use(self, o: NameOptions, ctx) -> Adapter:
         adapter_set, _ = hub().find(o.name)

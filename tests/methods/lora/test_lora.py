@@ -208,3 +208,17 @@ def test_the_peft_kinds_table_drives_the_options_defaults_and_resume_keys():
     spec = AdapterSpec.from_options(LoraOptions(method="dora", r=4, target=["query"], data="x"))
     assert (spec.method, spec.r, spec.scale, spec.target) == ("dora", 4, 8, ("query",))
     assert KINDS["prompt"].describe(spec) == "dora 20 virtual tokens" and KINDS["lora"].describe(spec) == "dora r=4"
+
+
+def test_load_with_a_device_its_shared_base_is_not_on_is_one_line(tiny_bert, separable, tmp_path, monkeypatch):
+    """`%lora load --device X` onto a base already loaded elsewhere: refused in one line, never silently put on
+    the loaded base's device (adapters share one base in memory)."""
+    frame, _, _ = separable
+    folder = train(tiny_bert, frame, method="lora", lr=1e-2, epochs=1, name="first").save(tmp_path / "first")
+    api.lora.load(path=str(folder), name="same", device="cpu")       # the base's own device: shared, fine
+    assert set(hub().names()) == {"first", "same"} and len(hub().sets) == 1
+    import llm_magics.runner as runner
+    monkeypatch.setattr(runner, "pick_device", lambda key: torch.device("cuda", 0))   # as if a GPU were there
+    with pytest.raises(UsageError, match=r"already loaded on cpu") as refused:
+        api.lora.load(path=str(folder), name="elsewhere", device="cuda")
+    assert "\n" not in str(refused.value) and "elsewhere" not in hub().names()
