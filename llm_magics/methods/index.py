@@ -100,6 +100,14 @@ class QueryOptions(RunOptions):
 
 
 @dataclass(kw_only=True)
+class EvalOptions(QueryOptions):
+    query: Any = option(help="a DataFrame of queries, each with the document source it should find",
+                        positional=True, metavar="QUERIES")
+    relevant: str = option("source", "column holding each query's relevant document source (as %index query shows "
+                                     "it), or a list of them", metavar="COLUMN")
+
+
+@dataclass(kw_only=True)
 class DeleteOptions:
     name: str = _name()
     source: str = option(help="the document source to remove, matched exactly ('a[1].txt' is that name)",
@@ -127,6 +135,14 @@ class IndexResult(Result):
         return run_method("index", "query", name=self.index, query=text, k=k, **kwargs)
 
 
+@dataclass(repr=False)
+class IndexEvalResult(Result):
+    """An index scored on queries with known answers: hit@k and MRR@k, and one row per query in
+    `.predictions` (hit 0/1 as `correct`, `rank`), which `%llm compare A B --paired` pairs."""
+    index: str = ""
+    mode: str = ""
+
+
 class IndexMethod(Method):
     name = "index"
     summary = ("Indexing for retrieval: documents are cut into token-aware chunks, embedded (minilm by default) "
@@ -137,6 +153,8 @@ class IndexMethod(Method):
         "add": Command(AddOptions, "add", "add documents to an index (a source already in it is replaced)"),
         "query": Command(QueryOptions, "query", "top-k chunks for a query, or for each of a list of queries",
                          records_run=False),
+        "eval": Command(EvalOptions, "evaluate", "hit@k and MRR@k on queries with known answers, one row per query "
+                        "kept for %llm compare --paired"),
         "delete": Command(DeleteOptions, "delete", "remove a document (by source) from an index", records_run=False),
         "list": Command(ListOptions, "list_indexes", "the indexes and their sizes", records_run=False),
         "info": Command(NameOptions, "info", "one index: model, kind, knobs, counts, folder", records_run=False),
@@ -231,6 +249,38 @@ class IndexMethod(Method):
             else None
         frame = index.search(queries, o.k, embedder, mode, o.nprobe, o.ef_search, o.candidates, o.rrf_k)
         return frame.drop(columns=["query_id", "query"] if len(queries) == 1 else ["query_id"])
+
+    def evaluate(self, o: EvalOptions, ctx) -> IndexEvalResult:
+        from ..data import fingerprint
+        from ..runs import predictions
+        from ..retrieval import scoring
+        index = store.open_index(o.name)
+        frame = lookup(o.query, ctx.namespace)
+        if not isinstance(frame, pd.DataFrame):
+            raise UsageError(f"%index eval takes a DataFrame of queries with a {o.relevant!r} column, "
+                             f"not a {type(frame).__name__}")
+        if o.relevant not in frame:
+            raise UsageError(f"--relevant {o.relevant}: the queries have no such column (columns: "
+                             f"{', '.join(map(str, frame.columns))})")
+        queries = query_texts(frame, ctx.namespace, o.text)
+        relevant = scoring.relevant_sets(frame[o.relevant])
+        known = set(index.chunks["source"].astype(str))
+        if not any(r & known for r in relevant):
+            sample = ", ".join(sorted(known)[:3])
+            raise UsageError(f"--relevant {o.relevant}: no query names a source in index {o.name!r} "
+                             f"(sources look like: {sample})")
+        mode = index.resolve_mode(o.mode)
+        embedder = index.embedder(ctx.device(o.device), o.trust_remote_code) if mode != "lexical" else None
+        hits = index.search(queries, o.k, embedder, mode, o.nprobe, o.ef_search, o.candidates, o.rrf_k)
+        kept = scoring.per_query(queries, relevant, hits)
+        result = IndexEvalResult(method=self.name, metrics=scoring.metrics(kept, o.k), model=index.manifest.model,
+                                 data_fingerprint=fingerprint(frame), index=index.name, mode=mode,
+                                 device=str(embedder.device) if embedder else "cpu", predictions=kept)
+        result.artifacts[predictions.FILE_KEY] = str(predictions.save(kept, ctx.run_dir))
+        missing = sum(not (r & known) for r in relevant)
+        if missing:
+            result.notes.append(f"{missing} of {len(queries)} queries name no source in the index: counted as misses")
+        return result
 
     # ---- housekeeping -------------------------------------------------------------
     def delete(self, o: DeleteOptions, ctx) -> dict:

@@ -18,7 +18,8 @@ from .stats import item_id
 
 FILE = "predictions.parquet"
 FILE_KEY = "predictions"          # its name in a Result's artifacts
-KEPT_BY = "%probe, %%icl and classifier training (%finetune, %lora, plugins on the training base)"   # said when a run without them is compared
+KEPT_BY = ("%probe, %%icl, classifier training (%finetune, %lora, plugins on the training base) and "
+           "%index eval")   # said when a run without them is compared
 COLUMNS = ("item_id", "text", "label", "prediction", "score", "correct")
 
 
