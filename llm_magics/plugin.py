@@ -18,7 +18,10 @@ the bundles you need and they come with them; `%name?` help, the Python API
 (`llm_magics.api.name(...)`), `%llm tune` forms and validation all come from
 the one declaration.
 
-Training methods: build on `llm_magics.training` (its `run()` does the set-up).
+Training methods: build on `llm_magics.training` (its `run()` does the set-up). It also holds what a
+method of several phases needs (`phases()` returning `Phase`s: one live view, one Stop, --resume per
+phase), the dtype rules (`train_dtype`, `pick_dtype`), the head-only fast path on %probe's feature cache
+(`prepare_head_only`) and the `resume_values` hook.
 Tests: `llm_magics.testing` (tiny models, an isolated-home shell).
 The guide: docs/plugins.md.
 """

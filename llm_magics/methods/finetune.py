@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions
-from ..engine.device import pick_dtype
-from ..engine.features import FeatureCache, cached_features, num_layers
-from ..models import load_model, trainable
+from ..models import trainable
 from ..options import option
-from ..tasks.classify import FeatureTask
-from ..training import TRAINING_RESUME_KEYS, TaskOptions, TrainedResult, TrainingMethod, TrainingRun, classifier
+from ..training import (TRAINING_RESUME_KEYS, TaskOptions, TrainedResult, TrainingMethod, TrainingRun,
+                        prepare_head_only)
 
 # Peak learning rates that work across our models when the user sets none.
 DEFAULT_LR = {"head": 5e-3, "last": 1e-4, "all": 5e-5}
@@ -66,30 +64,4 @@ class FinetuneMethod(TrainingMethod):
             super().prepare(run)
             run.plan.notes += trainable.tie_note(run.model, o.train)
             return
-        # The fast path reads the frozen base in the inference dtype (shared with %probe's cache).
-        loaded = load_model(run.source, "base", run.device, pick_dtype(run.device, o.dtype), fresh=False,
-                            trust_remote_code=o.trust_remote_code)
-        model = classifier(loaded, run.data, o, run.device)
-        for param in model.base.parameters():
-            param.requires_grad = False
-        features, extracted = head_features(loaded, run.data, model.pooling, o.max_length, run.ctx, run.progress)
-        run.notes.append("head-only fast path: the frozen base ran once"
-                         + ("" if extracted else " (features from the cache)")
-                         + "; its features fed the head every epoch")
-        run.loaded, run.model, run.tokenizer = loaded, model, loaded.tokenizer
-        run.engine_task = FeatureTask(features, run.data, run.device)
-        run.plan = trainable.report(model, "--train head")
-
-
-def head_features(loaded, data, pooling: str, max_length: int, ctx, progress):
-    """The top layer's pooled features for every split, through %probe's cache; and whether any were extracted."""
-    cache = FeatureCache(ctx.settings.subdir("features"))
-    top = num_layers(loaded.model.config)
-    progress.start(total=sum(len(f) for f in data.splits().values()), unit="rows")
-    features, extracted = {}, 0
-    for split, frame in data.splits().items():
-        feats, stats = cached_features(loaded, frame["text"].tolist(), [top], pooling, cache,
-                                       max_length=max_length, progress=progress)
-        features[split] = feats[top]
-        extracted += stats.rows
-    return features, extracted
+        prepare_head_only(run, "--train head")

@@ -27,7 +27,12 @@ Hooks, each optional:
   the user gives no `--lr`.
 - `param_groups(model, options)` → `[(name, predicate, lr), ...]`: per-group
   peak learning rates (the rest trains at the peak lr).
-- `resume_keys`: the options that must match for `--resume` to continue a run.
+- `resume_keys`: the options that must match for `--resume` to continue a run; `resume_values(options)`: their
+  values as saved and checked (default: the `resume_keys` options and the peak lr).
+- `phases(options)` → `[Phase(name, options={...}, head_only=...), ...]`: train in phases, one after another,
+  each from the weights the ones before it trained (LP-FT: a head-only phase, then all layers). One live view,
+  one Stop (a stopped phase ends the run), `--resume` continues the phase it stopped in, then the rest. A method
+  of several phases runs in one process: `--devices` is refused in one line.
 - `title(options, source)`, `plan_label(options)`: what the live view says.
 - `prepare_data(run)`: the data (default: the shared data options).
 - `prepare(run)`: build the model, tokenizer and engine task yourself (`%lora`
@@ -40,14 +45,19 @@ Hooks, each optional:
 
 The package, one module per concern: `options` (the bundles and option classes), `steps` (`TrainingRun`
 and the pieces `run()` is made of), `run` (`TrainingMethod` and its hooks), `result` (`TrainedResult` and
-how it is built), `weights` (a Result's model rebuilt from disk), `resume` (`--resume`). Import from
-`llm_magics.training`: these names are the public surface.
+how it is built), `weights` (a Result's model rebuilt from disk), `resume` (`--resume`),
+`head` (the head-only fast path on `%probe`'s feature cache), `phases` (weights handed from one phase to the next).
+The dtype rules: `train_dtype(device, option)` (what a run computes in under autocast, one rule for every trainer)
+and `pick_dtype(device, option)` (the inference dtype `%probe` and the head-only path read a frozen base in).
+Import from `llm_magics.training`: these names are the public surface.
 """
 from __future__ import annotations
 
+from ..engine.device import pick_dtype, train_dtype
 from ..engine.loop import Outcome, TrainConfig
+from .head import head_features, prepare_head_only
 from .options import (TRAINING_RESUME_KEYS, CausalLMTrainingOptions, ClassificationOptions,
-                      ClassifierTrainingOptions, ParamGroup, Predicate, SftOptions, TaskOptions)
+                      ClassifierTrainingOptions, ParamGroup, Phase, Predicate, SftOptions, TaskOptions)
 from .result import TrainedResult, close_run, plot_history, result_fields, training_result
 from .resume import check_resumable, find_checkpoint, save_run_options
 from .run import CausalLMTrainingMethod, ClassifierTrainingMethod, TrainingMethod
@@ -59,4 +69,5 @@ __all__ = ["TrainingMethod", "ClassifierTrainingMethod", "CausalLMTrainingMethod
            "CausalLMTrainingOptions", "TrainedResult", "TrainConfig", "Outcome", "TRAINING_RESUME_KEYS",
            "training_result", "result_fields", "prepare_data", "train_config", "describe_run", "close_run",
            "plot_history", "classifier", "TrainedWeights", "KEEP_LOADED",
-           "find_checkpoint", "check_resumable", "save_run_options", "Predicate", "ParamGroup"]
+           "find_checkpoint", "check_resumable", "save_run_options", "Predicate", "ParamGroup",
+           "Phase", "prepare_head_only", "head_features", "pick_dtype", "train_dtype"]

@@ -2,7 +2,7 @@
 whole option classes a classifier or a causal-LM trainer reads."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -58,3 +58,14 @@ class ClassifierTrainingOptions(ModelOptions, DataOptions, RunOptions, TrainingO
 @dataclass
 class CausalLMTrainingOptions(ModelOptions, DataOptions, RunOptions, TrainingOptions, SftOptions):
     """Everything a `CausalLMTrainingMethod` reads: model, data, run, training, sft columns."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a multi-phase training method (`TrainingMethod.phases`): `name` (the live view and the record
+    say it), `options` (the option values this phase changes: `{"epochs": 1, "lr": 5e-3}`) and `head_only` (a
+    classifier's base stays frozen and runs once: its cached features feed the head, as `%finetune --train head`).
+    A phase starts from the weights the phases before it trained."""
+    name: str
+    options: dict = field(default_factory=dict)
+    head_only: bool = False

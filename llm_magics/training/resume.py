@@ -11,8 +11,15 @@ from ..engine import checkpoint
 from ..errors import UsageError
 
 
-def save_run_options(folder: Path, values: dict[str, Any], fingerprint: str) -> None:
-    (folder / "run_options.json").write_text(json.dumps({"options": values, "data_fingerprint": fingerprint}))
+def save_run_options(folder: Path, values: dict[str, Any], fingerprint: str, phase: int = 0) -> None:
+    """What --resume checks (the user's options, the data) and which phase the run is in (`TrainingMethod.phases`)."""
+    (folder / "run_options.json").write_text(json.dumps({"options": values, "data_fingerprint": fingerprint,
+                                                         "phase": phase}))
+
+
+def resumed_phase(folder: Path) -> int:
+    """The phase a checkpoint was written in (0 for a run of one phase, and for checkpoints older than phases)."""
+    return int(checkpoint.run_options(folder.parent).get("phase", 0))
 
 
 def find_checkpoint(spec: str, ctx) -> Path:

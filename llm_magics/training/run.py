@@ -3,6 +3,8 @@ source, --resume, data, checks, live view (`start`), then model and task (`prepa
 Result, hold and the live view's end. A method overrides only the hooks that make it itself."""
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,10 +21,12 @@ from ..models.classifier import SequenceClassifier
 from ..progress.events import Progress
 from ..tasks.causal_lm import require_decoder, sft_task
 from ..tasks.classify import TokenTask
-from .options import (TRAINING_RESUME_KEYS, CausalLMTrainingOptions, ClassifierTrainingOptions, ParamGroup,
+from .head import prepare_head_only
+from .options import (TRAINING_RESUME_KEYS, CausalLMTrainingOptions, ClassifierTrainingOptions, ParamGroup, Phase,
                       Predicate)
+from .phases import carry_weights, copy_earlier_phases, save_phase_weights
 from .result import TrainedResult, close_run, training_result
-from .resume import check_resumable, find_checkpoint, save_run_options
+from .resume import check_resumable, find_checkpoint, resumed_phase, save_run_options
 from .steps import TrainingRun, classifier, describe_run, prepare_data, train_config
 
 
@@ -38,6 +42,12 @@ class TrainingMethod(Method):
     run_class: ClassVar[type[TrainingRun]] = TrainingRun   # a subclass adds the state a method's hooks share
     # --seed is set before each random draw: the split (data/), the head (steps.classifier), the loop's generator
     seed_controls: ClassVar[tuple[str, ...]] = ("data split", "data order", "head init", "dropout")
+
+    def __init_subclass__(cls, **kwargs):
+        # A run of several phases runs in one process: --devices is refused in one line (runner.one_process)
+        super().__init_subclass__(**kwargs)
+        if cls.phases is not TrainingMethod.phases:
+            cls.launchable = False
 
     # -- hooks ----------------------------------------------------------------------------
     def select_trainable(self, model: torch.nn.Module, options) -> Predicate | None:
@@ -110,16 +120,53 @@ class TrainingMethod(Method):
 
     def run(self, o, ctx) -> TrainedResult:
         run = self.start(o, ctx)
-        self.prepare(run)
-        if run.answer is not None:   # the method answered without training (e.g. %rlhf ppo --probe-reward)
-            return run.answer
-        if hasattr(o, "resume"):   # what --resume must find unchanged
-            save_run_options(ctx.run_dir, {**self.resume_values(o), **run.run_options}, run.data.fingerprint)
-        describe_run(ctx, run.progress, run.plan)
-        outcome = self.train(run)
+        phases = self.phases(o)
+        resumed = run.resume_dir is not None
+        first = resumed_phase(run.resume_dir) if resumed and len(phases) > 1 else 0
+        if first:
+            copy_earlier_phases(run.resume_dir.parent, ctx.run_dir)
+        for index in range(first, len(phases)):
+            if index > first:   # the same live view, data and run folder; a fresh state, no checkpoint to resume
+                run = self.run_class(o, ctx, run.task, run.device, run.source, run.data, notes=run.notes,
+                                     progress=run.progress, autocast=run.autocast)
+            if len(phases) > 1:
+                run.progress.phase(f"{self.title(o, run.source)} · {phases[index].name}")
+            self.enter_phase(run, phases, index)
+            if run.answer is not None:   # the method answered without training (e.g. %rlhf ppo --probe-reward)
+                return run.answer
+            if hasattr(o, "resume"):   # what --resume must find unchanged: the user's options; and the phase
+                save_run_options(ctx.run_dir, {**self.resume_values(o), **run.run_options}, run.data.fingerprint,
+                                 phase=index)
+            describe_run(ctx, run.progress, run.plan)
+            outcome = self.train(run)
+            if outcome.status != "ok":   # Stop ends the whole run: the phases after this one do not start
+                break
+            if index + 1 < len(phases):
+                save_phase_weights(run.model, ctx.run_dir, index, phases[index])
+                shutil.rmtree(ctx.run_dir / "checkpoint-best", ignore_errors=True)   # the next phase keeps its own
+        if len(phases) > 1:
+            run.notes.append(phase_note(phases, first if resumed else None, index, outcome.status))
         result = self.build_result(run, outcome)
         self.finish(run, result)
         return close_run(result, ctx, outcome, self.end_metrics(result))
+
+    def phases(self, options) -> list[Phase]:
+        """The phases one run trains in, in order; each starts from the weights the ones before it trained.
+        Default: one phase with the user's options. A method of several phases is not launchable."""
+        return [Phase("train")]
+
+    def enter_phase(self, run: TrainingRun, phases: list[Phase], index: int) -> None:
+        """Phase `index`'s options, model and task: `prepare` (or the head-only fast path), then the earlier
+        phases' weights."""
+        phase = phases[index]
+        if phase.options:
+            run.options = replace(run.options, **phase.options)
+        if phase.head_only and run.task == "classify":
+            prepare_head_only(run, f"{self.plan_label(run.options)} · {phase.name}: the head")
+        else:
+            self.prepare(run)
+        if index and run.answer is None:
+            carry_weights(run.model, run.ctx.run_dir, phases, index)
 
     def start(self, o, ctx) -> TrainingRun:
         """Device, dtype, model source, --resume, data and checks; the live view: all before anything loads."""
@@ -162,6 +209,15 @@ class TrainingMethod(Method):
         checkpoint.load_weights(run.model, weights)
         run.model.eval()
         return run.model, run.tokenizer
+
+
+def phase_note(phases: list[Phase], resumed: int | None, last: int, status: str) -> str:
+    """Which phases this run trained: from the one it resumed in (if it resumed) to the one it ended in."""
+    ran = ", ".join(p.name for p in phases[resumed or 0:last + 1])
+    note = f"phases {ran}" + (f" (resumed in {phases[resumed].name})" if resumed is not None else "")
+    if status == "stopped":
+        note += f"; stopped in {phases[last].name}: --resume continues it, then the phases after it"
+    return note
 
 
 class ClassifierTrainingMethod(TrainingMethod):
