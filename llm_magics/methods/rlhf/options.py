@@ -8,7 +8,7 @@ from typing import Any
 from ... import options as opts
 from ...adapters.configs import PROMPT_LEARNING, TUNERS
 from ...common_options import (BackgroundOptions, BatchOptions, ComputeOptions, EvaluationOptions, LaunchOptions,
-                               ModelOptions, OptimizerOptions, RunOptions)
+                               ModelOptions, OptimizerOptions, ResumeOptions, RunOptions)
 from ...common_options import file_path, plain_name
 from ...engine.features import POOLINGS
 from ...errors import UsageError
@@ -66,9 +66,9 @@ class PolicyOptions(ComputeOptions, _Policy):
 
 
 @dataclass
-class RewardOptions(ModelOptions, PreferenceOptions, RunOptions, LaunchOptions, BackgroundOptions, EvaluationOptions,
-                    OptimizerOptions, BatchOptions):
-    """What `%rlhf reward` reads: the engine's loop without --resume (a reward run does not continue one)."""
+class RewardOptions(ModelOptions, PreferenceOptions, RunOptions, LaunchOptions, BackgroundOptions, ResumeOptions,
+                    EvaluationOptions, OptimizerOptions, BatchOptions):
+    """What `%rlhf reward` reads: the engine's loop, --resume included (it checkpoints at each evaluation)."""
     epochs: int = option(1, "passes over the training pairs", check=positive)
     batch_size: int = option(8, "pairs per batch (each pair is two rows)", check=positive)
     train: str = option("full", "what trains: full, head (the scoring layer only) or a PEFT tuner "

@@ -13,7 +13,7 @@ from ...models import load_model, trainable
 from ...models.classifier import SequenceClassifier
 from ...preference.reward import REWARD_FOLDER, PairTask, fix_score_bias, save_folder, with_tuner
 from .results import RewardResult
-from ...training import TrainingMethod, result_fields
+from ...training import TRAINING_RESUME_KEYS, TrainingMethod, result_fields
 from .common import preference_data
 from .launch import for_the_kernel
 
@@ -21,6 +21,8 @@ from .launch import for_the_kernel
 class RewardTraining(TrainingMethod):
     name = "rlhf reward"
     task = "classify"   # the loop keeps the weights of the best validation pair accuracy
+    # what --resume must find unchanged beside the data: what trains and how (the tuner's shape included)
+    resume_keys = TRAINING_RESUME_KEYS + ("train", "r", "alpha", "dropout", "target", "patience")
 
     def peak_lr(self, o) -> float:
         return o.peak_lr()   # the default, declared with the options

@@ -18,7 +18,7 @@ from llm_magics.options import option
 ] + [
     ("ppo", flag) for flag in ("--resume last", "--patience 3", "--eval-every 10", "--epochs 2", "--grad-accum 2",
                                "--warmup 0.1", "--scheduler cosine", "--weight-decay 0.1", "--max-length 64")
-] + [("reward", "--resume last")])
+])
 def test_an_option_the_run_would_ignore_is_refused_in_one_line(shell, store, command, flag):
     with pytest.raises(UsageError) as caught:
         shell.run_line_magic("rlhf", f"{command} {flag}")

@@ -1,0 +1,94 @@
+"""`%rlhf` runs killed mid-way (SIGKILL: no cleanup runs) and continued with --resume end where the run that
+was never interrupted ends, without redoing the steps the last checkpoint holds: the reward model on our loop,
+DPO with a LoRA adapter through TRL's own checkpoints."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_magics import api
+from llm_magics.errors import UsageError
+
+from tests.methods.rlhf.test_rlhf_reward import word_pairs
+
+# The child runs one %rlhf command and parks itself (a marker file, then a long sleep) right after optimizer
+# step BLOCK, a few steps past its last checkpoint; the test then kills it with SIGKILL.
+CHILD = """
+import json, sys, time
+from pathlib import Path
+command, kwargs, block, marker = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+
+def park():
+    marker.write_text("parked")
+    time.sleep(3600)
+
+if command == "reward":
+    from llm_magics.engine.loop import TrainLoop
+    real, done = TrainLoop._optimizer_step, [0]
+    def step(self):
+        real(self)
+        done[0] += 1
+        if done[0] == block:
+            park()
+    TrainLoop._optimizer_step = step
+else:
+    from llm_magics.preference.trl_bridge import ProgressCallback
+    real_end = ProgressCallback.on_step_end
+    def on_step_end(self, args, state, control, **kw):
+        out = real_end(self, args, state, control, **kw)
+        if state.global_step == block:
+            park()
+        return out
+    ProgressCallback.on_step_end = on_step_end
+from llm_magics import api
+getattr(api.rlhf, command)(**kwargs)
+"""
+
+
+def killed_mid_way(tmp_path: Path, command: str, kwargs: dict, block: int) -> None:
+    """Run `command` in a child process until it parks after step `block`, then SIGKILL it."""
+    marker = tmp_path / f"{command}.parked"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, command, json.dumps(kwargs), str(block), str(marker)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 600   # generous: 2 shared cores
+        while not marker.exists():
+            if child.poll() is not None:
+                pytest.fail(f"the child ended before step {block}: {child.stderr.read().decode()[-2000:]}")
+            assert time.monotonic() < deadline, "the child never reached its step"
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stderr.close()
+
+
+def pairs_file(tmp_path: Path, separable, n: int) -> str:
+    _, pos, neg = separable
+    path = tmp_path / "pairs.jsonl"
+    word_pairs(pos, neg, n).to_json(path, orient="records", lines=True)
+    return str(path)
+
+
+def test_reward_killed_mid_way_resumes_where_the_uninterrupted_run_ends(tiny_bert, separable, store, tmp_path,
+                                                                      monkeypatch):
+    kwargs = dict(model=str(tiny_bert), data=pairs_file(tmp_path, separable, 200), train="full", lr=1e-3,
+                  epochs=2, batch_size=16, eval_every=4, dtype="float32", seed=0)
+    straight = api.rlhf.reward(**kwargs)
+    killed_mid_way(tmp_path, "reward", kwargs, block=10)   # checkpoints at steps 4 and 8; killed after 10
+    from llm_magics.engine.loop import TrainLoop
+    real, steps = TrainLoop._optimizer_step, []
+    monkeypatch.setattr(TrainLoop, "_optimizer_step", lambda self: (steps.append(1), real(self)))
+    resumed = api.rlhf.reward(**kwargs, resume="last")
+    assert resumed.status == "ok" and resumed.metrics["steps"] == straight.metrics["steps"] == 18
+    assert len(steps) == straight.metrics["steps"] - 8   # from the checkpoint of step 8, not from step 0
+    for key in ("val_accuracy", "val_margin", "test_accuracy", "test_margin", "train_loss"):
+        assert resumed.metrics[key] == pytest.approx(straight.metrics[key], abs=1e-4), key
+    texts = ["Review: " + w for w in ("good fine", "bad awful", "alpha beta")]
+    assert resumed.score(texts) == pytest.approx(straight.score(texts), abs=1e-4)
+    with pytest.raises(UsageError, match="no stopped or crashed"):   # a checkpoint is resumed once
+        api.rlhf.reward(**kwargs, resume="last")
