@@ -3,8 +3,9 @@
 Tabs: Run (method, command, the method's options grouped and checked as they are
 typed, the live magic line, Run / Stop, the live view), Sweep (a grid or a
 seeded random search over the form's options, with its leaderboard), Recent
-runs (the run store, filtered; a picked run fills the form again) and Try (a
-trained Result on typed text; Export).
+runs (the run store, filtered; a picked run fills the form again), Try (a
+trained Result on typed text; Export) and Ladder (`%llm ladder` from its own
+fields, data and test starting as the Run tab's; the live ladder table and Stop).
 
 A run from the panel *is* its magic line: the line shown is parsed as the
 magic parses it and run in the background; its Result is bound to the name
@@ -24,6 +25,7 @@ from ..runs.compare import PREFERRED_METRICS, ranked_on_test_note
 from . import form
 from . import sweep as sweep_mod
 from ..progress.widget import Snapshot
+from .ladder_tab import LadderTab
 from .try_tab import TryTab
 from .view import SweepView, attach
 
@@ -179,8 +181,12 @@ class TunePanel:
         # -- try tab --
         self.try_tab = TryTab(self.namespace, style)
 
-        self.tabs = widgets.Tab(children=[run_tab, sweep_tab, recent_tab, self.try_tab.widget],
-                                titles=("Run", "Sweep", "Recent runs", "Try"))
+        # -- ladder tab --
+        self.ladder_tab = LadderTab(self.namespace, style, variables=lambda: data_variables(self.namespace),
+                                    on_update=lambda lad: self.snapshot.refresh(now=lad.finished))
+
+        self.tabs = widgets.Tab(children=[run_tab, sweep_tab, recent_tab, self.try_tab.widget, self.ladder_tab.widget],
+                                titles=("Run", "Sweep", "Recent runs", "Try", "Ladder"))
         self.tabs.observe(self._tab_changed, "selected_index")
         self.widget = widgets.VBox([widgets.HTML("<b>llm-magics · tune</b>"), self.tabs])
         self.widget.add_class("llm-magics-tune")
@@ -507,10 +513,10 @@ class TunePanel:
             self.stop_button.disabled = True
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the panel's run (or sweep) to end: for scripts and tests."""
+        """Wait for the panel's run (or sweep, or ladder) to end: for scripts and tests."""
         import time
         deadline = None if timeout is None else time.time() + timeout
-        while self.run_button.disabled or (self.sweep is not None and not self.sweep.done):
+        while self.run_button.disabled or (self.sweep is not None and not self.sweep.done) or self.ladder_tab.running:
             if deadline is not None and time.time() > deadline:
                 return False
             time.sleep(0.05)
@@ -541,6 +547,8 @@ class TunePanel:
             self.refresh_runs()
         elif change["new"] == 3:
             self.try_tab.refresh()
+        elif change["new"] == 4:
+            self.ladder_tab.prefill(self.values())
 
     def refresh_runs(self, reload: bool = True) -> None:
         from ..runs import RunStore
@@ -620,6 +628,8 @@ class TunePanel:
         if self.sweep_view is not None:
             parts.append(f"<pre style='margin:2px 0;padding:4px;background:{CODE_BACKGROUND};white-space:pre-wrap'>"
                          f"{html.escape(self.ran_sweep_line)}</pre>{self.sweep_view.snapshot_html()}")
+        if self.ladder_tab.view is not None:
+            parts.append(self.ladder_tab.snapshot_html())
         if len(parts) == 1:
             parts.append(f"<div style='color:{MUTED}'>nothing run from this panel yet</div>")
         return "".join(parts)
