@@ -2,20 +2,26 @@
 
 TRL's defaults are changed where they hurt here: `gradient_checkpointing=False` (it only costs
 time on small models), bf16 only where our device picks it (TRL turns it on even on CPU),
-no reports, no checkpoints (the run store and our adapter folder keep the result), tqdm off
-(our live view shows the steps). Our `ProgressCallback` turns TRL's logs into our events and
-our Stop button / kernel interrupt into `control.should_training_stop`.
+no reports, tqdm off (our live view shows the steps). TRL's own checkpoints (trainer.train's
+`resume_from_checkpoint`) carry `--resume`: one every tenth of the run and one at Stop, each sealed with our
+checksum manifest once whole (`ProgressCallback.on_save`), the one before it removed only then. Our
+`ProgressCallback` turns TRL's logs into our events and our Stop button / kernel interrupt into
+`control.should_training_stop`.
 """
 from __future__ import annotations
 
+import re
+import shutil
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..engine.device import eval_mode
+from ..safe_io import verify_manifest, write_manifest
 from .shared_prompt import IGNORE, fit_pair, pair_token_logprobs, split_pairs
 
 try:
@@ -41,6 +47,9 @@ class ProgressCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.progress.start(total=state.max_steps, unit="steps")
+        if state.global_step:   # resumed from a checkpoint (its state is loaded before this event)
+            self.progress.state.done = state.global_step
+            self.progress.log(f"resumed at step {state.global_step} of {state.max_steps}")
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._interrupt)
 
@@ -60,7 +69,19 @@ class ProgressCallback(TrainerCallback):
         if self.reward_signal is not None and self.reward_signal.end_step():   # --stop-no-signal
             self.stopped = True
             control.should_training_stop = True
+        if self.stopped:   # --resume continues from exactly here
+            control.should_save = True
         return control
+
+    def on_save(self, args, state, control, **kwargs):
+        """TRL's checkpoint of this step is whole: seal it with checksums, then drop the one before it (so a kill
+        at any moment leaves at least one sealed checkpoint)."""
+        if state.is_world_process_zero:
+            newest = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_manifest(newest)
+            for older in trl_checkpoints(Path(args.output_dir)):
+                if older != newest:
+                    shutil.rmtree(older, ignore_errors=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -85,11 +106,35 @@ def trl_common(o, device: torch.device, output_dir, dtype: torch.dtype | None, w
                 per_device_train_batch_size=o.batch_size // world, **extra,
                 gradient_accumulation_steps=o.grad_accum, max_steps=o.steps or -1,
                 num_train_epochs=getattr(o, "epochs", 1),   # online runs have --steps alone
-                seed=o.seed, logging_steps=1, save_strategy="no", eval_strategy="no",
+                seed=o.seed, logging_steps=1, save_strategy="steps", save_steps=SAVE_EVERY, eval_strategy="no",
                 report_to=[], disable_tqdm=True, gradient_checkpointing=False,
                 bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device.type == "cpu",
                 max_grad_norm=o.max_grad_norm or 0.0, warmup_steps=o.warmup, lr_scheduler_type=o.scheduler,
                 weight_decay=o.weight_decay, dataloader_pin_memory=device.type == "cuda")
+
+
+SAVE_EVERY = 0.1   # TRL checkpoints every tenth of the run's steps (a share below 1 is read as one)
+
+
+def trl_checkpoints(folder: Path) -> list[Path]:
+    """TRL's checkpoint folders in `folder` (its output_dir), oldest step first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def last_sealed_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint in `folder` that `ProgressCallback.on_save` sealed and is whole (a kill mid-save
+    leaves one without its manifest: the one before it is then still there)."""
+    for candidate in reversed(trl_checkpoints(folder)):
+        if not verify_manifest(candidate, required=True):
+            return candidate
+    return None
+
+
+def drop_checkpoints(folder: Path) -> None:
+    """A run that ended needs no checkpoint to continue from: TRL's hold the optimizer state (2× the weights)."""
+    for checkpoint in trl_checkpoints(folder):
+        shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def to_dataset(frame):

@@ -92,3 +92,21 @@ def test_reward_killed_mid_way_resumes_where_the_uninterrupted_run_ends(tiny_ber
     assert resumed.score(texts) == pytest.approx(straight.score(texts), abs=1e-4)
     with pytest.raises(UsageError, match="no stopped or crashed"):   # a checkpoint is resumed once
         api.rlhf.reward(**kwargs, resume="last")
+
+
+def test_dpo_lora_killed_mid_way_resumes_where_the_uninterrupted_run_ends(tiny_llama, separable, tmp_path,
+                                                                        monkeypatch):
+    kwargs = dict(policy=str(tiny_llama), data=pairs_file(tmp_path, separable, 120), method="lora", lr=5e-3,
+                  steps=20, batch_size=8, dtype="float32", seed=0)
+    straight = api.rlhf.dpo(**kwargs)
+    killed_mid_way(tmp_path, "dpo", kwargs, block=13)   # TRL's checkpoints every 2 steps: the last at 12
+    from llm_magics.preference.trl_bridge import ProgressCallback
+    real, steps = ProgressCallback.on_step_end, []
+    monkeypatch.setattr(ProgressCallback, "on_step_end", lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
+    resumed = api.rlhf.dpo(**kwargs, resume="last")
+    assert resumed.status == "ok" and resumed.metrics["steps"] == straight.metrics["steps"] == 20
+    assert len(steps) == 20 - 12   # from the checkpoint of step 12, not from step 0
+    for key in ("test_margin", "test_accuracy", "test_chosen_shift", "test_rejected_shift", "train_loss"):
+        assert resumed.metrics[key] == pytest.approx(straight.metrics[key], abs=1e-4), key
+    with pytest.raises(UsageError, match="no stopped or crashed %rlhf dpo run"):   # a checkpoint is resumed once
+        api.rlhf.dpo(**kwargs, resume="last")

@@ -59,12 +59,12 @@ class OfflineTraining(TrlTraining):
     def train(self, run: PolicyRun) -> Outcome:
         if rank(run.ctx) != 0:   # a launched worker other than rank 0: train, then end (rank 0 scores and saves)
             from ...engine.distributed import RankDone
-            run.trainer.train()
+            self.train_trl(run)
             raise RankDone()
         before, run.reference_lp = self.held_out_before(run)
         run.measured.update({f"{k}_before": v for k, v in before.items()})
         started = time.perf_counter()
-        run.trainer.train()
+        self.train_trl(run)
         run.measured["train_seconds"] += time.perf_counter() - started
         return self.trained(run)
 

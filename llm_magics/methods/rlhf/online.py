@@ -31,7 +31,7 @@ class OnlineTraining(RewardedTraining, TrlTraining):
     def train(self, run: PolicyRun) -> Outcome:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            run.trainer.train()
+            self.train_trl(run)
         return self.trained(run)
 
     def build_result(self, run: PolicyRun, outcome: Outcome):

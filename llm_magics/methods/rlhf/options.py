@@ -158,10 +158,10 @@ class PpoOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions
 
 
 @dataclass
-class DpoOptions(PolicyOptions, PreferenceOptions, RunOptions, LaunchOptions, BackgroundOptions, OptimizerOptions,
-                 BatchOptions):
-    """What `%rlhf dpo|kto|orpo` read: TRL's trainer takes the optimizer and batch options (no --resume,
-    --eval-every or --patience: it neither checkpoints nor evaluates during the run)."""
+class DpoOptions(PolicyOptions, PreferenceOptions, RunOptions, LaunchOptions, BackgroundOptions, ResumeOptions,
+                 OptimizerOptions, BatchOptions):
+    """What `%rlhf dpo|kto|orpo` read: TRL's trainer takes the optimizer and batch options, and --resume (its
+    own checkpoints, trainers.TrlTraining); no --eval-every or --patience: it does not evaluate during the run."""
     method: str = option("full", "what trains: full, or a PEFT tuner (lora, dora, …): the reference is then the "
                                  "base with the adapter disabled", check=_policy_method, metavar="WHAT")
     beta: float = option(0.1, "DPO's β: how far the policy may move from the reference", check=positive)

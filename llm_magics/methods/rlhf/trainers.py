@@ -3,11 +3,16 @@
 by --reward). Each command's own module overrides only what makes it itself."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from ...common_options import run_to_resume
+from ...engine import checkpoint
+from ...errors import UsageError
 from ...models import hold, trainable
-from ...training import Outcome, TrainingMethod, TrainingRun
+from ...training import TRAINING_RESUME_KEYS, Outcome, TrainingMethod, TrainingRun
+from ...training.resume import check_resumable
 from .common import load_policy, policy_adapter_config
 from .launch import for_the_kernel
 from .reward_signal import probe_only, watch_reward
@@ -99,7 +104,28 @@ def reward_label(ref) -> str:
 
 class TrlTraining(PolicyTraining):
     """A policy command whose `train` hook is a TRL trainer, built in `prepare` by `build_trainer` with our
-    live view as its callback (TRL's own bars and printers off)."""
+    live view as its callback (TRL's own bars and printers off). `--resume` continues from TRL's own checkpoint
+    (trl_bridge.py writes and seals them in the run's `trl` folder), checked against the run's options and data
+    as our loop's are."""
+    resume_keys = TRAINING_RESUME_KEYS + ("policy", "method", "r", "alpha", "dropout", "target", "beta", "sft_weight",
+                                          "steps", "max_rows", "num_generations", "max_new_tokens", "temperature")
+
+    def resume_values(self, o) -> dict[str, Any]:
+        return {**super().resume_values(o), "command": self.kind}   # a dpo run is not continued as kto
+
+    def start(self, o, ctx) -> PolicyRun:
+        """The base's start, with TRL's checkpoint found here (the base's lookup knows our loop's alone)."""
+        spec = getattr(o, "resume", None)
+        found = trl_checkpoint(spec, ctx, self.kind) if spec else None   # refused before anything loads
+        run = super().start(replace(o, resume=None) if spec else o, ctx)
+        run.options, run.resume_dir = o, found
+        if found is not None:
+            check_resumable(found.parent, self.resume_values(o), run.data.fingerprint)
+        return run
+
+    def train_trl(self, run: PolicyRun) -> None:
+        """TRL's loop, from the checkpoint --resume found (its weights, optimizer, schedule, RNG and position)."""
+        run.trainer.train(resume_from_checkpoint=str(run.resume_dir) if run.resume_dir else None)
 
     def build_trainer(self, run: PolicyRun, peft_config):   # pragma: no cover - each command's own
         raise NotImplementedError
@@ -126,7 +152,51 @@ class TrlTraining(PolicyTraining):
         return trl_common(run.options, run.device, run.ctx.run_dir / "trl", run.autocast, world)
 
     def trained(self, run: PolicyRun) -> Outcome:
-        """What TRL's run came to: stopped or not, its train losses, its steps."""
-        state = run.trainer.state
+        """What TRL's run came to: stopped or not, its train losses, its steps. An ended run drops its
+        checkpoints; a stopped one keeps its last for --resume. The checkpoint it resumed is marked continued."""
+        from ...preference.trl_bridge import drop_checkpoints
+        state, folder = run.trainer.state, Path(run.trainer.args.output_dir)
         losses = [(log["step"], log["loss"]) for log in run.callback.logs if "loss" in log]
-        return Outcome("stopped" if run.callback.stopped else "ok", losses=losses, steps=int(state.global_step))
+        status = "stopped" if run.callback.stopped else "ok"
+        if status == "ok":
+            drop_checkpoints(folder)
+        else:
+            run.notes.append(f"stopped at step {state.global_step} of {state.max_steps}: --resume "
+                             f"{run.ctx.run_id} continues from its checkpoint")
+        if run.resume_dir is not None:
+            checkpoint.mark_continued(run.resume_dir, run.ctx.run_id)
+            run.notes.append(f"resumed from {run.resume_dir.parent.parent.name} at its step "
+                             f"{run.resume_dir.name.split('-')[-1]}")
+        return Outcome(status, losses=losses, steps=int(state.global_step))
+
+
+def trl_checkpoint(spec: str, ctx, kind: str) -> Path:
+    """The sealed TRL checkpoint `--resume spec` names (a run id, or `last`: the newest of this command's
+    stopped or crashed runs), not yet continued; else one UsageError line."""
+    from ...preference.trl_bridge import last_sealed_checkpoint
+    runs = ctx.settings.subdir("runs")
+    if spec == "last":
+        found = [c for run in runs.glob(f"{ctx.method}-*") if (c := last_sealed_checkpoint(run / "trl")) is not None
+                 and checkpoint.continued_by(c) is None and saved_command(run) == kind]
+        if not found:
+            raise UsageError(f"--resume last: no stopped or crashed %rlhf {kind} run has a checkpoint to resume")
+        return max(found, key=lambda c: c.stat().st_mtime)
+    problem = run_to_resume(spec)   # the option's check, again for callers that skip the parser
+    if problem or not (runs / spec).resolve().is_relative_to(runs.resolve()):
+        raise UsageError(f"--resume: {problem or f'{spec!r} leads out of the runs folder; name a run id'}")
+    found = last_sealed_checkpoint(runs / spec / "trl")
+    if found is None:
+        raise UsageError(f"--resume {spec}: no resumable checkpoint for that run (%rlhf {kind} keeps TRL's "
+                         "checkpoints of a stopped or crashed run only)")
+    checkpoint.refuse_continued(found, f"--resume {spec}")
+    if saved_command(runs / spec) != kind:
+        raise UsageError(f"--resume {spec}: that run is not a %rlhf {kind} run")
+    return found
+
+
+def saved_command(run_dir: Path) -> str | None:
+    """The %rlhf command a run recorded in its options (`TrlTraining.resume_values`)."""
+    try:
+        return checkpoint.run_options(run_dir)["options"].get("command")
+    except UsageError:
+        return None

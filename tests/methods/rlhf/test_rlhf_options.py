@@ -10,7 +10,7 @@ from llm_magics.options import option
 
 
 @pytest.mark.parametrize("command, flag", [
-    (command, flag) for command in ("dpo", "kto", "orpo") for flag in ("--resume last", "--patience 3",
+    (command, flag) for command in ("dpo", "kto", "orpo") for flag in ("--patience 3",
                                                                        "--eval-every 10", "--dropout 0.1")
 ] + [
     (command, flag) for command in ("grpo", "rloo") for flag in ("--resume last", "--patience 3", "--eval-every 10",
