@@ -2,6 +2,7 @@
 
     %index build wiki --from docs/ --chunk 256 --overlap 32
     %index query wiki "when did the Normans conquer England" -k 5
+    %index eval wiki qa_df --text question --relevant doc -k 5     # hit@k per query, for compare --paired
     %index add wiki --from new_notes.md
     %index delete wiki new_notes.md
     %index list | info wiki | drop wiki

@@ -100,3 +100,5 @@ def test_eval_in_a_shell_then_compare_paired(shell, wiki):
     assert a.metrics["k"] == 1 and b.metrics["k"] == 4
     compared = repr(shell.run_line_magic("llm", f"compare {b.run_id} {a.run_id} --paired"))
     assert "McNemar" in compared and f"{len(QUERIES)} shared rows" in compared
+    by_rank = shell.run_line_magic("llm", "compare b a --paired --metric score")   # variables holding Results
+    assert by_rank.metric == "score" and by_rank.a_mean == pytest.approx(b.metrics["mrr_at_k"], abs=1e-4)
