@@ -104,6 +104,7 @@ class QueryOptions(RunOptions):
 class EvalOptions(QueryOptions):
     query: Any = option(help="a DataFrame of queries, each with the document source it should find",
                         positional=True, metavar="QUERIES")
+    text: str | None = option(None, "the query column of QUERIES (default: inferred)", metavar="COLUMN")
     relevant: str = option("source", "column holding each query's relevant document source (as %index query shows "
                                      "it), or a list of them", metavar="COLUMN")
 
