@@ -53,6 +53,8 @@ def test_both_phases_run_in_one_live_view_and_the_second_starts_from_the_probe(l
     assert kinds.count("end") == 1 and kinds[-1] == "end"
     titles = [e.title for e in handle.progress.events if e.kind == "step"]
     assert titles[0].endswith("· probe") and titles[-1].endswith("· finetune")
+    state = handle.progress.state   # the run's clock kept counting through the probe: one clock, two phases
+    assert state.elapsed > state.phase_elapsed > 0 and state.status == "ok"
     assert result.status == "ok" and any("head-only fast path" in n for n in result.notes)
     assert result.metrics["test_loss"] == pytest.approx(straight.metrics["test_loss"], abs=1e-5)
     # the fine-tuning phase opens on the probe's head: its first evaluation is the probe's result
