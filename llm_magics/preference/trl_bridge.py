@@ -48,6 +48,8 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.progress.start(total=state.max_steps, unit="steps")
         if state.global_step:   # resumed from a checkpoint (its state is loaded before this event)
+            self.logs = [{"step": log["step"], **{k: float(v) for k, v in log.items() if isinstance(v, (int, float))}}
+                         for log in state.log_history]   # the steps before it: curves and metrics of the whole run
             self.progress.state.done = state.global_step
             self.progress.log(f"resumed at step {state.global_step} of {state.max_steps}")
         if threading.current_thread() is threading.main_thread():

@@ -45,6 +45,9 @@ else:
         return out
     ProgressCallback.on_step_end = on_step_end
 from llm_magics import api
+if "reward" in kwargs:   # a callable cannot travel as JSON: this module's, by name
+    from tests.robustness import test_rlhf_resume
+    kwargs["reward"] = getattr(test_rlhf_resume, kwargs["reward"])
 getattr(api.rlhf, command)(**kwargs)
 """
 
@@ -110,3 +113,23 @@ def test_dpo_lora_killed_mid_way_resumes_where_the_uninterrupted_run_ends(tiny_l
         assert resumed.metrics[key] == pytest.approx(straight.metrics[key], abs=1e-4), key
     with pytest.raises(UsageError, match="no stopped or crashed %rlhf dpo run"):   # a checkpoint is resumed once
         api.rlhf.dpo(**kwargs, resume="last")
+
+
+def letter_e_reward(prompts, completions):
+    return [float(c.count("e")) for c in completions]
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_online_lora_killed_mid_way_resumes_where_the_uninterrupted_run_ends(tiny_llama, tmp_path, monkeypatch, kind):
+    kwargs = dict(policy=str(tiny_llama), reward="letter_e_reward", prompts=["Review: the film was", "Plot:"] * 4,
+                  steps=10, batch_size=4, num_generations=2, max_new_tokens=6, method="lora", lr=1e-2,
+                  dtype="float32", seed=0)
+    straight = getattr(api.rlhf, kind)(**{**kwargs, "reward": letter_e_reward})
+    killed_mid_way(tmp_path, kind, kwargs, block=7)   # TRL's checkpoints every step of 10: the last at 7
+    resumed = getattr(api.rlhf, kind)(**{**kwargs, "reward": letter_e_reward}, resume="last")
+    assert resumed.status == "ok" and resumed.metrics["steps"] == straight.metrics["steps"] == 10
+    assert any("resumed from" in note for note in resumed.notes)
+    for key in ("reward_first3", "reward_last3"):   # the rewards of the last steps: the resumed run's own samples
+        assert resumed.metrics[key] == pytest.approx(straight.metrics[key], abs=1e-4), key
+    api.lora.unload(name=straight.adapter)
+    api.lora.unload(name=resumed.adapter)

@@ -48,4 +48,4 @@ class OnlineTraining(RewardedTraining, TrlTraining):
             metrics["kl_mean"] = float(sum(kls) / len(kls))
         return PreferenceResult.build(self.name, run.options, run.source, run.loaded, run.trainer.model.eval(),
                                       run.plan, outcome.status, metrics, logs, run.data, run.ctx, run.device,
-                                      run.signal.notes, run.name, autocast=run.autocast)
+                                      run.signal.notes + run.notes, run.name, autocast=run.autocast)

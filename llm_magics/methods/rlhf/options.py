@@ -184,7 +184,7 @@ class DpoOptions(PolicyOptions, PreferenceOptions, RunOptions, LaunchOptions, Ba
 
 
 @dataclass
-class OnlineOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions, OptimizerOptions,
+class OnlineOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions, ResumeOptions, OptimizerOptions,
                     RewardSignalOptions):
     """What `%rlhf grpo|rloo` read: TRL's trainer for --steps steps (no epochs, no --max-length: completions
     are --max-new-tokens long)."""

@@ -125,7 +125,14 @@ class TrlTraining(PolicyTraining):
 
     def train_trl(self, run: PolicyRun) -> None:
         """TRL's loop, from the checkpoint --resume found (its weights, optimizer, schedule, RNG and position)."""
-        run.trainer.train(resume_from_checkpoint=str(run.resume_dir) if run.resume_dir else None)
+        import logging
+        compared = logging.getLogger("transformers.trainer_utils")   # it warns that save_steps' share (SAVE_EVERY)
+        level = compared.level                                       # was saved as the step count it came to
+        compared.setLevel(logging.ERROR)
+        try:
+            run.trainer.train(resume_from_checkpoint=str(run.resume_dir) if run.resume_dir else None)
+        finally:
+            compared.setLevel(level)
 
     def build_trainer(self, run: PolicyRun, peft_config):   # pragma: no cover - each command's own
         raise NotImplementedError
