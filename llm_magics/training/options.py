@@ -65,7 +65,7 @@ class Phase:
     """One phase of a multi-phase training method (`TrainingMethod.phases`): `name` (the live view and the record
     say it), `options` (the option values this phase changes: `{"epochs": 1, "lr": 5e-3}`) and `head_only` (a
     classifier's base stays frozen and runs once: its cached features feed the head, as `%finetune --train head`).
-    A phase starts from the weights the phases before it trained."""
+    Only a first phase may be head-only. A phase starts from the weights the phases before it trained."""
     name: str
     options: dict = field(default_factory=dict)
     head_only: bool = False

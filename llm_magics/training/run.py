@@ -24,7 +24,7 @@ from ..tasks.classify import TokenTask
 from .head import prepare_head_only
 from .options import (TRAINING_RESUME_KEYS, CausalLMTrainingOptions, ClassifierTrainingOptions, ParamGroup, Phase,
                       Predicate)
-from .phases import carry_weights, copy_earlier_phases, save_phase_weights
+from .phases import carry_weights, check_phases, copy_earlier_phases, save_phase_weights
 from .result import TrainedResult, close_run, training_result
 from .resume import check_resumable, find_checkpoint, resumed_phase, save_run_options
 from .steps import TrainingRun, classifier, describe_run, prepare_data, train_config
@@ -121,6 +121,7 @@ class TrainingMethod(Method):
     def run(self, o, ctx) -> TrainedResult:
         run = self.start(o, ctx)
         phases = self.phases(o)
+        check_phases(phases)
         resumed = run.resume_dir is not None
         first = resumed_phase(run.resume_dir) if resumed and len(phases) > 1 else 0
         if first:
@@ -166,7 +167,7 @@ class TrainingMethod(Method):
         else:
             self.prepare(run)
         if index and run.answer is None:
-            carry_weights(run.model, run.ctx.run_dir, phases, index)
+            run.carried = carry_weights(run.model, run.ctx.run_dir, phases, index)
 
     def start(self, o, ctx) -> TrainingRun:
         """Device, dtype, model source, --resume, data and checks; the live view: all before anything loads."""

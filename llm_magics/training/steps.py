@@ -43,6 +43,7 @@ class TrainingRun:
     loop_hooks: dict[str, Any] = field(default_factory=dict)   # TrainLoop's before_zero_grad / weights_state
     run_options: dict[str, Any] = field(default_factory=dict)  # extra values saved for --resume
     answer: Any = None   # a Result `prepare` reached without training: run() returns it (%rlhf --probe-reward)
+    carried: list[Path] = field(default_factory=list)   # the earlier phases' weights this phase started from
 
 
 def prepare_data(o, ctx, task: str):

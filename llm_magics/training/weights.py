@@ -17,6 +17,7 @@ from ..engine import checkpoint
 from ..engine.loop import Outcome
 from ..models import cached, load_model
 from ..models.classifier import SequenceClassifier
+from .phases import load_phase_weights
 from .steps import TrainingRun
 
 KEEP_LOADED = 2   # trained models kept in memory across Results; older ones are built again from disk on use
@@ -37,6 +38,7 @@ class TrainedWeights:
     folder: Path
     classifier: tuple[int, str, float] | None = None   # labels, pooling, dropout
     trust_remote_code: bool = False
+    earlier: tuple[Path, ...] = ()   # a run of several phases: what the earlier phases trained, loaded first
 
     def build(self):
         loaded = load_model(self.source, self.head, torch.device(self.device), self.dtype, fresh=not self.shared,
@@ -46,6 +48,8 @@ class TrainedWeights:
             labels, pooling, dropout = self.classifier
             model = SequenceClassifier(loaded.model, labels, pooling, dropout).to(loaded.device)
             model.head.float()
+        for path in self.earlier:
+            load_phase_weights(model, path)
         checkpoint.load_weights(model, self.folder, todo="the trained weights cannot be loaded again; train the "
                                                           "run again")
         model.eval()
@@ -94,4 +98,5 @@ def trained_weights(run: TrainingRun, outcome: Outcome, model) -> TrainedWeights
         folder = checkpoint.save_weights(model, run.ctx.run_dir / "trained").parent
     return TrainedWeights(loaded.source, loaded.head, str(loaded.device), loaded.dtype,
                           shared=any(c is loaded for c in cached()), folder=Path(folder), classifier=head,
-                          trust_remote_code=bool(getattr(run.options, "trust_remote_code", False)))
+                          trust_remote_code=bool(getattr(run.options, "trust_remote_code", False)),
+                          earlier=tuple(run.carried))

@@ -3,6 +3,7 @@ one Stop, --resume in either phase, --devices refused in one line."""
 import sys
 
 import pytest
+import torch
 
 from llm_magics.errors import UsageError
 from llm_magics.progress.events import Progress
@@ -129,3 +130,42 @@ def test_the_installed_plugin_runs_both_phases_through_its_magic(tmp_path_factor
     done = subprocess.run([sys.executable, "-c", MAGIC, str(tmp_path / "bert")], capture_output=True, text=True,
                           env=env, timeout=300)
     assert "RESULT lp_ft ok True ['phases probe, finetune']" in done.stdout, done.stderr[-3000:]
+
+
+def all_then_head(late_head_only=False):
+    """A method whose last phase freezes what its first trained: its Result must rebuild both from disk."""
+    from llm_magics.plugin import dataclass, option
+    from llm_magics.training import ClassifierTrainingMethod, ClassifierTrainingOptions, Phase
+
+    @dataclass
+    class StagedOptions(ClassifierTrainingOptions):
+        stage: str = option("all", "what trains", choices=("all", "head"))
+
+    class AllThenHead(ClassifierTrainingMethod):
+        name, Options = "all_then_head", StagedOptions
+
+        def phases(self, options):
+            return [Phase("all", {"epochs": 1}), Phase("head", {"stage": "head"}, head_only=late_head_only)]
+
+        def select_trainable(self, model, options):
+            return None if options.stage == "all" else (lambda name, param: False)
+    return AllThenHead
+
+
+def test_a_result_rebuilt_from_disk_holds_every_phases_weights(tiny_bert, separable):
+    frame, pos, neg = separable
+    method = all_then_head()
+    options = build_options(method, None, dict(model=str(tiny_bert), data=frame, epochs=2, lr=1e-3, dtype="float32"))
+    result = execute(method.name, None, options, method_cls=method, progress_mode="none")
+    assert result.status == "ok" and result.trainable_params < result.total_params
+    texts = [" ".join(pos[:4]), " ".join(neg[:4])]
+    in_memory = result.logits(texts)
+    result.release()
+    assert torch.allclose(result.logits(texts), in_memory, atol=1e-5)   # rebuilt: the base's first-phase weights too
+
+
+def test_a_head_only_phase_after_the_first_is_refused(tiny_bert, separable):
+    method = all_then_head(late_head_only=True)
+    options = build_options(method, None, dict(model=str(tiny_bert), data=separable[0], dtype="float32"))
+    with pytest.raises(TypeError, match="head_only is for the first phase only"):
+        execute(method.name, None, options, method_cls=method, progress_mode="none")
