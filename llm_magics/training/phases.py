@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..engine import checkpoint
+from ..errors import UsageError
 from .options import Phase
 
 FOLDER = "phases"
@@ -55,5 +56,7 @@ def check_phases(phases: list[Phase]) -> None:
 def copy_earlier_phases(resumed_run_dir: Path, run_dir: Path) -> None:
     """A run resumed in a later phase keeps the earlier phases' weights, so it can be resumed in turn."""
     source = Path(resumed_run_dir) / FOLDER
-    if source.is_dir():
-        shutil.copytree(source, Path(run_dir) / FOLDER, dirs_exist_ok=True)
+    if not source.is_dir():
+        raise UsageError(f"--resume: {source} is missing, so the earlier phases' weights are gone; start the run "
+                         "again without --resume")
+    shutil.copytree(source, Path(run_dir) / FOLDER, dirs_exist_ok=True)

@@ -169,3 +169,15 @@ def test_a_head_only_phase_after_the_first_is_refused(tiny_bert, separable):
     options = build_options(method, None, dict(model=str(tiny_bert), data=separable[0], dtype="float32"))
     with pytest.raises(TypeError, match="head_only is for the first phase only"):
         execute(method.name, None, options, method_cls=method, progress_mode="none")
+
+
+def test_resuming_a_later_phase_whose_earlier_weights_are_gone_is_one_line(lp_ft, tiny_bert, separable, monkeypatch,
+                                                                          home):
+    import shutil
+    stop_in(monkeypatch, "finetune", 2)
+    stopped = run(lp_ft, tiny_bert, separable[0])
+    monkeypatch.undo()
+    shutil.rmtree(home.subdir("runs") / stopped.run_id / "phases")
+    with pytest.raises(UsageError, match="earlier phases' weights are gone") as info:
+        run(lp_ft, tiny_bert, separable[0], resume=stopped.run_id)
+    assert "\n" not in str(info.value)
