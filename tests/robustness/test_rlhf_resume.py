@@ -97,23 +97,46 @@ def test_reward_killed_mid_way_resumes_where_the_uninterrupted_run_ends(tiny_ber
         api.rlhf.reward(**kwargs, resume="last")
 
 
-def test_dpo_lora_killed_mid_way_resumes_where_the_uninterrupted_run_ends(tiny_llama, separable, tmp_path,
-                                                                        monkeypatch):
+@pytest.mark.parametrize("kind", ["dpo", "kto", "orpo"])
+def test_offline_lora_killed_mid_way_resumes_where_the_uninterrupted_run_ends(tiny_llama, separable, tmp_path, monkeypatch,
+                                                                            kind):
     kwargs = dict(policy=str(tiny_llama), data=pairs_file(tmp_path, separable, 120), method="lora", lr=5e-3,
                   steps=20, batch_size=8, dtype="float32", seed=0)
-    straight = api.rlhf.dpo(**kwargs)
-    killed_mid_way(tmp_path, "dpo", kwargs, block=13)   # TRL's checkpoints every 2 steps: the last at 12
+    run = getattr(api.rlhf, kind)
+    straight = run(**kwargs)
+    killed_mid_way(tmp_path, kind, kwargs, block=13)   # TRL's checkpoints every 2 steps: the last at 12
+    from llm_magics.settings import current
+    killed = next(p.parent.parent.name for p in current().subdir("runs").glob("*/trl/checkpoint-12"))
+    other = "kto" if kind == "dpo" else "dpo"
+    with pytest.raises(UsageError, match=f"is not a %rlhf {other} run"):
+        getattr(api.rlhf, other)(**kwargs, resume=killed)
+    with pytest.raises(UsageError, match="options differ.*--lr"):
+        run(**{**kwargs, "lr": 1e-3}, resume=killed)
     from llm_magics.preference.trl_bridge import ProgressCallback
     real, steps = ProgressCallback.on_step_end, []
     monkeypatch.setattr(ProgressCallback, "on_step_end", lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
-    resumed = api.rlhf.dpo(**kwargs, resume="last")
+    resumed = run(**kwargs, resume="last")
     assert resumed.status == "ok" and resumed.metrics["steps"] == straight.metrics["steps"] == 20
     assert len(steps) == 20 - 12   # from the checkpoint of step 12, not from step 0
     for key in ("test_margin", "test_accuracy", "test_chosen_shift", "test_rejected_shift", "train_loss"):
         assert resumed.metrics[key] == pytest.approx(straight.metrics[key], abs=1e-4), key
-    with pytest.raises(UsageError, match="no stopped or crashed %rlhf dpo run"):   # a checkpoint is resumed once
-        api.rlhf.dpo(**kwargs, resume="last")
+    with pytest.raises(UsageError, match=f"no stopped or crashed %rlhf {kind} run"):   # a checkpoint is resumed once
+        run(**kwargs, resume="last")
+    with pytest.raises(UsageError, match="already continued"):
+        run(**kwargs, resume=killed)
+    api.lora.unload(name=straight.adapter)
+    api.lora.unload(name=resumed.adapter)
 
+
+@pytest.mark.parametrize("command", ["reward", "dpo", "kto", "orpo", "grpo", "rloo"])
+@pytest.mark.parametrize("resume, message", [("last", "no stopped or crashed"),
+                                             ("rlhf-000000", "no resumable checkpoint"),
+                                             ("../elsewhere", "is not a run id or 'last'")])
+def test_resume_without_a_checkpoint_is_one_line_before_anything_loads(shell, capsys, store, command, resume,
+                                                                        message):
+    from tests.helpers import one_usage_line
+    line = one_usage_line(shell, capsys, f"%rlhf {command} --resume {resume}")
+    assert message in line and store.list() == []
 
 def letter_e_reward(prompts, completions):
     return [float(c.count("e")) for c in completions]
