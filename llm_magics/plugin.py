@@ -11,8 +11,8 @@ and a `run(options, ctx) -> Result`. Register it under the entry-point group
 
 A method has only the options its class declares. The runner acts on three
 when they are declared: `--out NAME` (from `RunOptions`: bind the Result to
-a variable), `--bg` (only from `TrainingOptions`: run in a thread, return a
-`RunHandle`) and `--device` (from `ModelOptions`: the runner measures memory
+a variable), `--bg` (it comes with `TrainingOptions`, so only training methods
+have it: run in a thread, return a `RunHandle`) and `--device` (from `ModelOptions`: the runner measures memory
 on it; `ctx.device(options.device)` picks it). Declare
 the bundles you need and they come with them; `%name?` help, the Python API
 (`llm_magics.api.name(...)`), `%llm tune` forms and validation all come from

@@ -181,3 +181,10 @@ def test_resuming_a_later_phase_whose_earlier_weights_are_gone_is_one_line(lp_ft
     with pytest.raises(UsageError, match="earlier phases' weights are gone") as info:
         run(lp_ft, tiny_bert, separable[0], resume=stopped.run_id)
     assert "\n" not in str(info.value)
+
+
+def test_the_guide_shows_the_example_as_it_is():
+    guide = (REPO_ROOT / "docs" / "plugins.md").read_text().split("## 5b.")[1]
+    shown = guide.split("```python\n")[1].split("```")[0]
+    source = (REPO_ROOT / "examples" / "lp_ft" / "llm_magics_lp_ft" / "__init__.py").read_text()
+    assert source.split('"""', 2)[2].strip() == shown.strip()
