@@ -120,7 +120,8 @@ class RunContext:
         """Remove what a failed run wrote — except a checkpoint a crashed training run can resume from."""
         if self._run_dir is None:
             return
-        if not isinstance(error, UsageError) and (self._run_dir / "checkpoint-last").exists():
+        resumable = (self._run_dir / "checkpoint-last").exists() or any(self._run_dir.glob("trl/checkpoint-*"))
+        if not isinstance(error, UsageError) and resumable:   # our loop's checkpoint, or TRL's (%rlhf)
             if self._progress is not None:
                 self._progress.log(f"checkpoint kept in {self._run_dir}: continue with --resume {self.run_id}")
             return

@@ -156,3 +156,27 @@ def test_online_lora_killed_mid_way_resumes_where_the_uninterrupted_run_ends(tin
         assert resumed.metrics[key] == pytest.approx(straight.metrics[key], abs=1e-4), key
     api.lora.unload(name=straight.adapter)
     api.lora.unload(name=resumed.adapter)
+
+
+def test_a_dpo_run_that_crashes_keeps_its_checkpoint_and_resumes(tiny_llama, separable, tmp_path, monkeypatch):
+    """An exception (not a kill) ends the run: the runner removes a failed run's folder, but not TRL's checkpoint."""
+    kwargs = dict(policy=str(tiny_llama), data=pairs_file(tmp_path, separable, 60), method="lora", lr=5e-3,
+                  steps=10, batch_size=8, dtype="float32", seed=0)
+    straight = api.rlhf.dpo(**kwargs)
+    from llm_magics.preference.trl_bridge import ProgressCallback
+    real = ProgressCallback.on_step_end
+
+    def power_cut_at_7(self, args, state, control, **kw):
+        if state.global_step == 7:
+            raise RuntimeError("power cut")
+        return real(self, args, state, control, **kw)
+    monkeypatch.setattr(ProgressCallback, "on_step_end", power_cut_at_7)
+    with pytest.raises(RuntimeError, match="power cut"):
+        api.rlhf.dpo(**kwargs)
+    monkeypatch.setattr(ProgressCallback, "on_step_end", real)
+    resumed = api.rlhf.dpo(**kwargs, resume="last")   # from step 6: TRL's checkpoint every step of 10
+    assert any("at its step 6" in note for note in resumed.notes)
+    assert resumed.metrics["steps"] == 10
+    assert resumed.metrics["test_margin"] == pytest.approx(straight.metrics["test_margin"], abs=1e-4)
+    api.lora.unload(name=straight.adapter)
+    api.lora.unload(name=resumed.adapter)
