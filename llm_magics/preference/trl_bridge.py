@@ -78,6 +78,8 @@ class ProgressCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         """TRL's checkpoint of this step is whole: seal it with checksums, then drop the one before it (so a kill
         at any moment leaves at least one sealed checkpoint)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()   # launched: every rank has written its own RNG file into it
         if state.is_world_process_zero:
             newest = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             write_manifest(newest)

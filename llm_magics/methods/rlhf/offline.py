@@ -112,7 +112,10 @@ def check_options(kind: str, o) -> None:
 def launch_offline(method, kind: str, o, ctx):
     """`--devices/--nodes` above 1 (the runner's call): torchrun workers run the command (launch.py)."""
     from ...models import resolve
+    from .trainers import trl_checkpoint
     check_options(kind, o)
+    if o.resume:   # a checkpoint that is not there is one line in the kernel, before any worker starts
+        trl_checkpoint(o.resume, ctx, kind)
     return launch_trl(method, kind, o, ctx, OfflineTraining(kind).title(o, resolve(o.policy)))
 
 
