@@ -158,9 +158,12 @@ def test_online_lora_killed_mid_way_resumes_where_the_uninterrupted_run_ends(tin
     api.lora.unload(name=resumed.adapter)
 
 
-def test_a_dpo_run_that_crashes_keeps_its_checkpoint_and_resumes(tiny_llama, separable, tmp_path, monkeypatch):
-    """An exception (not a kill) ends the run: the runner removes a failed run's folder, but not TRL's checkpoint."""
-    kwargs = dict(policy=str(tiny_llama), data=pairs_file(tmp_path, separable, 60), method="lora", lr=5e-3,
+@pytest.mark.parametrize("method, lr", [("lora", 5e-3), ("full", 1e-3)])
+def test_a_dpo_run_that_crashes_keeps_its_checkpoint_and_resumes(tiny_llama, separable, tmp_path, monkeypatch,
+                                                                 method, lr):
+    """An exception (not a kill) ends the run: the runner removes a failed run's folder, but not TRL's checkpoint;
+    a damaged checkpoint is one line naming the file."""
+    kwargs = dict(policy=str(tiny_llama), data=pairs_file(tmp_path, separable, 60), method=method, lr=lr,
                   steps=10, batch_size=8, dtype="float32", seed=0)
     straight = api.rlhf.dpo(**kwargs)
     from llm_magics.preference.trl_bridge import ProgressCallback
@@ -174,9 +177,19 @@ def test_a_dpo_run_that_crashes_keeps_its_checkpoint_and_resumes(tiny_llama, sep
     with pytest.raises(RuntimeError, match="power cut"):
         api.rlhf.dpo(**kwargs)
     monkeypatch.setattr(ProgressCallback, "on_step_end", real)
-    resumed = api.rlhf.dpo(**kwargs, resume="last")   # from step 6: TRL's checkpoint every step of 10
+    from llm_magics.settings import current
+    kept = next(current().subdir("runs").glob("*/trl/checkpoint-6"))   # TRL's checkpoint every step of 10
+    state = kept / "trainer_state.json"
+    original = state.read_bytes()
+    state.write_bytes(original.replace(b'"global_step": 6', b'"global_step": 2'))
+    with pytest.raises(UsageError, match=f"damaged checkpoint {kept}.*trainer_state.json.*without --resume"):
+        api.rlhf.dpo(**kwargs, resume=kept.parent.parent.name)
+    state.write_bytes(original)
+    resumed = api.rlhf.dpo(**kwargs, resume="last")
     assert any("at its step 6" in note for note in resumed.notes)
     assert resumed.metrics["steps"] == 10
-    assert resumed.metrics["test_margin"] == pytest.approx(straight.metrics["test_margin"], abs=1e-4)
-    api.lora.unload(name=straight.adapter)
-    api.lora.unload(name=resumed.adapter)
+    for key in ("test_margin", "test_chosen_shift", "test_rejected_shift", "train_loss"):
+        assert resumed.metrics[key] == pytest.approx(straight.metrics[key], abs=1e-4), key
+    if method == "lora":
+        api.lora.unload(name=straight.adapter)
+        api.lora.unload(name=resumed.adapter)

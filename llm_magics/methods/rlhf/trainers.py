@@ -11,6 +11,7 @@ from ...common_options import run_to_resume
 from ...engine import checkpoint
 from ...errors import UsageError
 from ...models import hold, trainable
+from ...safe_io import verify_manifest
 from ...training import TRAINING_RESUME_KEYS, Outcome, TrainingMethod, TrainingRun
 from ...training.resume import check_resumable
 from .common import load_policy, policy_adapter_config
@@ -180,7 +181,7 @@ class TrlTraining(PolicyTraining):
 def trl_checkpoint(spec: str, ctx, kind: str) -> Path:
     """The sealed TRL checkpoint `--resume spec` names (a run id, or `last`: the newest of this command's
     stopped or crashed runs), not yet continued; else one UsageError line."""
-    from ...preference.trl_bridge import last_sealed_checkpoint
+    from ...preference.trl_bridge import last_sealed_checkpoint, trl_checkpoints
     runs = ctx.settings.subdir("runs")
     if spec == "last":
         found = [c for run in runs.glob(f"{ctx.method}-*") if (c := last_sealed_checkpoint(run / "trl")) is not None
@@ -193,8 +194,11 @@ def trl_checkpoint(spec: str, ctx, kind: str) -> Path:
         raise UsageError(f"--resume: {problem or f'{spec!r} leads out of the runs folder; name a run id'}")
     found = last_sealed_checkpoint(runs / spec / "trl")
     if found is None:
-        raise UsageError(f"--resume {spec}: no resumable checkpoint for that run (%rlhf {kind} keeps TRL's "
-                         "checkpoints of a stopped or crashed run only)")
+        damaged = [f"{c}: {verify_manifest(c, required=True)[0]}" for c in trl_checkpoints(runs / spec / "trl")]
+        raise UsageError(f"--resume {spec}: " + (f"damaged checkpoint {damaged[-1]}; start the run again without "
+                                                 "--resume" if damaged else
+                                                 f"no resumable checkpoint for that run (%rlhf {kind} keeps TRL's "
+                                                 "checkpoints of a stopped or crashed run only)"))
     checkpoint.refuse_continued(found, f"--resume {spec}")
     if saved_command(runs / spec) != kind:
         raise UsageError(f"--resume {spec}: that run is not a %rlhf {kind} run")
