@@ -250,18 +250,19 @@ def _metrics_line(record: dict) -> str:
 def _online(run_id: str, word: str, options: dict, namespace: dict, target: Path) -> dict[str, str]:
     """`%rlhf ppo|grpo|rloo`: the reward model's folder copied into the job (`reward_model/`), the prompts as a
     Parquet file or a copy of their file; a Python callable reward is refused (nothing can carry it)."""
-    from ..methods.rlhf.results import RewardResult, load_reward
+    from ..preference.reward import find_reward_folder
     value = options.get("reward")
     obj = namespace.get(value) if isinstance(value, str) and value.isidentifier() else None
-    if isinstance(obj, RewardResult):   # callable too (its .score): asked first
-        folder = obj._folder or obj.artifacts.get("reward_model")
+    if (getattr(obj, "method", None), getattr(obj, "command", None)) == ("rlhf", "reward"):
+        # a reward Result (callable too, its .score: asked first)
+        folder = obj.folder
     elif obj is not None or not isinstance(value, str) or value.startswith("<"):
         raise UsageError(f"%llm export: run {run_id}'s --reward is a Python callable ({value}), which a job "
                          f"cannot carry; export takes %rlhf {word} runs whose reward is a %rlhf reward model, "
                          f"or run it from a script with llm_magics.api.rlhf.{word}(...)")
     else:
         try:
-            folder = load_reward(value)._folder   # a run id or a folder
+            folder = find_reward_folder(value)[0]   # a run id or a folder
         except UsageError:
             folder = None
     if not folder or not Path(folder).is_dir():

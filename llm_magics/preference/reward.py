@@ -26,7 +26,8 @@ from torch import nn
 
 from ..engine.batching import collate, length_batches
 from ..engine.device import eval_mode
-from ..models.classifier import SequenceClassifier
+from ..errors import UsageError
+from ..models.classifier import SequenceClassifier, is_saved_classifier
 from .data import PreferenceData
 
 REWARD_FOLDER = "reward_model"
@@ -158,3 +159,21 @@ def load_folder(folder: Path, device: torch.device | None = None):
     return model.to(device or torch.device("cpu")), tokenizer, meta
 
 
+def find_reward_folder(ref: str | Path, settings=None) -> tuple[Path, dict | None]:
+    """(the saved reward model's folder, its run record or None) from a run id (in the run store) or a folder."""
+    from ..runs import RunStore
+    from ..settings import current
+    settings = settings or current()
+    folder = Path(str(ref)).expanduser()
+    row = None
+    if not folder.is_dir():
+        row = RunStore(settings.runs_path).get(str(ref))
+        path = (row or {}).get("artifacts", {}).get("reward_model") if row else None
+        if not path:
+            raise UsageError(f"{ref!r} is neither a reward-model folder nor the run id of a %rlhf reward run")
+        folder = Path(path)
+    if (folder / REWARD_FOLDER).is_dir():
+        folder = folder / REWARD_FOLDER
+    if not is_saved_classifier(folder):
+        raise UsageError(f"{folder} holds no saved reward model (written by %rlhf reward)")
+    return folder, row

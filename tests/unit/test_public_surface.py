@@ -67,7 +67,7 @@ def test_the_methods_import_check_sees_relative_imports(tmp_path, monkeypatch):
 def test_trl_is_imported_only_where_preferences_train():
     users = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
              if any(n == "trl" or n.startswith("trl.") for n in _imported_modules(p))]
-    assert all(u.startswith(("rlhf", "methods/rlhf")) for u in users), users
+    assert all(u.startswith(("preference", "methods/rlhf")) for u in users), users
 
 
 @pytest.mark.parametrize("module", [plugin, training, testing])

@@ -16,9 +16,8 @@ from ...engine.device import compute_dtype
 from ...engine.generation import complete
 from ...errors import UsageError, closest
 from ...method import Result
-from ...models.classifier import is_saved_classifier
 from ...preference.policy import adopt_adapter
-from ...preference.reward import META, REWARD_FOLDER, encode, load_folder, rewards
+from ...preference.reward import META, encode, find_reward_folder, load_folder, rewards
 
 
 @dataclass
@@ -37,6 +36,11 @@ class RewardResult(Result):
             self._model, self._tokenizer, meta = load_folder(Path(self._folder))
             self._max_length = meta.get("max_length", self._max_length)
         return self._model
+
+    @property
+    def folder(self) -> str:
+        """Where the reward model is saved (what `%llm export` copies into a job); empty if never saved."""
+        return self._folder or self.artifacts.get("reward_model", "")
 
     @property
     def tokenizer(self):
@@ -77,22 +81,8 @@ class RewardResult(Result):
 
 def load_reward(ref: str | Path, settings=None) -> RewardResult:
     """A saved reward model — its run id (from the run store) or its folder — as a RewardResult."""
-    from ...runs import RunStore
-    from ...settings import current
-    settings = settings or current()
-    folder = Path(str(ref)).expanduser()
-    row = None
-    if not folder.is_dir():
-        row = RunStore(settings.runs_path).get(str(ref))
-        path = (row or {}).get("artifacts", {}).get("reward_model") if row else None
-        if not path:
-            raise UsageError(f"{ref!r} is neither a reward-model folder nor the run id of a %rlhf reward run")
-        folder = Path(path)
-    if (folder / REWARD_FOLDER).is_dir():
-        folder = folder / REWARD_FOLDER
-    if not is_saved_classifier(folder):
-        raise UsageError(f"{folder} holds no saved reward model (written by %rlhf reward)")
-    result = RewardResult(method="rlhf reward", _folder=str(folder))
+    folder, row = find_reward_folder(ref, settings)
+    result = RewardResult(method="rlhf", command="reward", _folder=str(folder))
     if row:
         result.run_id, result.metrics, result.model = row["run_id"], row.get("metrics", {}), row.get("model", "")
         result.artifacts = row.get("artifacts", {})
