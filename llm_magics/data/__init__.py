@@ -7,6 +7,7 @@ missing ones are split off `--data`, seeded and stratified.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,18 @@ def fingerprint(*frames: pd.DataFrame) -> str:
     digest = hashlib.sha1()
     for frame in frames:
         digest.update(str(list(frame.columns)).encode())
-        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        digest.update(pd.util.hash_pandas_object(_hashable(frame), index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _hashable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cells pandas cannot hash (lists, dicts, arrays: a chat's turns, a query's several answers) as their JSON."""
+    listy = [c for c in frame.columns if frame[c].dtype == object
+             and frame[c].map(lambda v: isinstance(v, (list, dict, set, tuple, np.ndarray))).any()]
+    if not listy:
+        return frame
+    as_text = lambda v: json.dumps(v.tolist() if isinstance(v, np.ndarray) else v, default=str, sort_keys=True)  # noqa: E731
+    return frame.assign(**{c: frame[c].map(as_text) for c in listy})
 
 
 def split_off(frame: pd.DataFrame, fraction: float, seed: int, stratify: np.ndarray | None = None):

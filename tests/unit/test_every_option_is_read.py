@@ -327,6 +327,19 @@ GENERATE = {"labels": None, "max_tokens": 2}
 KEY_ENV, SECRET = "LLM_MAGICS_TEST_OPTION_KEY", "sk-option-test"
 API = {"api_base": From(lambda w: w.api), "api_key_env": KEY_ENV}
 SIMILAR = {"select": "similar", "embed_model": BERT}
+def eval_queries(w: World) -> pd.DataFrame:
+    """Queries with known answers for %index eval: in `source`, each text's second BM25 hit in `docs`; in `top`,
+    its first; in `both`, its second hits in docs and docs_other (so either index can be scored). BM25, so that
+    no encoder is loaded (and cached) before the run that is watched."""
+    texts = w.frame["text"].head(6).tolist()
+    hits, other = (run_method("index", "query", name=name, query=texts, k=2, mode="lexical")   # in the texts' order
+                   for name in ("docs", "docs_other"))
+    second = hits[hits["rank"] == 2]["source"].tolist()
+    return pd.DataFrame({"text": texts, "notes": w.frame["notes"].head(6).tolist(), "source": second,
+                         "top": hits[hits["rank"] == 1]["source"].tolist(),
+                         "both": [[a, b] for a, b in zip(second, other[other["rank"] == 2]["source"])]})
+
+
 INDEXED = {"index": "docs", "template": CONTEXT, "top_k": 1}
 
 def two_adapters(w: World) -> None:
@@ -440,6 +453,15 @@ CASES = [
           "candidates": With(3, {"mode": "hybrid"}), "rrf_k": With(1, {"mode": "hybrid"})},
          setup=build_indexes, base_needs_setup=True,
          spy=("llm_magics.retrieval.vectors:apply_search_params", "llm_magics.retrieval.vectors:search")),
+    Case("index", "eval", dict(name="docs", query=From(eval_queries), text="text", k=2, mode="dense"),
+         {"name": With("docs_other", {"relevant": "both"}),
+          "query": From(lambda w: eval_queries(w).head(3)), "k": 1, "text": "notes",
+          "relevant": "top", "mode": "lexical", "nprobe": With(1, {"name": "docs_ivf"}),
+          "ef_search": With(1, {"name": "docs_hnsw"}), "candidates": With(3, {"mode": "hybrid"}),
+          "rrf_k": With(1, {"mode": "hybrid"})},
+         setup=build_indexes, base_needs_setup=True,
+         spy=("llm_magics.retrieval.vectors:apply_search_params", "llm_magics.retrieval.vectors:search",
+              "llm_magics.retrieval.store:fuse")),
     Case("finetune", None, TRAIN, {"train": "head", "feature_cache": With(False, {"train": "head"})}),
     Case("lora", None, TRAIN,
          {"method": "ia3", "target_r": 2, "block_size": 4, "virtual_tokens": 3, "encoder_hidden": 8,
