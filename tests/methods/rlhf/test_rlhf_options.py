@@ -13,7 +13,7 @@ from llm_magics.options import option
     (command, flag) for command in ("dpo", "kto", "orpo") for flag in ("--patience 3",
                                                                        "--eval-every 10", "--dropout 0.1")
 ] + [
-    (command, flag) for command in ("grpo", "rloo") for flag in ("--resume last", "--patience 3", "--eval-every 10",
+    (command, flag) for command in ("grpo", "rloo") for flag in ("--patience 3", "--eval-every 10",
                                                                  "--epochs 2", "--max-length 64", "--strategy ddp")
 ] + [
     ("ppo", flag) for flag in ("--resume last", "--patience 3", "--eval-every 10", "--epochs 2", "--grad-accum 2",
