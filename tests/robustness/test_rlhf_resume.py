@@ -124,6 +124,8 @@ def test_offline_lora_killed_mid_way_resumes_where_the_uninterrupted_run_ends(ti
         run(**kwargs, resume="last")
     with pytest.raises(UsageError, match="already continued"):
         run(**kwargs, resume=killed)
+    continued = current().subdir("runs") / killed / "trl" / "checkpoint-12"
+    assert not (continued / "optimizer.pt").exists() and (continued / "adapter_model.safetensors").exists()
     api.lora.unload(name=straight.adapter)
     api.lora.unload(name=resumed.adapter)
 

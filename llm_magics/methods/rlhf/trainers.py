@@ -171,7 +171,8 @@ class TrlTraining(PolicyTraining):
         else:
             run.notes.append(f"stopped at step {state.global_step} of {state.max_steps}: --resume "
                              f"{run.ctx.run_id} continues from its checkpoint")
-        if run.resume_dir is not None:
+        if run.resume_dir is not None:   # resumed once: TRL's optimizer state (2× the weights) goes, as ours does
+            (run.resume_dir / "optimizer.pt").unlink(missing_ok=True)
             checkpoint.mark_continued(run.resume_dir, run.ctx.run_id)
             run.notes.append(f"resumed from {run.resume_dir.parent.parent.name} at its step "
                              f"{run.resume_dir.name.split('-')[-1]}")
