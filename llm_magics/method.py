@@ -121,6 +121,15 @@ class Result:
     parent_id: str | None = None            # the --seeds aggregate this run is one seed of (set by the runner)
     seeded: str = ""                        # what the seed controlled, in words (set by the runner)
 
+    # A launched run's rank 0 writes the trained weights beside the Result for the kernel to rebuild from, unless
+    # the Result's model already lives in the folders its artifacts name (a reward model's, a policy's).
+    model_in_folders: ClassVar[bool] = False
+
+    def restore(self, options, rebuild) -> None:
+        """The one way a launched run's Result becomes usable in the kernel, from what rank 0 saved (the
+        folders its artifacts name). `rebuild()`, given when rank 0 wrote trained weights, returns (model,
+        tokenizer) built on the CPU as the method builds them. One-process runs never call it."""
+
     def record(self) -> dict[str, Any]:
         """The row the run store keeps."""
         return {k: getattr(self, k) for k in RECORD_KEYS}

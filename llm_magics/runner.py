@@ -51,6 +51,9 @@ class RunContext:
       training base does); if the method raises, the runner ends it with "error".
     - `display(obj)`, `write(text)`: show an intermediate object; stream text into the cell.
     - `background`: True for a `--bg` run (in a thread; its Stop button works).
+    - `rank`, `world`, `train_loop`: where the run executes — one process (0, 1, the engine's loop), or rank
+      `rank` of `world` launched workers with their loop (set by the worker). A method never asks which: the
+      training base runs `train_loop`, and the launcher rebuilds the kernel's Result (`Result.restore`).
 
     The runner then fills the Result's run_id, options, wall time and peak memory, and
     records it in the run store (for commands that record runs).
@@ -60,6 +63,9 @@ class RunContext:
     settings: settings_mod.Settings
     namespace: dict = field(default_factory=dict)
     progress_mode: str | None = None
+    rank: int = 0
+    world: int = 1
+    train_loop: Any = None          # None: the engine's one-process TrainLoop
     _run_dir: Path | None = None
     _progress: Progress | None = None
 

@@ -53,11 +53,9 @@ def _context_class():
     @dataclass
     class WorkerContext(RunContext):
         """The kernel's run (id, folder, settings), seen from one rank."""
-        rank: int = 0
-        world: int = 1
         rank_device: object = None
         writer: object = None
-        train_loop = DistributedTrainLoop
+        train_loop: object = DistributedTrainLoop
 
         def progress(self, title: str | None = None):
             if title:

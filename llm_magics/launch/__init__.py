@@ -37,15 +37,13 @@ from .strategy import choose_strategy
 __all__ = ["launched", "run_launched", "choose_strategy"]
 
 
-def run_launched(method, o, ctx, command: str | None = None, model: str | None = None, title: str | None = None,
-                 restore=None):
+def run_launched(method, o, ctx, command: str | None = None, model: str | None = None, title: str | None = None):
     """Run `method` with options `o` as torchrun workers; the Result, as a one-process run returns it.
 
     The runner calls it with `o` alone for a training method. A subcommand that takes --devices
     (`%rlhf reward`, `%rlhf dpo`) names itself (`command`, the word the workers run), its model option's value (`model`;
-    default `o.model`), the live view's `title` (default `method.title(o, source)`) and `restore(result)`,
-    which makes the kernel's Result usable from what the workers saved (default: the model rebuilt from
-    rank 0's weights on first use, as the method's `prepare()` builds it)."""
+    default `o.model`) and the live view's `title` (default `method.title(o, source)`). The kernel's Result
+    is made usable from what the workers saved by its own `restore` hook (launch/result.py)."""
     from ..models import resolve
     from .launcher import Launcher
     from .result import read_result
@@ -75,8 +73,6 @@ def run_launched(method, o, ctx, command: str | None = None, model: str | None =
     if rc != 0 or not (folder / "result.json").exists():
         raise launcher.failure(rc)
     result = read_result(method, o, folder, spec, ctx)
-    if restore is not None:
-        restore(result)
     result.device = f"{result.device} ×{world} ({strategy})"
     result.notes += [note] + ([cores] if (cores := cores_note(o.devices)) else [])
     result.artifacts["launch"] = str(folder)

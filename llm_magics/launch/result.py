@@ -5,9 +5,11 @@ and tables as records, figures as PNG files) and the trained weights
 (`launch/final/`, the trainable tensors of the weights the Result holds: the best
 ones when a best checkpoint was kept). The kernel builds the method's own Result
 class from them, so the Result, its artifacts and its run record have the form a
-one-process run's have. Its model loads on first use (`predict`, `generate`,
-`save`), on the CPU: the kernel initialises no CUDA. A `%lora` Result's adapter is
-loaded into the session's adapter hub at once, as a one-process run leaves it.
+one-process run's have. Then the Result's one `restore` hook makes it usable: a
+trained model loads on first use (`predict`, `generate`, `save`), on the CPU (the
+kernel initialises no CUDA); a `%lora` or `%rlhf dpo` adapter joins the session's
+adapters at once, as a one-process run leaves it; a reward model or a fully tuned
+policy loads from its folder (`Result.model_in_folders`: no second copy is written).
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ import pandas as pd
 RESULT = "result.json"
 FINAL = "final"
 _SKIP = {"tables", "figures", "history"}
-_PRIVATE_KEPT = {"_max_length", "_adapter_folder", "_folder"}
 
 
 def _plain(value) -> bool:
@@ -39,7 +40,7 @@ def write_result(result, folder: Path) -> Path:
     from ..engine import checkpoint
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(result):
-        if f.name in _SKIP or (f.name.startswith("_") and f.name not in _PRIVATE_KEPT):
+        if f.name in _SKIP or f.name.startswith("_"):   # what the kernel needs is public or in a folder
             continue
         value = getattr(result, f.name)
         if _plain(value):
@@ -52,7 +53,7 @@ def write_result(result, folder: Path) -> Path:
                "figures": {name: base64.b64encode(png).decode() for name, png in result.figures.items()},
                "weights": None}
     model = getattr(result, "_model", None)
-    if model is not None:
+    if model is not None and not result.model_in_folders:
         checkpoint.save_weights(model, folder / FINAL)
         payload["weights"] = str(folder / FINAL)
     path = folder / RESULT
@@ -72,11 +73,10 @@ def read_result(method, options, folder: Path, spec, ctx):
                         for name, t in payload.get("tables", {}).items()}
     fields["figures"] = {name: base64.b64decode(png) for name, png in payload.get("figures", {}).items()}
     result = cls(**fields)
-    if payload.get("weights"):
-        result.artifacts["final_weights"] = payload["weights"]
-        _lazy_model(result, method, options, spec, ctx, Path(payload["weights"]))
-    if getattr(result, "_adapter_folder", None):
-        _load_adapter(result)
+    weights = payload.get("weights")
+    if weights:
+        result.artifacts["final_weights"] = weights
+    result.restore(options, (lambda: rebuild_model(method, options, spec, ctx, Path(weights))) if weights else None)
     return result
 
 
@@ -93,19 +93,6 @@ def result_class(method, path: str) -> type:
     return allowed[path]
 
 
-def _lazy_model(result, method, options, spec, ctx, weights: Path) -> None:
-    """`result._need_model()` builds the model as the method does, on the CPU, and loads the weights."""
-    plain_need = type(result)._need_model
-
-    def need_model(self=result):
-        if self._model is None:
-            self._model, self._tokenizer = rebuild_model(method, options, spec, ctx, weights)
-            from ..models import hold
-            hold(self)
-        return plain_need(self)
-    result._need_model = need_model
-
-
 def rebuild_model(method, options, spec, ctx, weights: Path):
     """The method's model on the CPU with the workers' trained weights (`TrainingMethod.restore_model`), from
     the options the workers ran with: their data as the spec carried it, one process, no --resume."""
@@ -113,16 +100,3 @@ def rebuild_model(method, options, spec, ctx, weights: Path):
     o = dc.replace(options, **{k: v for k, v in spec.options.items() if k in ("data", "validation", "test")})
     o.devices, o.nodes, o.resume = 1, 1, None
     return method.restore_model(o, ctx, weights)
-
-
-def _load_adapter(result) -> None:
-    import torch
-
-    from ..adapters import hub
-    from ..adapters.session import load_adapter
-    try:
-        hub().find(result.adapter)
-        return   # already in this session (a kernel that ran the worker in-process, in tests)
-    except Exception:   # noqa: BLE001 - not loaded: load it
-        pass
-    load_adapter(result._adapter_folder, result.adapter, None, lambda: torch.device("cpu"))

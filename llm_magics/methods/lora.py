@@ -13,7 +13,7 @@ progress, Stop, resume, run store).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +85,13 @@ class Adapter:
 class LoraResult(TrainedResult):
     """The run's metrics; predicts/generates with its adapter; `.save(path)` writes the adapter."""
     adapter: str = ""
-    _adapter_folder: str = field(default="", repr=False)
+
+    def restore(self, options, rebuild) -> None:
+        """A launched run's adapter joins the session's adapters, on a base on the CPU, as a one-process run
+        leaves it (unless it is there already: a kernel that ran the workers in-process, in tests)."""
+        super().restore(options, rebuild)
+        if self.adapter not in hub().names():
+            load_adapter(self.artifacts["adapter"], self.adapter, None, lambda: torch.device("cpu"))
 
     def _need_model(self):
         adapter_set, _ = hub().find(self.adapter)
@@ -279,7 +285,7 @@ class LoraMethod(TrainingMethod):
         # Scored before the hub adopts the set (it may share another set's base afterwards).
         result = super().build_result(run, outcome)
         result.artifacts["adapter"] = str(folder)
-        result.adapter, result._adapter_folder = name, str(folder)
+        result.adapter = name
         result._model = None  # the hub owns the model; the Result reaches it through the adapter
         hub().adopt(info, folder, lambda: adapter_set)
         result.notes.append(f"adapter {name!r} is loaded: %lora use {name} · %lora save {name} PATH")

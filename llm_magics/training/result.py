@@ -32,9 +32,22 @@ class TrainedResult(Result):
     _tokenizer: Any = field(default=None, repr=False)
     _max_length: int = 256
     _weights: TrainedWeights | None = field(default=None, repr=False)
+    _rebuild: Any = field(default=None, repr=False)   # a launched run's: (model, tokenizer) from rank 0's weights
+
+    def restore(self, options, rebuild) -> None:
+        """A launched run's Result: the model is rebuilt from rank 0's weights when first used."""
+        self._max_length = getattr(options, "max_length", self._max_length)
+        self._rebuild = rebuild
 
     def _need_model(self):
-        """The trained model: in memory, or built again from the weights on disk (`TrainedWeights`)."""
+        """The trained model: in memory, or built again from the weights on disk (`TrainedWeights`, or a
+        launched run's rank 0 weights)."""
+        if self._model is None and self._rebuild is not None:
+            from ..models import hold
+            with LOADED_LOCK:
+                if self._model is None:
+                    self._model, self._tokenizer = self._rebuild()
+                    hold(self)
         if self._model is None and self._weights is not None:
             with LOADED_LOCK:
                 if self._model is None:

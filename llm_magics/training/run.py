@@ -189,7 +189,7 @@ class TrainingMethod(Method):
         o = run.options
         config = train_config(o, run.device, self.peak_lr(o), run.task, run.group_by_length,
                               self.param_groups(run.model, o))
-        loop_class = getattr(run.ctx, "train_loop", TrainLoop)
+        loop_class = run.ctx.train_loop or TrainLoop
         loop = loop_class(run.model, run.engine_task, config, run.progress, run.ctx.run_dir, run.device,
                           **run.loop_hooks)
         if run.resume_dir:

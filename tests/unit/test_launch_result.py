@@ -48,3 +48,22 @@ def test_a_training_method_returns_its_own_result_class(tmp_path):
     _written(tmp_path, "llm_magics.methods.rlhf.results.PreferenceResult")
     with pytest.raises(UsageError, match="not a Result class of %finetune"):
         read_result(FinetuneMethod(), None, tmp_path, None, None)
+
+
+def test_the_file_carries_public_fields_only_and_the_restore_hook_rebuilds_from_the_folders(tmp_path, monkeypatch):
+    """One route back to the kernel: no private field travels (no whitelist), a Result whose model lives in its
+    folders writes no second copy of the weights, and `restore` is what makes the kernel's Result usable."""
+    import torch
+
+    from llm_magics.launch.result import read_result, write_result
+    from llm_magics.methods.rlhf import RlhfMethod
+    from llm_magics.methods.rlhf.results import RewardResult
+    reward = RewardResult(method="rlhf", command="reward", artifacts={"reward_model": str(tmp_path / "rm")},
+                          _model=torch.nn.Linear(2, 1), _folder="/elsewhere", _max_length=7)
+    payload = json.loads(write_result(reward, tmp_path).read_text())
+    assert not [k for k in payload["fields"] if k.startswith("_")] and payload["weights"] is None
+    restored = []
+    monkeypatch.setattr(RewardResult, "restore", lambda self, options, rebuild: restored.append((options, rebuild)))
+    back = read_result(RlhfMethod(), "the options", tmp_path, None, None)
+    assert type(back) is RewardResult and back.folder == str(tmp_path / "rm") and back._model is None
+    assert restored == [("the options", None)]   # no weights were written, so nothing to rebuild from them

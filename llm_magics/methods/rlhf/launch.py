@@ -16,24 +16,9 @@ processes takes the steps a one-process run takes, on the same pairs.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from ...errors import UsageError
 
 TRL_KINDS = ("dpo", "kto", "orpo")
-
-
-def in_worker(ctx) -> bool:
-    """True on a launched worker (its context knows its rank)."""
-    return hasattr(ctx, "rank") and hasattr(ctx, "world")
-
-
-def rank(ctx) -> int:
-    return int(getattr(ctx, "rank", 0) or 0)
-
-
-def world(ctx) -> int:
-    return int(getattr(ctx, "world", 1) or 1)
 
 
 def launch_reward(method, o, ctx, title: str):
@@ -62,34 +47,4 @@ def launch_trl(method, kind: str, o, ctx, title: str):
         from ...adapters import hub
         hub().check_free(o.name or ctx.run_id)
     preference_data(o, ctx)
-    return run_launched(method, o, ctx, command=kind, model=o.policy, title=title,
-                        restore=lambda result: restore_policy(result, o))
-
-
-def restore_policy(result, o) -> None:
-    """The kernel's PreferenceResult from what rank 0 saved: the LoRA adapter joins the session's adapter hub
-    (as a one-process run leaves it); a fully tuned policy loads on the CPU."""
-    import torch
-    if result.adapter:
-        from ...adapters import hub
-        from ...adapters.session import load_adapter
-        load_adapter(result.artifacts["adapter"], result.adapter, None, lambda: torch.device("cpu"))
-        adapter_set, _ = hub().find(result.adapter)
-        result._model, result._tokenizer = adapter_set.peft, adapter_set.tokenizer
-        return
-    folder = result.artifacts.get("policy")
-    if folder and Path(folder).is_dir():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ...models import hold
-        result._model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        result._tokenizer = AutoTokenizer.from_pretrained(folder)
-        hold(result)
-
-
-def for_the_kernel(result, ctx):
-    """On rank 0 of a launched run: the Result leaves its model behind (the kernel reloads it from the folders
-    the run saved, so no second copy of the weights is written)."""
-    if in_worker(ctx) and result is not None:
-        result._model = None
-    return result
+    return run_launched(method, o, ctx, command=kind, model=o.policy, title=title)

@@ -9,7 +9,7 @@ import time
 from ...errors import UsageError
 from ...training import Outcome
 from .common import preference_data
-from .launch import launch_trl, rank, world
+from .launch import launch_trl
 from .trainers import PolicyRun, TrlTraining
 
 
@@ -39,7 +39,7 @@ class OfflineTraining(TrlTraining):
 
     def build_trainer(self, run: PolicyRun, peft_config):
         from ...preference.trl_bridge import offline_trainer
-        o, model, workers = run.options, run.loaded.model, world(run.ctx)
+        o, model, workers = run.options, run.loaded.model, run.ctx.world
         reference = None
         if o.method == "full" and self.kind == "kto":   # KTO trains against a frozen copy; DPO precomputes the
             reference = copy.deepcopy(model).eval().requires_grad_(False)   # reference's log-probs, ORPO has none
@@ -57,7 +57,7 @@ class OfflineTraining(TrlTraining):
         return trainer
 
     def train(self, run: PolicyRun) -> Outcome:
-        if rank(run.ctx) != 0:   # a launched worker other than rank 0: train, then end (rank 0 scores and saves)
+        if run.ctx.rank != 0:   # a launched worker other than rank 0: train, then end (rank 0 scores and saves)
             from ...engine.distributed import RankDone
             self.train_trl(run)
             raise RankDone()

@@ -28,12 +28,13 @@ class RewardResult(Result):
     _tokenizer: Any = field(default=None, repr=False)
     _max_length: int = 256
     _folder: str = ""
+    model_in_folders = True   # a launched run's kernel loads it from its folder (artifacts["reward_model"])
 
     def _need_model(self):
         if self._model is None:
-            if not self._folder:
+            if not self.folder:
                 raise RuntimeError("the reward model was released (%llm free) and was never saved")
-            self._model, self._tokenizer, meta = load_folder(Path(self._folder))
+            self._model, self._tokenizer, meta = load_folder(Path(self.folder))
             self._max_length = meta.get("max_length", self._max_length)
         return self._model
 
@@ -192,6 +193,26 @@ class PreferenceResult(Result):
     adapter: str = ""
     _model: Any = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
+    model_in_folders = True   # the adapter's folder, or the fully tuned policy's
+
+    def restore(self, options, rebuild) -> None:
+        """A launched run's policy in the kernel: the LoRA adapter joins the session's adapters (as a one-process
+        run leaves it); a fully tuned policy loads on the CPU."""
+        if self.adapter:
+            from ...adapters import hub
+            from ...adapters.session import load_adapter
+            load_adapter(self.artifacts["adapter"], self.adapter, None, lambda: torch.device("cpu"))
+            adapter_set, _ = hub().find(self.adapter)
+            self._model, self._tokenizer = adapter_set.peft, adapter_set.tokenizer
+            return
+        folder = self.artifacts.get("policy")
+        if folder and Path(folder).is_dir():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            from ...models import hold
+            self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            self._tokenizer = AutoTokenizer.from_pretrained(folder)
+            hold(self)
 
     @classmethod
     def build(cls, method_name: str, o, source, loaded, policy, plan, status, metrics, logs, data, ctx, device,

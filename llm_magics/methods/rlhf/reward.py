@@ -15,7 +15,6 @@ from ...preference.reward import REWARD_FOLDER, PairTask, fix_score_bias, save_f
 from .results import RewardResult
 from ...training import TRAINING_RESUME_KEYS, TrainingMethod, result_fields
 from .common import preference_data
-from .launch import for_the_kernel
 
 
 class RewardTraining(TrainingMethod):
@@ -73,7 +72,3 @@ class RewardTraining(TrainingMethod):
         fields["notes"].append(f"reload after a restart: load_reward({run.ctx.run_id!r})")
         return RewardResult(**fields, _model=model, _tokenizer=run.tokenizer, _max_length=run.max_length,
                             _folder=str(folder))
-
-    def finish(self, run, result) -> None:
-        super().finish(run, result)   # held, so that `%llm free` releases it
-        for_the_kernel(result, run.ctx)   # a launched rank 0 leaves the model for the kernel to reload

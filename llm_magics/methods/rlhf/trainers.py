@@ -15,7 +15,6 @@ from ...safe_io import verify_manifest
 from ...training import TRAINING_RESUME_KEYS, Outcome, TrainingMethod, TrainingRun
 from ...training.resume import check_resumable
 from .common import load_policy, policy_adapter_config
-from .launch import for_the_kernel
 from .reward_signal import probe_only, watch_reward
 
 
@@ -64,7 +63,6 @@ class PolicyTraining(TrainingMethod):
 
     def finish(self, run, result) -> None:
         hold(result)
-        for_the_kernel(result, run.ctx)   # a launched rank 0 leaves the model for the kernel to reload
 
 
 class RewardedTraining(PolicyTraining):
