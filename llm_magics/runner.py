@@ -229,6 +229,9 @@ def check_seeds(options, command) -> None:
     if getattr(options, "resume", None):
         raise UsageError("--seeds starts N new runs and --resume continues one: drop --seeds to resume, "
                          f"or --resume to run {seed_count(options)} seeds")
+    if getattr(options, "name", None):   # %lora's and %rlhf dpo's adapter name: one per run
+        raise UsageError(f"--name {options.name} with --seeds {seed_count(options)}: each seed trains its own adapter, "
+                         "named by its run id; drop --name")
 
 
 class SeedView:

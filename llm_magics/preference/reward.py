@@ -92,6 +92,21 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, prefix: str) -> d
             f"{prefix}_margin": float(margin.mean())}
 
 
+def pair_predictions(frame, chosen: torch.Tensor, rejected: torch.Tensor):
+    """One row per held-out pair (runs/predictions.py), keyed by the pair's whole text (prompt, chosen, rejected), so
+    two reward runs on the same pairs pair up in `%llm compare --paired`: the prediction is the answer the model
+    ranks higher, its score σ(margin), `correct` 1 when that is the chosen one (0.5 for a tie, as the accuracy
+    counts it)."""
+    from ..runs import predictions
+    texts = [f"{p}\n[chosen] {c}\n[rejected] {r}" for p, c, r in
+             zip(frame["prompt"].fillna("").astype(str), frame["chosen"], frame["rejected"])]
+    margin = (chosen - rejected).float().cpu()
+    guess = ["chosen" if m > 0 else "rejected" if m < 0 else "tie" for m in margin.tolist()]
+    kept = predictions.per_item(texts, ["chosen"] * len(texts), guess, torch.sigmoid(margin).tolist())
+    kept.loc[kept["prediction"] == "tie", "correct"] = 0.5
+    return kept
+
+
 def with_tuner(model: SequenceClassifier, o, steps: int, model_path, seed: int) -> nn.Module:
     """`model` wrapped with the PEFT tuner `--train` names (`%lora`'s config for it; the score head trains
     beside it as modules_to_save), its bias fixed at zero; the adapter drawn from the run's seed."""
@@ -132,12 +147,23 @@ class PairTask:
         half = scores.shape[0] // 2
         return bradley_terry(scores[:half], scores[half:]), int(batch["attention_mask"].sum())
 
-    def split_scores(self, model, split: str) -> dict[str, float]:
+    def split_rewards(self, model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rewards of a split's chosen and of its rejected answers, pair by pair."""
         chosen, rejected = self.ids[split]
-        if not chosen:
-            return {}
         scores = rewards(model, chosen + rejected, self.pad, self.device)
-        return pair_metrics(scores[:len(chosen)], scores[len(chosen):], split)
+        return scores[:len(chosen)], scores[len(chosen):]
+
+    def split_scores(self, model, split: str) -> dict[str, float]:
+        if not self.ids[split][0]:
+            return {}
+        return pair_metrics(*self.split_rewards(model, split), split)
+
+    def scored_test(self, model, frame) -> tuple[dict[str, float], Any]:
+        """The held-out pairs' metrics and per-pair predictions (`pair_predictions`); ({}, None) without them."""
+        if not self.ids["test"][0]:
+            return {}, None
+        chosen, rejected = self.split_rewards(model, "test")
+        return pair_metrics(chosen, rejected, "test"), pair_predictions(frame, chosen, rejected)
 
     def evaluate(self, model) -> dict[str, float]:
         return self.split_scores(model, "val")

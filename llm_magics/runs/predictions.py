@@ -18,8 +18,8 @@ from .stats import item_id
 
 FILE = "predictions.parquet"
 FILE_KEY = "predictions"          # its name in a Result's artifacts
-KEPT_BY = ("%probe, %%icl, classifier training (%finetune, %lora, plugins on the training base) and "
-           "%index eval")   # said when a run without them is compared
+KEPT_BY = ("%probe, %%icl, classifier training (%finetune, %lora, plugins on the training base), "
+           "%rlhf reward and %index eval")   # said when a run without them is compared
 COLUMNS = ("item_id", "text", "label", "prediction", "score", "correct")
 
 
@@ -50,6 +50,12 @@ def save(frame: pd.DataFrame, run_dir: str | Path) -> Path:
     frame.to_parquet(staging, index=False)
     os.replace(staging, target)
     return target
+
+
+def kept_with_run(frame: pd.DataFrame, run_dir: str | Path, artifacts: dict) -> pd.DataFrame:
+    """The frame saved in the run's folder and named in its artifacts (so `--paired` finds it after a restart)."""
+    artifacts[FILE_KEY] = str(save(frame, run_dir))
+    return frame
 
 
 def load(path: str | Path) -> pd.DataFrame:

@@ -134,8 +134,7 @@ def training_result(result_cls: type[TrainedResult], run: TrainingRun, outcome: 
         fields["_weights"] = trained_weights(run, outcome, model)
     result = result_cls(**fields)
     if kept:   # per-item test predictions, kept with the run so that runs pair up (runs/predictions.py)
-        result.predictions = kept[0]
-        result.artifacts[predictions.FILE_KEY] = str(predictions.save(kept[0], ctx.run_dir))
+        result.predictions = predictions.kept_with_run(kept[0], ctx.run_dir, result.artifacts)
     if result._weights is not None:
         keep_loaded(result)
     return result

@@ -30,6 +30,7 @@ class RlhfMethod(Method):
     summary = ("RLHF: a reward model from preference pairs (Bradley–Terry, full, head or LoRA) and policy "
                "optimisation against it or any Python reward (PPO of our own, on the training engine).")
     Options = ListOptions
+    seed_controls = ("data split", "data order", "head or adapter init", "sampling")
     result_classes = (RewardResult, PreferenceResult, Result)   # what `--devices` runs of reward, dpo, kto, orpo
     commands = {
         "collect": Command(CollectOptions, "collect", "a widget to rank completions; choices go to a JSONL file",

@@ -8,7 +8,7 @@ from typing import Any
 from ... import options as opts
 from ...adapters.configs import PROMPT_LEARNING, TUNERS
 from ...common_options import (BackgroundOptions, BatchOptions, ComputeOptions, EvaluationOptions, LaunchOptions,
-                               ModelOptions, OptimizerOptions, ResumeOptions, RunOptions)
+                               ModelOptions, OptimizerOptions, ResumeOptions, RunOptions, SeedOptions)
 from ...common_options import file_path, plain_name
 from ...engine.features import POOLINGS
 from ...errors import UsageError
@@ -37,7 +37,7 @@ class OneProcessOptions:
 
 
 @dataclass
-class PreferenceOptions:
+class PreferenceOptions(SeedOptions):
     data: Any = option(None, "preference pairs: a variable, a file (jsonl, json, csv, parquet, .jsonl.gz) or a "
                              "dataset name; prompt/chosen/rejected, chat lists, HH transcripts, ShareGPT or "
                              "ranked lists", metavar="DATA")
@@ -47,7 +47,7 @@ class PreferenceOptions:
                                 metavar="COLUMN")
     chosen: str | None = option(None, "the preferred answer's column (default: chosen)", metavar="COLUMN")
     rejected: str | None = option(None, "the other answer's column (default: rejected)", metavar="COLUMN")
-    seed: int = option(0, "seed for splits, sampling and initialisation")
+    seed: int = option(0, "seed for splits, sampling and initialisation (0 … 2**32-1)", check=opts.seed)
     val_size: float = option(0.1, "share of --data held out for validation", check=opts.fraction)
     test_size: float = option(0.2, "share of --data held out for testing when --test is not given",
                               check=opts.fraction)

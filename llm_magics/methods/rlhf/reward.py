@@ -12,6 +12,7 @@ from ...engine.rng import seeded
 from ...models import load_model, trainable
 from ...models.classifier import SequenceClassifier
 from ...preference.reward import REWARD_FOLDER, PairTask, fix_score_bias, save_folder, with_tuner
+from ...runs import predictions
 from .results import RewardResult
 from ...training import TRAINING_RESUME_KEYS, TrainingMethod, result_fields
 from .common import preference_data
@@ -61,7 +62,8 @@ class RewardTraining(TrainingMethod):
         model.requires_grad_(False).eval()
         first = outcome.history[0] if outcome.history else {}
         metrics = {f"{k}_before": v for k, v in first.items() if k in ("val_accuracy", "val_margin")}
-        metrics.update(run.engine_task.split_scores(model, "val"), **run.engine_task.split_scores(model, "test"))
+        test_metrics, kept = run.engine_task.scored_test(model, run.data.test)
+        metrics.update(run.engine_task.split_scores(model, "val"), **test_metrics)
         if outcome.losses:
             metrics["train_loss"] = float(outcome.losses[-1][1])
         metrics["steps"] = outcome.steps
@@ -70,5 +72,7 @@ class RewardTraining(TrainingMethod):
         fields = {**result_fields(run, outcome, model), "method": self.name, "metrics": metrics}
         fields["artifacts"]["reward_model"] = str(folder)
         fields["notes"].append(f"reload after a restart: load_reward({run.ctx.run_id!r})")
+        if kept is not None:   # per pair: two reward runs on the same pairs pair up (%llm compare --paired)
+            fields["predictions"] = predictions.kept_with_run(kept, run.ctx.run_dir, fields["artifacts"])
         return RewardResult(**fields, _model=model, _tokenizer=run.tokenizer, _max_length=run.max_length,
                             _folder=str(folder))

@@ -163,3 +163,38 @@ def test_the_score_heads_bias_stays_zero_and_identical_runs_score_alike(tiny_ber
         assert result.metrics["test_accuracy"] >= 0.9, result.metrics
     texts = ["Review: " + " ".join(pos[:4]), "Review: " + " ".join(neg[:4]), "Review: a film"]
     assert one.score(texts) == pytest.approx(two.score(texts), abs=1e-4)
+
+
+def test_per_pair_predictions_are_kept_and_two_reward_runs_pair_up_on_shuffled_pairs(tiny_bert, separable, store):
+    """One row per held-out pair keyed by the pair's text: its mean correctness is test_accuracy, the file is in the
+    run's folder, and two runs scoring the same pairs in another order pair fully in `compare --paired`."""
+    from llm_magics.runs import predictions
+    _, pos, neg = separable
+    pairs, held = word_pairs(pos, neg, 120), word_pairs(pos, neg, 40, seed=1)
+    common = dict(model=str(tiny_bert), data=pairs, batch_size=16, dtype="float32", epochs=1)
+    good = api.rlhf.reward(test=held, lr=1e-3, **common)
+    weak = api.rlhf.reward(test=held.sample(frac=1, random_state=3), lr=1e-6, **common)
+    kept = good.predictions
+    assert len(kept) == len(held) and kept["item_id"].is_unique and set(kept["label"]) == {"chosen"}
+    assert kept["correct"].mean() == pytest.approx(good.metrics["test_accuracy"], abs=1e-6)
+    assert ((kept["score"] > 0.5) == (kept["prediction"] == "chosen")).all()
+    on_disk = predictions.load(store.get(good.run_id)["artifacts"][predictions.FILE_KEY])
+    assert on_disk["item_id"].tolist() == kept["item_id"].tolist()
+    paired = api.compare_paired(good, weak)
+    assert paired.paired.shared == len(held) and paired.paired.difference.mean == pytest.approx(
+        good.metrics["test_accuracy"] - weak.metrics["test_accuracy"], abs=1e-6)
+
+
+def test_seeds_give_one_aggregate_of_recorded_reward_runs_and_a_name_is_refused_with_seeds(tiny_bert, separable,
+                                                                                          store):
+    _, pos, neg = separable
+    result = api.rlhf.reward(model=str(tiny_bert), data=word_pairs(pos, neg, 80), test=word_pairs(pos, neg, 30, seed=1),
+                             batch_size=16, dtype="float32", epochs=1, lr=1e-3, seeds=2)
+    children = [r for r in store.list() if r["parent_id"] == result.run_id]
+    assert sorted(r["options"]["seed"] for r in children) == [0, 1]
+    # t over the seeds, and (the per-pair predictions on the same held-out pairs) a bootstrap over those pairs
+    assert {"test_accuracy_t_low", "test_accuracy_t_high", "test_accuracy_rows_low"} <= set(result.metrics)
+    assert "data split" in result.seeded
+    with pytest.raises(UsageError, match="--name .* --seeds 2: each seed trains its own adapter") as refused:
+        api.rlhf.dpo(policy="x", data=word_pairs(pos, neg, 8), name="mine", seeds=2, method="lora")
+    assert "\n" not in str(refused.value)
