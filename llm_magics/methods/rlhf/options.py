@@ -112,7 +112,8 @@ class RewardSignalOptions:
 
 
 @dataclass
-class PpoOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions, RewardSignalOptions):
+class PpoOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions, RewardSignalOptions,
+                 SeedOptions):
     reward: Any = option(None, "a reward: a %rlhf reward Result variable, its run id or folder, or any Python "
                                "callable(prompts, completions) -> floats", metavar="REWARD")
     prompts: Any = option(None, "prompts to roll out from: a variable, a file or a list of strings", metavar="DATA")
@@ -146,7 +147,7 @@ class PpoOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions
     alpha: float | None = option(None, "tuner scaling numerator (default: 2 × r)", check=positive)
     target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
     max_grad_norm: float = option(1.0, "clip the gradient norm (0: no clipping)", check=opts.non_negative)
-    seed: int = option(0, "seed for sampling and initialisation")
+    seed: int = option(0, "seed for sampling and initialisation (0 … 2**32-1)", check=opts.seed)
 
     def validate(self) -> None:
         if None not in (self.minibatch_size, self.batch_size) and self.minibatch_size > self.batch_size:
@@ -185,7 +186,7 @@ class DpoOptions(PolicyOptions, PreferenceOptions, RunOptions, LaunchOptions, Ba
 
 @dataclass
 class OnlineOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOptions, ResumeOptions, OptimizerOptions,
-                    RewardSignalOptions):
+                    RewardSignalOptions, SeedOptions):
     """What `%rlhf grpo|rloo` read: TRL's trainer for --steps steps (no epochs, no --max-length: completions
     are --max-new-tokens long)."""
     reward: Any = option(None, "a %rlhf reward Result (variable, run id or folder) or a Python "
@@ -207,7 +208,7 @@ class OnlineOptions(PolicyOptions, RunOptions, OneProcessOptions, BackgroundOpti
     target: list[str] = option(["all-linear"], "tuner: layers to adapt", metavar="NAMES")
     name: str | None = option(None, "with a tuner: the adapter's name in the session (default: the run id)",
                               check=plain_name)
-    seed: int = option(0, "seed for sampling and initialisation")
+    seed: int = option(0, "seed for sampling and initialisation (0 … 2**32-1)", check=opts.seed)
 
     def validate(self) -> None:
         if None in (self.batch_size, self.num_generations):

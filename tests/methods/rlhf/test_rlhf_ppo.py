@@ -192,3 +192,10 @@ def test_stop_or_interrupt_ends_a_ppo_run_with_a_usable_result(tiny_llama, store
     assert store.get(result.run_id)["status"] == "stopped"
     from pathlib import Path
     assert (Path(result.artifacts["policy"]) / "value_head.safetensors").exists()
+
+
+def test_seeds_repeat_a_ppo_run_and_give_its_reward_gain_with_an_interval(tiny_llama, store):
+    result = ppo(tiny_llama, rule("good"), steps=2, max_new_tokens=4, seeds=2, seed=3)
+    children = [r for r in store.list() if r["parent_id"] == result.run_id]
+    assert sorted(r["options"]["seed"] for r in children) == [3, 4]
+    assert {"reward_gain_t_low", "reward_gain_t_high"} <= set(result.metrics) and "sampling" in result.seeded
