@@ -5,7 +5,7 @@ score; labels as the words negative / positive (so the in-context rungs score th
 "Review: {sentence}\\nSentiment: {label}"). The default rungs (ICL 0-shot and 4-shot calibrated on SmolLM2; the
 probe, head, last:1, LoRA and all layers on MiniLM), `--seeds 3`, inside `--budget 45m`:
 
-    python benchmarks/ladder_sst2.py                          # the acceptance run (about 45 minutes on 2 cores)
+    python benchmarks/ladder_sst2.py                          # the acceptance run (382 s on 2 cores, budget 45m)
     python benchmarks/ladder_sst2.py --rows 200 --test-rows 100 --seeds 1 --budget 5m    # a quick look
 
 Prints the table, the Pareto frontier and the recommendation; --out FILE also writes them as JSON.
