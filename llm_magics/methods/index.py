@@ -273,12 +273,16 @@ class IndexMethod(Method):
                              f"(sources look like: {sample})")
         mode = index.resolve_mode(o.mode)
         embedder = index.embedder(ctx.device(o.device), o.trust_remote_code) if mode != "lexical" else None
+        started = time.perf_counter()
         hits = index.search(queries, o.k, embedder, mode, o.nprobe, o.ef_search, o.candidates, o.rrf_k)
+        seconds = time.perf_counter() - started
         kept = scoring.per_query(queries, relevant, hits)
         result = IndexEvalResult(method=self.name, metrics=scoring.metrics(kept, o.k), model=index.manifest.model,
                                  data_fingerprint=fingerprint(frame), index=index.name, mode=mode,
-                                 device=str(embedder.device) if embedder else "cpu", predictions=kept)
-        result.artifacts[predictions.FILE_KEY] = str(predictions.save(kept, ctx.run_dir))
+                                 device=str(embedder.device) if embedder else "cpu",
+                                 dtype=(index.manifest.dtype or "") if embedder else "",
+                                 rows_per_s=len(queries) / max(seconds, 1e-9))   # queries searched a second
+        result.predictions = predictions.kept_with_run(kept, ctx.run_dir, result.artifacts)
         missing = sum(not (r & known) for r in relevant)
         if missing:
             result.notes.append(f"{missing} of {len(queries)} queries name no source in the index: counted as misses")
