@@ -213,12 +213,18 @@ def test_tune_panel_in_jupyterlab(lab):
             panel.locator(".lm-TabBar-tab:has-text('Try')").first.click()
             expect(panel.locator(".widget-dropdown:has(> label:text-is('Result')) select")).to_have_value(
                 "r_finetune", timeout=30_000)
-            panel.locator(".widget-textarea textarea").last.fill("a brilliant clever film")
+            panel.locator(".widget-textarea textarea:visible").last.fill("a brilliant clever film")
             button(panel, "Try").click()
             expect(panel.locator(".llm-magics-prediction")).to_have_text(re.compile(r"^(pos|neg)$"), timeout=60_000)
             expect(panel.locator(".llm-magics-answer tr")).to_have_count(2)
             expect(panel.locator("pre.llm-magics-export-line")).to_contain_text("%llm export finetune-")
             page.screenshot(path=str(OUTPUT / "5b-try.png"), full_page=True)
+
+            # The Ladder tab: its form starts from the Run tab's data and shows the %llm ladder line it would run.
+            panel.locator(".lm-TabBar-tab:has-text('Ladder')").first.click()
+            expect(panel.locator(".widget-html:visible").filter(has_text="%llm ladder")).to_contain_text(
+                "--data reviews", timeout=30_000)
+            page.screenshot(path=str(OUTPUT / "5c-ladder.png"), full_page=True)
 
             # The dark theme: the line to copy and the best leaderboard row stay readable (looked at).
             page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
