@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,10 @@ class ProgressCallback(TrainerCallback):
         self.logs: list[dict[str, float]] = []
         self.stopped = False
         self._previous = None
+        self._saved_at = time.monotonic()
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._saved_at = time.monotonic()
         self.progress.start(total=state.max_steps, unit="steps")
         if state.global_step:   # resumed from a checkpoint (its state is loaded before this event)
             self.logs = [{"step": log["step"], **{k: float(v) for k, v in log.items() if isinstance(v, (int, float))}}
@@ -73,11 +76,23 @@ class ProgressCallback(TrainerCallback):
             control.should_training_stop = True
         if self.stopped:   # --resume continues from exactly here
             control.should_save = True
+        elif control.should_save and not self._save_due(state):
+            control.should_save = False
         return control
+
+    def _save_due(self, state) -> bool:
+        """TRL asks for a checkpoint every SAVE_EVERY of the run; in one process at most one every SAVE_GAP_S
+        seconds, and none at the last step of a run that ends (it would be dropped at once). Launched ranks keep
+        TRL's step count: they must agree, and a clock does not."""
+        if state.global_step >= state.max_steps:
+            return False
+        launched = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return launched or time.monotonic() - self._saved_at >= SAVE_GAP_S
 
     def on_save(self, args, state, control, **kwargs):
         """TRL's checkpoint of this step is whole: seal it with checksums, then drop the one before it (so a kill
         at any moment leaves at least one sealed checkpoint)."""
+        self._saved_at = time.monotonic()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()   # launched: every rank has written its own RNG file into it
         if state.is_world_process_zero:
@@ -117,7 +132,8 @@ def trl_common(o, device: torch.device, output_dir, dtype: torch.dtype | None, w
                 weight_decay=o.weight_decay, dataloader_pin_memory=device.type == "cuda")
 
 
-SAVE_EVERY = 0.1   # TRL checkpoints every tenth of the run's steps (a share below 1 is read as one)
+SAVE_EVERY = 0.1   # TRL checkpoints every tenth of the run's steps (a share below 1 is read as one) ...
+SAVE_GAP_S = 60.0  # ... at most one a minute in one process: a short run is not slowed by its own checkpoints
 
 
 def trl_checkpoints(folder: Path) -> list[Path]:

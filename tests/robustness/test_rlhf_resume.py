@@ -36,7 +36,9 @@ if command == "reward":
             park()
     TrainLoop._optimizer_step = step
 else:
+    from llm_magics.preference import trl_bridge
     from llm_magics.preference.trl_bridge import ProgressCallback
+    trl_bridge.SAVE_GAP_S = 0   # a tiny run takes seconds: every tenth of it checkpoints (as the fixture below)
     real_end = ProgressCallback.on_step_end
     def on_step_end(self, args, state, control, **kw):
         out = real_end(self, args, state, control, **kw)
@@ -50,6 +52,13 @@ if "reward" in kwargs:   # a callable cannot travel as JSON: this module's, by n
     kwargs["reward"] = getattr(test_rlhf_resume, kwargs["reward"])
 getattr(api.rlhf, command)(**kwargs)
 """
+
+
+@pytest.fixture(autouse=True)
+def checkpoint_every_tenth(monkeypatch):
+    """A tiny run takes seconds: TRL's checkpoints every tenth of it, without the one-a-minute floor."""
+    from llm_magics.preference import trl_bridge
+    monkeypatch.setattr(trl_bridge, "SAVE_GAP_S", 0)
 
 
 def killed_mid_way(tmp_path: Path, command: str, kwargs: dict, block: int) -> None:
@@ -195,3 +204,23 @@ def test_a_dpo_run_that_crashes_keeps_its_checkpoint_and_resumes(tiny_llama, sep
     if method == "lora":
         api.lora.unload(name=straight.adapter)
         api.lora.unload(name=resumed.adapter)
+
+
+def test_a_short_run_in_one_process_writes_no_checkpoint_and_none_at_its_end(tiny_llama, separable, tmp_path,
+                                                                           monkeypatch):
+    """TRL's checkpoint every tenth of the run comes at most once every SAVE_GAP_S seconds in one process, and
+    never at the last step of a run that ends (it would be dropped at once): a 10-step run of seconds writes none;
+    without the floor it writes one every step but the last."""
+    from llm_magics.preference import trl_bridge
+    saves = []
+    real = trl_bridge.ProgressCallback.on_save
+    monkeypatch.setattr(trl_bridge.ProgressCallback, "on_save",
+                        lambda self, args, state, *a, **k: (saves.append(state.global_step), real(self, args, state, *a, **k))[1])
+    kwargs = dict(policy=str(tiny_llama), data=pairs_file(tmp_path, separable, 60), method="lora", lr=5e-3,
+                  steps=10, batch_size=8, dtype="float32", seed=0)
+    monkeypatch.setattr(trl_bridge, "SAVE_GAP_S", 3600)
+    api.rlhf.dpo(**kwargs)
+    assert saves == []
+    monkeypatch.setattr(trl_bridge, "SAVE_GAP_S", 0)
+    api.rlhf.dpo(**kwargs)
+    assert saves == list(range(1, 10))
