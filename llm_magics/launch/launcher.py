@@ -253,7 +253,11 @@ class Launcher:
         if error and error.get("type") == "UsageError":
             return UsageError(error["message"])
         rank, why = _failed_rank(tail(self.log_path, 200))
-        if error and (rank is None or error.get("rank") == rank) and not why.startswith("killed by"):
+        # torchrun itself killed by a signal (no failure summary): the workers' errors (a broken collective)
+        # follow from it, whichever of them was written first
+        launcher_killed = rc < 0 and rank is None
+        if error and not launcher_killed and (rank is None or error.get("rank") == rank) \
+                and not why.startswith("killed by"):
             rank, why = error.get("rank"), f"{error['type']}: {error['message']}"
         logs = ([self.folder / f"rank{rank}.log"] if rank is not None else []) + [self.log_path] + \
             sorted(self.folder.glob("rank*.log"))

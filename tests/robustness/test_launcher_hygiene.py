@@ -57,6 +57,10 @@ def test_a_failure_with_empty_logs_says_so_and_one_with_lines_shows_them(tmp_pat
     (launcher.folder / "rank0.log").write_text("loading the model\nTraceback: boom\n\n")
     message = str(launcher.failure(rc))
     assert message.endswith(f"Last lines of {launcher.folder / 'rank0.log'}:\nloading the model\nTraceback: boom")
+    # A worker whose collective broke when the launcher died may write its error first: the launcher is the cause.
+    (launcher.folder / "error.json").write_text(json.dumps(
+        {"type": "RuntimeError", "message": "gloo: Read error: Connection reset by peer", "rank": 0}))
+    assert str(launcher.failure(rc)).startswith("the launcher failed (killed by SIGKILL)")
 
 
 def test_the_other_ranks_scratch_goes_when_the_run_ends(tmp_path):
