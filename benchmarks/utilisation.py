@@ -360,7 +360,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     size = (dict(rows=24, lm_rows=8, pairs=8, new_tokens=16, tokens=256, budget=0.15, elements=2**24)
             if args.quick else
-            dict(rows=32, lm_rows=12, pairs=8, new_tokens=32, tokens=512, budget=0.4, elements=2**25))
+            dict(rows=256, lm_rows=48, pairs=32, new_tokens=32, tokens=512, budget=0.4, elements=2**25))
     described = machine()
     print(described, flush=True)
     with tempfile.TemporaryDirectory() as home:

@@ -102,13 +102,19 @@ def pick_dtype(device: torch.device, preference: str | None = None, training: bo
     return torch.float32
 
 
-def train_dtype(device: torch.device, option: str | None = None) -> torch.dtype | None:
+def train_dtype(device: torch.device, option: str | None = None,
+                frozen: torch.dtype | None = None) -> torch.dtype | None:
     """The dtype a training run computes in under autocast (None: fp32), one rule for every trainer.
 
     CUDA: `pick_dtype`'s choice (bf16 where the card does it, else fp16; `--dtype float32`: none).
     CPU and MPS: bf16 only when asked (`--dtype bfloat16`: native on CPUs with AVX512-BF16/AMX), fp32
     otherwise (bf16 weights would lose small updates; autocast keeps the weights fp32). float16 needs
-    CUDA's loss scaling, so it is refused elsewhere."""
+    CUDA's loss scaling, so it is refused elsewhere.
+    `frozen`: the dtype a frozen base was loaded in (adapters). A bf16 base (`pick_dtype`'s choice for a
+    frozen CPU model) computes under bf16 autocast unless --dtype float32 was asked: the adapters keep fp32
+    weights, and their inputs and outputs no longer go to fp32 and back at every layer."""
+    if frozen == torch.bfloat16 and option in (None, "auto") and device.type == "cpu":
+        return torch.bfloat16
     if device.type == "cuda":
         dtype = pick_dtype(device, option, training=True)
         return None if dtype == torch.float32 else dtype

@@ -29,6 +29,7 @@ from . import checkpoint
 from ..errors import UsageError
 from .batching import grouped_batches, is_oom
 from .device import empty_cache
+from .fast_paths import fast_paths
 from .rng import RunRng
 from .throughput import Throughput
 
@@ -194,7 +195,7 @@ class TrainLoop:
         self.progress.start(total=self.total_steps, unit="steps", epochs=cfg.epochs)
         self.progress.state.done = s["step"]
         stopped = False
-        with _InterruptToStop(self.progress):
+        with _InterruptToStop(self.progress), fast_paths(self.model, self.device, self.config.autocast):
             if s["step"] == 0 and not s["history"]:
                 self._evaluate(initial=True)  # the RNG starts seeded; a resumed run restored its own
             while s["epoch"] < cfg.epochs and not stopped:

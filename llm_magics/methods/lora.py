@@ -255,7 +255,8 @@ class LoraMethod(TrainingMethod):
         total_steps = steps_per_epoch(len(task.lengths), o.batch_size, o.grad_accum) * o.epochs
         labels = len(getattr(run.data, "label_names", None) or [])
         model, peft = wrap_new(spec, loaded, labels, run.adapter, total_steps, run.source)
-        with autocast_to(run.device, train_dtype(run.device, o.dtype)):   # as the run will train it
+        run.autocast = train_dtype(run.device, o.dtype, frozen=loaded.dtype)
+        with autocast_to(run.device, run.autocast):   # as the run will train it
             problem = smoke_test(model, task.batch(np.asarray(smoke_rows(task.lengths)), loaded.device))
         if problem:
             working = working_methods(loaded, spec, run.data, run.source, o.max_length)

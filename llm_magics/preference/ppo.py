@@ -334,10 +334,13 @@ class PpoTrainer:
 
     def train(self) -> str:
         """Run the steps; 'ok', or 'stopped' when the Stop button / an interrupt asked."""
+        from ..engine.fast_paths import fast_paths
         from ..engine.loop import _InterruptToStop
         progress = self.progress
         status = "ok"
-        with _InterruptToStop(progress) if progress is not None else _Null():
+        policy = self.policy
+        with _InterruptToStop(progress) if progress is not None else _Null(), \
+                fast_paths(policy.model, policy.device, policy.autocast):
             for number in range(1, self.config.steps + 1):
                 stats = self.step(number)
                 self.history.append(stats)

@@ -187,7 +187,7 @@ class TrainingMethod(Method):
         """Train `run.model` on `run.engine_task`: the engine's loop (a launched worker's context names its
         data-parallel loop, engine/distributed.py). A method may put another trainer (TRL's) here."""
         o = run.options
-        config = train_config(o, run.device, self.peak_lr(o), run.task, run.group_by_length,
+        config = train_config(o, run.autocast, self.peak_lr(o), run.task, run.group_by_length,
                               self.param_groups(run.model, o))
         loop_class = run.ctx.train_loop or TrainLoop
         loop = loop_class(run.model, run.engine_task, config, run.progress, run.ctx.run_dir, run.device,

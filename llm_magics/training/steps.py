@@ -11,7 +11,6 @@ import torch
 
 from ..data import prepare_classification
 from ..data.sft import prepare_sft
-from ..engine.device import train_dtype
 from ..engine.features import default_pooling
 from ..engine.loop import TrainConfig
 from ..engine.rng import seeded
@@ -64,15 +63,15 @@ def classifier(loaded, data, o, device) -> SequenceClassifier:
     return model
 
 
-def train_config(o, device: torch.device, lr: float, task: str, group_by_length: bool = True,
+def train_config(o, autocast: torch.dtype | None, lr: float, task: str, group_by_length: bool = True,
                  param_groups: list[ParamGroup] | None = None) -> TrainConfig:
-    """The engine's configuration from the training options."""
+    """The engine's configuration from the training options; `autocast`: the run's (`TrainingRun.autocast`)."""
     classify = task == "classify"
     return TrainConfig(epochs=o.epochs, lr=lr, batch_size=o.batch_size, grad_accum=o.grad_accum,
                        max_grad_norm=o.max_grad_norm or None, weight_decay=o.weight_decay, warmup=o.warmup,
                        scheduler=o.scheduler, eval_every=o.eval_every, patience=o.patience,
                        best_metric="val_accuracy" if classify else "val_loss", greater_is_better=classify,
-                       seed=o.seed, autocast=train_dtype(device, o.dtype),
+                       seed=o.seed, autocast=autocast,
                        group_by_length=group_by_length, param_groups=tuple(param_groups or ()))
 
 

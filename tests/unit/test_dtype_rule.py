@@ -67,10 +67,14 @@ def test_bfloat16_on_a_cpu_trains_under_bf16_autocast_in_every_trainer(name, tin
     assert training_forwards and all(on and dtype == torch.bfloat16 for on, dtype in training_forwards), name
     training_forwards.clear()
     plain = run(device="cpu", dtype="auto")
-    # %lora keeps its frozen base in the inference dtype (pick_dtype: bf16 on CPUs that do it natively)
+    # %lora keeps its frozen base in the inference dtype (pick_dtype: bf16 on CPUs that do it natively), and a
+    # bf16 base computes under bf16 autocast (train_dtype's `frozen` rule); every other trainer is fp32
     frozen = dtype_name(pick_dtype(torch.device("cpu"))) if name == "lora" else "float32"
     assert plain.dtype == frozen, (name, plain.dtype)
-    assert training_forwards and not any(on for on, _ in training_forwards), name
+    if frozen == "bfloat16":
+        assert training_forwards and all(on and dtype == torch.bfloat16 for on, dtype in training_forwards), name
+    else:
+        assert training_forwards and not any(on for on, _ in training_forwards), name
     for held in (result, plain):
         if getattr(held, "adapter", ""):
             api.lora.unload(name=held.adapter)
@@ -88,3 +92,8 @@ def test_the_rule():
     cpu = torch.device("cpu")
     assert train_dtype(cpu, "auto") is None and train_dtype(cpu, "float32") is None
     assert train_dtype(cpu, "bfloat16") == torch.bfloat16 and train_dtype(cpu, None) is None
+    # a frozen base held in bf16 (adapters) computes in bf16 unless fp32 was asked
+    assert train_dtype(cpu, "auto", frozen=torch.bfloat16) == torch.bfloat16
+    assert train_dtype(cpu, None, frozen=torch.bfloat16) == torch.bfloat16
+    assert train_dtype(cpu, "float32", frozen=torch.float32) is None
+    assert train_dtype(cpu, "auto", frozen=torch.float32) is None

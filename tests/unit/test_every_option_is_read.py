@@ -26,6 +26,7 @@ from tests.helpers import TESTS_DIR, word_task
 from tests.tiny_models import build_bert, build_llama
 
 from llm_magics import options as opts
+from llm_magics.engine.device import cpu_has_native_bf16
 from llm_magics.errors import UsageError
 from llm_magics.method import Result
 from llm_magics.progress.events import Progress
@@ -465,7 +466,9 @@ CASES = [
     Case("finetune", None, TRAIN, {"train": "head", "feature_cache": With(False, {"train": "head"})}),
     Case("lora", None, TRAIN,
          {"method": "ia3", "target_r": 2, "block_size": 4, "virtual_tokens": 3, "encoder_hidden": 8,
-          "init_text": "positive review", "name": "other_name"}),
+          "init_text": "positive review", "name": "other_name",
+          # auto is already bf16 where the CPU does it natively (the frozen base's dtype, under autocast)
+          "dtype": "float32" if cpu_has_native_bf16() else "bfloat16"}),
     Case("rlhf", "reward", dict(model=BERT, data=PAIRS, epochs=1, batch_size=4, max_length=12),
          {**PAIR_VALUES, "train": "head", "r": With(2, {"train": "lora"}), "alpha": With(64.0, {"train": "lora"}),
           "dropout": With(0.3, {"train": "lora"}), "target": With(["query"], {"train": "lora"})}),

@@ -1,0 +1,111 @@
+"""What a training run swaps in for its length, for speed on its device: the same arithmetic, less work.
+
+`fast_paths(model, device, autocast)` combines the two below; the training loops (ours, and TRL's through
+`%rlhf`) run inside it.
+
+**Cheaper dropout masks on CPUs.**
+
+On a CPU, `nn.Dropout` draws one Mersenne-Twister number per element: on a 1,024 × 384 activation that
+takes longer than a bf16 matmul of the same activation with a 384 × 384 weight (2.0 ms against 0.37 ms
+on 2 EPYC cores). LoRA drops the input of every adapted layer, so its masks were the largest cost
+after the GEMMs (31 % of self CPU time, `benchmarks/utilisation.py`). `WordDropout` draws one 64-bit
+word per four elements and cuts it into four 16-bit uniforms: p is kept to 1/65,536 (0.05 becomes
+0.0500031; the scale is 1/(1 − that)), the mask is kept as bools for the backward pass, and the draws
+come from the global generator, so a run's RNG state (checkpoints, `--resume`) covers them.
+
+`cheap_dropout(model, device)` swaps every `nn.Dropout` for one for the length of a training run on a
+CPU and puts the originals back after; elsewhere (CUDA's fused Philox dropout is fast) it does nothing.
+
+**No fp32 round trip into the adapters under autocast.** PEFT casts an adapter's input to its weight's
+dtype (fp32) before its dropout and `lora_A`; autocast then casts it back to bf16 for the matmul: two
+copies of every adapted layer's input per forward, and two more of its gradient, for a result autocast
+rounds to bf16 anyway. Under autocast that cast is off (PEFT's own switch, `cast_input_dtype_enabled`);
+without autocast (an fp32 run, a bf16 base with fp32 adapters) PEFT casts as it always does.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+LEVELS = 1 << 16
+
+
+def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    """Bools, each True with probability 1 − round(p·65536)/65536, from 64-bit words cut in four."""
+    count = shape.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)
+    draws = words.view(torch.int16)[:count].view(shape)     # uniform over −32768 … 32767
+    return draws >= round(p * LEVELS) - LEVELS // 2
+
+
+def kept_scale(p: float) -> float:
+    return LEVELS / (LEVELS - round(p * LEVELS))
+
+
+class _Drop(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        mask = keep_mask(x.shape, p)
+        ctx.save_for_backward(mask)
+        ctx.scale = kept_scale(p)
+        return x.mul(mask).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad.mul(mask).mul_(ctx.scale), None
+
+
+class WordDropout(nn.Dropout):
+    """`nn.Dropout` (same p, same train/eval behaviour) with masks from `keep_mask`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        if self.p == 1:
+            return x * 0
+        return _Drop.apply(x, self.p)
+
+
+@contextlib.contextmanager
+def fast_paths(model: nn.Module, device: torch.device, autocast: torch.dtype | None) -> Iterator[None]:
+    with cheap_dropout(model, device), adapter_input_casts_off(model, autocast is not None):
+        yield
+
+
+@contextlib.contextmanager
+def adapter_input_casts_off(model: nn.Module, active: bool) -> Iterator[None]:
+    """PEFT's switch off on the layers that have it (peft.helpers.disable_input_dtype_casting sets it on every
+    tuner layer, and fails on the kinds that have none, such as IA3's)."""
+    layers = [m for m in model.modules() if getattr(m, "cast_input_dtype_enabled", None) is True] if active else []
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.cast_input_dtype_enabled = True
+
+
+@contextlib.contextmanager
+def cheap_dropout(model: nn.Module, device: torch.device) -> Iterator[int]:
+    """Every plain `nn.Dropout` (p > 0) in `model` is a `WordDropout` inside the block on a CPU; yields
+    how many were swapped. The originals come back at exit, so the model a Result keeps is unchanged."""
+    swapped: list[tuple[nn.Module, str, nn.Dropout]] = []
+    if device.type == "cpu":
+        for parent in model.modules():
+            for name, child in parent.named_children():
+                if type(child) is nn.Dropout and child.p > 0:
+                    faster = WordDropout(child.p, child.inplace)
+                    faster.train(child.training)
+                    setattr(parent, name, faster)
+                    swapped.append((parent, name, child))
+    try:
+        yield len(swapped)
+    finally:
+        for parent, name, child in swapped:
+            child.train(getattr(parent, name).training)
+            setattr(parent, name, child)

@@ -1,0 +1,106 @@
+"""engine/fast_paths.py: what a training run swaps in for speed keeps the arithmetic — dropout's rate, scale and
+gradient; the models a Result keeps; the loss trajectory of a tiny run (only the masks' draws differ)."""
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from llm_magics import api
+from llm_magics.engine import fast_paths as fp
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_masks_keep_each_element_with_probability_one_minus_p(p):
+    torch.manual_seed(0)
+    kept = fp.keep_mask(torch.Size([2048, 1024]), p).double().mean().item()
+    exact = 1 - round(p * 65536) / 65536
+    assert abs(exact - (1 - p)) < 1e-5
+    assert abs(kept - exact) < 5 * (exact * (1 - exact) / 2048 / 1024) ** 0.5, (p, kept)
+
+
+def test_masks_are_drawn_from_the_global_generator_so_a_seed_or_a_saved_state_replays_them():
+    torch.manual_seed(3)
+    first = fp.keep_mask(torch.Size([64, 33]), 0.1)
+    state = torch.get_rng_state()
+    second = fp.keep_mask(torch.Size([64, 33]), 0.1)
+    torch.manual_seed(3)
+    assert torch.equal(first, fp.keep_mask(torch.Size([64, 33]), 0.1))
+    torch.set_rng_state(state)
+    assert torch.equal(second, fp.keep_mask(torch.Size([64, 33]), 0.1))
+    assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_word_dropout_zeroes_scales_and_passes_the_gradient_through_the_same_mask(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(300, 257, dtype=dtype, requires_grad=True)
+    drop = fp.WordDropout(0.2).train()
+    y = drop(x)
+    kept = y != 0
+    scale = fp.kept_scale(0.2)
+    assert torch.allclose(y[kept].float(), (x[kept].float() * scale), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    assert 0.78 < kept.float().mean().item() < 0.82
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.allclose(x.grad[kept].float(), torch.full_like(x.grad[kept].float(), scale), rtol=1e-2)
+    assert torch.equal(drop.eval()(x), x)                       # eval: the identity, as nn.Dropout
+
+
+def test_the_swap_covers_every_plain_dropout_on_a_cpu_only_and_puts_the_originals_back():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.ModuleDict({"a": nn.Dropout(0.3)}), nn.Dropout(0.0))
+    originals = [model[1], model[2]["a"], model[3]]
+    model.train()
+    with fp.cheap_dropout(model, torch.device("cpu")) as swapped:
+        assert swapped == 2
+        assert type(model[1]) is fp.WordDropout and model[1].p == 0.1 and model[1].training
+        assert type(model[2]["a"]) is fp.WordDropout and model[2]["a"].p == 0.3
+        assert model[3] is originals[2]                        # p = 0: nothing to draw
+        model.eval()
+    assert [model[1], model[2]["a"], model[3]] == originals
+    assert not model[1].training                               # a mode set inside the block carries over
+    with fp.cheap_dropout(model, torch.device("cuda")) as swapped:   # CUDA's own dropout is fast
+        assert swapped == 0 and model[1] is originals[0]
+
+
+def test_adapter_input_casts_are_off_only_under_autocast():
+    peft = pytest.importorskip("peft")
+    base = nn.Sequential(nn.Linear(8, 8))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["0"]))
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert layers
+    with fp.fast_paths(model, torch.device("cpu"), torch.bfloat16):
+        assert not any(m.cast_input_dtype_enabled for m in layers)
+    assert all(m.cast_input_dtype_enabled for m in layers)
+    with fp.fast_paths(model, torch.device("cpu"), None):
+        assert all(m.cast_input_dtype_enabled for m in layers)
+
+
+def test_a_tiny_lora_run_keeps_its_loss_trajectory_and_accuracy_with_the_fast_paths(tiny_bert, separable,
+                                                                                     monkeypatch):
+    """The same run with and without the swaps: only dropout's draws differ, so the curves agree within noise."""
+    import llm_magics.engine.loop as loop
+    frame, _, _ = separable
+    curves: list[np.ndarray] = []
+    plain_run = loop.TrainLoop.run
+
+    def run_keeping_the_curve(self):
+        outcome = plain_run(self)
+        curves.append(np.array([loss for _, loss in outcome.losses]))
+        return outcome
+    monkeypatch.setattr(loop.TrainLoop, "run", run_keeping_the_curve)
+    run = lambda: api.lora(model=str(tiny_bert), data=frame, epochs=4, batch_size=16, lr=1e-2,  # noqa: E731
+                           dropout=0.1, device="cpu", dtype="bfloat16")
+    fast = run()
+    monkeypatch.setattr(loop, "fast_paths", lambda *a: contextlib.nullcontext())
+    plain = run()
+    a, b = curves
+    assert len(a) == len(b) > 10
+    # the first step sees the same weights and the same batch: its loss differs only by the masks
+    assert abs(a[0] - b[0]) < 0.1 * b[0]
+    assert abs(a[-10:].mean() - b[-10:].mean()) < 0.15 * b[0], (a, b)
+    assert a[-10:].mean() < 0.5 * a[:5].mean() and b[-10:].mean() < 0.5 * b[:5].mean()   # both learned
+    assert fast.metrics["test_accuracy"] >= 0.8 and plain.metrics["test_accuracy"] >= 0.8   # chance 0.5, 80 rows
+    for held in (fast, plain):
+        api.lora.unload(name=held.adapter)
