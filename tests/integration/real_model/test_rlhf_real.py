@@ -71,10 +71,13 @@ def test_minilm_reward_model_ranks_positive_reviews_first():
     #   clear whole sentences (clear_reviews, agreement 0.8), per review_pairs seed 0 / 1 / 2:
     #     1,800 pairs × 1 epoch: 0.933 / 0.970 / –;  × 2 epochs: 0.957;  (agreement 0.9: 0.940 / 0.950)
     #     3,600 pairs × 1 epoch (this test, ~70 s): 0.960 / 0.970 / 0.957.
+    #   split 0, model seeds 0 / 1 / 2 (issue 22): 0.937 / 0.950 / 0.943 with the CPU's cheaper dropout masks
+    #   (engine/fast_paths.py), 0.957 / 0.947 / 0.943 with nn.Dropout's: the same within a standard error, so the bar
+    #   sits below the spread of the draws (0.93), not at 0.95.
     train, test = review_pairs(clear_reviews(0.8), n_train=3600, n_test=300)
     result = api.rlhf.reward(model="minilm", data=train, test=test, train="full", lr=1e-4, epochs=1, batch_size=16,
                              max_length=64, dtype="bfloat16")
-    assert result.metrics["test_accuracy"] >= 0.95, result.metrics
+    assert result.metrics["test_accuracy"] >= 0.93, result.metrics
     assert result.metrics["test_margin"] > 1.0
     good, bad = result.score(["Review:"] * 2, [" a warm, funny and moving film .", " a dull , lifeless mess ."])
     assert good > bad
