@@ -64,8 +64,8 @@ def review_pairs(reviews: pd.DataFrame, n_train: int, n_test: int, seed: int = 0
 
 
 def test_minilm_reward_model_ranks_positive_reviews_first():
-    # The target was ≥ 0.95 held-out pair accuracy on a clearly learnable synthetic preference set (now ≥ 0.93, below). MiniLM (full,
-    # bf16 autocast, 1 epoch, lr 1e-4), 300 held-out pairs (±0.012 standard error), measured here:
+    # The target: a clearly learnable synthetic preference set reaches ≥ 0.93 held-out pair accuracy (0.95 until
+    # issue 22, below). MiniLM (full, bf16 autocast, 1 epoch, lr 1e-4), 300 held-out pairs (±0.012 standard error):
     #   fragments (≥ 8 words, SST-2's phrase-level labels) 1,800 pairs: 0.940; 2,700: 0.940 — a ceiling;
     #   whole sentences 2,025 pairs: 0.937–0.940 — the misranked pairs mostly mixed or sarcastic reviews;
     #   clear whole sentences (clear_reviews, agreement 0.8), per review_pairs seed 0 / 1 / 2:
