@@ -253,9 +253,11 @@ def test_minilm_lora_on_two_processes_follows_one():
     assert val_losses(two)[-1] < val_losses(two)[0] - 0.05 and two.device == "cpu ×2 (ddp)"
 
 
-def test_a_one_process_run_stopped_resumes_on_two_and_ends_where_it_would_have(tiny_bert, separable):
+def test_a_one_process_run_stopped_resumes_on_two_and_ends_where_it_would_have(bert_without_dropout, separable):
+    # Without dropout, as the other launch tests: two ranks draw masks for their own slices, so with dropout the
+    # resumed run's losses move by where the stop landed (a flaky 0.005 on a loaded machine).
     frame, _, _ = separable
-    args = dict(model=str(tiny_bert), data=frame.head(200), train="all", lr=1e-3, epochs=3, batch_size=16,
+    args = dict(model=str(bert_without_dropout), data=frame.head(200), train="all", lr=1e-3, epochs=3, batch_size=16,
                 dtype="float32")
     stopped = stopped_one_process_run(args)
     whole = api.finetune(**args)
