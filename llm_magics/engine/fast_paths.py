@@ -72,17 +72,29 @@ class WordDropout(nn.Dropout):
 
 @contextlib.contextmanager
 def fast_paths(model: nn.Module, device: torch.device, autocast: torch.dtype | None) -> Iterator[None]:
-    with cheap_dropout(model, device), adapter_input_casts_off(model, autocast is not None):
+    with cheap_dropout(model, device), adapter_input_casts_off(model, device, autocast is not None):
         yield
 
 
+class CastUnlessAutocast:
+    """PEFT's `cast_input_dtype_enabled`, true only while autocast is off: under autocast the input stays in the
+    dtype autocast computes in; outside it (TRL's generation runs outside its autocast) the input still goes to
+    the adapter's dtype, or a bf16 activation would meet an fp32 weight."""
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+
+    def __bool__(self) -> bool:
+        return not torch.is_autocast_enabled(self.device_type)
+
+
 @contextlib.contextmanager
-def adapter_input_casts_off(model: nn.Module, active: bool) -> Iterator[None]:
-    """PEFT's switch off on the layers that have it (peft.helpers.disable_input_dtype_casting sets it on every
-    tuner layer, and fails on the kinds that have none, such as IA3's)."""
+def adapter_input_casts_off(model: nn.Module, device: torch.device, active: bool) -> Iterator[None]:
+    """PEFT's switch, off under autocast, on the layers that have it (peft.helpers.disable_input_dtype_casting
+    sets it on every tuner layer, and fails on the kinds that have none, such as IA3's)."""
     layers = [m for m in model.modules() if getattr(m, "cast_input_dtype_enabled", None) is True] if active else []
     for layer in layers:
-        layer.cast_input_dtype_enabled = False
+        layer.cast_input_dtype_enabled = CastUnlessAutocast(device.type)
     try:
         yield
     finally:

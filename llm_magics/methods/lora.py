@@ -26,7 +26,7 @@ from ..adapters.checks import name_clash, smoke_rows, working_methods
 from ..adapters.configs import KINDS, AdapterSpec, check_virtual_tokens
 from ..adapters.session import load_adapter, merged_model
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions, file_path, plain_name
-from ..engine.device import autocast_to, dtype_name, pick_dtype, train_dtype
+from ..engine.device import autocast_to, dtype_name
 from ..engine.limits import folder_position_limit
 from ..engine.loop import WeightsState, steps_per_epoch
 from ..errors import UsageError
@@ -248,14 +248,14 @@ class LoraMethod(TrainingMethod):
     def prepare(self, run: TrainingRun) -> None:
         """A fresh base wrapped with the adapter; refused (naming what works) when it can't train."""
         o, spec = run.options, AdapterSpec.from_options(run.options)
-        loaded = base_model(run.source, o.task, run.device, pick_dtype(run.device, o.dtype), o.bits,
+        loaded = base_model(run.source, o.task, run.device, self.load_dtype(run, frozen=True), o.bits,
                             o.trust_remote_code)
         task = (sft_task(run.data, loaded.tokenizer, o, run.device, run.notes) if o.task == "sft"
                 else TokenTask(run.data, loaded.tokenizer, o.max_length, run.device, notes=run.notes))
         total_steps = steps_per_epoch(len(task.lengths), o.batch_size, o.grad_accum) * o.epochs
         labels = len(getattr(run.data, "label_names", None) or [])
         model, peft = wrap_new(spec, loaded, labels, run.adapter, total_steps, run.source)
-        run.autocast = train_dtype(run.device, o.dtype, frozen=loaded.dtype)
+        self.loaded_in(run, loaded.dtype)
         with autocast_to(run.device, run.autocast):   # as the run will train it
             problem = smoke_test(model, task.batch(np.asarray(smoke_rows(task.lengths)), loaded.device))
         if problem:

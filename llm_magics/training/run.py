@@ -12,7 +12,7 @@ import torch
 
 from .. import options as opts
 from ..engine import checkpoint
-from ..engine.device import train_dtype
+from ..engine.device import pick_dtype, train_dtype
 from ..engine.loop import Outcome, TrainLoop
 from ..errors import UsageError
 from ..method import Method
@@ -78,6 +78,16 @@ class TrainingMethod(Method):
 
     def check(self, run: TrainingRun) -> None:
         """Refuse what cannot run, before anything loads (after the data)."""
+
+    def load_dtype(self, run: TrainingRun, frozen: bool) -> torch.dtype:
+        """The dtype a run's model loads in: a base frozen under an adapter in `pick_dtype`'s (bf16 on a CPU that
+        does it natively, and on a GPU), weights that train in fp32 (autocast computes in a lower one)."""
+        return pick_dtype(run.device, run.options.dtype) if frozen else torch.float32
+
+    def loaded_in(self, run: TrainingRun, dtype: torch.dtype) -> None:
+        """What the run's passes compute in, its model loaded in `dtype`: `train_dtype`'s one rule (a bf16
+        frozen base computes under bf16 autocast)."""
+        run.autocast = train_dtype(run.device, run.options.dtype, frozen=dtype)
 
     def prepare(self, run: TrainingRun) -> None:
         """Set run.model, run.tokenizer, run.engine_task (and run.plan, or the base reports it)."""

@@ -71,8 +71,16 @@ def test_adapter_input_casts_are_off_only_under_autocast():
     layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
     assert layers
     with fp.fast_paths(model, torch.device("cpu"), torch.bfloat16):
-        assert not any(m.cast_input_dtype_enabled for m in layers)
-    assert all(m.cast_input_dtype_enabled for m in layers)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not any(m.cast_input_dtype_enabled for m in layers)
+        # Outside autocast inside the run (TRL generates there) the input still goes to the adapter's fp32.
+        assert all(m.cast_input_dtype_enabled for m in layers)
+        base[0].base_layer.to(torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = model(torch.ones(2, 8, dtype=torch.bfloat16))
+        outside = model(torch.ones(2, 8, dtype=torch.bfloat16))   # a bf16 base, fp32 adapter, no autocast
+        assert outside.dtype == torch.bfloat16 and torch.allclose(inside.float(), outside.float(), atol=0.05)
+    assert all(m.cast_input_dtype_enabled is True for m in layers)
     with fp.fast_paths(model, torch.device("cpu"), None):
         assert all(m.cast_input_dtype_enabled for m in layers)
 

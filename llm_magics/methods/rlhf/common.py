@@ -29,10 +29,11 @@ def copy_tokenizer_left(tokenizer):
     return tok
 
 
-def load_policy(kind: str, o, source, device):
-    """The causal LM a policy command tunes, in fp32; an encoder is one UsageError."""
+def load_policy(kind: str, o, source, device, dtype: torch.dtype):
+    """The causal LM a policy command tunes, in `dtype` (`TrainingMethod.load_dtype`); an encoder is one
+    UsageError."""
     from ...models import architecture_kind
-    loaded = load_model(source, "causal_lm", device, torch.float32, fresh=True, trust_remote_code=o.trust_remote_code)
+    loaded = load_model(source, "causal_lm", device, dtype, fresh=True, trust_remote_code=o.trust_remote_code)
     if architecture_kind(loaded.model.config) != "decoder":
         raise UsageError(f"--policy {source.short} is not a causal LM; {kind.upper()} needs a decoder (e.g. smollm2)")
     if hasattr(o, "max_new_tokens"):   # the commands that sample from it (ppo, grpo, rloo)

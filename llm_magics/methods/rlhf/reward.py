@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from ...engine.features import default_pooling
 from ...engine.limits import fit_max_length
 from ...engine.rng import seeded
@@ -35,8 +33,10 @@ class RewardTraining(TrainingMethod):
 
     def prepare(self, run) -> None:
         o, device = run.options, run.device
-        loaded = load_model(run.source, "base", device, torch.float32, fresh=True,
+        tuned = o.train not in ("full", "head")   # a PEFT tuner: its frozen base loads as %lora's does
+        loaded = load_model(run.source, "base", device, self.load_dtype(run, frozen=tuned), fresh=True,
                             trust_remote_code=o.trust_remote_code)
+        self.loaded_in(run, loaded.dtype)
         if device.type == "cpu" and run.autocast is not None and loaded.kind == "encoder":
             loaded.model.set_attn_implementation("eager")   # CPU SDPA under bf16 autocast + padding: ~1.5x slower
         pooling = default_pooling(loaded.kind) if o.pooling == "auto" else o.pooling
@@ -46,7 +46,7 @@ class RewardTraining(TrainingMethod):
         run.max_length = fit_max_length(o.max_length, loaded.tokenizer, loaded.model, notes=run.notes)
         run.loaded, run.tokenizer = loaded, loaded.tokenizer
         run.engine_task = PairTask(run.data, loaded.tokenizer, run.max_length, device)
-        if o.train not in ("full", "head"):
+        if tuned:
             steps = math.ceil(len(run.engine_task.lengths) / o.batch_size / o.grad_accum) * o.epochs
             run.model = with_tuner(model, o, steps, run.source.path, o.seed)
             run.plan = trainable.report(run.model, f"{o.train} r={o.r}")

@@ -61,6 +61,13 @@ class PolicyTraining(TrainingMethod):
             from ...adapters import hub
             hub().check_free(run.name)   # the adapter's name in the session, before anything loads
 
+    def load_policy(self, run) -> None:
+        """The policy (`common.load_policy`; under an adapter its frozen base loads as %lora's) and what its
+        passes compute in (the base's `load_dtype` and `loaded_in`)."""
+        o = run.options
+        run.loaded = load_policy(self.kind, o, run.source, run.device, self.load_dtype(run, frozen=o.method != "full"))
+        self.loaded_in(run, run.loaded.dtype)
+
     def finish(self, run, result) -> None:
         hold(result)
 
@@ -82,7 +89,7 @@ class RewardedTraining(PolicyTraining):
     def load(self, run) -> bool:
         """Load the policy and look at the reward; False when that look was all the user asked for."""
         kind, o, prompts = self.kind, run.options, run.data.texts
-        run.loaded = load_policy(kind, o, run.source, run.device)
+        self.load_policy(run)
         run.model, run.tokenizer = run.loaded.model, run.loaded.tokenizer
         if hasattr(run.reward, "check_readable"):
             run.reward.check_readable(prompts[:16], run.reward_name)
@@ -149,7 +156,7 @@ class TrlTraining(PolicyTraining):
         from ...preference.trl_bridge import ProgressCallback, quiet_trainer
         o = run.options
         if run.loaded is None:
-            run.loaded = load_policy(self.kind, o, run.source, run.device)
+            self.load_policy(run)
         run.tokenizer = run.loaded.tokenizer
         peft_config = None if o.method == "full" else \
             policy_adapter_config(o, run.loaded.model, run.source, self.adapter_steps(o))

@@ -127,7 +127,8 @@ def test_a_dpo_lora_policy_is_a_normal_lora_adapter_afterwards(tiny_llama, separ
     merged = api.lora.merge(name="dpo_ad")
     merged_model = merged._need_model()
     assert not hasattr(merged_model, "peft_config")
-    np.testing.assert_allclose(scores(merged_model, merged._tokenizer), tuned, atol=1e-3)
+    # The base is bf16 here (a CPU with native bf16): merging rounds the sum to bf16 once (measured 0.0016 of 107).
+    np.testing.assert_allclose(scores(merged_model, merged._tokenizer), tuned, atol=1e-2)
     api.lora.unload(name="dpo_ad")
     assert "dpo_ad" not in api.lora.adapters()["name"].tolist()
     api.lora.load(path=str(folder), name="dpo_again")

@@ -101,8 +101,9 @@ def test_an_exported_dpo_lora_run_reproduces_the_notebook_run_on_two_processes(s
     _, pos, neg = separable
     shell.user_ns["pairs"] = word_pairs(pos, neg, 64)
     shell.user_ns["held_out"] = word_pairs(pos, neg, 16, seed=1)
+    # fp32: one process and two are compared to TOLERANCE; a bf16 base rounds differently for each batch shape.
     shell.run_line_magic("rlhf", f"dpo --policy {llama} --data pairs --test held_out --method lora --lr 5e-3 "
-                                 "--steps 4 --batch-size 8 --seed 0 --name dpo_nb --out d")
+                                 "--steps 4 --batch-size 8 --seed 0 --dtype float32 --name dpo_nb --out d")
     d = shell.user_ns["d"]
     assert d.metrics["steps"] == 4
     job = tmp_path / "job"
