@@ -378,6 +378,10 @@ def main(argv=None) -> None:
         chosen = workloads(size, Path(home))
         if args.only:
             names = {n.strip() for n in args.only.split(",")}
+            unknown = names - {w.name for w in chosen}
+            if unknown:
+                raise SystemExit(f"--only: no workload named {', '.join(sorted(unknown))}; the names: "
+                                 + ", ".join(w.name for w in chosen))
             chosen = [w for w in chosen if w.name in names]
         for workload in chosen:
             measure(workload)
