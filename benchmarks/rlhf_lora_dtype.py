@@ -1,15 +1,16 @@
-"""`%rlhf dpo|ppo --method lora` and `%rlhf reward --train lora` with the frozen base in bf16 (the CPU default since
+"""`%rlhf dpo|ppo --method lora` and `%rlhf reward --train lora|head` with the frozen base in bf16 (the CPU default since
 issue 22) against the same run with `--dtype float32` (the old CPU default), same seeds, each in its own process:
 training seconds (reward: tokens/s), peak memory, and the quality figure the real-model tests assert.
 
     python benchmarks/rlhf_lora_dtype.py --part dpo --seeds 0 1 2
     python benchmarks/rlhf_lora_dtype.py --part ppo --seeds 0 1
     python benchmarks/rlhf_lora_dtype.py --part reward --seeds 0 1
+    python benchmarks/rlhf_lora_dtype.py --part reward-head --seeds 0 1   # the head alone on the frozen base
 
 Settings and data are the real-model tests' (tests/integration/real_model/test_rlhf_real.py's DPO LoRA on
 length-matched SST-2 pairs; test_rlhf_ppo_real.py's PPO against a MiniLM sentiment probe), with the seed
 varied. DPO: held-out implicit-reward accuracy (64 pairs; one pair is 0.016); PPO: the rise of the sampled
-completions' positive probability, first 3 steps against the last 3; reward: MiniLM with LoRA on 1,200 of
+completions' positive probability, first 3 steps against the last 3; reward: MiniLM with LoRA (or its head alone) on 1,200 of
 test_rlhf_real.py's clear review pairs, held-out pair accuracy on 300. Needs ../shared/data/sst2 and the
 embedded models.
 """
@@ -61,18 +62,19 @@ def ppo(seed: int, dtype: str) -> dict:
             "peak_mb": result.peak_mem_bytes / 2**20, "dtype": result.dtype}
 
 
-def reward(seed: int, dtype: str) -> dict:
+def reward(seed: int, dtype: str, train_what: str = "lora") -> dict:
     from llm_magics import api
     from tests.integration.real_model.test_rlhf_real import clear_reviews, review_pairs
     train, test = review_pairs(clear_reviews(0.8), n_train=1200, n_test=300)
-    result = api.rlhf.reward(model="minilm", data=train, test=test, train="lora", epochs=1, batch_size=16,
+    result = api.rlhf.reward(model="minilm", data=train, test=test, train=train_what, epochs=1, batch_size=16,
                              max_length=64, seed=seed, dtype=dtype)
     return {"quality": result.metrics["test_accuracy"], "tokens_per_s": result.tokens_per_s,
             "peak_mb": result.peak_mem_bytes / 2**20, "dtype": result.dtype}
 
 
 PARTS = {"dpo": (dpo, "train s", "held-out accuracy"), "ppo": (ppo, "train s", "reward gain"),
-         "reward": (reward, "tokens/s", "held-out accuracy")}
+         "reward": (reward, "tokens/s", "held-out accuracy"),
+         "reward-head": (lambda seed, dtype: reward(seed, dtype, "head"), "tokens/s", "held-out accuracy")}
 
 
 def main() -> int:

@@ -33,8 +33,9 @@ class RewardTraining(TrainingMethod):
 
     def prepare(self, run) -> None:
         o, device = run.options, run.device
-        tuned = o.train not in ("full", "head")   # a PEFT tuner: its frozen base loads as %lora's does
-        loaded = load_model(run.source, "base", device, self.load_dtype(run, frozen=tuned), fresh=True,
+        tuned = o.train not in ("full", "head")   # a PEFT tuner
+        # A base that does not train (under a tuner, or below the head) loads as %lora's does.
+        loaded = load_model(run.source, "base", device, self.load_dtype(run, frozen=o.train != "full"), fresh=True,
                             trust_remote_code=o.trust_remote_code)
         self.loaded_in(run, loaded.dtype)
         if device.type == "cpu" and run.autocast is not None and loaded.kind == "encoder":
