@@ -80,8 +80,9 @@ class TrainingMethod(Method):
         """Refuse what cannot run, before anything loads (after the data)."""
 
     def load_dtype(self, run: TrainingRun, frozen: bool) -> torch.dtype:
-        """The dtype a run's model loads in: a base frozen under an adapter in `pick_dtype`'s (bf16 on a CPU that
-        does it natively, and on a GPU), weights that train in fp32 (autocast computes in a lower one)."""
+        """The dtype a run's model loads in: a base that does not train (under an adapter, or below a head) in
+        `pick_dtype`'s (bf16 on a CPU that does it natively, and on a GPU), weights that train in fp32 (autocast
+        computes in a lower one)."""
         return pick_dtype(run.device, run.options.dtype) if frozen else torch.float32
 
     def loaded_in(self, run: TrainingRun, dtype: torch.dtype) -> None:
