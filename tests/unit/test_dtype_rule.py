@@ -97,3 +97,25 @@ def test_the_rule():
     assert train_dtype(cpu, None, frozen=torch.bfloat16) == torch.bfloat16
     assert train_dtype(cpu, "float32", frozen=torch.float32) is None
     assert train_dtype(cpu, "auto", frozen=torch.float32) is None
+
+
+@pytest.mark.parametrize("name, what", [("lora", {}), ("reward", {"train": "lora"}), ("reward", {"train": "head"}),
+                                        ("dpo", {"method": "lora"}), ("grpo", {"method": "lora"}),
+                                        ("ppo", {"method": "lora"})])
+def test_a_frozen_base_loads_in_bf16_where_the_cpu_does_it_and_computes_under_bf16_autocast(
+        name, what, tiny_bert, tiny_llama, separable, training_forwards, monkeypatch):
+    """Under an adapter (or below the reward model's head) the base does not train: `auto` loads it in
+    `pick_dtype`'s dtype, bf16 on a CPU with native bf16 (pinned here, so any CI CPU runs this path), and its
+    passes compute under bf16 autocast; `--dtype float32` keeps everything fp32."""
+    import llm_magics.engine.device as device
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    run = trainers(tiny_bert, tiny_llama, separable)[name]
+    result = run(device="cpu", dtype="auto", **what)
+    assert result.dtype == "bfloat16", (name, what, result.dtype)
+    assert training_forwards and all(on and dtype == torch.bfloat16 for on, dtype in training_forwards), name
+    training_forwards.clear()
+    fp32 = run(device="cpu", dtype="float32", **what)
+    assert fp32.dtype == "float32" and training_forwards and not any(on for on, _ in training_forwards), name
+    for held in (result, fp32):
+        if getattr(held, "adapter", ""):
+            api.lora.unload(name=held.adapter)
