@@ -1,6 +1,6 @@
 """One `--dtype` rule for every trainer (engine.device.train_dtype): on a CPU, `--dtype bfloat16` trains under
-bf16 autocast in `%finetune`, `%lora` and every `%rlhf` trainer, and each reports it the same way; `auto` is fp32;
-float16 is refused in one line."""
+bf16 autocast in `%finetune`, `%lora` and every `%rlhf` trainer, and each reports it the same way; `auto` is fp32
+where every weight trains, bf16 for a frozen base on a CPU that does it natively; float16 is refused in one line."""
 import random
 
 import pandas as pd
@@ -68,7 +68,8 @@ def test_bfloat16_on_a_cpu_trains_under_bf16_autocast_in_every_trainer(name, tin
     training_forwards.clear()
     plain = run(device="cpu", dtype="auto")
     # %lora keeps its frozen base in the inference dtype (pick_dtype: bf16 on CPUs that do it natively), and a
-    # bf16 base computes under bf16 autocast (train_dtype's `frozen` rule); every other trainer is fp32
+    # bf16 base computes under bf16 autocast (train_dtype's `frozen` rule); every other trainer trains all its
+    # weights here (its default) and is fp32 (their tuners: the test below)
     frozen = dtype_name(pick_dtype(torch.device("cpu"))) if name == "lora" else "float32"
     assert plain.dtype == frozen, (name, plain.dtype)
     if frozen == "bfloat16":
