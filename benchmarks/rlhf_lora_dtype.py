@@ -28,16 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def dpo(seed: int, dtype: str) -> dict:
-    import pandas as pd
-
     from llm_magics import api
-    from tests.integration.real_model.test_rlhf_real import clear_reviews, length_matched
-    reviews = clear_reviews(0.8)
-    short = reviews[reviews.sentence.str.split().str.len() <= 16]
-    pos, neg = length_matched(short[short.label == 1].sample(160, random_state=1).sentence.to_numpy(),
-                              short[short.label == 0].sample(160, random_state=1).sentence.to_numpy(), seed=1)
-    pairs = pd.DataFrame({"prompt": "Write a positive movie review:", "chosen": [" " + p for p in pos],
-                          "rejected": [" " + n for n in neg]})
+    from tests.integration.real_model.test_rlhf_real import positive_review_pairs
+    pairs = positive_review_pairs()
     result = api.rlhf.dpo(policy="smollm2", data=pairs.iloc[:96], test=pairs.iloc[96:],
                           validation=pairs.iloc[96:100], method="lora", steps=24, batch_size=4, max_length=128,
                           lr=1.5e-3, beta=0.5, sft_weight=0.2, seed=seed, dtype=dtype)

@@ -92,6 +92,17 @@ def length_matched(pos: np.ndarray, neg: np.ndarray, seed: int):
     return by_length[0][order], by_length[1][order]
 
 
+def positive_review_pairs() -> pd.DataFrame:
+    """160 length-matched pairs of short clear reviews, the positive one chosen, under a prompt that states the
+    preference (this test's pairs; benchmarks/rlhf_lora_dtype.py's too)."""
+    reviews = clear_reviews(0.8)
+    short = reviews[reviews.sentence.str.split().str.len() <= 16]
+    pos, neg = length_matched(short[short.label == 1].sample(160, random_state=1).sentence.to_numpy(),
+                              short[short.label == 0].sample(160, random_state=1).sentence.to_numpy(), seed=1)
+    return pd.DataFrame({"prompt": "Write a positive movie review:", "chosen": [" " + p for p in pos],
+                         "rejected": [" " + n for n in neg]})
+
+
 def test_dpo_lora_on_smollm2_prefers_the_positive_review():
     # The target's size: 24 steps at batch 4 (96 training pairs, each seen once), ≤ 128 tokens, 64 held-out pairs
     # (±0.045 standard error on an accuracy near 0.85). Held-out implicit-reward accuracy measured on this machine
@@ -107,12 +118,7 @@ def test_dpo_lora_on_smollm2_prefers_the_positive_review():
     # settings (one pair of 64 is 0.016: a float difference on another CPU must not fail CI).
     # β 0.1 drifted further (chosen −3.6, rejected −8.4 nats at 24 steps); a bare "Review:" prompt stayed near
     # chance. The prompt states the preference, as a preference set does.
-    reviews = clear_reviews(0.8)
-    short = reviews[reviews.sentence.str.split().str.len() <= 16]
-    pos, neg = length_matched(short[short.label == 1].sample(160, random_state=1).sentence.to_numpy(),
-                              short[short.label == 0].sample(160, random_state=1).sentence.to_numpy(), seed=1)
-    pairs = pd.DataFrame({"prompt": "Write a positive movie review:", "chosen": [" " + p for p in pos],
-                          "rejected": [" " + n for n in neg]})
+    pairs = positive_review_pairs()
     # validation: shown in the live view only (TRL's eval loss); nothing is selected on it
     result = api.rlhf.dpo(policy="smollm2", data=pairs.iloc[:96], test=pairs.iloc[96:], validation=pairs.iloc[96:100],
                           method="lora", steps=24, batch_size=4, max_length=128, lr=1.5e-3, beta=0.5, sft_weight=0.2)
