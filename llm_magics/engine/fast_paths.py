@@ -11,7 +11,9 @@ on 2 EPYC cores). LoRA drops the input of every adapted layer, so its masks were
 after the GEMMs (31 % of self CPU time, `benchmarks/utilisation.py`). `WordDropout` draws one 64-bit
 word per four elements and cuts it into four 16-bit uniforms: p is kept to 1/65,536 (0.05 becomes
 0.0500031; the scale is 1/(1 − that)), the mask is kept as bools for the backward pass, and the draws
-come from the global generator, so a run's RNG state (checkpoints, `--resume`) covers them.
+come from the global generator, so a run's RNG state (checkpoints, `--resume`) covers them. The mask is
+applied with `torch.where`, not multiplied in: a bool times a bf16 tensor first converts the bools to bf16,
+a slow unvectorised pass that cost four times the `where` (0.76 against 0.18 ms on a 32 × 40 × 384 input).
 
 `cheap_dropout(model, device)` swaps every `nn.Dropout` for one for the length of a training run on a
 CPU and puts the originals back after; elsewhere (CUDA's fused Philox dropout is fast) it does nothing.
@@ -21,10 +23,19 @@ dtype (fp32) before its dropout and `lora_A`; autocast then casts it back to bf1
 copies of every adapted layer's input per forward, and two more of its gradient, for a result autocast
 rounds to bf16 anyway. Under autocast that cast is off (PEFT's own switch, `cast_input_dtype_enabled`);
 without autocast (an fp32 run, a bf16 base with fp32 adapters) PEFT casts as it always does.
+
+**The adapter's update added inside its GEMM.** PEFT's LoRA layer computes `result + lora_B(h) * scaling`:
+three passes over the layer's whole output (B's product, the scale, the sum) and, backward, a fourth (the
+scale again). `addmm(result, h, Bᵀ, alpha=scaling)` is one GEMM that reads `result` and writes the sum; its
+backward scales only the rank-r products. The same sum, rounded once instead of three times under autocast.
+Measured on `%lora` MiniLM SST-2 bf16 (2,000 rows, 2 EPYC cores): about 5 % more tokens/s, 5 % less peak
+memory. Only plain LoRA layers take it (one active adapter, not merged, no DoRA or other variant, no bias on
+B, dtypes that agree or autocast on); any other call goes to PEFT's own forward.
 """
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Iterator
 
 import torch
@@ -51,12 +62,12 @@ class _Drop(torch.autograd.Function):
         mask = keep_mask(x.shape, p)
         ctx.save_for_backward(mask)
         ctx.scale = kept_scale(p)
-        return x.mul(mask).mul_(ctx.scale)
+        return torch.where(mask, x, 0).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return grad.mul(mask).mul_(ctx.scale), None
+        return torch.where(mask, grad, 0).mul_(ctx.scale), None
 
 
 class WordDropout(nn.Dropout):
@@ -72,7 +83,8 @@ class WordDropout(nn.Dropout):
 
 @contextlib.contextmanager
 def fast_paths(model: nn.Module, device: torch.device, autocast: torch.dtype | None) -> Iterator[None]:
-    with cheap_dropout(model, device), adapter_input_casts_off(model, device, autocast is not None):
+    with cheap_dropout(model, device), adapter_input_casts_off(model, device, autocast is not None), \
+            lora_update_in_gemm(model):
         yield
 
 
@@ -121,3 +133,47 @@ def cheap_dropout(model: nn.Module, device: torch.device) -> Iterator[int]:
         for parent, name, child in swapped:
             child.train(getattr(parent, name).training)
             setattr(parent, name, child)
+
+
+def _lora_linear_class():
+    try:
+        from peft.tuners.lora.layer import Linear
+    except ImportError:      # PEFT is a dependency; a model without adapters needs none of this
+        return None
+    return Linear
+
+
+def _forward_with_update_in_gemm(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """PEFT's `lora.Linear.forward` for the plain case, the update added by the GEMM; otherwise PEFT's own."""
+    peft_forward = type(self).forward
+    if args or kwargs or self.disable_adapters or self.merged or self.lora_variant or len(self.active_adapters) != 1:
+        return peft_forward(self, x, *args, **kwargs)
+    name = self.active_adapters[0]
+    if name not in self.lora_A or self.lora_B[name].bias is not None:
+        return peft_forward(self, x, *args, **kwargs)
+    weight_b = self.lora_B[name].weight
+    autocast = torch.is_autocast_enabled(x.device.type)
+    base_weight = getattr(self.base_layer, "weight", None)
+    same = {x.dtype, weight_b.dtype, self.lora_A[name].weight.dtype} == {getattr(base_weight, "dtype", x.dtype)}
+    if not (autocast or same):
+        return peft_forward(self, x, *args, **kwargs)       # PEFT's casts decide the dtypes there
+    result = self.base_layer(x)
+    h = self.lora_A[name](self.lora_dropout[name](x))
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), weight_b.t(),
+                      alpha=self.scaling[name])
+    return out.view(result.shape)
+
+
+@contextlib.contextmanager
+def lora_update_in_gemm(model: nn.Module) -> Iterator[int]:
+    """Every PEFT `lora.Linear` in `model` adds its update inside one GEMM while the block runs; yields how many.
+    The override is on the instance, so leaving the block gives each layer back PEFT's forward."""
+    linear = _lora_linear_class()
+    layers = [m for m in model.modules() if linear is not None and type(m) is linear]
+    for layer in layers:
+        layer.forward = types.MethodType(_forward_with_update_in_gemm, layer)
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            del layer.forward

@@ -85,6 +85,75 @@ def test_adapter_input_casts_are_off_only_under_autocast():
         assert all(m.cast_input_dtype_enabled for m in layers)
 
 
+def _lora_pair(seed=0, **config):
+    """A small PEFT LoRA model with nonzero B (fresh adapters start at B = 0, which would hide the update)."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(seed)
+    model = peft.get_peft_model(nn.Sequential(nn.Linear(12, 16), nn.GELU(), nn.Linear(16, 5)),
+                                peft.LoraConfig(r=4, lora_alpha=8, target_modules=["0", "2"], **config))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(param, std=0.3)
+    return model
+
+
+def _forward_and_grads(model, x):
+    model.zero_grad()
+    out = model(x)
+    out.float().square().sum().backward()
+    return out.detach().float(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_the_lora_update_added_inside_the_gemm_gives_peft_s_output_and_gradients(autocast):
+    model = _lora_pair().eval()                  # eval: no dropout, so both paths see the same input
+    x = torch.randn(3, 7, 12)
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        plain = _forward_and_grads(model, x)
+        with fp.lora_update_in_gemm(model) as count:
+            assert count == 2
+            fused = _forward_and_grads(model, x)
+    # fp32: the same sums in another order; bf16: PEFT rounds the update three times, the GEMM once
+    tolerance = 2e-2 if autocast else 1e-5
+    close = lambda a, b: ((a - b).norm() / b.norm()).item() < tolerance     # noqa: E731
+    assert close(fused[0], plain[0])
+    assert plain[1].keys() == fused[1].keys() and any("lora_A" in n for n in fused[1])
+    for name in plain[1]:
+        assert close(fused[1][name], plain[1][name]), name
+    assert all("forward" not in vars(m) for m in model.modules())         # PEFT's forward is back
+
+
+def test_the_lora_update_in_the_gemm_leaves_every_other_case_to_peft():
+    x = torch.randn(4, 12)
+    calls = []
+    dora = _lora_pair(use_dora=True).eval()
+    merged = _lora_pair().eval()
+    merged.merge_adapter()
+    disabled = _lora_pair().eval()
+    two = _lora_pair().eval()
+    two.add_adapter("other", __import__("peft").LoraConfig(r=2, target_modules=["0"]))
+    two.base_model.set_adapter(["default", "other"])
+    for model in (dora, merged, two, _lora_pair().eval()):
+        expected = model(x)
+        with fp.lora_update_in_gemm(model):
+            layer = next(m for m in model.modules() if "forward" in vars(m))
+            original = type(layer).forward
+            type(layer).forward = lambda self, *a, _f=original, **k: calls.append(1) or _f(self, *a, **k)
+            try:
+                assert torch.allclose(model(x), expected, atol=1e-6)
+            finally:
+                type(layer).forward = original
+    assert len(calls) == 6         # the three odd models' two layers each fell back to PEFT; the plain one did not
+    with disabled.disable_adapter(), fp.lora_update_in_gemm(disabled):
+        assert torch.allclose(disabled(x), disabled.get_base_model()(x))
+    # a bf16 base with fp32 adapters outside autocast: PEFT's casts decide, the output stays bf16
+    mixed = _lora_pair()
+    mixed.base_model.model[0].base_layer.to(torch.bfloat16)
+    mixed.base_model.model[2].base_layer.to(torch.bfloat16)
+    with fp.lora_update_in_gemm(mixed):
+        assert mixed(x.bfloat16()).dtype == torch.bfloat16
+
+
 def test_a_tiny_lora_run_keeps_its_loss_trajectory_and_accuracy_with_the_fast_paths(tiny_bert, separable,
                                                                                      monkeypatch):
     """The same run with and without the swaps: only dropout's draws differ, so the curves agree within noise."""
