@@ -85,18 +85,23 @@ def rewards(model, ids: list[list[int]], pad: int, device: torch.device, max_tok
     return out
 
 
+def pair_accuracy(margin: torch.Tensor) -> float:
+    """The share of pairs whose chosen answer scores higher; a tie counts half (a model that cannot tell the two
+    apart, such as a DPO policy still equal to its reference, is at chance, 0.5)."""
+    return float((margin > 0).float().mean() + 0.5 * (margin == 0).float().mean())
+
+
 def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, prefix: str) -> dict[str, float]:
     margin = chosen - rejected
-    return {f"{prefix}_loss": float(bradley_terry(chosen, rejected)),
-            f"{prefix}_accuracy": float((margin > 0).float().mean() + 0.5 * (margin == 0).float().mean()),
+    return {f"{prefix}_loss": float(bradley_terry(chosen, rejected)), f"{prefix}_accuracy": pair_accuracy(margin),
             f"{prefix}_margin": float(margin.mean())}
 
 
 def pair_predictions(frame, chosen: torch.Tensor, rejected: torch.Tensor):
     """One row per held-out pair (runs/predictions.py), keyed by the pair's whole text (prompt, chosen, rejected), so
-    two reward runs on the same pairs pair up in `%llm compare --paired`: the prediction is the answer the model
-    ranks higher, its score σ(margin), `correct` 1 when that is the chosen one (0.5 for a tie, as the accuracy
-    counts it)."""
+    two runs scoring the same pairs pair up in `%llm compare --paired` (a reward model's scores, or a DPO policy's
+    implicit rewards): the prediction is the answer ranked higher, its score σ(margin), `correct` 1 when that is
+    the chosen one (0.5 for a tie, as `pair_accuracy` counts it)."""
     from ..runs import predictions
     texts = [f"{p}\n[chosen] {c}\n[rejected] {r}" for p, c, r in
              zip(frame["prompt"].fillna("").astype(str), frame["chosen"], frame["rejected"])]

@@ -23,6 +23,7 @@ import torch
 
 from ..engine.device import eval_mode
 from ..safe_io import verify_manifest, write_manifest
+from .reward import pair_accuracy
 from .shared_prompt import IGNORE, fit_pair, pair_token_logprobs, split_pairs
 
 try:
@@ -208,14 +209,21 @@ def pair_logprobs(model, tokenizer, frame, max_length: int, batch: int = 8) -> t
 
 def implicit_rewards(policy: tuple | None, reference: tuple | None, beta: float, prefix: str) -> dict[str, float]:
     """DPO's implicit reward β·(log-ratio chosen − log-ratio rejected) on held-out pairs, from the policy's
-    and the reference's log-probs (`pair_logprobs`): margin, accuracy (ties count as wrong), and the
-    chosen/rejected log-prob shifts."""
+    and the reference's log-probs (`pair_logprobs`): margin, accuracy (ties count half, as the reward model's),
+    and the chosen/rejected log-prob shifts."""
     if policy is None or reference is None:
         return {}
     (pc, pr), (rc, rr) = policy, reference
-    margin = beta * ((pc - rc) - (pr - rr))
-    return {f"{prefix}_margin": float(margin.mean()), f"{prefix}_accuracy": float((margin > 0).mean()),
+    chosen, rejected = implicit_pair_rewards(policy, reference, beta)
+    margin = chosen - rejected
+    return {f"{prefix}_margin": float(margin.mean()), f"{prefix}_accuracy": pair_accuracy(margin),
             f"{prefix}_chosen_shift": float((pc - rc).mean()), f"{prefix}_rejected_shift": float((pr - rr).mean())}
+
+
+def implicit_pair_rewards(policy: tuple, reference: tuple, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per held-out pair, β·log-ratio of the chosen and of the rejected answer: the policy read as a reward model."""
+    (pc, pr), (rc, rr) = policy, reference
+    return torch.as_tensor(beta * (pc - rc)), torch.as_tensor(beta * (pr - rr))
 
 
 def _config(config_cls, values: dict[str, Any]):

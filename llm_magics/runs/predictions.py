@@ -19,7 +19,7 @@ from .stats import item_id
 FILE = "predictions.parquet"
 FILE_KEY = "predictions"          # its name in a Result's artifacts
 KEPT_BY = ("%probe, %%icl, classifier training (%finetune, %lora, plugins on the training base), "
-           "%rlhf reward and %index eval")   # said when a run without them is compared
+           "%rlhf reward, %rlhf dpo|kto|orpo and %index eval")   # said when a run without them is compared
 COLUMNS = ("item_id", "text", "label", "prediction", "score", "correct")
 
 

@@ -90,15 +90,19 @@ class OfflineTraining(TrlTraining):
         o, policy = run.options, run.trainer.model.eval()
         measured = dict(run.measured)
         metrics = {k: v for k, v in measured.items() if k.endswith("_before")}
-        metrics.update(implicit_rewards(pair_logprobs(policy, run.tokenizer, held_out(run.data), o.max_length),
-                                        run.reference_lp, o.beta, "test"))
+        after_lp = pair_logprobs(policy, run.tokenizer, held_out(run.data), o.max_length)
+        metrics.update(implicit_rewards(after_lp, run.reference_lp, o.beta, "test"))
         if outcome.losses:
             metrics["train_loss"] = float(outcome.losses[-1][1])
         metrics["steps"] = outcome.steps
         metrics["train_seconds"] = measured["train_seconds"]   # TRL's data preparation and loop, loading excluded
-        return PreferenceResult.build(self.name, o, run.source, run.loaded, policy, run.plan, outcome.status,
-                                      metrics, run.callback.logs, run.data, run.ctx, run.device, run.notes, run.name,
-                                      autocast=run.autocast)
+        result = PreferenceResult.build(self.name, o, run.source, run.loaded, policy, run.plan, outcome.status,
+                                        metrics, run.callback.logs, run.data, run.ctx, run.device, run.notes,
+                                        run.name, autocast=run.autocast)
+        if after_lp is not None and run.reference_lp is not None:
+            result.predictions = held_out_predictions(held_out(run.data), after_lp, run.reference_lp, o.beta, run.ctx,
+                                                      result.artifacts)
+        return result
 
     def end_metrics(self, result) -> dict[str, float]:
         return {k: v for k, v in result.metrics.items() if k.startswith("test_") and "before" not in k}
@@ -117,6 +121,17 @@ def launch_offline(method, kind: str, o, ctx):
     if o.resume:   # a checkpoint that is not there is one line in the kernel, before any worker starts
         trl_checkpoint(o.resume, ctx, kind)
     return launch_trl(method, kind, o, ctx, OfflineTraining(kind).title(o, resolve(o.policy)))
+
+
+def held_out_predictions(frame, policy_lp, reference_lp, beta: float, ctx, artifacts):
+    """Per held-out pair, the policy's implicit rewards as a reward model's scores (`pair_predictions`): a DPO, KTO
+    or ORPO run pairs up in `%llm compare --paired` with another one, or with a `%rlhf reward` run on the same
+    pairs; kept in the run's folder."""
+    from ...preference.reward import pair_predictions
+    from ...preference.trl_bridge import implicit_pair_rewards
+    from ...runs import predictions
+    kept = pair_predictions(frame, *implicit_pair_rewards(policy_lp, reference_lp, beta))
+    return predictions.kept_with_run(kept, ctx.run_dir, artifacts)
 
 
 def held_out(data):

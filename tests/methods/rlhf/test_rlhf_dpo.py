@@ -21,6 +21,7 @@ def test_dpo_with_lora_learns_and_the_adapter_joins_the_session(tiny_llama, sepa
                           batch_size=8, name="dpo_words")
     m = result.metrics
     assert m["test_margin_before"] == 0.0 and m["test_chosen_shift_before"] == 0.0   # the policy starts as its reference
+    assert m["test_accuracy_before"] == 0.5   # every margin exactly 0: a tie counts half, as the reward model's
     assert m["test_margin"] > 0 and m["test_accuracy"] >= 0.8, m
     assert m["test_chosen_shift"] > m["test_rejected_shift"]
     assert m["steps"] == 20 and result.trainable_params < result.total_params
@@ -38,6 +39,28 @@ def test_dpo_full_fine_tune_moves_chosen_above_rejected(tiny_llama, separable, c
     assert result.metrics["test_margin_before"] == 0.0 and result.metrics["train_seconds"] > 0
     assert "Computing reference log probs" not in capfd.readouterr().err   # our live view is the only bar
     assert "policy" in result.artifacts and isinstance(result.generate("Review:", max_new_tokens=3), str)
+
+
+def test_a_dpo_run_keeps_per_pair_implicit_rewards_that_pair_up_with_a_reward_model_on_the_same_pairs(
+        tiny_llama, tiny_bert, separable, store):
+    """The policy read as a reward model: one row per held-out pair, keyed as `%rlhf reward` keys it, its mean
+    correctness test_accuracy; `compare --paired` pairs the DPO run with a reward model scored on the same pairs."""
+    from llm_magics.runs import predictions
+    _, pos, neg = separable
+    pairs, held = word_pairs(pos, neg, 96), word_pairs(pos, neg, 30, seed=1)
+    dpo = api.rlhf.dpo(policy=str(tiny_llama), data=pairs, test=held, method="lora", lr=5e-3, steps=12, batch_size=8)
+    kept = dpo.predictions
+    assert len(kept) == len(held) and set(kept["label"]) == {"chosen"}
+    assert kept["correct"].mean() == pytest.approx(dpo.metrics["test_accuracy"], abs=1e-6)
+    assert ((kept["score"] > 0.5) == (kept["prediction"] == "chosen")).all()
+    on_disk = predictions.load(store.get(dpo.run_id)["artifacts"][predictions.FILE_KEY])
+    assert on_disk["item_id"].tolist() == kept["item_id"].tolist()
+    reward = api.rlhf.reward(model=str(tiny_bert), data=pairs, test=held.sample(frac=1, random_state=2),
+                             batch_size=16, dtype="float32", epochs=1, lr=1e-3)
+    paired = api.compare_paired(dpo, reward)
+    assert paired.paired.shared == len(held) and paired.paired.difference.mean == pytest.approx(
+        dpo.metrics["test_accuracy"] - reward.metrics["test_accuracy"], abs=1e-6)
+    api.lora.unload(name=dpo.adapter)
 
 
 def test_dpo_stops_cleanly_when_asked(tiny_llama, separable, monkeypatch):
