@@ -22,7 +22,8 @@ Decode (generation) is reproduced in the script: greedy `generate` with the KV c
 runs load it, batch 1; every step reads all weights once, so weight bytes x tokens/s is set against the
 measured bandwidth (the KV cache is small at these lengths and is not counted).
 
-The table is printed and written to <results>/utilisation-<host>.md with the machine's description.
+The table is printed and written to <results>/utilisation-<host>.md with the machine's description; a run
+with --only is appended to that file as a section of its own (the full run's table stays).
 """
 from __future__ import annotations
 
@@ -410,8 +411,19 @@ def main(argv=None) -> None:
     print("\n" + markdown(table))
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / f"utilisation-{socket.gethostname()}.md"
-    path.write_text(report + "\n")
-    print(f"written: {path}")
+    if args.only and path.exists():   # a partial run is added below the full one's table, never in its place
+        path.write_text(path.read_text().rstrip() + "\n\n" + demoted(report, f"--only {args.only}") + "\n")
+        print(f"appended to: {path}")
+    else:
+        path.write_text(report + "\n")
+        print(f"written: {path}")
+
+
+def demoted(report: str, label: str) -> str:
+    """`report` one heading level down, its title naming the partial run."""
+    lines = ["#" + line if line.startswith("#") else line for line in report.splitlines()]
+    lines[0] = lines[0].replace("## Utilisation on", f"## Partial run ({label}): utilisation on", 1)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
