@@ -124,6 +124,7 @@ def test_the_lora_update_added_inside_the_gemm_gives_peft_s_output_and_gradients
 
 
 def test_the_lora_update_in_the_gemm_leaves_every_other_case_to_peft():
+    peft = pytest.importorskip("peft")
     x = torch.randn(4, 12)
     calls = []
     dora = _lora_pair(use_dora=True).eval()
@@ -131,7 +132,7 @@ def test_the_lora_update_in_the_gemm_leaves_every_other_case_to_peft():
     merged.merge_adapter()
     disabled = _lora_pair().eval()
     two = _lora_pair().eval()
-    two.add_adapter("other", __import__("peft").LoraConfig(r=2, target_modules=["0"]))
+    two.add_adapter("other", peft.LoraConfig(r=2, target_modules=["0"]))
     two.base_model.set_adapter(["default", "other"])
     for model in (dora, merged, two, _lora_pair().eval()):
         expected = model(x)

@@ -90,7 +90,8 @@ class OfflineTraining(TrlTraining):
         o, policy = run.options, run.trainer.model.eval()
         measured = dict(run.measured)
         metrics = {k: v for k, v in measured.items() if k.endswith("_before")}
-        after_lp = pair_logprobs(policy, run.tokenizer, held_out(run.data), o.max_length)
+        pairs = held_out(run.data)
+        after_lp = pair_logprobs(policy, run.tokenizer, pairs, o.max_length)
         metrics.update(implicit_rewards(after_lp, run.reference_lp, o.beta, "test"))
         if outcome.losses:
             metrics["train_loss"] = float(outcome.losses[-1][1])
@@ -100,7 +101,7 @@ class OfflineTraining(TrlTraining):
                                         metrics, run.callback.logs, run.data, run.ctx, run.device, run.notes,
                                         run.name, autocast=run.autocast)
         if after_lp is not None and run.reference_lp is not None:
-            result.predictions = held_out_predictions(held_out(run.data), after_lp, run.reference_lp, o.beta, run.ctx,
+            result.predictions = held_out_predictions(pairs, after_lp, run.reference_lp, o.beta, run.ctx,
                                                       result.artifacts)
         return result
 
