@@ -1,22 +1,11 @@
 """What a training run swaps in for its length, for speed on its device: the same arithmetic, less work.
 
-`fast_paths(model, device, autocast)` combines the two below; the training loops (ours, and TRL's through
+`fast_paths(model, device, autocast)` combines those below; the training loops (ours, and TRL's through
 `%rlhf`) run inside it.
 
-**Cheaper dropout masks on CPUs.**
-
-On a CPU, `nn.Dropout` draws one Mersenne-Twister number per element: on a 1,024 × 384 activation that
-takes longer than a bf16 matmul of the same activation with a 384 × 384 weight (2.0 ms against 0.37 ms
-on 2 EPYC cores). LoRA drops the input of every adapted layer, so its masks were the largest cost
-after the GEMMs (31 % of self CPU time, `benchmarks/utilisation.py`). `WordDropout` draws one 64-bit
-word per four elements and cuts it into four 16-bit uniforms: p is kept to 1/65,536 (0.05 becomes
-0.0500031; the scale is 1/(1 − that)), the mask is kept as bools for the backward pass, and the draws
-come from the global generator, so a run's RNG state (checkpoints, `--resume`) covers them. The mask is
-applied with `torch.where`, not multiplied in: a bool times a bf16 tensor first converts the bools to bf16,
-a slow unvectorised pass that cost four times the `where` (0.76 against 0.18 ms on a 32 × 40 × 384 input).
-
-`cheap_dropout(model, device)` swaps every `nn.Dropout` for one for the length of a training run on a
-CPU and puts the originals back after; elsewhere (CUDA's fused Philox dropout is fast) it does nothing.
+**Cheaper dropout masks on CPUs.** `cheap_dropout(model, device)` swaps every `nn.Dropout` for a
+`dropout.WordDropout` for the length of a training run on a CPU and puts the originals back after; elsewhere
+(CUDA's fused Philox dropout is fast) it does nothing.
 
 **No fp32 round trip into the adapters under autocast.** PEFT casts an adapter's input to its weight's
 dtype (fp32) before its dropout and `lora_A`; autocast then casts it back to bf16 for the matmul: two
@@ -28,6 +17,7 @@ without autocast (an fp32 run, a bf16 base with fp32 adapters) PEFT casts as it 
 three passes over the layer's whole output (B's product, the scale, the sum) and, backward, a fourth (the
 scale again). `addmm(result, h, Bᵀ, alpha=scaling)` is one GEMM that reads `result` and writes the sum; its
 backward scales only the rank-r products. The same sum, rounded once instead of three times under autocast.
+The adapter's dropout scale joins that alpha too (`WordDropout.unscaled`): one pass less each way.
 Measured on `%lora` MiniLM SST-2 bf16 (2,000 rows, 2 EPYC cores, three alternating pairs): 1–6 % more
 tokens/s, 7 % less peak memory; `lora_vs_trainer_peft.py` 1.41× → 1.48× Trainer + PEFT with `bf16=True`. Only plain LoRA layers take it (one active adapter, not merged, no DoRA or other variant, no bias on
 B, dtypes that agree or autocast on); any other call goes to PEFT's own forward.
@@ -41,44 +31,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-LEVELS = 1 << 16
-
-
-def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
-    """Bools, each True with probability 1 − round(p·65536)/65536, from 64-bit words cut in four."""
-    count = shape.numel()
-    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)
-    draws = words.view(torch.int16)[:count].view(shape)     # uniform over −32768 … 32767
-    return draws >= round(p * LEVELS) - LEVELS // 2
-
-
-def kept_scale(p: float) -> float:
-    return LEVELS / (LEVELS - round(p * LEVELS))
-
-
-class _Drop(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        mask = keep_mask(x.shape, p)
-        ctx.save_for_backward(mask)
-        ctx.scale = kept_scale(p)
-        return torch.where(mask, x, 0).mul_(ctx.scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (mask,) = ctx.saved_tensors
-        return torch.where(mask, grad, 0).mul_(ctx.scale), None
-
-
-class WordDropout(nn.Dropout):
-    """`nn.Dropout` (same p, same train/eval behaviour) with masks from `keep_mask`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
-        if self.p == 1:
-            return x * 0
-        return _Drop.apply(x, self.p)
+from .dropout import WordDropout
 
 
 @contextlib.contextmanager
@@ -158,9 +111,11 @@ def _forward_with_update_in_gemm(self, x: torch.Tensor, *args, **kwargs) -> torc
     if not (autocast or same):
         return peft_forward(self, x, *args, **kwargs)       # PEFT's casts decide the dtypes there
     result = self.base_layer(x)
-    h = self.lora_A[name](self.lora_dropout[name](x))
+    dropout = self.lora_dropout[name]
+    dropped, owed = dropout.unscaled(x) if isinstance(dropout, WordDropout) else (dropout(x), 1.0)
+    h = self.lora_A[name](dropped)
     out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), weight_b.t(),
-                      alpha=self.scaling[name])
+                      alpha=self.scaling[name] * owed)
     return out.view(result.shape)
 
 
