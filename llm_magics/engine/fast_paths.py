@@ -7,6 +7,9 @@
 `dropout.WordDropout` for the length of a training run on a CPU and puts the originals back after; elsewhere
 (CUDA's fused Philox dropout is fast) it does nothing.
 
+**Attention as plain matmuls at short lengths on CPUs** (`attention.short_attention`): faster than torch's
+CPU SDPA kernels in bf16 and wherever attention drops weights.
+
 **No fp32 round trip into the adapters under autocast.** PEFT casts an adapter's input to its weight's
 dtype (fp32) before its dropout and `lora_A`; autocast then casts it back to bf16 for the matmul: two
 copies of every adapted layer's input per forward, and two more of its gradient, for a result autocast
@@ -31,13 +34,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .attention import short_attention
 from .dropout import WordDropout
 
 
 @contextlib.contextmanager
 def fast_paths(model: nn.Module, device: torch.device, autocast: torch.dtype | None) -> Iterator[None]:
-    with cheap_dropout(model, device), adapter_input_casts_off(model, device, autocast is not None), \
-            lora_update_in_gemm(model):
+    with cheap_dropout(model, device), short_attention(model, device), \
+            adapter_input_casts_off(model, device, autocast is not None), lora_update_in_gemm(model):
         yield
 
 

@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from .attention import short_attention
 from .batching import collate, length_batches, tokenize, with_oom_backoff
 from .device import eval_mode
 from .limits import fit_max_length
@@ -174,7 +175,7 @@ def extract(model, tokenizer, texts: Sequence[str], layers: Sequence[int], pooli
             progress.log(f"out of memory: splitting batches (now {size} rows); continuing")
 
     batches = length_batches(lengths, max_batch, max_tokens)
-    with eval_mode(model):  # a model fresh from training may still have dropout on
+    with eval_mode(model), short_attention(model, device):  # eval: a model fresh from training may still drop
         for batch in with_oom_backoff(batches, run, backed_off):
             if progress:
                 progress.advance(len(batch))

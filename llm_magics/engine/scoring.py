@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .attention import short_attention
 from .batching import collate, length_batches, with_oom_backoff
 from .throughput import Throughput
 
@@ -110,25 +111,26 @@ def score_continuations(model, rows: Sequence[Sequence[int]], continuations: Seq
     max_batch, max_tokens = max_batch or default_rows, max_tokens or default_tokens
     started = time.perf_counter()
     stats = ScoreStats(rows=len(rows), tokens=0 if cache is not None else len(prefix))
-    cache = cache if cache is not None else PrefixCache(model, prefix, device)
-    lengths = np.array([len(c) for c in continuations])
-    scores = np.full((len(rows), len(continuations)), np.nan, dtype=np.float64)
-    if all(n == 1 for n in lengths):
-        # One pass: the next-token distribution after each row scores every label at once.
-        targets = torch.as_tensor([c[0] for c in continuations], device=device)
-        inputs = [list(r) for r in rows]
-        for batch, logprobs in _passes(model, inputs, 1, cache, pad_id, device, max_batch, max_tokens, stats,
-                                       progress, progress):
-            scores[batch] = logprobs[:, 0, :].index_select(-1, targets).double().cpu().numpy()
-    else:
-        # A pass per continuation: row + continuation[:-1] predicts each continuation token.
-        for j, cont in enumerate(continuations):
-            inputs = [list(r) + list(cont[:-1]) for r in rows]
-            target = torch.as_tensor(list(cont), device=device)
-            positions = torch.arange(len(cont), device=device)
-            for batch, logprobs in _passes(model, inputs, len(cont), cache, pad_id, device, max_batch, max_tokens,
-                                           stats, progress if j == len(continuations) - 1 else None, progress):
-                scores[batch, j] = logprobs[:, positions, target].sum(-1).double().cpu().numpy()
+    with short_attention(model, device):
+        cache = cache if cache is not None else PrefixCache(model, prefix, device)
+        lengths = np.array([len(c) for c in continuations])
+        scores = np.full((len(rows), len(continuations)), np.nan, dtype=np.float64)
+        if all(n == 1 for n in lengths):
+            # One pass: the next-token distribution after each row scores every label at once.
+            targets = torch.as_tensor([c[0] for c in continuations], device=device)
+            inputs = [list(r) for r in rows]
+            for batch, logprobs in _passes(model, inputs, 1, cache, pad_id, device, max_batch, max_tokens, stats,
+                                           progress, progress):
+                scores[batch] = logprobs[:, 0, :].index_select(-1, targets).double().cpu().numpy()
+        else:
+            # A pass per continuation: row + continuation[:-1] predicts each continuation token.
+            for j, cont in enumerate(continuations):
+                inputs = [list(r) + list(cont[:-1]) for r in rows]
+                target = torch.as_tensor(list(cont), device=device)
+                positions = torch.arange(len(cont), device=device)
+                for batch, logprobs in _passes(model, inputs, len(cont), cache, pad_id, device, max_batch, max_tokens,
+                                               stats, progress if j == len(continuations) - 1 else None, progress):
+                    scores[batch, j] = logprobs[:, positions, target].sum(-1).double().cpu().numpy()
     stats.rows = int((~np.isnan(scores).any(axis=1)).sum())
     stats.seconds = time.perf_counter() - started
     return scores, lengths, stats
