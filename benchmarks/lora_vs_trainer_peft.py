@@ -1,6 +1,7 @@
 """`%lora` against transformers.Trainer + PEFT: tokens/s and peak memory.
 
     python benchmarks/lora_vs_trainer_peft.py [--model minilm] [--rows 2000] [--method lora] [--device cpu]
+                                              [--repeats 3]
 
 Same model, PEFT method and config (rank 8, every linear layer of the blocks,
 the head in modules_to_save), same SST-2 rows, batch size and max length, one
@@ -8,7 +9,9 @@ epoch; both batch rows of similar length together (Trainer's
 train_sampling_strategy="group_by_length": less padding, its best setting
 for speed). On a CPU Trainer runs twice, fp32 and with bf16=True (CPU autocast), and
 the ratio is against the faster. Tokens/s counts real (unpadded) tokens over training time. Each
-contender runs in its own subprocess so its peak memory is its own. Goal on
+contender runs in its own subprocess so its peak memory is its own; the contenders take turns, --repeats
+rounds, and each figure is the contender's median (on a shared 2-core VM one contender's tokens/s moved by
+up to 25 % between back-to-back runs, so one round can decide a ratio by itself). Goal on
 CPU (issue 22): ≥ 2× Trainer + PEFT's tokens/s in bf16 at no more peak memory. On a GPU the
 script also prints MFU: 4 × parameters × tokens/s over the card's dense bf16
 peak (pass --peak-tflops).
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -118,6 +122,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--method", default="lora")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of every contender; medians are reported")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, for MFU")
     parser.add_argument("--contender", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -134,22 +139,32 @@ def main() -> int:
           f"{args.device} · {torch.get_num_threads()} threads")
     contenders = ("trainer+peft", "trainer+peft-bf16", "ours", "ours-fp32") if args.device == "cpu" else \
         ("trainer+peft", "ours", "ours-fp32")
-    for name in contenders:
-        env = {**os.environ, "LLM_MAGICS_HOME": os.path.join(home, name)}
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, __file__, "--contender", name, "--model", args.model,
-                               "--rows", str(args.rows), "--method", args.method, "--device", args.device],
-                              capture_output=True, text=True, env=env)
-        line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
-            print(done.stderr[-3000:], file=sys.stderr)
-            return 1
-        r = results[name] = json.loads(line[0][7:])
+    rounds: dict[str, list[dict]] = {name: [] for name in contenders}
+    for round_number in range(1, args.repeats + 1):
+        for name in contenders:
+            env = {**os.environ, "LLM_MAGICS_HOME": os.path.join(home, f"{name}-{round_number}")}
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, __file__, "--contender", name, "--model", args.model,
+                                   "--rows", str(args.rows), "--method", args.method, "--device", args.device],
+                                  capture_output=True, text=True, env=env)
+            line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+            if not line:
+                print(done.stderr[-3000:], file=sys.stderr)
+                return 1
+            r = json.loads(line[0][7:])
+            rounds[name].append(r)
+            print(f"round {round_number} {name:17} {r['dtype']:9} tokens/s {r['tokens_per_s']:8.0f}  peak "
+                  f"{r['peak_mb']:7.0f} MiB  accuracy {r['accuracy']:.4f}  ({time.perf_counter() - started:.0f} s)",
+                  flush=True)
+    print(f"\nmedians of {args.repeats} round(s):")
+    for name, runs in rounds.items():
+        r = results[name] = {**runs[0], "tokens_per_s": median(x["tokens_per_s"] for x in runs),
+                             "peak_mb": median(x["peak_mb"] for x in runs)}
         mfu = ""
         if args.peak_tflops:
             mfu = f"  MFU {4 * r['params'] * r['tokens_per_s'] / (args.peak_tflops * 1e12):.1%}"
-        print(f"{name:13} {r['dtype']:9} tokens/s {r['tokens_per_s']:8.0f}  peak {r['peak_mb']:7.0f} MiB  "
-              f"accuracy {r['accuracy']:.4f}  ({time.perf_counter() - started:.0f} s){mfu}", flush=True)
+        print(f"{name:17} {r['dtype']:9} tokens/s {r['tokens_per_s']:8.0f}  peak {r['peak_mb']:7.0f} MiB  "
+              f"accuracy {r['accuracy']:.4f}{mfu}", flush=True)
     # Against Trainer at its best: the faster of its fp32 and bf16-autocast runs (on a CPU both are tried).
     best = max((n for n in results if n.startswith("trainer")), key=lambda n: results[n]["tokens_per_s"])
     base, mine = results[best], results["ours"]
