@@ -11,8 +11,9 @@ torch's CPU `scaled_dot_product_attention` is slow at short lengths in bf16, on 
 is as fast or faster, so fp32 keeps it.
 
 The plain form keeps the [batch, heads, queries, keys] weights for the backward pass, as the math path
-does; it is taken only while one layer's weights stay under `MAX_WEIGHTS` elements and the keys under
-`MAX_KEYS`; longer sequences keep the flash kernel's memory.
+does (about 5 bytes a weight with dropout: the weights before and after it, and the mask; 4 without); it is
+taken only while one layer's weights stay under `MAX_WEIGHTS` elements (about 20 MiB a layer kept) and the
+keys under `MAX_KEYS`; longer sequences keep the flash kernel's memory.
 
 `short_attention(model, device)` marks a model's modules for a block. While any model is marked, the "sdpa"
 entry of transformers' process-wide `ALL_ATTENTION_FUNCTIONS` is `attention` below, which computes for the
@@ -32,7 +33,7 @@ from torch import nn
 from .dropout import drawable, dropped
 
 MAX_KEYS = 512
-MAX_WEIGHTS = 1 << 23       # elements of one layer's attention weights (16 MiB in bf16)
+MAX_WEIGHTS = 1 << 22       # elements of one layer's attention weights (8 MiB in bf16)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 _marked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
