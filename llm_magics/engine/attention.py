@@ -39,7 +39,7 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 _marked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _lock = threading.Lock()
 _blocks = 0
-_replaced: list[Callable | None] = []      # the "sdpa" override in place before ours (None: transformers' own)
+_replaced: Callable | None = None          # the "sdpa" override in place before ours (None: transformers' own)
 
 
 def _interface():
@@ -66,10 +66,10 @@ def short_attention(model: nn.Module, device: torch.device) -> Iterator[bool]:
 
 
 def _enter(interface, modules: list[nn.Module]) -> None:
-    global _blocks
+    global _blocks, _replaced
     with _lock:
         if _blocks == 0:
-            _replaced[:] = [interface._local_mapping.get("sdpa")]
+            _replaced = interface._local_mapping.get("sdpa")
             interface["sdpa"] = attention
         _blocks += 1
         _marked.update(modules)
@@ -82,16 +82,15 @@ def _leave(interface, modules: list[nn.Module]) -> None:
             _marked.discard(module)
         _blocks -= 1
         if _blocks == 0:
-            previous = _replaced.pop()
-            if previous is None:
+            if _replaced is None:
                 del interface["sdpa"]
             else:
-                interface["sdpa"] = previous
+                interface["sdpa"] = _replaced
 
 
 def _replaced_function() -> Callable:
-    if _replaced and _replaced[0] is not None:
-        return _replaced[0]
+    if _replaced is not None:
+        return _replaced
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     return sdpa_attention_forward
 
@@ -110,9 +109,9 @@ def _math(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torc
           attention_mask: torch.Tensor | None, dropout: float, scaling: float | None,
           is_causal: bool | None) -> tuple[torch.Tensor, None]:
     """softmax(q·kᵀ·scale + mask), dropped, times v: in the inputs' dtype (softmax accumulates in fp32)."""
+    from transformers.integrations.sdpa_attention import repeat_kv   # each key/value head per query head it serves
     groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:
-        key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     queries = query.shape[2]
     # SDPA's own causal mask (upper-left aligned), as transformers asks for it: no mask given and more than one query
     causal = queries > 1 and attention_mask is None and (is_causal if is_causal is not None
@@ -141,9 +140,3 @@ def _takes(module: nn.Module, query: torch.Tensor, key: torch.Tensor, dropout: f
         return False
     batch, heads, queries, keys = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
     return keys <= MAX_KEYS and batch * heads * queries * keys <= MAX_WEIGHTS
-
-
-def _repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
-    """Each key/value head once per query head it serves (grouped-query attention), as transformers' repeat_kv."""
-    batch, heads, length, dim = states.shape
-    return states[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
