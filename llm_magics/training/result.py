@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from ..engine import checkpoint
-from ..engine.device import compute_dtype
+from ..engine.device import autocast_to, compute_dtype
 from ..engine.loop import Outcome
 from ..method import Result
 from ..models.classifier import SequenceClassifier
@@ -33,6 +33,9 @@ class TrainedResult(Result):
     _max_length: int = 256
     _weights: TrainedWeights | None = field(default=None, repr=False)
     _rebuild: Any = field(default=None, repr=False)   # a launched run's: (model, tokenizer) from rank 0's weights
+    # what the run computed in (autocast over a bf16 base, `--dtype bfloat16`): predictions compute in it too,
+    # as the run's own evaluations did
+    _autocast: torch.dtype | None = field(default=None, repr=False)
 
     def restore(self, options, rebuild) -> None:
         """A launched run's Result: the model is rebuilt from rank 0's weights when first used."""
@@ -64,7 +67,9 @@ class TrainedResult(Result):
             raise TypeError("this run tuned a causal LM: use .generate(prompts)")
         texts = [texts] if isinstance(texts, str) else list(texts)
         model = self._need_model()
-        return predict_logits(model, self._tokenizer, texts, self._max_length, next(model.parameters()).device)
+        device = next(model.parameters()).device
+        with autocast_to(device, self._autocast):
+            return predict_logits(model, self._tokenizer, texts, self._max_length, device)
 
     def predict(self, texts) -> list[str]:
         return [self.label_names[i] for i in self.logits(texts).argmax(-1).tolist()]
@@ -75,7 +80,9 @@ class TrainedResult(Result):
     def generate(self, prompts, max_new_tokens: int = 64, **kwargs):
         if self.task != "sft":
             raise TypeError("this run trained a classifier: use .predict(texts)")
-        return generate(self._need_model(), self._tokenizer, prompts, max_new_tokens, **kwargs)
+        model = self._need_model()
+        with autocast_to(next(model.parameters()).device, self._autocast):
+            return generate(model, self._tokenizer, prompts, max_new_tokens, **kwargs)
 
     def save(self, path: str | Path) -> Path:
         """The whole trained model as safetensors (+ tokenizer), loadable with from_pretrained."""
@@ -109,13 +116,14 @@ def training_result(result_cls: type[TrainedResult], run: TrainingRun, outcome: 
     throughput. `extra` sets fields of `result_cls` (and may add artifacts)."""
     o, ctx, model, task = run.options, run.ctx, run.model, run.engine_task
     metrics: dict[str, float] = {}
-    metrics.update(task.split_scores(model, "val"))
+    kept = None
+    with autocast_to(run.device, run.autocast):   # as the loop's evaluations computed, so val matches its history
+        metrics.update(task.split_scores(model, "val"))
+        if _has_split(task, "test"):
+            kept = test_predictions(run, model) if run.task == "classify" and hasattr(task, "split_logits") else None
+            metrics.update(scores(*kept[1:], "test") if kept else task.split_scores(model, "test"))
     if run.task == "sft" and outcome.history and "val_loss" in outcome.history[0]:
         metrics["val_loss_before"] = outcome.history[0]["val_loss"]
-    kept = None
-    if _has_split(task, "test"):
-        kept = test_predictions(run, model) if run.task == "classify" and hasattr(task, "split_logits") else None
-        metrics.update(scores(*kept[1:], "test") if kept else task.split_scores(model, "test"))
     if outcome.losses:
         metrics["train_loss"] = float(outcome.losses[-1][1])
     metrics["epochs"] = round(outcome.epochs_run, 3)
@@ -127,7 +135,8 @@ def training_result(result_cls: type[TrainedResult], run: TrainingRun, outcome: 
     if checkpoint.exists(ctx.run_dir / "checkpoint-last"):
         artifacts["resume_checkpoint"] = str(ctx.run_dir / "checkpoint-last")
     fields.update(metrics=metrics, artifacts=artifacts, label_names=getattr(run.data, "label_names", None),
-                  task=run.task, _model=model, _tokenizer=run.tokenizer, _max_length=o.max_length)
+                  task=run.task, _model=model, _tokenizer=run.tokenizer, _max_length=o.max_length,
+                  _autocast=run.autocast)
     fields.update(extra)
     if result_cls._need_model is TrainedResult._need_model and "_model" not in extra:
         # the weights stay on disk; the newest Results keep their model loaded

@@ -120,3 +120,27 @@ def test_a_frozen_base_loads_in_bf16_where_the_cpu_does_it_and_computes_under_bf
     for held in (result, fp32):
         if getattr(held, "adapter", ""):
             api.lora.unload(name=held.adapter)
+
+
+
+@pytest.mark.parametrize("name", ["finetune", "lora"])
+def test_a_bf16_run_scores_and_predicts_in_its_dtype(name, tiny_bert, tiny_llama, separable):
+    """Every forward pass of a bf16 run computes under its autocast: training, the loop's evaluations, the scoring
+    of the restored weights on validation and test (fp32 before, so its val metrics were not the best
+    evaluation's), and the Result's predictions."""
+    frame = separable[0]
+    seen: list[bool] = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: seen.append(torch.is_autocast_enabled("cpu"))
+        if isinstance(module, torch.nn.Linear) else None)
+    try:
+        result = trainers(tiny_bert, tiny_llama, separable)[name](device="cpu", dtype="bfloat16",
+                                                                  validation=frame.tail(24), test=frame.tail(16))
+        assert "test_accuracy" in result.metrics and seen and all(seen)
+        seen.clear()
+        result.predict(frame.tail(16)["text"].tolist())
+        assert seen and all(seen)
+    finally:
+        handle.remove()
+    if getattr(result, "adapter", ""):
+        api.lora.unload(name=result.adapter)
