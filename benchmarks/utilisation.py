@@ -4,7 +4,7 @@
 
 Limits: GEMM GFLOP/s in fp32 and bf16 at the shapes the embedded models use (MiniLM: hidden 384, ffn 1536;
 SmolLM2-135M: hidden 576, ffn 1536; tokens = batch x seq), and memory bandwidth (STREAM-like copy and
-triad in torch, arrays far larger than the caches).
+triad in torch, arrays twice the last-level cache or more).
 
 Workloads: real steps through `llm_magics.api` on the embedded models at tiny sizes (SST-2 rows from
 ../shared/data/sst2, synthetic text when it is absent). Each runs twice with the same data and seed:
@@ -83,12 +83,31 @@ def gemm_limits(tokens: int, budget_s: float) -> tuple[dict, list[dict]]:
     return peaks, rows
 
 
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache (Linux sysfs), 64 MiB where it cannot be read."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        with contextlib.suppress(OSError, ValueError):
+            text = entry.read_text().strip()
+            sizes.append(int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[text[-1]])
+    return max(sizes, default=64 << 20)
+
+
 def bandwidth(elements: int, budget_s: float) -> dict[str, float]:
-    """STREAM copy (2 arrays touched) and triad (3) in fp32, GB/s."""
+    """STREAM-like read (a sum), copy (2 arrays touched) and triad (3) in fp32, GB/s. Each array is at least
+    twice the last-level cache: some CPUs carry hundreds of MiB of L3, and an array that fits measures the
+    cache (a 300 MiB L3 read 128 MiB arrays at twice the memory's rate)."""
+    elements = max(elements, 2 * last_level_cache_bytes() // 4)
     a, b, c = (torch.rand(elements) for _ in range(3))
+    read = best_seconds(lambda: a.sum(), budget_s)
     copy = best_seconds(lambda: b.copy_(a), budget_s)
     triad = best_seconds(lambda: torch.add(b, c, alpha=3.0, out=a), budget_s)
-    return {"copy": 2 * 4 * elements / copy / 1e9, "triad": 3 * 4 * elements / triad / 1e9}
+    return {"read": 4 * elements / read / 1e9, "copy": 2 * 4 * elements / copy / 1e9,
+            "triad": 3 * 4 * elements / triad / 1e9}
+
+
+def bandwidth_text(bw: dict[str, float]) -> str:
+    return ", ".join(f"{name} {rate:.1f} GB/s" for name, rate in bw.items())
 
 
 def dtype_name(dtype) -> str:
@@ -375,7 +394,7 @@ def main(argv=None) -> None:
         peaks, gemm_rows = gemm_limits(size["tokens"], size["budget"])
         bw = bandwidth(size["elements"], size["budget"] * 3)
         print(markdown([{**r, "gflops": f"{r['gflops']:.1f}"} for r in gemm_rows]), flush=True)
-        print(f"bandwidth: copy {bw['copy']:.1f} GB/s, triad {bw['triad']:.1f} GB/s", flush=True)
+        print(f"bandwidth: {bandwidth_text(bw)}", flush=True)
         chosen = workloads(size, Path(home))
         if args.only:
             names = {n.strip() for n in args.only.split(",")}
@@ -402,8 +421,8 @@ def main(argv=None) -> None:
         + (" (--quick)" if args.quick else ""),
         "## Limits (same run, same threads; the better of a measurement before and after the workloads)\n\n"
         + markdown([{**r, "gflops": f"{r['gflops']:.1f}"} for r in gemm_rows])
-        + f"\n\nMemory bandwidth (fp32, {size['elements'] * 4 >> 20} MiB arrays): copy {bw['copy']:.1f} GB/s, "
-          f"triad {bw['triad']:.1f} GB/s",
+        + f"\n\nMemory bandwidth (fp32, {max(size['elements'] * 4, 2 * last_level_cache_bytes()) >> 20} MiB "
+          f"arrays, last-level cache {last_level_cache_bytes() >> 20} MiB): {bandwidth_text(bw)}",
         "## Workloads\n\n" + markdown(table),
         "## Notes\n\n" + "\n".join(f"- {w.name}: {w.note}" for w in chosen if w.note) + "\n"
         + "- " + " ".join(__doc__.split("\n\n")[2:4]).replace("\n", " "),
