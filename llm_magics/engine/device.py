@@ -102,6 +102,21 @@ def pick_dtype(device: torch.device, preference: str | None = None, training: bo
     return torch.float32
 
 
+def builds_kernels_per_shape(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether each new matmul shape costs a kernel build: oneDNN's bf16/fp16 GEMMs on a CPU are built for the
+    shape they first meet (about 7 ms each on 2 AMX cores, against 1.4 ms to run a 1,000-token layer), and
+    cached by shape. Inference batches there are cut to a few shapes (`batching.bucketed`); fp32 (MKL) and
+    CUDA build nothing per shape."""
+    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+
+
+def compute_dtype_now(model: torch.nn.Module, device: torch.device) -> torch.dtype:
+    """What `model`'s matmuls compute in here and now: autocast's dtype while it is on, else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(model.parameters()).dtype
+
+
 def train_dtype(device: torch.device, option: str | None = None,
                 frozen: torch.dtype | None = None) -> torch.dtype | None:
     """The dtype a training run computes in under autocast (None: fp32), one rule for every trainer.

@@ -26,8 +26,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from .attention import short_attention
-from .batching import collate, length_batches, tokenize, with_oom_backoff
-from .device import eval_mode
+from .batching import collate, length_batches, shape_buckets, tokenize, with_oom_backoff
+from .device import compute_dtype_now, eval_mode
 from .limits import fit_max_length
 from .throughput import Throughput
 
@@ -154,6 +154,7 @@ def extract(model, tokenizer, texts: Sequence[str], layers: Sequence[int], pooli
     started = time.perf_counter()
     ids = tokenize(tokenizer, texts, fit_max_length(max_length, tokenizer, model))
     lengths = [len(x) for x in ids]
+    bucket_cap = shape_buckets(lengths, device, compute_dtype_now(model, device))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     hidden_size = model.config.hidden_size
     out = {layer: np.zeros((len(texts), hidden_size), dtype=np.float32) for layer in layers}
@@ -161,7 +162,7 @@ def extract(model, tokenizer, texts: Sequence[str], layers: Sequence[int], pooli
     top_only = list(layers) == [num_layers(model.config)]
 
     def run(batch: np.ndarray) -> None:
-        inputs = collate([ids[i] for i in batch], pad_id)
+        inputs = collate([ids[i] for i in batch], pad_id, bucket_cap=bucket_cap)
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         output = model(**inputs, output_hidden_states=not top_only, return_dict=True)
         states = {layers[0]: output.last_hidden_state} if top_only else output.hidden_states
@@ -174,7 +175,7 @@ def extract(model, tokenizer, texts: Sequence[str], layers: Sequence[int], pooli
         if progress and stats.backoffs == 1:
             progress.log(f"out of memory: splitting batches (now {size} rows); continuing")
 
-    batches = length_batches(lengths, max_batch, max_tokens)
+    batches = length_batches(lengths, max_batch, max_tokens, bucket_cap=bucket_cap)
     with eval_mode(model), short_attention(model, device):  # eval: a model fresh from training may still drop
         for batch in with_oom_backoff(batches, run, backed_off):
             if progress:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.batching import collate, length_batches, with_oom_backoff
-from ..engine.device import dtype_name
+from ..engine.batching import collate, length_batches, shape_buckets, with_oom_backoff
+from ..engine.device import compute_dtype_now, dtype_name
 from ..engine.features import batch_budget, default_pooling, pool
 from ..engine.throughput import Throughput
 
@@ -111,14 +111,15 @@ class Embedder:
             return out, EncodeStats()
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         max_batch, budget = batch_budget(self.device)
+        cap = shape_buckets(lengths, self.device, compute_dtype_now(self.model, self.device))
 
         def run(batch: np.ndarray) -> None:
-            inputs = collate([rows[i] for i in batch], pad_id)
+            inputs = collate([rows[i] for i in batch], pad_id, bucket_cap=cap)
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             hidden = self.model(**inputs, return_dict=True).last_hidden_state
             out[batch] = pool(hidden, inputs["attention_mask"], self.pooling).float().cpu().numpy()
 
-        for batch in with_oom_backoff(length_batches(lengths, max_batch, max_tokens or budget), run):
+        for batch in with_oom_backoff(length_batches(lengths, max_batch, max_tokens or budget, bucket_cap=cap), run):
             if progress:
                 progress.advance(len(batch))
         norms = np.linalg.norm(out, axis=1, keepdims=True)

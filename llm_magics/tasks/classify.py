@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..data import TaskData
-from ..engine.batching import collate, length_batches, tokenize
-from ..engine.device import eval_mode
+from ..engine.batching import collate, length_batches, shape_buckets, tokenize
+from ..engine.device import compute_dtype_now, eval_mode
 from ..engine.limits import fit_max_length
 
 
@@ -34,10 +34,12 @@ def predict_logits(model, tokenizer, texts: Sequence[str], max_length: int, devi
     """Logits for texts in length-sorted, dynamically padded batches, in the texts' order."""
     ids = ids if ids is not None else tokenize(tokenizer, texts, fit_max_length(max_length, tokenizer, model))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    lengths = [len(x) for x in ids]
+    cap = shape_buckets(lengths, device, compute_dtype_now(model, device))
     out = None
     with eval_mode(model):
-        for batch in length_batches([len(x) for x in ids], 256, max_tokens):
-            inputs = {k: v.to(device) for k, v in collate([ids[i] for i in batch], pad).items()}
+        for batch in length_batches(lengths, 256, max_tokens, bucket_cap=cap):
+            inputs = {k: v.to(device) for k, v in collate([ids[i] for i in batch], pad, bucket_cap=cap).items()}
             logits = model(**inputs).logits.float().cpu()
             if out is None:
                 out = torch.zeros((len(ids), logits.shape[-1]))

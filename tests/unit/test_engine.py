@@ -41,6 +41,48 @@ def test_collate_pads_each_batch_to_its_own_longest():
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+def test_bucketed_lengths_climb_a_ladder_of_eight_steps_per_doubling():
+    assert [batching.bucketed(n, 1000) for n in (1, 15, 16, 17, 31, 33, 70, 130)] == [1, 15, 16, 18, 32, 36, 72, 144]
+    for n in range(1, 600):
+        assert n <= batching.bucketed(n, 1000) <= n * 9 / 8
+        assert batching.bucketed(n, n) == n   # never past the cap (the longest row the model already takes)
+
+
+def test_bucketed_batches_repeat_a_few_shapes_within_the_budget():
+    lengths = np.random.default_rng(0).integers(1, 60, size=2000)
+    plain = batching.length_batches(lengths, max_batch=128, max_tokens=1024)
+    batches = batching.length_batches(lengths, max_batch=128, max_tokens=1024, bucket_cap=int(lengths.max()))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(2000))
+    shapes = [(len(b), batching.bucketed(int(lengths[b].max()), int(lengths.max()))) for b in batches]
+    for (rows, padded), batch in zip(shapes, batches):
+        assert rows == 1 or rows * padded <= 1024
+        collated = batching.collate([[1] * int(lengths[i]) for i in batch], 0, bucket_cap=int(lengths.max()))
+        assert tuple(collated["input_ids"].shape) == (rows, padded)
+    plain_shapes = {(len(b), int(lengths[b].max())) for b in plain}
+    assert len(set(shapes)) < 0.6 * len(plain_shapes)
+
+
+def test_shape_buckets_only_where_each_shape_builds_kernels():
+    cpu, lengths = torch.device("cpu"), [3, 9, 5]
+    assert batching.shape_buckets(lengths, cpu, torch.bfloat16) == 9
+    assert batching.shape_buckets(lengths, cpu, torch.float32) is None
+    assert batching.shape_buckets(lengths, torch.device("cuda"), torch.bfloat16) is None
+
+
+@pytest.mark.parametrize("fixture, pooling", [("tiny_bert", "mean"), ("tiny_bert", "cls"), ("tiny_llama", "last")])
+def test_bucketed_bf16_features_equal_one_text_at_a_time(request, fixture, pooling):
+    """bf16 on a CPU pads batches up the ladder: the pads must not reach the pooled features."""
+    loaded = load_model(str(request.getfixturevalue(fixture)), dtype=torch.bfloat16)
+    candidates = [" ".join(["the film was good"] * k) for k in range(4, 16)]     # about 17-90 tokens
+    lengths = [len(ids) for ids in batching.tokenize(loaded.tokenizer, candidates, 128)]
+    texts = [t for t, n in zip(candidates, lengths) if batching.bucketed(n, 1000) > n][:5]   # each gets pads
+    assert len(texts) >= 3, lengths
+    batched, _ = features.extract(loaded.model, loaded.tokenizer, texts, [2], pooling, max_tokens=64)
+    for i, text in enumerate(texts):
+        single, _ = features.extract(loaded.model, loaded.tokenizer, [text], [2], pooling)
+        np.testing.assert_allclose(batched[2][i], single[2][0], atol=0.05, rtol=0.05)
+
+
 @pytest.mark.parametrize("fixture, pooling", [("tiny_bert", "mean"), ("tiny_bert", "cls"), ("tiny_llama", "last")])
 def test_batched_features_equal_one_text_at_a_time(request, fixture, pooling):
     loaded = load_model(str(request.getfixturevalue(fixture)), dtype=torch.float32)
