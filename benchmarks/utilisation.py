@@ -22,8 +22,9 @@ Decode (generation) is reproduced in the script: greedy `generate` with the KV c
 runs load it, batch 1; every step reads all weights once, so weight bytes x tokens/s is set against the
 measured bandwidth (the KV cache is small at these lengths and is not counted).
 
-The table is printed and written to <results>/utilisation-<host>.md with the machine's description; a run
-with --only is appended to that file as a section of its own (the full run's table stays).
+The table is printed and written to <results>/utilisation-<host>-<cpu>.md with the machine's description (one
+host name can stand for different CPUs from one session to the next); a run with --only is appended to that
+file as a section of its own (the full run's table stays).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import csv
 import functools
 import os
 import platform
+import re
 import socket
 import sys
 import tempfile
@@ -348,6 +350,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_slug() -> str:
+    """The CPU's model name for a file name: "Intel(R) Xeon(R) Processor" → intel-xeon-processor."""
+    name = re.sub(r"\((R|TM)\)", "", cpu_model(), flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cpu"
+
+
 def cpu_flags() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -369,7 +377,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller sizes and shorter timings")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results",
-                        help="folder for utilisation-<host>.md")
+                        help="folder for utilisation-<host>-<cpu>.md")
     parser.add_argument("--only", default=None, help="comma-separated workload names to run (default: all)")
     return parser.parse_args(argv)
 
@@ -429,7 +437,7 @@ def main(argv=None) -> None:
     ])
     print("\n" + markdown(table))
     args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"utilisation-{socket.gethostname()}.md"
+    path = args.results / f"utilisation-{socket.gethostname()}-{cpu_slug()}.md"
     if args.only and path.exists():   # a partial run is added below the full one's table, never in its place
         path.write_text(path.read_text().rstrip() + "\n\n" + demoted(report, f"--only {args.only}") + "\n")
         print(f"appended to: {path}")
