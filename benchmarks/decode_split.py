@@ -4,7 +4,7 @@ its linear layers alone multiplying one token each (the weight reads a token can
     python benchmarks/decode_split.py [--threads N] [--tokens 48]
 
 Prints ms/token, the linear layers' ms and GB/s, and the share of a token's time they take; the rest is
-`generate`'s per-token work (attention, norms, sampling, Python). benchmarks/results/utilisation-vm.md
+`generate`'s per-token work (attention, norms, sampling, Python). benchmarks/results/utilisation-vm-amd-epyc.md
 reads it against the machine's STREAM bandwidth.
 """
 from __future__ import annotations

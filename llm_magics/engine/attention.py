@@ -7,7 +7,7 @@ torch's CPU `scaled_dot_product_attention` is slow at short lengths in bf16, on 
 - with dropout (MiniLM's attention dropout is 0.1, so every encoder's training takes it), its math path:
   copies q, k and v to fp32 and draws a Mersenne-Twister number per attention weight (2.5-2.6× the plain
   form with `dropout.py`'s masks at 32-64 tokens).
-(2 EPYC cores, torch 2.13; `benchmarks/results/utilisation-vm.md`.) In fp32 without dropout the flash kernel
+(2 EPYC cores, torch 2.13; `benchmarks/results/utilisation-vm-amd-epyc.md`.) In fp32 without dropout the flash kernel
 is as fast or faster, so fp32 keeps it.
 
 The plain form keeps the [batch, heads, queries, keys] weights for the backward pass, as the math path
