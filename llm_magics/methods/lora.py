@@ -26,7 +26,7 @@ from ..adapters.checks import name_clash, smoke_rows, working_methods
 from ..adapters.configs import KINDS, AdapterSpec, check_virtual_tokens
 from ..adapters.session import load_adapter, merged_model
 from ..common_options import DataOptions, ModelOptions, RunOptions, TrainingOptions, file_path, plain_name
-from ..engine.device import autocast_to, dtype_name
+from ..engine.device import autocast_to, dtype_name, train_dtype
 from ..engine.limits import folder_position_limit
 from ..engine.loop import WeightsState, steps_per_epoch
 from ..errors import UsageError
@@ -97,6 +97,11 @@ class LoraResult(TrainedResult):
         adapter_set, _ = hub().find(self.adapter)
         self._tokenizer = adapter_set.tokenizer
         return adapter_set.activate(self.adapter)
+
+    def _computes_in(self, model) -> torch.dtype | None:
+        """From the base the adapter sits on, as a run on it computes (`train_dtype`'s rule: a bf16 base under bf16
+        autocast): the run's Result and the same adapter loaded again predict alike."""
+        return train_dtype(next(model.parameters()).device, None, frozen=next(model.parameters()).dtype)
 
     def logits(self, texts) -> torch.Tensor:
         with hub().find(self.adapter)[0].lock:  # the adapter stays switched in while it predicts

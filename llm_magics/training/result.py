@@ -68,7 +68,7 @@ class TrainedResult(Result):
         texts = [texts] if isinstance(texts, str) else list(texts)
         model = self._need_model()
         device = next(model.parameters()).device
-        with autocast_to(device, self._autocast):
+        with autocast_to(device, self._computes_in(model)):
             return predict_logits(model, self._tokenizer, texts, self._max_length, device)
 
     def predict(self, texts) -> list[str]:
@@ -81,8 +81,12 @@ class TrainedResult(Result):
         if self.task != "sft":
             raise TypeError("this run trained a classifier: use .predict(texts)")
         model = self._need_model()
-        with autocast_to(next(model.parameters()).device, self._autocast):
+        with autocast_to(next(model.parameters()).device, self._computes_in(model)):
             return generate(model, self._tokenizer, prompts, max_new_tokens, **kwargs)
+
+    def _computes_in(self, model) -> torch.dtype | None:
+        """The autocast its predictions run under: the run's."""
+        return self._autocast
 
     def save(self, path: str | Path) -> Path:
         """The whole trained model as safetensors (+ tokenizer), loadable with from_pretrained."""
