@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .attention import short_attention
-from .batching import collate, length_batches, with_oom_backoff
+from .batching import collate, length_batches, shape_buckets, with_oom_backoff
+from .device import compute_dtype_now
 from .throughput import Throughput
 
 
@@ -146,9 +147,11 @@ def _passes(model, inputs: list[list[int]], keep: int, cache: PrefixCache, pad_i
     if min(lengths) == 0:
         raise ValueError("every row needs at least one token of its own (keep it out of the cached prefix)")
     out: dict[int, torch.Tensor] = {}
+    cap = shape_buckets(lengths, device, compute_dtype_now(model, device))
 
     def run(batch: np.ndarray) -> None:
-        ids, mask, positions = (t.to(device) for t in _after_prefix([inputs[i] for i in batch], pad_id, cache.length))
+        ids, mask, positions = (t.to(device) for t in _after_prefix([inputs[i] for i in batch], pad_id, cache.length,
+                                                                    cap))
         kwargs = {name: cache.for_batch(len(batch)), "use_cache": cache.length > 0}
         if keep_kw:
             kwargs["logits_to_keep"] = keep
@@ -161,7 +164,7 @@ def _passes(model, inputs: list[list[int]], keep: int, cache: PrefixCache, pad_i
         if progress and stats.backoffs == 1:
             progress.log(f"out of memory: splitting batches (now {size} rows); continuing")
 
-    for batch in with_oom_backoff(length_batches(lengths, max_batch, max_tokens), run, backed_off):
+    for batch in with_oom_backoff(length_batches(lengths, max_batch, max_tokens, bucket_cap=cap), run, backed_off):
         stats.tokens += int(sum(lengths[i] for i in batch))
         if progress:
             progress.advance(len(batch))
@@ -170,10 +173,10 @@ def _passes(model, inputs: list[list[int]], keep: int, cache: PrefixCache, pad_i
             return
 
 
-def _after_prefix(rows: list[list[int]], pad_id: int, past: int):
-    """Left-padded ids, the attention mask with the prefix in front, and position ids that continue
-    after the prefix (pads at 0)."""
-    batch = collate(rows, pad_id, side="left")
+def _after_prefix(rows: list[list[int]], pad_id: int, past: int, bucket_cap: int | None = None):
+    """Left-padded ids (`collate`'s `bucket_cap`), the attention mask with the prefix in front, and position ids
+    that continue after the prefix (pads at 0)."""
+    batch = collate(rows, pad_id, side="left", bucket_cap=bucket_cap)
     ids, own = batch["input_ids"], batch["attention_mask"]
     positions = (own.cumsum(-1) - 1 + past) * own
     mask = torch.cat([torch.ones((len(rows), past), dtype=own.dtype), own], dim=1)

@@ -114,6 +114,24 @@ def test_cached_prefix_and_left_padded_batches_match_plain_forward_passes(lm):
         assert lengths.tolist() == [1, 2, 3] and stats.rows == len(rows) and stats.tokens > 0
 
 
+def test_bf16_batches_padded_up_the_shape_ladder_match_plain_forward_passes(tiny_llama):
+    """In bf16 on a CPU the rows are left-padded up `batching.bucketed`'s ladder (one kernel per shape): the
+    extra pads must not reach the scores."""
+    from transformers import AutoModelForCausalLM
+
+    from llm_magics.engine.batching import bucketed
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).eval()
+    g = torch.Generator().manual_seed(1)
+    prefix = torch.randint(5, 300, (19,), generator=g).tolist()
+    rows = [torch.randint(5, 300, (n,), generator=g).tolist() for n in (16, 18, 22, 26, 34, 42)]
+    assert all(bucketed(n + 1, 100) > n + 1 for n in (16, 18, 22, 26, 34, 42))   # row + the label's first token
+    continuations = [[11, 12], [40, 41]]
+    scores, _, _ = score_continuations(model, rows, continuations, prefix=prefix, pad_id=3, max_batch=2)
+    reference = np.array([[full_forward_logprob(model, prefix + r + c, len(prefix) + len(r)) for c in continuations]
+                          for r in rows])
+    np.testing.assert_allclose(scores, reference, atol=5e-3, rtol=0)   # 1e-3 here; pads attended to: 1e-2
+
+
 def test_single_token_labels_take_one_pass_per_batch(lm):
     model, _ = lm
     calls = []
