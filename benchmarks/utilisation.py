@@ -3,7 +3,7 @@
     python benchmarks/utilisation.py [--quick] [--threads N] [--results benchmarks/results]
 
 Limits: GEMM GFLOP/s in fp32 and bf16 at the shapes the embedded models use (MiniLM: hidden 384, ffn 1536;
-SmolLM2-135M: hidden 576, ffn 1536; tokens = batch x seq), and memory bandwidth (STREAM-like copy and
+SmolLM2-135M: hidden 576, ffn 1536; tokens = batch x seq), and memory bandwidth (STREAM-like read, copy and
 triad in torch, arrays twice the last-level cache or more).
 
 Workloads: real steps through `llm_magics.api` on the embedded models at tiny sizes (SST-2 rows from
@@ -95,11 +95,16 @@ def last_level_cache_bytes() -> int:
     return max(sizes, default=64 << 20)
 
 
+def stream_elements(elements: int) -> int:
+    """fp32 elements of each STREAM array: `elements`, or twice the last-level cache where that is more."""
+    return max(elements, 2 * last_level_cache_bytes() // 4)
+
+
 def bandwidth(elements: int, budget_s: float) -> dict[str, float]:
     """STREAM-like read (a sum), copy (2 arrays touched) and triad (3) in fp32, GB/s. Each array is at least
     twice the last-level cache: some CPUs carry hundreds of MiB of L3, and an array that fits measures the
     cache (a 300 MiB L3 read 128 MiB arrays at twice the memory's rate)."""
-    elements = max(elements, 2 * last_level_cache_bytes() // 4)
+    elements = stream_elements(elements)
     a, b, c = (torch.rand(elements) for _ in range(3))
     read = best_seconds(lambda: a.sum(), budget_s)
     copy = best_seconds(lambda: b.copy_(a), budget_s)
@@ -429,7 +434,7 @@ def main(argv=None) -> None:
         + (" (--quick)" if args.quick else ""),
         "## Limits (same run, same threads; the better of a measurement before and after the workloads)\n\n"
         + markdown([{**r, "gflops": f"{r['gflops']:.1f}"} for r in gemm_rows])
-        + f"\n\nMemory bandwidth (fp32, {max(size['elements'] * 4, 2 * last_level_cache_bytes()) >> 20} MiB "
+        + f"\n\nMemory bandwidth (fp32, {stream_elements(size['elements']) * 4 >> 20} MiB "
           f"arrays, last-level cache {last_level_cache_bytes() >> 20} MiB): {bandwidth_text(bw)}",
         "## Workloads\n\n" + markdown(table),
         "## Notes\n\n" + "\n".join(f"- {w.name}: {w.note}" for w in chosen if w.note) + "\n"

@@ -121,7 +121,7 @@ def training_result(result_cls: type[TrainedResult], run: TrainingRun, outcome: 
     o, ctx, model, task = run.options, run.ctx, run.model, run.engine_task
     metrics: dict[str, float] = {}
     kept = None
-    with autocast_to(run.device, run.autocast):   # as the loop's evaluations computed, so val matches its history
+    with autocast_to(run.device, run.autocast):   # in the dtype the loop's evaluations computed in
         metrics.update(task.split_scores(model, "val"))
         if _has_split(task, "test"):
             kept = test_predictions(run, model) if run.task == "classify" and hasattr(task, "split_logits") else None
