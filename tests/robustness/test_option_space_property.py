@@ -8,6 +8,7 @@ refused before anything runs); a bounded few run on tiny models.
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,15 @@ from llm_magics.errors import UsageError
 from llm_magics.method import Result
 from llm_magics.registry import parse_magic_line, registry
 from llm_magics.testing import isolated_home
+
+@contextlib.contextmanager
+def scratch_home(prefix: str):
+    """An isolated home in a fresh temporary folder, removed afterwards (one per generated example)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        home = Path(folder)
+        with isolated_home(home):
+            yield home
+
 
 NUMBERS = ["0", "1", "2", "-1", "0.5", "1e-9", "-0.0", "1e30", "2147483648", "99999999999999999999", "nan", "inf",
            "-inf", "1_0", "0x10", "3.0", "1e999", ""]
@@ -85,8 +95,7 @@ FAST = settings(max_examples=300, deadline=None, derandomize=True,
 @FAST
 @given(rlhf_line())
 def test_every_rlhf_line_parses_or_is_one_usage_error(tokens):
-    home = Path(tempfile.mkdtemp(prefix="rlhf-line-"))
-    with isolated_home(home):
+    with scratch_home("rlhf-line-") as home:
         try:
             parse_magic_line("rlhf", tokens)
         except UsageError as error:
@@ -144,8 +153,7 @@ def sweep_line() -> st.SearchStrategy[list[str]]:
 @given(sweep_line())
 def test_every_sweep_line_builds_or_is_one_usage_error(tokens):
     from llm_magics.tune.sweep import from_line
-    home = Path(tempfile.mkdtemp(prefix="sweep-line-"))
-    with isolated_home(home):
+    with scratch_home("sweep-line-") as home:
         try:
             from_line(tokens, {})   # built, never started
         except UsageError as error:
@@ -213,10 +221,9 @@ def test_lines_that_run_give_a_result_or_one_usage_error_and_leave_nothing_when_
 
     from llm_magics.runner import execute
     word, extra = line
-    home = Path(tempfile.mkdtemp(prefix="rlhf-run-"))
     base = shlex.split(RUNNABLE[word].format(bert=tiny_bert, llama=tiny_llama))
     namespace = {"pairs": pairs(), "count_a": count_a, "prompts": ["Review:", "Say:"]}
-    with isolated_home(home):
+    with scratch_home("rlhf-run-") as home:
         before = files_in(home)
         try:
             parsed = parse_magic_line("rlhf", [word] + base + extra)

@@ -129,6 +129,7 @@ class World:
     prompts: list[str]
     state: dict             # what a case's setup made (a tuned policy to evaluate)
     api: str                # an OpenAI-compatible server (tests/openai_stub_server.py) serving `llama`
+    scratch: Path           # pytest's temporary folder for what cases write (removed with pytest's others)
 
 
 def _frame(n: int, seed: int) -> pd.DataFrame:
@@ -183,7 +184,7 @@ def world(tiny_bert, tiny_llama, tmp_path_factory, api_server) -> World:
                  llama=tiny_llama, llama_other=build_llama(folder / "llama", layers=1, hidden=16),
                  frame=_frame(24, 0), frame_other=_frame(24, 5), sft=_sft(12), pairs=_pairs(16, 0),
                  pairs_other=_pairs(16, 3), prompts=["Review:", "Say:"], state={},
-                 api=api_server)
+                 api=api_server, scratch=tmp_path_factory.mktemp("scratch"))
 
 
 def count_a(prompts, completions):
@@ -349,12 +350,12 @@ def two_adapters(w: World) -> None:
     for name, r in (("one", 2), ("two", 4)):
         if name not in run_method("lora", "adapters")["name"].tolist():
             run_method("lora", None, **{**_given_all(TRAIN, w), "r": r, "name": name})
-    w.state["folder"] = Path(tempfile.mkdtemp(prefix="adapters-"))
+    w.state["folder"] = Path(tempfile.mkdtemp(prefix="adapters-", dir=w.scratch))
 
 
 def a_folder(w: World) -> None:
     import tempfile
-    w.state["folder"] = Path(tempfile.mkdtemp(prefix="collect-"))
+    w.state["folder"] = Path(tempfile.mkdtemp(prefix="collect-", dir=w.scratch))
 
 
 def saved_adapters(w: World) -> None:
