@@ -113,7 +113,8 @@ class Launcher:
     # -- the command --------------------------------------------------------------------
     def command(self) -> list[str]:
         cmd = [sys.executable, "-c", AGENT, str(os.getpid()), f"--nproc-per-node={self.devices}",
-               "--max-restarts=0", "--monitor-interval=0.2"]
+               "--max-restarts=0", "--monitor-interval=0.2",
+               f"--log-dir={self.folder / 'torchrun'}"]   # else torchrun leaves an empty folder in /tmp each run
         if self.nodes == 1:
             cmd += ["--standalone", f"--rdzv-conf=join_timeout={int(self.rendezvous_timeout)}"]
         else:

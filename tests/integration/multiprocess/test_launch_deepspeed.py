@@ -63,7 +63,8 @@ def test_zero3_finetune_follows_one_process_and_exports_for_accelerate(bert_with
     assert config["distributed_type"] == "DEEPSPEED" and config["num_processes"] == 2
     assert config["deepspeed_config"]["zero_stage"] == 3
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file",
-                           "accelerate.yaml", "train.py"], cwd=job, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                           "accelerate.yaml", "train.py"], cwd=job,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path)),   # torchrun's log folder
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [r for r in store.list() if r.get("artifacts", {}).get("job") == str(job)]

@@ -54,7 +54,8 @@ def test_fsdp_finetune_follows_one_process(bert_without_dropout, separable, stor
     assert "accelerate launch --config_file accelerate.yaml train.py" in (job / "README.md").read_text()
     # ... and accelerate launches it from a shell with that file: FSDP again, the notebook run's metrics
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file",
-                           "accelerate.yaml", "train.py"], cwd=job, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                           "accelerate.yaml", "train.py"], cwd=job,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path)),   # torchrun's log folder
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [r for r in store.list() if r.get("artifacts", {}).get("job") == str(job)]
