@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 
 from ..engine import checkpoint
-from ..engine.device import autocast_to, compute_dtype
+from ..engine.device import autocast_to, compute_dtype, train_dtype
+from ..errors import UsageError
 from ..engine.loop import Outcome
 from ..method import Result
 from ..models.classifier import SequenceClassifier
@@ -41,6 +42,7 @@ class TrainedResult(Result):
         """A launched run's Result: the model is rebuilt from rank 0's weights when first used."""
         self._max_length = getattr(options, "max_length", self._max_length)
         self._rebuild = rebuild
+        self._autocast = cpu_autocast(getattr(options, "dtype", None))   # the model is rebuilt on the CPU
 
     def _need_model(self):
         """The trained model: in memory, or built again from the weights on disk (`TrainedWeights`, or a
@@ -103,6 +105,15 @@ class TrainedResult(Result):
         """Drop the model from memory (`%llm free`); a Result whose weights are on disk loads them
         again when it next predicts."""
         self._model = None
+
+
+def cpu_autocast(option: str | None) -> torch.dtype | None:
+    """What a run with this `--dtype` computes in on the CPU (`train_dtype`'s rule); float16, which only CUDA
+    trains in, predicts there in fp32."""
+    try:
+        return train_dtype(torch.device("cpu"), option)
+    except UsageError:
+        return None
 
 
 def _has_split(task, split: str) -> bool:

@@ -144,3 +144,28 @@ def test_a_bf16_run_scores_and_predicts_in_its_dtype(name, tiny_bert, tiny_llama
         handle.remove()
     if getattr(result, "adapter", ""):
         api.lora.unload(name=result.adapter)
+
+
+def test_a_launched_bf16_runs_result_predicts_in_its_dtype(tiny_bert, separable):
+    """A `--devices` run's Result is rebuilt in the kernel from rank 0's weights (`restore`): its predictions
+    compute under the run's bf16 autocast too, as the one-process Result's do; float16 (CUDA's) predicts in fp32."""
+    from types import SimpleNamespace
+
+    from llm_magics.training.result import TrainedResult
+    frame = separable[0]
+    texts = frame.tail(16)["text"].tolist()
+    run = api.finetune(model=str(tiny_bert), data=frame.head(64), train="all", epochs=1, device="cpu",
+                       dtype="bfloat16")
+    for option, autocast in (("bfloat16", True), ("auto", False), ("float16", False)):
+        launched = TrainedResult(method="finetune", label_names=run.label_names)
+        launched.restore(SimpleNamespace(dtype=option, max_length=64), lambda: (run._model, run._tokenizer))
+        seen: list[bool] = []
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, output: seen.append(torch.is_autocast_enabled("cpu"))
+            if isinstance(module, torch.nn.Linear) else None)
+        try:
+            logits = launched.logits(texts)
+        finally:
+            handle.remove()
+        assert seen and set(seen) == {autocast}, option
+        assert torch.equal(logits, run.logits(texts)) == autocast, option
