@@ -12,8 +12,8 @@ import torch
 
 from ..engine import checkpoint
 from ..engine.device import autocast_to, compute_dtype, train_dtype
-from ..errors import UsageError
 from ..engine.loop import Outcome
+from ..errors import UsageError
 from ..method import Result
 from ..models.classifier import SequenceClassifier
 from ..runs import predictions
