@@ -24,6 +24,7 @@ from llm_magics.method import Result
 from llm_magics.registry import parse_magic_line, registry
 from llm_magics.testing import isolated_home
 
+
 @contextlib.contextmanager
 def scratch_home(prefix: str):
     """An isolated home in a fresh temporary folder, removed afterwards (one per generated example)."""

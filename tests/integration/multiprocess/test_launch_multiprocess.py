@@ -131,7 +131,8 @@ def test_two_processes_follow_one_and_the_exported_job_reproduces_them(shell, ti
     shell.run_line_magic("llm", f"export {two.run_id} {tmp_path / 'job'}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           f"--log-dir={tmp_path / 'torchrun'}", "train.py"], cwd=tmp_path / "job", env=env, capture_output=True, text=True, timeout=300)
+                           f"--log-dir={tmp_path / 'torchrun'}", "train.py"],
+                          cwd=tmp_path / "job", env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [r for r in store.list() if r.get("artifacts", {}).get("job") == str(tmp_path / "job")]
     assert len(rows) == 1
