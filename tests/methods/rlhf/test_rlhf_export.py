@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import psutil
@@ -45,7 +46,7 @@ def no_adapters():
 
 def run_job(folder, *launcher):
     """The job's command from a shell, in its folder; (completed process, processes left in the folder)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(Path(folder).parent))   # torchrun's log folder, not /tmp
     done = subprocess.run([sys.executable, *launcher, "train.py"], cwd=folder, env=env, capture_output=True,
                           text=True, timeout=400)
     left = []
