@@ -27,7 +27,7 @@ import torch
 
 from . import checkpoint
 from ..errors import UsageError
-from .batching import grouped_batches, is_oom
+from .batching import few_training_shapes, grouped_batches, is_oom
 from .device import empty_cache
 from .fast_paths import fast_paths
 from .rng import RunRng
@@ -195,7 +195,9 @@ class TrainLoop:
         self.progress.start(total=self.total_steps, unit="steps", epochs=cfg.epochs)
         self.progress.state.done = s["step"]
         stopped = False
-        with _InterruptToStop(self.progress), fast_paths(self.model, self.device, self.config.autocast):
+        computes_in = self.config.autocast or next(self.model.parameters()).dtype
+        with _InterruptToStop(self.progress), fast_paths(self.model, self.device, self.config.autocast), \
+                few_training_shapes(self.task.lengths, self.device, computes_in):
             if s["step"] == 0 and not s["history"]:
                 self._evaluate(initial=True)  # the RNG starts seeded; a resumed run restored its own
             while s["epoch"] < cfg.epochs and not stopped:

@@ -9,14 +9,14 @@ from torch import nn
 
 from ..data.sft import IGNORE, SftData, chat_prompt, distinct_pad_id, encode
 from ..errors import UsageError
-from ..engine.batching import length_batches
+from ..engine.batching import length_batches, padded_length
 from ..engine.device import eval_mode
 from ..engine.generation import complete
 from ..engine.limits import fit_max_length
 
 
 def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    longest = max(len(ids) for ids, _ in rows)
+    longest = padded_length(max(len(ids) for ids, _ in rows))
     input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), longest), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(rows), longest), dtype=torch.long)
