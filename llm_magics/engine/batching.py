@@ -40,12 +40,12 @@ def bucketed(length: int, cap: int, rungs: int = 8) -> int:
 
 
 @contextlib.contextmanager
-def few_training_shapes(lengths: Sequence[int], device: torch.device, dtype: torch.dtype) -> Iterator[int | None]:
+def few_training_shapes(cap: int, device: torch.device, dtype: torch.dtype) -> Iterator[int | None]:
     """Inside the block (one training run's thread), batches padded without a bucket of their own (`collate`,
-    `padded_length`) go up a ladder of `TRAINING_RUNGS` lengths per doubling, never past the longest of
-    `lengths`, where each new shape costs kernel builds (`device.builds_kernels_per_shape`); elsewhere each
+    `padded_length`) go up a ladder of `TRAINING_RUNGS` lengths per doubling, never past `cap` (the run's
+    longest row), where each new shape costs kernel builds (`device.builds_kernels_per_shape`); elsewhere each
     batch stays at its own longest row. Padding is masked, so losses and gradients do not change."""
-    cap = (max(lengths, default=0) or None) if builds_kernels_per_shape(device, dtype) else None
+    cap = (cap or None) if builds_kernels_per_shape(device, dtype) else None
     token = _training_cap.set(cap)
     try:
         yield cap

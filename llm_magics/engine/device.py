@@ -105,8 +105,8 @@ def pick_dtype(device: torch.device, preference: str | None = None, training: bo
 def builds_kernels_per_shape(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether each new matmul shape costs a kernel build: oneDNN's bf16/fp16 GEMMs on a CPU are built for the
     shape they first meet (about 7 ms each on 2 AMX cores, against 1.4 ms to run a 1,000-token layer), and
-    cached by shape. Inference batches there are cut to a few shapes (`batching.bucketed`); fp32 (MKL) and
-    CUDA build nothing per shape."""
+    cached by shape. Inference batches there are cut to a few shapes (`batching.bucketed`), training batches
+    pad up a coarser ladder (`batching.few_training_shapes`); fp32 (MKL) and CUDA build nothing per shape."""
     return device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
 
 

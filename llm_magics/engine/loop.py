@@ -197,7 +197,7 @@ class TrainLoop:
         stopped = False
         computes_in = self.config.autocast or next(self.model.parameters()).dtype
         with _InterruptToStop(self.progress), fast_paths(self.model, self.device, self.config.autocast), \
-                few_training_shapes(self.task.lengths, self.device, computes_in):
+                few_training_shapes(max(self.task.lengths, default=0), self.device, computes_in):
             if s["step"] == 0 and not s["history"]:
                 self._evaluate(initial=True)  # the RNG starts seeded; a resumed run restored its own
             while s["epoch"] < cfg.epochs and not stopped:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..engine.batching import padded_length
+
 IGNORE = -100
 # Logit rescaling some model families apply in their head; the shared path computes plain `lm_head(h)` logits
 RESCALED = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
@@ -96,7 +98,8 @@ def pack(pairs: Pairs) -> Packed:
     ids, half = pairs.input_ids, pairs.prompt_len.numel()
     prompt, chosen, rejected = pairs.prompt_len.tolist(), pairs.answer_len[:half].tolist(), \
         pairs.answer_len[half:].tolist()
-    width = max(p + c + 1 + r for p, c, r in zip(prompt, chosen, rejected))
+    # up the training ladder in a run where shapes cost kernel builds: pads take position 0 and see only themselves
+    width = padded_length(max(p + c + 1 + r for p, c, r in zip(prompt, chosen, rejected)))
     rows = {name: torch.zeros((half, width), dtype=torch.long) for name in ("ids", "pos", "seg")}
     labels = torch.full((half, width), IGNORE, dtype=torch.long)
     source = torch.zeros((2 * half, ids.size(1) - 1), dtype=torch.long)

@@ -37,6 +37,10 @@ class OfflineTraining(TrlTraining):
             # The run sees only this many pairs: the reference log-probs are precomputed for those alone.
             run.data.train = run.data.train.sample(steps_rows, random_state=o.seed).reset_index(drop=True)
 
+    def longest_row(self, o) -> int:
+        """DPO's packed pair rows (preference/shared_prompt.py) hold at most both sequences of a pair."""
+        return 2 * o.max_length + 1 if self.kind == "dpo" else 0
+
     def build_trainer(self, run: PolicyRun, peft_config):
         from ...preference.trl_bridge import offline_trainer
         o, model, workers = run.options, run.loaded.model, run.ctx.world

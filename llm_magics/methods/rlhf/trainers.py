@@ -135,15 +135,23 @@ class TrlTraining(PolicyTraining):
         the adapters under autocast)."""
         import logging
 
+        from ...engine.batching import few_training_shapes
         from ...engine.fast_paths import fast_paths
         compared = logging.getLogger("transformers.trainer_utils")   # it warns that save_steps' share (SAVE_EVERY)
         level = compared.level                                       # was saved as the step count it came to
         compared.setLevel(logging.ERROR)
         try:
-            with fast_paths(run.trainer.model, run.device, run.autocast):
+            computes_in = run.autocast or next(run.trainer.model.parameters()).dtype
+            with fast_paths(run.trainer.model, run.device, run.autocast), \
+                    few_training_shapes(self.longest_row(run.options), run.device, computes_in):
                 run.trainer.train(resume_from_checkpoint=str(run.resume_dir) if run.resume_dir else None)
         finally:
             compared.setLevel(level)
+
+    def longest_row(self, o) -> int:
+        """The longest batch row our code pads in this command's TRL loop (`batching.few_training_shapes`);
+        0: TRL's own collators pad every batch, none of ours."""
+        return 0
 
     def build_trainer(self, run: PolicyRun, peft_config):   # pragma: no cover - each command's own
         raise NotImplementedError

@@ -54,17 +54,22 @@ def _forward_and_grads(model, batch, labels):
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])   # a boolean mask for one, an additive one for the other
-def test_the_shared_prompt_pass_gives_trls_values_and_gradients(tiny_llama, attention, monkeypatch):
+@pytest.mark.parametrize("ladder", [False, True])          # packed rows padded up the training ladder (bf16 CPU runs)
+def test_the_shared_prompt_pass_gives_trls_values_and_gradients(tiny_llama, attention, ladder, monkeypatch):
+    from llm_magics.engine.batching import few_training_shapes
     model = _fused_llama(tiny_llama, attention)
     assert model.config._attn_implementation == attention
     batch, labels = _batch(PAIRS)
     trl_out, trl_grads = _forward_and_grads(model, batch, labels)
     assert shared_prompt.install(model.get_base_model())
-    calls = []
+    widths = []
     original = shared_prompt.pack
-    monkeypatch.setattr(shared_prompt, "pack", lambda *a, **k: calls.append(1) or original(*a, **k))
-    ours, grads = _forward_and_grads(model, batch, labels)
-    assert calls, "the pair batch did not take the shared path"
+    monkeypatch.setattr(shared_prompt, "pack", lambda *a, **k: widths.append(original(*a, **k)) or widths[-1])
+    with few_training_shapes(64 if ladder else 0, torch.device("cpu"), torch.bfloat16):
+        ours, grads = _forward_and_grads(model, batch, labels)
+    assert widths, "the pair batch did not take the shared path"
+    longest = max(len(p["prompt_ids"]) + len(p["chosen_ids"]) + 1 + len(p["rejected_ids"]) for p in PAIRS)
+    assert widths[0].input_ids.shape[1] == (12 if ladder else longest) and longest == 11
     for field in FIELDS:
         torch.testing.assert_close(getattr(ours, field).float(), getattr(trl_out, field).float(), atol=1e-5, rtol=1e-5)
     assert max(g.abs().max().item() for g in trl_grads) > 0.1
