@@ -40,12 +40,16 @@ def bucketed(length: int, cap: int, rungs: int = 8) -> int:
 
 
 @contextlib.contextmanager
-def few_training_shapes(cap: int, device: torch.device, dtype: torch.dtype) -> Iterator[int | None]:
+def few_training_shapes(model: torch.nn.Module, device: torch.device, autocast: torch.dtype | None,
+                        cap: int) -> Iterator[int | None]:
     """Inside the block (one training run's thread), batches padded without a bucket of their own (`collate`,
     `padded_length`) go up a ladder of `TRAINING_RUNGS` lengths per doubling, never past `cap` (the run's
-    longest row), where each new shape costs kernel builds (`device.builds_kernels_per_shape`); elsewhere each
-    batch stays at its own longest row. Padding is masked, so losses and gradients do not change."""
-    cap = (cap or None) if builds_kernels_per_shape(device, dtype) else None
+    longest row), where the matmuls (autocast's dtype, else the weights') cost kernel builds for each new shape
+    (`device.builds_kernels_per_shape`); elsewhere each batch stays at its own longest row. Padding is masked,
+    so losses and gradients do not change."""
+    first = next(model.parameters(), None)
+    computes_in = autocast or (first.dtype if first is not None else torch.float32)
+    cap = (cap or None) if builds_kernels_per_shape(device, computes_in) else None
     token = _training_cap.set(cap)
     try:
         yield cap

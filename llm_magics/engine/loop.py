@@ -195,9 +195,8 @@ class TrainLoop:
         self.progress.start(total=self.total_steps, unit="steps", epochs=cfg.epochs)
         self.progress.state.done = s["step"]
         stopped = False
-        computes_in = self.config.autocast or next(self.model.parameters()).dtype
         with _InterruptToStop(self.progress), fast_paths(self.model, self.device, self.config.autocast), \
-                few_training_shapes(max(self.task.lengths, default=0), self.device, computes_in):
+                few_training_shapes(self.model, self.device, self.config.autocast, max(self.task.lengths, default=0)):
             if s["step"] == 0 and not s["history"]:
                 self._evaluate(initial=True)  # the RNG starts seeded; a resumed run restored its own
             while s["epoch"] < cfg.epochs and not stopped:

@@ -18,6 +18,7 @@ from llm_magics.tasks.causal_lm import SftTask
 from llm_magics.tasks.classify import TokenTask
 
 CPU = torch.device("cpu")
+BF16, FP32 = torch.nn.Linear(2, 2).bfloat16(), torch.nn.Linear(2, 2)   # what the matmuls compute in, autocast off
 
 
 def test_four_rungs_per_doubling_never_past_the_cap_nor_below_the_longest():
@@ -30,16 +31,18 @@ def test_four_rungs_per_doubling_never_past_the_cap_nor_below_the_longest():
 def test_the_ladder_holds_only_inside_a_run_that_builds_kernels_per_shape():
     rows = [[1] * 13, [1] * 5]
     assert batching.collate(rows, 0)["input_ids"].shape[1] == 13
-    with batching.few_training_shapes(30, CPU, torch.bfloat16) as cap:
+    with batching.few_training_shapes(BF16, CPU, None, 30) as cap:
         assert cap == 30
         assert batching.collate(rows, 0)["input_ids"].shape[1] == 14
         assert batching.padded_length(29) == 30                    # the cap: the run's longest row
         assert batching.padded_length(40) == 40                    # never shorter than the rows (evaluation's)
         assert batching.collate(rows, 0, bucket_cap=13)["input_ids"].shape[1] == 13   # an explicit bucket wins
-        with batching.few_training_shapes(13, CPU, torch.float32):   # MKL's fp32 builds nothing per shape
+        with batching.few_training_shapes(FP32, CPU, None, 13):   # MKL's fp32 builds nothing per shape
             assert batching.collate(rows, 0)["input_ids"].shape[1] == 13
         assert batching.padded_length(13) == 14
-    with batching.few_training_shapes(30, torch.device("cuda"), torch.bfloat16) as cap:
+    with batching.few_training_shapes(FP32, CPU, torch.bfloat16, 30):   # fp32 weights under bf16 autocast
+        assert batching.padded_length(13) == 14
+    with batching.few_training_shapes(FP32, torch.device("cuda"), torch.bfloat16, 30) as cap:
         assert cap is None and batching.padded_length(13) == 13
     assert batching.padded_length(13) == 13
 
@@ -53,7 +56,7 @@ def _words(n: int, seed: int = 0) -> list[str]:
 def _ladder_changes_nothing(model, task, indices) -> None:
     model.eval()                                           # no dropout: the two losses must agree
     plain = task.batch(indices, CPU)
-    with batching.few_training_shapes(max(task.lengths), CPU, torch.bfloat16):
+    with batching.few_training_shapes(model, CPU, torch.bfloat16, max(task.lengths)):
         padded = task.batch(indices, CPU)
     assert padded["input_ids"].shape[1] > plain["input_ids"].shape[1]
     with torch.no_grad():

@@ -141,9 +141,9 @@ class TrlTraining(PolicyTraining):
         level = compared.level                                       # was saved as the step count it came to
         compared.setLevel(logging.ERROR)
         try:
-            computes_in = run.autocast or next(run.trainer.model.parameters()).dtype
-            with fast_paths(run.trainer.model, run.device, run.autocast), \
-                    few_training_shapes(self.longest_row(run.options), run.device, computes_in):
+            model = run.trainer.model
+            with fast_paths(model, run.device, run.autocast), \
+                    few_training_shapes(model, run.device, run.autocast, self.longest_row(run.options)):
                 run.trainer.train(resume_from_checkpoint=str(run.resume_dir) if run.resume_dir else None)
         finally:
             compared.setLevel(level)

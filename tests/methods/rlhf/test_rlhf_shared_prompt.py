@@ -65,7 +65,7 @@ def test_the_shared_prompt_pass_gives_trls_values_and_gradients(tiny_llama, atte
     widths = []
     original = shared_prompt.pack
     monkeypatch.setattr(shared_prompt, "pack", lambda *a, **k: widths.append(original(*a, **k)) or widths[-1])
-    with few_training_shapes(64 if ladder else 0, torch.device("cpu"), torch.bfloat16):
+    with few_training_shapes(model, torch.device("cpu"), torch.bfloat16, 64 if ladder else 0):
         ours, grads = _forward_and_grads(model, batch, labels)
     assert widths, "the pair batch did not take the shared path"
     longest = max(len(p["prompt_ids"]) + len(p["chosen_ids"]) + 1 + len(p["rejected_ids"]) for p in PAIRS)
