@@ -53,16 +53,15 @@ def _words(n: int, seed: int = 0) -> list[str]:
             for length in rng.integers(2, 30, size=n)]
 
 
-def _ladder_changes_nothing(model, task, indices) -> None:
-    model.eval()                                           # no dropout: the two losses must agree
+def _on_and_off_the_ladder(model, task, indices) -> tuple[tuple[int, int], tuple, tuple]:
+    """The batch's (plain, padded) widths, losses and real-token counts, in eval mode (no dropout)."""
+    model.eval()
     plain = task.batch(indices, CPU)
     with batching.few_training_shapes(model, CPU, torch.bfloat16, max(task.lengths)):
         padded = task.batch(indices, CPU)
-    assert padded["input_ids"].shape[1] > plain["input_ids"].shape[1]
     with torch.no_grad():
         (a, tokens_a), (b, tokens_b) = task.loss(model, plain), task.loss(model, padded)
-    assert tokens_a == tokens_b
-    torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+    return (plain["input_ids"].shape[1], padded["input_ids"].shape[1]), (a, b), (tokens_a, tokens_b)
 
 
 def _indices_that_get_pads(lengths: list[int]) -> np.ndarray:
@@ -82,7 +81,11 @@ def test_a_classifier_loss_is_the_same_on_the_ladder(request, fixture, pooling):
     data = prepare_classification(pd.DataFrame({"text": texts, "label": ["a", "b"] * 20}), seed=0)
     task = TokenTask(data, loaded.tokenizer, 64, CPU)
     torch.manual_seed(0)
-    _ladder_changes_nothing(SequenceClassifier(loaded.model, 2, pooling), task, _indices_that_get_pads(task.lengths))
+    model = SequenceClassifier(loaded.model, 2, pooling)
+    widths, (plain, padded), (tokens, padded_tokens) = _on_and_off_the_ladder(
+        model, task, _indices_that_get_pads(task.lengths))
+    assert widths[1] > widths[0] and tokens == padded_tokens
+    torch.testing.assert_close(padded, plain, atol=2e-5, rtol=2e-5)
 
 
 def test_an_sft_loss_is_the_same_on_the_ladder(tiny_llama):
@@ -91,7 +94,10 @@ def test_an_sft_loss_is_the_same_on_the_ladder(tiny_llama):
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
     frame = pd.DataFrame({"prompt": _words(40, 1), "response": _words(40, 2)})
     task = SftTask(prepare_sft(frame, seed=0), tokenizer, 96, CPU)
-    _ladder_changes_nothing(model, task, _indices_that_get_pads(task.lengths))
+    widths, (plain, padded), (tokens, padded_tokens) = _on_and_off_the_ladder(
+        model, task, _indices_that_get_pads(task.lengths))
+    assert widths[1] > widths[0] and tokens == padded_tokens
+    torch.testing.assert_close(padded, plain, atol=2e-5, rtol=2e-5)
 
 
 def test_a_reward_pair_loss_is_the_same_on_the_ladder(tiny_bert):
@@ -100,7 +106,10 @@ def test_a_reward_pair_loss_is_the_same_on_the_ladder(tiny_bert):
     task = PairTask(prepare_preferences(frame, seed=0), loaded.tokenizer, 96, CPU)
     torch.manual_seed(0)
     model = SequenceClassifier(loaded.model, 1, "mean")
-    _ladder_changes_nothing(model, task, _indices_that_get_pads(task.lengths))
+    widths, (plain, padded), (tokens, padded_tokens) = _on_and_off_the_ladder(
+        model, task, _indices_that_get_pads(task.lengths))
+    assert widths[1] > widths[0] and tokens == padded_tokens
+    torch.testing.assert_close(padded, plain, atol=2e-5, rtol=2e-5)
 
 
 def test_a_bf16_cpu_run_trains_on_a_few_padded_shapes_and_an_fp32_run_on_its_own(tiny_bert, monkeypatch):
